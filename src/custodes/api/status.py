@@ -1,0 +1,66 @@
+"""What the node is doing right now: cameras, health, recordings, disk."""
+
+from __future__ import annotations
+
+import shutil
+import time
+from typing import TYPE_CHECKING, Any
+
+from sqlalchemy import func, select
+
+from custodes.store import schema
+
+if TYPE_CHECKING:
+    from custodes.app import Node
+
+
+def node_status(node: Node) -> dict[str, Any]:
+    seg = schema.segments.c
+    with node.store.read() as conn:
+        per_camera = {
+            row.camera: row
+            for row in conn.execute(
+                select(
+                    seg.camera,
+                    func.count().label("segments"),
+                    func.sum(seg.bytes).label("bytes"),
+                    func.min(seg.start).label("oldest"),
+                    func.max(seg.end).label("newest"),
+                ).group_by(seg.camera)
+            )
+        }
+        quarantined = conn.execute(select(func.count()).select_from(schema.quarantine)).scalar()
+    disk = shutil.disk_usage(node.layout.root)
+    cameras = []
+    for cam in node.cameras():
+        row = per_camera.get(cam.name)
+        health = cam.health
+        cameras.append({
+            "name": cam.name,
+            "site": cam.site,
+            "location": cam.location,
+            "purpose": cam.purpose,
+            "recording": cam.recording,
+            "state": health.state.value if health else "disabled",
+            "reason": health.reason if health else "",
+            "since": health.since if health else None,
+            "last_segment_at": health.last_segment_at if health else None,
+            "restarts": health.restarts if health else 0,
+            "segments": row.segments if row else 0,
+            "bytes": int(row.bytes or 0) if row else 0,
+            "oldest": row.oldest if row else None,
+            "newest": row.newest if row else None,
+        })
+    return {
+        "node": node.config.node.name,
+        "now": time.time(),
+        "uptime": time.time() - node.started_at,
+        "cameras": cameras,
+        "recordings": {
+            "segments": sum(c["segments"] for c in cameras),
+            "bytes": sum(c["bytes"] for c in cameras),
+            "quarantined": quarantined,
+        },
+        "disk": {"total": disk.total, "used": disk.used, "free": disk.free},
+        "database_bytes": node.store.file_size(),
+    }

@@ -1,0 +1,132 @@
+"""A recorder node: ordered start and stop of its parts, and the stop event they share.
+
+Start order follows the data: database, repair of the index, the maintainer that indexes
+segments, one capture supervisor per camera, retention, then the web server. Stop runs in
+reverse, so that the segments ffmpeg closes on its way out are still indexed.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+import time
+from concurrent.futures import Future
+from dataclasses import dataclass
+from types import FrameType
+
+from sqlalchemy import insert
+
+from custodes.api.server import WebServer
+from custodes.capture.supervisor import CaptureSupervisor, Health, State
+from custodes.config import Config, RecordMode
+from custodes.record.cleanup import Retention
+from custodes.record.layout import Layout
+from custodes.record.maintainer import Maintainer, ReconcileReport
+from custodes.store import schema
+from custodes.store.db import Store
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class CameraStatus:
+    name: str
+    site: str
+    location: str
+    purpose: str
+    recording: bool
+    health: Health | None
+
+
+class Node:
+    def __init__(self, config: Config) -> None:
+        self.config = config
+        self.layout = Layout(config.storage.path)
+        self.store = Store(self.layout.database)
+        self.maintainer = Maintainer(self.store, self.layout)
+        self.retention = Retention(self.store, self.layout, config)
+        self.supervisors: dict[str, CaptureSupervisor] = {}
+        self.stop_event = threading.Event()
+        self.started_at = time.time()
+        self.reconcile_report: ReconcileReport | None = None
+        self._threads: list[threading.Thread] = []
+        self.web: WebServer | None = None
+
+    def start(self, *, web: bool = True) -> None:
+        self.layout.create()
+        applied = self.store.open()
+        if applied:
+            log.info("database ready (%s)", ", ".join(applied))
+        self.reconcile_report = self.maintainer.reconcile()
+        self.maintainer.start()
+        for name, cam in self.config.cameras.items():
+            if not cam.enabled or cam.record.mode == RecordMode.OFF:
+                continue
+            sup = CaptureSupervisor(
+                name,
+                cam.main_url,
+                self.layout.cache_dir(name),
+                cam.record.segment_seconds,
+                on_segment=self.maintainer.submit,
+                on_state=self._record_state,
+            )
+            self.supervisors[name] = sup
+            sup.start()
+        retention = threading.Thread(
+            target=self.retention.run, args=(self.stop_event,), name="retention", daemon=True
+        )
+        retention.start()
+        self._threads.append(retention)
+        if web:
+            self.web = WebServer(self)
+            self.web.start()
+        log.info("node %s started: %d cameras recording", self.config.node.name,
+                 len(self.supervisors))
+
+    def stop(self) -> None:
+        self.stop_event.set()
+        for sup in self.supervisors.values():
+            sup.request_stop()
+        for sup in self.supervisors.values():
+            sup.join()
+        self.maintainer.stop()
+        for thread in self._threads:
+            thread.join(timeout=10)
+        if self.web is not None:
+            self.web.stop()
+        self.store.close()
+        log.info("node %s stopped", self.config.node.name)
+
+    def run_until_signalled(self) -> None:
+        """Block until SIGINT or SIGTERM, then stop in order."""
+        def handle(signum: int, _frame: FrameType | None) -> None:
+            log.info("received %s, stopping", signal.Signals(signum).name)
+            self.stop_event.set()
+
+        signal.signal(signal.SIGINT, handle)
+        signal.signal(signal.SIGTERM, handle)
+        self.stop_event.wait()
+        self.stop()
+
+    def cameras(self) -> list[CameraStatus]:
+        out = []
+        for name, cam in self.config.cameras.items():
+            sup = self.supervisors.get(name)
+            out.append(CameraStatus(
+                name=name, site=cam.site, location=cam.location.value, purpose=cam.purpose,
+                recording=sup is not None, health=sup.health if sup else None,
+            ))
+        return out
+
+    def _record_state(self, camera: str, state: State, reason: str) -> None:
+        values = {"camera": camera, "at": time.time(), "state": state.value, "reason": reason}
+        future: Future[object] = self.store.submit(
+            lambda conn: conn.execute(insert(schema.camera_states).values(values))
+        )
+        future.add_done_callback(_log_failure)
+
+
+def _log_failure(future: Future[object]) -> None:
+    if (exc := future.exception()) is not None:
+        log.error("could not record a camera state change: %s", exc)

@@ -1,0 +1,365 @@
+"""The node's configuration: one YAML file, validated strictly.
+
+Every model forbids unknown keys and documents each field, so a typo is an error that names
+the key and its line rather than a setting silently ignored. Secrets (camera passwords) are
+written as ``${ENV_VAR}`` and substituted from the environment at load time.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Iterator
+from dataclasses import dataclass
+from enum import StrEnum
+from pathlib import Path
+from typing import Annotated, Any
+from urllib.parse import urlsplit, urlunsplit
+
+import yaml
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+
+# Names end up in file paths, URLs and MQTT topics: keep them to a safe alphabet.
+NAME_PATTERN = r"^[a-z0-9][a-z0-9_-]{0,62}$"
+Name = Annotated[str, Field(pattern=NAME_PATTERN)]
+
+_ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
+_SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([KMGT]?B|%)?\s*$", re.IGNORECASE)
+_UNITS = {"B": 1, "KB": 10**3, "MB": 10**6, "GB": 10**9, "TB": 10**12}
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class LocationType(StrEnum):
+    """Where a camera looks; privacy profiles restrict which types a deployment may use."""
+
+    CORRIDOR = "corridor"
+    ENTRANCE = "entrance"
+    EXTERIOR = "exterior"
+    OFFICE = "office"
+    CLASSROOM = "classroom"
+    RECEPTION = "reception"
+    PARKING = "parking"
+    STAIRWELL = "stairwell"
+    OTHER = "other"
+
+
+class RecordMode(StrEnum):
+    CONTINUOUS = "continuous"
+    OFF = "off"
+
+
+@dataclass(frozen=True)
+class SizeLimit:
+    """A disk amount given either in bytes or as a share of the filesystem."""
+
+    value: float
+    percent: bool
+
+    def bytes_of(self, filesystem_total: int) -> int:
+        return int(filesystem_total * self.value / 100) if self.percent else int(self.value)
+
+
+def parse_size(text: str | int) -> SizeLimit:
+    if isinstance(text, int):
+        return SizeLimit(float(text), percent=False)
+    m = _SIZE.match(text)
+    if not m:
+        raise ValueError(
+            f"{text!r} is not a size: use bytes (500GB, 2TB, 1000000) or a share (80%)"
+        )
+    number, unit = float(m.group(1)), (m.group(2) or "B").upper()
+    if unit == "%":
+        if not 0 < number <= 100:
+            raise ValueError(f"{text!r}: a share of the disk must be between 0 and 100%")
+        return SizeLimit(number, percent=True)
+    return SizeLimit(number * _UNITS[unit], percent=False)
+
+
+def redact_url(url: str) -> str:
+    """The URL with any password replaced, for logs and status pages."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    host = parts.hostname or ""
+    if parts.port:
+        host = f"{host}:{parts.port}"
+    return urlunsplit(parts._replace(netloc=f"{parts.username}:***@{host}"))
+
+
+def _check_stream_url(url: str) -> str:
+    parts = urlsplit(url)
+    if parts.scheme not in ("rtsp", "rtsps"):
+        raise ValueError(f"{redact_url(url)!r} is not an rtsp:// or rtsps:// URL")
+    if not parts.hostname:
+        raise ValueError(f"{redact_url(url)!r} has no host")
+    try:
+        parts.port  # noqa: B018 - urlsplit validates the port lazily
+    except ValueError as exc:
+        raise ValueError(f"{redact_url(url)!r}: {exc}") from None
+    return url
+
+
+class RecordConfig(Strict):
+    mode: RecordMode = Field(
+        RecordMode.CONTINUOUS, description="continuous: record all the time; off: live only"
+    )
+    segment_seconds: int = Field(
+        10, ge=2, le=600, description="Length of each recorded MP4 segment, in seconds"
+    )
+    retention_hours: float | None = Field(
+        None,
+        gt=0,
+        description="Maximum age of this camera's footage; defaults to retention.default_hours",
+    )
+
+
+class CameraConfig(Strict):
+    site: Name = Field(description="Id of the site (from `sites`) where the camera is installed")
+    location: LocationType = Field(description="What kind of place the camera looks at")
+    purpose: str = Field(
+        min_length=3, max_length=500, description="Why this camera exists (shown to inspectors)"
+    )
+    main_url: str = Field(description="RTSP URL of the main (recording) stream")
+    sub_url: str | None = Field(None, description="RTSP URL of the low-resolution sub stream")
+    enabled: bool = Field(True, description="Set false to keep a camera configured but idle")
+    record: RecordConfig = Field(default_factory=RecordConfig)
+
+    @field_validator("main_url", "sub_url")
+    @classmethod
+    def _url(cls, v: str | None) -> str | None:
+        return None if v is None else _check_stream_url(v)
+
+
+class SiteConfig(Strict):
+    name: str = Field(min_length=1, max_length=200, description="Human-readable site name")
+    address: str | None = Field(None, max_length=500, description="Postal address, for reports")
+
+
+class StorageConfig(Strict):
+    path: Path = Field(Path("var"), description="Folder for recordings, cache and the database")
+    quota: str | int | None = Field(
+        None, description="Most disk the recordings may use: bytes (500GB) or share (80%)"
+    )
+    min_free: str | int = Field(
+        "5%", description="Free space below which the emergency deletion pass runs"
+    )
+
+    @field_validator("quota", "min_free")
+    @classmethod
+    def _size(cls, v: str | int | None) -> str | int | None:
+        if v is not None:
+            parse_size(v)
+        return v
+
+    @property
+    def quota_limit(self) -> SizeLimit | None:
+        return None if self.quota is None else parse_size(self.quota)
+
+    @property
+    def min_free_limit(self) -> SizeLimit:
+        return parse_size(self.min_free)
+
+
+class RetentionConfig(Strict):
+    default_hours: float = Field(72, gt=0, description="Default maximum age of footage")
+    ceiling_days: float = Field(
+        30, gt=0, le=365, description="No camera may keep footage longer, except under a hold"
+    )
+    interval_seconds: float = Field(
+        60, ge=1, le=3600, description="How often the retention pass runs"
+    )
+
+
+class ServerConfig(Strict):
+    host: str = Field("127.0.0.1", description="Address the web server listens on")
+    port: int = Field(8080, ge=0, le=65535, description="Port of the web server (0: any free)")
+
+
+class NodeConfig(Strict):
+    name: Name = Field("custodes", description="Name of this recorder node")
+
+
+class Config(Strict):
+    node: NodeConfig = Field(default_factory=NodeConfig)
+    sites: dict[Name, SiteConfig] = Field(description="Sites this node records, by id")
+    cameras: dict[Name, CameraConfig] = Field(description="Cameras, by name")
+    storage: StorageConfig = Field(default_factory=StorageConfig)
+    retention: RetentionConfig = Field(default_factory=RetentionConfig)
+    server: ServerConfig = Field(default_factory=ServerConfig)
+
+    @model_validator(mode="after")
+    def _cross_checks(self) -> Config:
+        ceiling_hours = self.retention.ceiling_days * 24
+        if self.retention.default_hours > ceiling_hours:
+            raise ValueError(
+                f"retention.default_hours: {self.retention.default_hours:g} h exceeds the "
+                f"ceiling of {self.retention.ceiling_days:g} days"
+            )
+        for name, cam in self.cameras.items():
+            if cam.site not in self.sites:
+                raise ValueError(f"cameras.{name}.site: unknown site {cam.site!r}")
+            hours = cam.record.retention_hours
+            if hours is not None and hours > ceiling_hours:
+                raise ValueError(
+                    f"cameras.{name}.record.retention_hours: {hours:g} h exceeds the ceiling of "
+                    f"{self.retention.ceiling_days:g} days; keep footage longer only with a hold"
+                )
+        return self
+
+    def retention_hours(self, camera: str) -> float:
+        return self.cameras[camera].record.retention_hours or self.retention.default_hours
+
+    def resolve_paths(self, base: Path) -> Config:
+        """The same config with a relative storage path made relative to ``base``."""
+        if self.storage.path.is_absolute():
+            return self
+        storage = self.storage.model_copy(update={"path": (base / self.storage.path).resolve()})
+        return self.model_copy(update={"storage": storage})
+
+
+# ---------------------------------------------------------------------------------------------
+# Loading with line numbers
+
+
+@dataclass(frozen=True)
+class ConfigIssue:
+    line: int | None
+    key: str
+    message: str
+
+    def __str__(self) -> str:
+        where = f"line {self.line}: " if self.line else ""
+        return f"{where}{self.key}: {self.message}" if self.key else f"{where}{self.message}"
+
+
+class ConfigError(Exception):
+    def __init__(self, source: str, issues: list[ConfigIssue]) -> None:
+        self.source = source
+        self.issues = issues
+        super().__init__("\n".join([f"{source}: invalid configuration", *map(str, issues)]))
+
+
+def _plain(node: yaml.Node, lines: dict[tuple[str | int, ...], int], path: tuple[str | int, ...],
+           env: dict[str, str], issues: list[ConfigIssue]) -> Any:
+    """Convert a composed YAML node to Python values, noting the line of every key."""
+    lines[path] = node.start_mark.line + 1
+    if isinstance(node, yaml.MappingNode):
+        out: dict[Any, Any] = {}
+        for key_node, value_node in node.value:
+            key = yaml.safe_load(yaml.serialize(key_node))
+            if key in out:
+                issues.append(ConfigIssue(key_node.start_mark.line + 1, _dotted((*path, key)),
+                                          "duplicate key"))
+            out[key] = _plain(value_node, lines, (*path, key), env, issues)
+            lines[(*path, key)] = key_node.start_mark.line + 1
+        return out
+    if isinstance(node, yaml.SequenceNode):
+        return [_plain(v, lines, (*path, i), env, issues) for i, v in enumerate(node.value)]
+    value = yaml.safe_load(yaml.serialize(node))
+    if isinstance(value, str) and "${" in value:
+        def substitute(m: re.Match[str]) -> str:
+            if m.group(1) not in env:
+                issues.append(ConfigIssue(node.start_mark.line + 1, _dotted(path),
+                                          f"environment variable {m.group(1)} is not set"))
+                return ""
+            return env[m.group(1)]
+        value = _ENV_REF.sub(substitute, value)
+    return value
+
+
+def _dotted(path: tuple[str | int, ...]) -> str:
+    out = ""
+    for part in path:
+        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
+    return out
+
+
+Lines = dict[tuple[str | int, ...], int]
+
+
+def _nearest_line(lines: Lines, loc: tuple[str | int, ...]) -> int | None:
+    for n in range(len(loc), -1, -1):
+        if loc[:n] in lines:
+            return lines[loc[:n]]
+    return None
+
+
+def _real_loc(data: Any, loc: tuple[str | int, ...]) -> tuple[str | int, ...]:
+    """Keep the parts of a pydantic error location that are keys of the document.
+
+    pydantic inserts union members and validator names ("str", "function-after[...]")
+    into locations; walking the data tells real keys from those tags.
+    """
+    out: list[str | int] = []
+    current = data
+    for part in loc:
+        if isinstance(current, dict):
+            out.append(part)
+            current = current.get(part)
+        elif isinstance(current, list) and isinstance(part, int):
+            out.append(part)
+            current = current[part] if part < len(current) else None
+    return tuple(out)
+
+
+def _issues_from(
+    exc: ValidationError, data: Any, lines: dict[tuple[str | int, ...], int]
+) -> Iterator[ConfigIssue]:
+    for err in exc.errors():
+        loc = _real_loc(data, tuple(err["loc"]))
+        message = err["msg"].removeprefix("Value error, ")
+        if err["type"] == "extra_forbidden":
+            message = "unknown key"
+        elif err["type"] == "missing":
+            message = "required key is missing"
+        # Cross-field checks name their key at the start of the message ("cameras.x.site: ...").
+        key, sep, rest = message.partition(": ")
+        if not loc and sep and re.fullmatch(r"[a-z_]+(\.[a-z0-9_-]+)+", key):
+            loc, message = tuple(key.split(".")), rest
+        yield ConfigIssue(_nearest_line(lines, loc), _dotted(loc), message)
+
+
+def parse_config(text: str, source: str = "<config>", env: dict[str, str] | None = None) -> Config:
+    """Parse and validate YAML text; raise ConfigError listing every problem with its line."""
+    try:
+        root = yaml.compose(text, Loader=yaml.SafeLoader)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        line = mark.line + 1 if mark is not None else None
+        problem = getattr(exc, "problem", None) or str(exc)
+        raise ConfigError(source, [ConfigIssue(line, "", f"YAML syntax: {problem}")]) from None
+    if root is None:
+        raise ConfigError(source, [ConfigIssue(None, "", "the file is empty")])
+    lines: dict[tuple[str | int, ...], int] = {}
+    issues: list[ConfigIssue] = []
+    data = _plain(root, lines, (), dict(os.environ) if env is None else env, issues)
+    if not isinstance(data, dict):
+        raise ConfigError(source, [ConfigIssue(1, "", "the top level must be a mapping")])
+    try:
+        config = Config.model_validate(data)
+    except ValidationError as exc:
+        issues.extend(_issues_from(exc, data, lines))
+        raise ConfigError(source, issues) from None
+    if issues:
+        raise ConfigError(source, issues)
+    return config
+
+
+def load_config(path: Path, env: dict[str, str] | None = None) -> Config:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        issue = ConfigIssue(None, "", f"cannot read: {exc.strerror}")
+        raise ConfigError(str(path), [issue]) from None
+    return parse_config(text, str(path), env).resolve_paths(path.parent)
+

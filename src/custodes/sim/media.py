@@ -1,0 +1,99 @@
+"""Synthetic sample videos that look, to a recorder, like what an IP camera sends."""
+
+from __future__ import annotations
+
+import logging
+import os
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+from typing import Literal
+
+import imageio_ffmpeg
+
+log = logging.getLogger(__name__)
+
+Codec = Literal["h264", "h265"]
+
+# Bump when the ffmpeg recipe changes, so cached samples made by an older recipe are not reused.
+_RECIPE = 1
+
+# Above this many pixels per frame x264/x265 "veryfast" makes generation take many seconds.
+_BIG_FRAME = 1920 * 1080
+
+
+def sample_name(
+    *, width: int, height: int, fps: int, bitrate_kbps: int, codec: Codec, seconds: int
+) -> str:
+    return f"sim-r{_RECIPE}-{codec}-{width}x{height}-{fps}fps-{bitrate_kbps}k-{seconds}s.mp4"
+
+
+def ensure_sample(
+    cache_dir: Path,
+    *,
+    width: int = 640,
+    height: int = 360,
+    fps: int = 15,
+    bitrate_kbps: int = 1000,
+    codec: Codec = "h264",
+    seconds: int = 10,
+) -> Path:
+    """Return an MP4 (video only) made from lavfi test sources, generating it on first use.
+
+    Encoded like an IP camera: no B-frames, a closed one-second GOP and a capped bitrate, so the
+    simulator's stream has the keyframe cadence and packet sizes a recorder meets in the field.
+    """
+    if codec not in ("h264", "h265"):
+        raise ValueError(f"codec must be 'h264' or 'h265', not {codec!r}")
+    if width % 2 or height % 2:
+        raise ValueError("width and height must be even (yuv420p)")
+    if min(width, height, fps, bitrate_kbps, seconds) <= 0:
+        raise ValueError("width, height, fps, bitrate_kbps and seconds must be positive")
+
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    target = cache_dir / sample_name(
+        width=width, height=height, fps=fps, bitrate_kbps=bitrate_kbps, codec=codec,
+        seconds=seconds,
+    )
+    if target.exists():
+        return target
+
+    # The box's period equals the clip length, so the looped stream has no jump at the seam.
+    box = (
+        f"drawbox=x='(iw-w)*(0.5+0.5*sin(2*PI*t/{seconds}))':y='ih/3':w='iw/6':h='ih/4'"
+        ":color=white:t=fill"
+    )
+    preset = "ultrafast" if width * height > _BIG_FRAME else "veryfast"
+    rate = [
+        "-b:v", f"{bitrate_kbps}k", "-maxrate", f"{bitrate_kbps}k", "-bufsize", f"{bitrate_kbps}k",
+    ]
+    if codec == "h264":
+        encoder = [
+            "-c:v", "libx264", "-preset", preset, "-bf", "0", "-g", str(fps),
+            "-keyint_min", str(fps), "-sc_threshold", "0", "-flags", "+cgop",
+        ]
+    else:
+        x265 = f"keyint={fps}:min-keyint={fps}:scenecut=0:bframes=0:open-gop=0:log-level=error"
+        encoder = ["-c:v", "libx265", "-preset", preset, "-x265-params", x265, "-tag:v", "hvc1"]
+
+    # Temp file in the same directory so the final rename is atomic; concurrent callers each
+    # write their own temp file and the last rename wins with identical content.
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{target.stem}.", suffix=".mp4", dir=cache_dir)
+    os.close(fd)
+    tmp = Path(tmp_name)
+    cmd = [
+        imageio_ffmpeg.get_ffmpeg_exe(), "-hide_banner", "-loglevel", "error", "-nostdin", "-y",
+        "-f", "lavfi", "-i", f"testsrc2=size={width}x{height}:rate={fps}:duration={seconds}",
+        "-vf", box, *encoder, *rate, "-pix_fmt", "yuv420p", "-an", "-f", "mp4", str(tmp),
+    ]
+    started = time.monotonic()
+    try:
+        result = subprocess.run(cmd, capture_output=True, text=True, check=False)
+        if result.returncode != 0:
+            raise RuntimeError(f"ffmpeg failed to generate {target.name}: {result.stderr.strip()}")
+        tmp.replace(target)
+    finally:
+        tmp.unlink(missing_ok=True)
+    log.info("generated %s in %.1f s", target.name, time.monotonic() - started)
+    return target

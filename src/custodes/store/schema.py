@@ -1,0 +1,67 @@
+"""SQLAlchemy Core descriptions of the tables the migrations create, for building queries.
+
+The migrations in ``migrations/`` are the source of truth; a test checks that these match.
+"""
+
+from sqlalchemy import Column, Float, Integer, MetaData, Table, Text
+
+metadata = MetaData()
+
+segments = Table(
+    "segments",
+    metadata,
+    Column("id", Integer, primary_key=True),
+    Column("camera", Text, nullable=False),
+    Column("start", Float, nullable=False),
+    Column("end", Float, nullable=False),
+    Column("duration", Float, nullable=False),
+    Column("bytes", Integer, nullable=False),
+    Column("path", Text, nullable=False, unique=True),
+)
+
+quarantine = Table(
+    "quarantine",
+    metadata,
+    Column("id", Integer, primary_key=True),
+    Column("camera", Text, nullable=False),
+    Column("at", Float, nullable=False),
+    Column("path", Text, nullable=False),
+    Column("bytes", Integer, nullable=False),
+    Column("reason", Text, nullable=False),
+)
+
+holds = Table(
+    "holds",
+    metadata,
+    Column("id", Integer, primary_key=True),
+    Column("camera", Text),
+    Column("start", Float, nullable=False),
+    Column("end", Float, nullable=False),
+    Column("reason", Text, nullable=False),
+    Column("created_at", Float, nullable=False),
+    Column("created_by", Text, nullable=False),
+    Column("expires_at", Float),
+    Column("released_at", Float),
+    Column("released_by", Text),
+)
+
+deletion_passes = Table(
+    "deletion_passes",
+    metadata,
+    Column("id", Integer, primary_key=True),
+    Column("at", Float, nullable=False),
+    Column("trigger", Text, nullable=False),
+    Column("segments", Integer, nullable=False),
+    Column("bytes", Integer, nullable=False),
+    Column("details", Text, nullable=False),
+)
+
+camera_states = Table(
+    "camera_states",
+    metadata,
+    Column("id", Integer, primary_key=True),
+    Column("camera", Text, nullable=False),
+    Column("at", Float, nullable=False),
+    Column("state", Text, nullable=False),
+    Column("reason", Text, nullable=False),
+)

@@ -7,6 +7,7 @@ import os
 import queue
 import signal
 import socket
+import struct
 import subprocess
 import sys
 import threading
@@ -36,7 +37,12 @@ def samples(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     cache = tmp_path_factory.mktemp("samples")
     return {
         codec: ensure_sample(
-            cache, width=320, height=240, fps=FPS, bitrate_kbps=300, codec=codec,
+            cache,
+            width=320,
+            height=240,
+            fps=FPS,
+            bitrate_kbps=300,
+            codec=codec,
             seconds=SAMPLE_SECONDS,
         )
         for codec in ("h264", "h265")
@@ -125,8 +131,14 @@ class Rtp:
     channel: int
     seq: int
     timestamp: int
+    ssrc: int
     marker: bool
     payload: bytes
+
+    @classmethod
+    def parse(cls, channel: int, packet: bytes) -> Rtp:
+        seq, timestamp, ssrc = struct.unpack("!HII", packet[2:12])
+        return cls(channel, seq, timestamp, ssrc, bool(packet[1] & 0x80), packet[12:])
 
     @property
     def h264_type(self) -> int:
@@ -154,7 +166,9 @@ class RawClient:
         return self
 
     def __exit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None,
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
         self.sock.close()
@@ -166,7 +180,7 @@ class RawClient:
             lines.append(f"Session: {self.session}")
         lines += [f"{name.replace('_', '-')}: {value}" for name, value in headers.items()]
         self.sock.sendall(("\r\n".join(lines) + "\r\n\r\n").encode())
-        while not isinstance(message := self._next(), Response):
+        while not isinstance(message := self.next_message(), Response):
             pass  # RTP still queued from before the request
         assert message.headers["cseq"] == str(self.cseq)
         if "session" in message.headers:
@@ -185,9 +199,9 @@ class RawClient:
         """The next `count` RTP packets, skipping RTCP."""
         packets: list[Rtp] = []
         while len(packets) < count:
-            message = self._next()
-            if isinstance(message, Rtp) and message.channel == channel:
-                packets.append(message)
+            message = self.next_message()
+            if isinstance(message, tuple) and message[0] == channel:
+                packets.append(Rtp.parse(*message))
         return packets
 
     def _fill(self, size: int) -> None:
@@ -197,7 +211,8 @@ class RawClient:
                 raise EOFError
             self.buf += data
 
-    def _next(self) -> Response | Rtp:
+    def next_message(self) -> Response | tuple[int, bytes]:
+        """A response, or an interleaved (channel, packet)."""
         self._fill(1)
         if self.buf[0:1] == b"$":
             self._fill(4)
@@ -205,10 +220,7 @@ class RawClient:
             self._fill(4 + size)
             channel, packet = self.buf[1], bytes(self.buf[4 : 4 + size])
             del self.buf[: 4 + size]
-            return Rtp(
-                channel, int.from_bytes(packet[2:4], "big"), int.from_bytes(packet[4:8], "big"),
-                bool(packet[1] & 0x80), packet[12:],
-            )
+            return channel, packet
         while b"\r\n\r\n" not in self.buf:
             self._fill(len(self.buf) + 1)
         end = self.buf.index(b"\r\n\r\n")
@@ -241,7 +253,12 @@ def test_sample_is_encoded_like_a_camera_and_cached(samples: dict[str, Path]) ->
 
     mtime = path.stat().st_mtime_ns
     again = ensure_sample(
-        path.parent, width=320, height=240, fps=FPS, bitrate_kbps=300, codec="h264",
+        path.parent,
+        width=320,
+        height=240,
+        fps=FPS,
+        bitrate_kbps=300,
+        codec="h264",
         seconds=SAMPLE_SECONDS,
     )
     assert again == path
@@ -297,8 +314,13 @@ def test_rtsp_requests_and_errors(server: SimServer, samples: dict[str, Path]) -
         sdp = client.request("DESCRIBE")
         assert sdp.headers["content-type"] == "application/sdp"
         text = sdp.body.decode()
-        for line in ("a=rtpmap:96 H264/90000", "sprop-parameter-sets=", "a=framerate:15",
-                     "a=range:npt=0-", "a=control:track1"):
+        for line in (
+            "a=rtpmap:96 H264/90000",
+            "sprop-parameter-sets=",
+            "a=framerate:15",
+            "a=range:npt=0-",
+            "a=control:track1",
+        ):
             assert line in text
         udp = client.request(
             "SETUP", f"{url}/track1", Transport="RTP/AVP;unicast;client_port=5000-5001"
@@ -312,8 +334,16 @@ def test_rtsp_requests_and_errors(server: SimServer, samples: dict[str, Path]) -
         assert client.session
         assert client.request("GET_PARAMETER").status == 200
         assert client.request("PLAY").status == 200
-        # A client starts at a keyframe, parameter sets first.
-        assert client.rtp(1, channel=2)[0].h264_type == 7
+        # A sender report (and SDES) on the RTCP channel first, for clients that want wall time.
+        report = client.next_message()
+        assert isinstance(report, tuple)
+        assert report[0] == 3
+        assert (report[1][1], report[1][29]) == (200, 202)
+        ssrc, _ntp, rtp_time = struct.unpack("!IQI", report[1][4:20])
+        # Then RTP from a keyframe, parameter sets first.
+        first = client.rtp(1, channel=2)[0]
+        assert first.h264_type == 7
+        assert (first.ssrc, first.timestamp) == (ssrc, rtp_time)
         assert client.request("TEARDOWN").status == 200
 
 
@@ -341,8 +371,7 @@ def test_clients_join_the_same_live_stream(server: SimServer, samples: dict[str,
     by_seq = {p.seq: p for p in seen}
     for packet in joined:
         # Same sequence number, timestamp and bytes: one live stream, not a per-client replay.
-        assert by_seq[packet.seq] == Rtp(0, packet.seq, packet.timestamp, packet.marker,
-                                         packet.payload)
+        assert by_seq[packet.seq] == packet
     markers = [p for p in seen if p.marker]
     steps = {(b.timestamp - a.timestamp) % 2**32 for a, b in itertools.pairwise(markers)}
     assert steps == {90_000 // FPS}, "one frame per marker, 90 kHz clock"
@@ -360,9 +389,7 @@ def test_basic_auth_on_raw_requests(server: SimServer, samples: dict[str, Path])
 
 
 @pytest.mark.slow
-def test_slow_client_is_dropped(
-    samples: dict[str, Path], caplog: pytest.LogCaptureFixture
-) -> None:
+def test_slow_client_is_dropped(samples: dict[str, Path], caplog: pytest.LogCaptureFixture) -> None:
     with SimServer(max_client_buffer=16 * 1024) as sim:
         url = sim.add_camera("cam", samples["h264"])
         with RawClient(url, rcvbuf=4096) as client:
@@ -453,8 +480,23 @@ def test_stopped_camera_refuses_then_comes_back(
 ) -> None:
     url = server.add_camera("cam", samples["h264"])
     port = urlsplit(url).port
-    cmd = [FFMPEG, "-hide_banner", "-loglevel", "error", "-nostdin", "-rtsp_transport", "tcp",
-           "-i", url, "-t", "30", "-c", "copy", "-y", str(tmp_path / "cut.mp4")]
+    cmd = [
+        FFMPEG,
+        "-hide_banner",
+        "-loglevel",
+        "error",
+        "-nostdin",
+        "-rtsp_transport",
+        "tcp",
+        "-i",
+        url,
+        "-t",
+        "30",
+        "-c",
+        "copy",
+        "-y",
+        str(tmp_path / "cut.mp4"),
+    ]
     with subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL) as ffmpeg:
         time.sleep(2.5)
         server.stop_camera("cam")
@@ -503,8 +545,11 @@ def test_run_sim_takes_commands_on_stdin(tmp_path: Path) -> None:
         f"codec='h264', base_port={base})"
     )
     with subprocess.Popen(
-        [sys.executable, "-c", code, str(tmp_path)], stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        [sys.executable, "-c", code, str(tmp_path)],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
     ) as proc:
         assert proc.stdin is not None
         assert proc.stdout is not None

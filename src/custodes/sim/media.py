@@ -53,7 +53,11 @@ def ensure_sample(
 
     cache_dir.mkdir(parents=True, exist_ok=True)
     target = cache_dir / sample_name(
-        width=width, height=height, fps=fps, bitrate_kbps=bitrate_kbps, codec=codec,
+        width=width,
+        height=height,
+        fps=fps,
+        bitrate_kbps=bitrate_kbps,
+        codec=codec,
         seconds=seconds,
     )
     if target.exists():
@@ -65,17 +69,18 @@ def ensure_sample(
         ":color=white:t=fill"
     )
     preset = "ultrafast" if width * height > _BIG_FRAME else "veryfast"
-    rate = [
-        "-b:v", f"{bitrate_kbps}k", "-maxrate", f"{bitrate_kbps}k", "-bufsize", f"{bitrate_kbps}k",
-    ]
+    # No argument here contains a space, so the readable split() form is safe.
     if codec == "h264":
-        encoder = [
-            "-c:v", "libx264", "-preset", preset, "-bf", "0", "-g", str(fps),
-            "-keyint_min", str(fps), "-sc_threshold", "0", "-flags", "+cgop",
-        ]
+        encoder = (
+            f"-c:v libx264 -preset {preset} -bf 0 -g {fps} -keyint_min {fps} -sc_threshold 0"
+            " -flags +cgop"
+        ).split()
     else:
         x265 = f"keyint={fps}:min-keyint={fps}:scenecut=0:bframes=0:open-gop=0:log-level=error"
-        encoder = ["-c:v", "libx265", "-preset", preset, "-x265-params", x265, "-tag:v", "hvc1"]
+        encoder = f"-c:v libx265 -preset {preset} -x265-params {x265} -tag:v hvc1".split()
+    k = bitrate_kbps
+    rate = f"-b:v {k}k -maxrate {k}k -bufsize {k}k -pix_fmt yuv420p".split()
+    source = f"testsrc2=size={width}x{height}:rate={fps}:duration={seconds}"
 
     # Temp file in the same directory so the final rename is atomic; concurrent callers each
     # write their own temp file and the last rename wins with identical content.
@@ -83,15 +88,31 @@ def ensure_sample(
     os.close(fd)
     tmp = Path(tmp_name)
     cmd = [
-        imageio_ffmpeg.get_ffmpeg_exe(), "-hide_banner", "-loglevel", "error", "-nostdin", "-y",
-        "-f", "lavfi", "-i", f"testsrc2=size={width}x{height}:rate={fps}:duration={seconds}",
-        "-vf", box, *encoder, *rate, "-pix_fmt", "yuv420p", "-an", "-f", "mp4", str(tmp),
+        imageio_ffmpeg.get_ffmpeg_exe(),
+        "-hide_banner",
+        "-loglevel",
+        "error",
+        "-nostdin",
+        "-y",
+        "-f",
+        "lavfi",
+        "-i",
+        source,
+        "-vf",
+        box,
+        *encoder,
+        *rate,
+        "-an",
+        "-f",
+        "mp4",
+        str(tmp),
     ]
     started = time.monotonic()
     try:
         result = subprocess.run(cmd, capture_output=True, text=True, check=False)
         if result.returncode != 0:
             raise RuntimeError(f"ffmpeg failed to generate {target.name}: {result.stderr.strip()}")
+        tmp.chmod(0o644)  # mkstemp's 0600 would hide the sample from a recorder run as another user
         tmp.replace(target)
     finally:
         tmp.unlink(missing_ok=True)

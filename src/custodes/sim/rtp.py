@@ -86,6 +86,7 @@ def load_clip(path: Path, *, max_payload: int = DEFAULT_MAX_PAYLOAD) -> Clip:
         if stream.time_base is None:
             raise ValueError(f"{path}: video stream without a time base")
         time_base = Fraction(stream.time_base)
+        width, height = ctx.width, ctx.height
         rate = stream.average_rate
         frame_ticks = round(RTP_CLOCK / Fraction(rate)) if rate else 0
 
@@ -101,7 +102,8 @@ def load_clip(path: Path, *, max_payload: int = DEFAULT_MAX_PAYLOAD) -> Clip:
                 # Pacing follows pts, so frames must arrive in presentation order.
                 raise ValueError(f"{path}: B-frames are not supported; IP cameras do not use them")
             nals = [
-                n for n in _split_length_prefixed(bytes(packet), length_size)
+                n
+                for n in _split_length_prefixed(bytes(packet), length_size)
                 if _nal_type(codec, n) != aud
             ]
             keyframe = bool(packet.is_keyframe)
@@ -120,8 +122,8 @@ def load_clip(path: Path, *, max_payload: int = DEFAULT_MAX_PAYLOAD) -> Clip:
     period = units[-1].pts + step
     return Clip(
         codec=codec,
-        width=ctx.width,
-        height=ctx.height,
+        width=width,
+        height=height,
         fps=float(rate) if rate else RTP_CLOCK * len(units) / period,
         parameter_sets=tuple(parameter_sets),
         units=tuple(units),

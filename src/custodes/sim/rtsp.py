@@ -38,6 +38,7 @@ _REPORT_INTERVAL_S = 5.0
 # burst the backlog into every client.
 _MAX_LAG_S = 1.0
 _MIN_CLIENT_BUFFER = 256 * 1024
+_MAX_BODY = 64 * 1024
 _NTP_EPOCH = 2_208_988_800  # seconds from 1900 (NTP) to 1970 (Unix)
 _REASONS = {
     200: "OK",
@@ -92,6 +93,8 @@ async def _read_request(reader: asyncio.StreamReader) -> _Request | None:
             name, _, value = line.partition(":")
             headers[name.strip().lower()] = value.strip()
         length = int(headers.get("content-length", "0") or 0)
+        if not 0 <= length <= _MAX_BODY:
+            raise _BadRequest(f"Content-Length {length}")
         if length:
             await reader.readexactly(length)  # SET_PARAMETER/GET_PARAMETER bodies: ignored
         return _Request(parts[0].upper(), parts[1], headers)
@@ -103,8 +106,16 @@ def _rtcp_report(ssrc: int, timestamp: int, packets: int, octets: int) -> bytes:
     seconds = int(now)
     fraction = int((now - seconds) * 2**32) & 0xFFFFFFFF
     report = struct.pack(
-        "!BBHIIIIII", 0x80, 200, 6, ssrc, seconds & 0xFFFFFFFF, fraction, timestamp,
-        packets & 0xFFFFFFFF, octets & 0xFFFFFFFF,
+        "!BBHIIIIII",
+        0x80,
+        200,
+        6,
+        ssrc,
+        seconds & 0xFFFFFFFF,
+        fraction,
+        timestamp,
+        packets & 0xFFFFFFFF,
+        octets & 0xFFFFFFFF,
     )
     cname = b"custodes-sim"
     chunk = struct.pack("!IBB", ssrc, 1, len(cname)) + cname + b"\0"
@@ -156,7 +167,9 @@ class _Client:
         if transport.get_write_buffer_size() > self.camera.max_client_buffer:
             log.warning(
                 "%s: dropping slow client %s (%d bytes unsent)",
-                self.camera.name, self.peer, transport.get_write_buffer_size(),
+                self.camera.name,
+                self.peer,
+                transport.get_write_buffer_size(),
             )
             transport.abort()
 

@@ -45,7 +45,11 @@ def run_sim(
     checked_codec: Codec = "h264" if codec == "h264" else "h265"
     stop = stop or threading.Event()
     sample = ensure_sample(
-        cache_dir, width=width, height=height, fps=fps, bitrate_kbps=bitrate_kbps,
+        cache_dir,
+        width=width,
+        height=height,
+        fps=fps,
+        bitrate_kbps=bitrate_kbps,
         codec=checked_codec,
     )
     width_digits = max(2, len(str(cameras)))
@@ -56,7 +60,9 @@ def run_sim(
             print(f"{name} {url}", flush=True)
         if _is_pipe(sys.stdin):
             threading.Thread(
-                target=_serve_commands, args=(server, sys.stdin, sys.stdout), daemon=True,
+                target=_serve_commands,
+                args=(server, sys.stdin, sys.stdout),
+                daemon=True,
                 name="custodes-sim-stdin",
             ).start()
         while not stop.wait(0.5):

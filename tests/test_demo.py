@@ -1,0 +1,50 @@
+"""The README's demo command: simulator + recorder + status page, as a user starts it."""
+
+from __future__ import annotations
+
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+
+@pytest.mark.slow
+def test_demo_records_simulated_cameras_and_serves_status(tmp_path: Path) -> None:
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "custodes", "demo", "--cameras", "2", "--data", str(tmp_path),
+         "--port", "0", "--width", "320", "--height", "240", "--bitrate", "300"],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )
+    assert proc.stdout is not None
+    try:
+        url = None
+        deadline = time.monotonic() + 120
+        while url is None and time.monotonic() < deadline:
+            line = proc.stdout.readline()
+            assert line, "demo exited before printing its status page"
+            if m := re.search(r"status page:\s+(http://127\.0\.0\.1:\d+/)", line):
+                url = m.group(1)
+        assert url is not None
+        cameras: list[dict[str, Any]] = []
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            cameras = httpx.get(url + "api/status").json()["cameras"]
+            if all(c["segments"] >= 1 for c in cameras):
+                break
+            time.sleep(1)
+        page = httpx.get(url).text
+    finally:
+        proc.send_signal(signal.SIGINT)
+        out, _ = proc.communicate(timeout=60)
+    assert proc.returncode == 0, out
+    assert [c["name"] for c in cameras] == ["cam01", "cam02"]
+    assert all(c["state"] == "online" for c in cameras)
+    assert "<title>custodes" in page
+    assert (tmp_path / "demo.yaml").is_file()
+    assert len(list((tmp_path / "recordings").rglob("*.mp4"))) >= 2

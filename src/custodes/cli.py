@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import getpass
 import logging
 import sys
 import threading
+import time
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated
@@ -15,7 +17,13 @@ from rich.console import Console
 from rich.logging import RichHandler
 from rich.table import Table
 
+from custodes.app import Node
 from custodes.config import Config, ConfigError, load_config
+from custodes.record.holds import active_holds, add_hold, release_hold
+from custodes.record.layout import Layout
+from custodes.record.playback import ExportError, export_range
+from custodes.sim import SimServer, ensure_sample, run_sim
+from custodes.store.db import Store
 
 app = typer.Typer(
     help="custodes: a network video recorder whose watchers are watched.",
@@ -25,8 +33,10 @@ app = typer.Typer(
 )
 hold_app = typer.Typer(help="Protect footage from deletion.", no_args_is_help=True)
 app.add_typer(hold_app, name="hold")
-console = Console()
-err = Console(stderr=True)
+# Piped output (scripts, logs, tests) is not wrapped at 80 columns: a line stays a line.
+_WIDTH = None if sys.stdout.isatty() else 200
+console = Console(soft_wrap=True, width=_WIDTH)
+err = Console(stderr=True, soft_wrap=True, width=_WIDTH)
 
 ConfigOption = Annotated[
     Path, typer.Option("--config", "-c", help="YAML configuration file", exists=False)
@@ -60,7 +70,9 @@ def parse_time(text: str) -> float:
     try:
         t = datetime.fromisoformat(text)
     except ValueError:
-        raise typer.BadParameter(f"{text!r} is not an ISO 8601 time (2026-11-28T10:00:00Z)")  # noqa: B904
+        raise typer.BadParameter(
+            f"{text!r} is not an ISO 8601 time (2026-11-28T10:00:00Z)"
+        ) from None
     if t.tzinfo is None:
         t = t.replace(tzinfo=UTC)
     return t.timestamp()
@@ -87,7 +99,6 @@ def run(
 ) -> None:
     """Run a recorder node for the cameras in the configuration."""
     _setup_logging(verbose)
-    from custodes.app import Node  # noqa: PLC0415 - keep `check-config` quick to start
 
     node = Node(_load(config))
     node.start()
@@ -113,8 +124,6 @@ def demo(
 ) -> None:
     """Record simulated cameras on the embedded default: SQLite, local disk, loopback RTSP."""
     _setup_logging(verbose)
-    from custodes.app import Node  # noqa: PLC0415
-    from custodes.sim import SimServer, ensure_sample  # noqa: PLC0415
 
     data = data.resolve()
     console.print(f"preparing sample video ({width}x{height}, {bitrate} kbit/s)…")
@@ -175,7 +184,6 @@ def sim(
     With stdin a pipe, `stop camNN` / `start camNN` lines simulate outages.
     """
     _setup_logging(verbose=False)
-    from custodes.sim import run_sim  # noqa: PLC0415
 
     if codec not in ("h264", "h265"):
         raise typer.BadParameter("codec must be h264 or h265")
@@ -193,10 +201,6 @@ def export(
     allow_gaps: Annotated[bool, typer.Option(help="Export even if footage is missing")] = False,
 ) -> None:
     """Join the recordings of one camera over a time range into one MP4 (stream copy)."""
-    from custodes.record.layout import Layout  # noqa: PLC0415
-    from custodes.record.playback import ExportError, export_range  # noqa: PLC0415
-    from custodes.store.db import Store  # noqa: PLC0415
-
     cfg = _load(config)
     t0, t1 = parse_time(start), parse_time(end)
     if camera not in cfg.cameras:
@@ -222,13 +226,9 @@ def hold_add(
     reason: Annotated[str, typer.Option(help="Why the footage must be kept")],
     camera: Annotated[str | None, typer.Option(help="Camera (default: all)")] = None,
     expires: Annotated[str | None, typer.Option(help="When the hold lapses, ISO 8601")] = None,
-    by: Annotated[str, typer.Option(help="Who places the hold")] = "cli",
+    by: Annotated[str | None, typer.Option(help="Who places the hold (default: you)")] = None,
 ) -> None:
     """Protect a time range of footage from retention."""
-    from custodes.record.holds import add_hold  # noqa: PLC0415
-    from custodes.record.layout import Layout  # noqa: PLC0415
-    from custodes.store.db import Store  # noqa: PLC0415
-
     cfg = _load(config)
     if camera is not None and camera not in cfg.cameras:
         err.print(f"unknown camera {camera!r}")
@@ -236,7 +236,7 @@ def hold_add(
     with Store(Layout(cfg.storage.path).database) as store:
         try:
             hold_id = add_hold(store, camera=camera, start=parse_time(start), end=parse_time(end),
-                               reason=reason, created_by=by,
+                               reason=reason, created_by=by or getpass.getuser(),
                                expires_at=parse_time(expires) if expires else None)
         except ValueError as exc:
             err.print(f"[red]{exc}[/red]")
@@ -247,12 +247,6 @@ def hold_add(
 @hold_app.command("list")
 def hold_list(config: ConfigOption) -> None:
     """Active holds."""
-    import time  # noqa: PLC0415
-
-    from custodes.record.holds import active_holds  # noqa: PLC0415
-    from custodes.record.layout import Layout  # noqa: PLC0415
-    from custodes.store.db import Store  # noqa: PLC0415
-
     cfg = _load(config)
     with Store(Layout(cfg.storage.path).database) as store, store.read() as conn:
         holds = active_holds(conn, time.time())
@@ -267,17 +261,13 @@ def hold_list(config: ConfigOption) -> None:
 def hold_release(
     config: ConfigOption,
     hold_id: Annotated[int, typer.Argument(help="Hold id")],
-    by: Annotated[str, typer.Option(help="Who releases the hold")] = "cli",
+    by: Annotated[str | None, typer.Option(help="Who releases the hold (default: you)")] = None,
 ) -> None:
     """Release a hold; its footage becomes subject to retention again."""
-    from custodes.record.holds import release_hold  # noqa: PLC0415
-    from custodes.record.layout import Layout  # noqa: PLC0415
-    from custodes.store.db import Store  # noqa: PLC0415
-
     cfg = _load(config)
     with Store(Layout(cfg.storage.path).database) as store:
         try:
-            release_hold(store, hold_id, by=by)
+            release_hold(store, hold_id, by=by or getpass.getuser())
         except ValueError as exc:
             err.print(f"[red]{exc}[/red]")
             raise typer.Exit(2) from None

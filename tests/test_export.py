@@ -18,7 +18,7 @@ from custodes.record.playback import (
     segments_in_range,
 )
 from custodes.store.db import Store
-from test_retention import SEGMENT_SECONDS, add_segments, encode_clips, open_node
+from footage import SEGMENT_SECONDS, add_segments, encode_clips, open_node
 
 T0 = 1_700_000_000.0  # 2023-11-14 22:13:20 UTC
 GOP = 1.0  # seconds between keyframes in the clips

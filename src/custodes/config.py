@@ -55,6 +55,7 @@ class LocationType(StrEnum):
 
 class RecordMode(StrEnum):
     CONTINUOUS = "continuous"
+    MOTION = "motion"  # recorded continuously; segments without motion are deleted early
     OFF = "off"
 
 
@@ -123,6 +124,56 @@ class RecordConfig(Strict):
     )
 
 
+Point = tuple[Annotated[float, Field(ge=0, le=1)], Annotated[float, Field(ge=0, le=1)]]
+Polygon = Annotated[list[Point], Field(min_length=3)]
+
+
+class MotionConfig(Strict):
+    enabled: bool = Field(True, description="Detect motion on this camera")
+    threshold: int = Field(
+        25, ge=1, le=255, description="Grey-level change that counts as a moving pixel"
+    )
+    min_area: float = Field(
+        0.002, gt=0, le=1, description="Smallest moving area that counts, as a share of the frame"
+    )
+    masks: list[Polygon] = Field(
+        default_factory=list,
+        description="Areas ignored by motion detection (trees, clocks): polygons of (x, y) "
+        "points in 0..1 frame coordinates",
+    )
+    end_after: float = Field(
+        3.0, gt=0, le=60, description="Seconds without motion that end a motion event"
+    )
+
+
+class FacesConfig(Strict):
+    detect: bool = Field(
+        True, description="Detect faces (always possible: redaction depends on it)"
+    )
+    embeddings: bool = Field(
+        False,
+        description="Compute a face descriptor per track (biometric data; off unless the "
+        "deployment allows it)",
+    )
+    min_size: int = Field(
+        40, ge=20, le=1000, description="Smallest face considered, in pixels of the analysed frame"
+    )
+    upsample: int = Field(
+        1, ge=0, le=2, description="Detector upsampling: 1 finds faces down to ~40 px, at 4x cost"
+    )
+
+
+class AnalyticsConfig(Strict):
+    enabled: bool = Field(True, description="Analyse this camera (motion, faces)")
+    fps: float = Field(5, gt=0, le=30, description="Frames analysed per second")
+    width: int = Field(
+        640, ge=160, le=1920,
+        description="Analysis width when there is no sub stream (the main stream is scaled)",
+    )
+    motion: MotionConfig = Field(default_factory=MotionConfig)
+    faces: FacesConfig = Field(default_factory=FacesConfig)
+
+
 class CameraConfig(Strict):
     site: Name = Field(description="Id of the site (from `sites`) where the camera is installed")
     location: LocationType = Field(description="What kind of place the camera looks at")
@@ -133,6 +184,7 @@ class CameraConfig(Strict):
     sub_url: str | None = Field(None, description="RTSP URL of the low-resolution sub stream")
     enabled: bool = Field(True, description="Set false to keep a camera configured but idle")
     record: RecordConfig = Field(default_factory=RecordConfig)
+    analytics: AnalyticsConfig = Field(default_factory=AnalyticsConfig)
 
     @field_validator("main_url", "sub_url")
     @classmethod
@@ -185,6 +237,16 @@ class ServerConfig(Strict):
     port: int = Field(8080, ge=0, le=65535, description="Port of the web server (0: any free)")
 
 
+class MqttConfig(Strict):
+    host: str = Field(description="MQTT broker host")
+    port: int = Field(1883, ge=1, le=65535, description="MQTT broker port")
+    username: str | None = Field(None, description="User name at the broker")
+    password: str | None = Field(None, description="Password at the broker (use ${ENV_VAR})")
+    topic_prefix: str = Field(
+        "custodes", pattern=r"^[A-Za-z0-9_/-]+$", description="First level of every topic"
+    )
+
+
 class NodeConfig(Strict):
     name: Name = Field("custodes", description="Name of this recorder node")
 
@@ -196,6 +258,7 @@ class Config(Strict):
     storage: StorageConfig = Field(default_factory=StorageConfig)
     retention: RetentionConfig = Field(default_factory=RetentionConfig)
     server: ServerConfig = Field(default_factory=ServerConfig)
+    mqtt: MqttConfig | None = Field(None, description="Publish events to an MQTT broker")
 
     @model_validator(mode="after")
     def _cross_checks(self) -> Config:

@@ -3,7 +3,7 @@
 The migrations in ``migrations/`` are the source of truth; a test checks that these match.
 """
 
-from sqlalchemy import Column, Float, Integer, MetaData, Table, Text
+from sqlalchemy import Column, Float, ForeignKey, Integer, LargeBinary, MetaData, Table, Text
 
 metadata = MetaData()
 
@@ -64,4 +64,40 @@ camera_states = Table(
     Column("at", Float, nullable=False),
     Column("state", Text, nullable=False),
     Column("reason", Text, nullable=False),
+)
+
+motion = Table(
+    "motion",
+    metadata,
+    Column("id", Integer, primary_key=True),
+    Column("camera", Text, nullable=False),
+    Column("start", Float, nullable=False),
+    Column("end", Float, nullable=False),
+    Column("peak", Float, nullable=False),
+)
+
+events = Table(
+    "events",
+    metadata,
+    Column("id", Integer, primary_key=True),
+    Column("camera", Text, nullable=False),
+    Column("kind", Text, nullable=False),
+    Column("start", Float, nullable=False),
+    Column("end", Float),
+    Column("data", Text, nullable=False),
+    Column("snapshot", Text),
+)
+
+faces = Table(
+    "faces",
+    metadata,
+    Column("id", Integer, primary_key=True),
+    Column("camera", Text, nullable=False),
+    Column("start", Float, nullable=False),
+    Column("end", Float, nullable=False),
+    Column("detections", Integer, nullable=False),
+    Column("box", Text, nullable=False),
+    Column("quality", Float, nullable=False),
+    Column("embedding", LargeBinary),
+    Column("event_id", Integer, ForeignKey("events.id", ondelete="SET NULL")),
 )

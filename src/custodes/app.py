@@ -1,8 +1,9 @@
 """A recorder node: ordered start and stop of its parts, and the stop event they share.
 
 Start order follows the data: database, repair of the index, the maintainer that indexes
-segments, one capture supervisor per camera, retention, then the web server. Stop runs in
-reverse, so that the segments ffmpeg closes on its way out are still indexed.
+segments, one capture supervisor per camera, the analysis processes and the event maintainer
+(with MQTT), retention, then the web server. Stop runs in reverse, so that the segments ffmpeg
+closes on its way out are still indexed.
 """
 
 from __future__ import annotations
@@ -17,9 +18,14 @@ from types import FrameType
 
 from sqlalchemy import insert
 
+from custodes.analytics.supervisor import AnalyticsSupervisor
+from custodes.analytics.worker import WorkerSpec
 from custodes.api.server import WebServer
 from custodes.capture.supervisor import CaptureSupervisor, Health, State
 from custodes.config import Config, RecordMode
+from custodes.events.bus import EventBus
+from custodes.events.maintainer import EventMaintainer
+from custodes.events.mqtt import MqttPublisher
 from custodes.record.cleanup import Retention
 from custodes.record.layout import Layout
 from custodes.record.maintainer import Maintainer, ReconcileReport
@@ -47,6 +53,17 @@ class Node:
         self.maintainer = Maintainer(self.store, self.layout)
         self.retention = Retention(self.store, self.layout, config)
         self.supervisors: dict[str, CaptureSupervisor] = {}
+        self.bus = EventBus()
+        self.analytics = AnalyticsSupervisor([
+            WorkerSpec(name, cam.sub_url or cam.main_url, cam.analytics, self.layout.snapshots)
+            for name, cam in config.cameras.items()
+            if cam.enabled and cam.analytics.enabled
+        ])
+        self.events = EventMaintainer(
+            self.store, self.bus, {name: cam.site for name, cam in config.cameras.items()},
+            self.analytics.queue,
+        )
+        self.mqtt = MqttPublisher(config.mqtt, config.node.name) if config.mqtt else None
         self.stop_event = threading.Event()
         self.started_at = time.time()
         self.reconcile_report: ReconcileReport | None = None
@@ -73,6 +90,11 @@ class Node:
             )
             self.supervisors[name] = sup
             sup.start()
+        self.events.start()
+        if self.mqtt is not None:
+            self.mqtt.attach(self.bus)
+            self.mqtt.start()
+        self.analytics.start()
         retention = threading.Thread(
             target=self.retention.run, args=(self.stop_event,), name="retention", daemon=True
         )
@@ -81,8 +103,8 @@ class Node:
         if web:
             self.web = WebServer(self)
             self.web.start()
-        log.info("node %s started: %d cameras recording", self.config.node.name,
-                 len(self.supervisors))
+        log.info("node %s started: %d cameras recording, %d analysed", self.config.node.name,
+                 len(self.supervisors), len(self.analytics.specs))
 
     def stop(self) -> None:
         self.stop_event.set()
@@ -90,6 +112,10 @@ class Node:
             sup.request_stop()
         for sup in self.supervisors.values():
             sup.join()
+        self.analytics.stop()
+        self.events.stop()
+        if self.mqtt is not None:
+            self.mqtt.stop()
         self.maintainer.stop()
         for thread in self._threads:
             thread.join(timeout=10)
@@ -120,6 +146,9 @@ class Node:
         return out
 
     def _record_state(self, camera: str, state: State, reason: str) -> None:
+        if self.mqtt is not None:
+            self.mqtt.publish_camera_state(self.config.cameras[camera].site, camera, state,
+                                           reason)
         values = {"camera": camera, "at": time.time(), "state": state.value, "reason": reason}
         future: Future[object] = self.store.submit(
             lambda conn: conn.execute(insert(schema.camera_states).values(values))

@@ -13,6 +13,7 @@ import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import av
 import numpy as np
@@ -51,6 +52,30 @@ class DecodeStats:
     decoded: int = 0
     sampled: int = 0
     dropped: int = 0  # sampled but replaced before the analysis took them
+
+
+def luma(video: av.VideoFrame, max_width: int) -> npt.NDArray[np.uint8]:
+    """The grey picture of a frame, scaled down to ``max_width`` if wider."""
+    if video.width > max_width:
+        height = round(video.height * max_width / video.width / 2) * 2
+        video = video.reformat(width=max_width, height=height, format="yuv420p")
+    # The Y plane is the grey picture: no colour conversion needed.
+    plane = video.planes[0]
+    rows = np.frombuffer(memoryview(plane), np.uint8).reshape(video.height, plane.line_size)
+    grey: npt.NDArray[np.uint8] = rows[:, : video.width].copy()
+    return grey
+
+
+def file_frames(path: Path, fps: float, width: int, t0: float = 0.0) -> Iterator[Frame]:
+    """Every frame of a file at ``fps`` (no pacing, no drops), with times from ``t0``: the
+    same frames a live camera would give, for tests and benchmarks."""
+    next_sample = 0.0
+    with av.open(str(path)) as container:
+        for video in container.decode(video=0):
+            if video.time is None or video.time < next_sample:
+                continue
+            next_sample = video.time + 1.0 / fps - 0.001
+            yield Frame(t0 + video.time, luma(video, width), video)
 
 
 class FrameSource:
@@ -129,17 +154,7 @@ class FrameSource:
                 if video.time < next_sample:
                     continue
                 next_sample = video.time + self.interval - 0.001
-                self._offer(Frame(anchor + video.time, self._luma(video), video))
-
-    def _luma(self, video: av.VideoFrame) -> npt.NDArray[np.uint8]:
-        if video.width > self.width:
-            height = round(video.height * self.width / video.width / 2) * 2
-            video = video.reformat(width=self.width, height=height, format="yuv420p")
-        # The Y plane is the grey picture: no colour conversion needed.
-        plane = video.planes[0]
-        rows = np.frombuffer(memoryview(plane), np.uint8).reshape(video.height, plane.line_size)
-        luma: npt.NDArray[np.uint8] = rows[:, : video.width].copy()
-        return luma
+                self._offer(Frame(anchor + video.time, luma(video, self.width), video))
 
     def _offer(self, frame: Frame) -> None:
         with self._lock:

@@ -15,11 +15,10 @@ import cv2
 import numpy as np
 import numpy.typing as npt
 
+from custodes.analytics.faces import Box
 from custodes.config import MotionConfig
 
 Grey = npt.NDArray[np.uint8]
-# Boxes are (x, y, w, h) in pixels of the analysed frame.
-Rect = tuple[int, int, int, int]
 
 SMALL_WIDTH = 160  # motion is judged on a 160-pixel-wide image: fast, and noise averages out
 BACKGROUND_RATE = 0.2  # share of each new frame blended into the background
@@ -28,7 +27,7 @@ BACKGROUND_RATE = 0.2  # share of each new frame blended into the background
 @dataclass(frozen=True)
 class MotionResult:
     area: float  # share of the (unmasked) frame that moved, 0..1
-    boxes: list[Rect]
+    boxes: list[Box]  # in pixels of the analysed frame
 
 
 class MotionDetector:
@@ -64,13 +63,13 @@ class MotionDetector:
         moving = cv2.dilate(moving, np.ones((3, 3), np.uint8), iterations=2)
         count, _, stats, _ = cv2.connectedComponentsWithStats(moving, connectivity=8)
         min_pixels = self.config.min_area * self.counted
-        boxes: list[Rect] = []
+        boxes: list[Box] = []
         area = 0
         for x, y, w, h, pixels in stats[1:count]:
             if pixels < min_pixels:
                 continue
             area += int(pixels)
-            boxes.append((
+            boxes.append(Box(
                 int(x / self.scale), int(y / self.scale),
                 int(np.ceil(w / self.scale)), int(np.ceil(h / self.scale)),
             ))
@@ -93,7 +92,9 @@ class MotionTracker:
         self.end_after = end_after
         self.current: MotionSpan | None = None
 
-    def update(self, t: float, result: MotionResult) -> tuple[MotionSpan | None, MotionSpan | None]:
+    def update(
+        self, t: float, result: MotionResult
+    ) -> tuple[MotionSpan | None, MotionSpan | None]:
         """(span that started at t, span that ended before t)."""
         span = self.current
         if result.boxes:

@@ -35,6 +35,7 @@ def node_status(node: Node) -> dict[str, Any]:
     for cam in node.cameras():
         row = per_camera.get(cam.name)
         health = cam.health
+        stats = node.events.stats.get(cam.name)
         cameras.append({
             "name": cam.name,
             "site": cam.site,
@@ -50,6 +51,10 @@ def node_status(node: Node) -> dict[str, Any]:
             "bytes": int(row.bytes or 0) if row else 0,
             "oldest": row.oldest if row else None,
             "newest": row.newest if row else None,
+            "analytics": None if stats is None else {
+                "online": stats.online, "reason": stats.reason, "fps": round(stats.fps, 2),
+                "lag_p95": round(stats.lag_p95, 3), "dropped": stats.dropped,
+            },
         })
     return {
         "node": node.config.node.name,

@@ -6,6 +6,7 @@
   cache/<camera>/                                segments being written by ffmpeg
   recordings/<camera>/<YYYY-MM-DD>/<HH>/<MM.SS>.mp4   completed segments, UTC start time
   quarantine/<camera>/                           files that could not be indexed
+  snapshots/<camera>/<YYYY-MM-DD>/               redacted event pictures (JPEG)
 ```
 """
 
@@ -39,11 +40,15 @@ class Layout:
     def quarantine(self) -> Path:
         return self.root / "quarantine"
 
+    @property
+    def snapshots(self) -> Path:
+        return self.root / "snapshots"
+
     def cache_dir(self, camera: str) -> Path:
         return self.cache / camera
 
     def create(self) -> None:
-        for folder in (self.recordings, self.cache, self.quarantine):
+        for folder in (self.recordings, self.cache, self.quarantine, self.snapshots):
             folder.mkdir(parents=True, exist_ok=True)
 
     def segment_path(self, camera: str, start: float) -> Path:

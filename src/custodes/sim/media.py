@@ -69,7 +69,14 @@ def ensure_sample(
         ":color=white:t=fill"
     )
     preset = "ultrafast" if width * height > _BIG_FRAME else "veryfast"
-    # No argument here contains a space, so the readable split() form is safe.
+    encoder = _camera_encoder(codec, fps, preset, bitrate_kbps)
+    source = f"testsrc2=size={width}x{height}:rate={fps}:duration={seconds}"
+
+    return _encode(["-f", "lavfi", "-i", source], box, encoder, target)
+
+
+def _camera_encoder(codec: Codec, fps: int, preset: str, kbps: int) -> list[str]:
+    """Encoder arguments for an IP camera's stream: no B-frames, closed 1 s GOP, capped rate."""
     if codec == "h264":
         encoder = (
             f"-c:v libx264 -preset {preset} -bf 0 -g {fps} -keyint_min {fps} -sc_threshold 0"
@@ -78,43 +85,50 @@ def ensure_sample(
     else:
         x265 = f"keyint={fps}:min-keyint={fps}:scenecut=0:bframes=0:open-gop=0:log-level=error"
         encoder = f"-c:v libx265 -preset {preset} -x265-params {x265} -tag:v hvc1".split()
-    k = bitrate_kbps
-    rate = f"-b:v {k}k -maxrate {k}k -bufsize {k}k -pix_fmt yuv420p".split()
-    source = f"testsrc2=size={width}x{height}:rate={fps}:duration={seconds}"
+    return [*encoder, *f"-b:v {kbps}k -maxrate {kbps}k -bufsize {kbps}k -pix_fmt yuv420p".split()]
 
+
+def prepare_clip(
+    source: Path, cache_dir: Path, *, width: int = 640, height: int = 360, fps: int = 15,
+    bitrate_kbps: int = 800,
+) -> Path:
+    """A real video re-encoded as a camera would send it (size, rate, GOP), for the simulator.
+
+    The picture is scaled to fit ``width`` x ``height`` and padded, so clips of any shape
+    become one camera's stream. Cached by source name and parameters.
+    """
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    target = cache_dir / (
+        f"clip-r{_RECIPE}-{source.stem}-{width}x{height}-{fps}fps-{bitrate_kbps}k.mp4"
+    )
+    if target.exists():
+        return target
+    fit = (
+        f"scale={width}:{height}:force_original_aspect_ratio=decrease,"
+        f"pad={width}:{height}:(ow-iw)/2:(oh-ih)/2,fps={fps}"
+    )
+    encoder = _camera_encoder("h264", fps, "veryfast", bitrate_kbps)
+    return _encode(["-i", str(source)], fit, encoder, target)
+
+
+def _encode(inputs: list[str], video_filter: str, encoder: list[str], target: Path) -> Path:
     # Temp file in the same directory so the final rename is atomic; concurrent callers each
     # write their own temp file and the last rename wins with identical content.
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{target.stem}.", suffix=".mp4", dir=cache_dir)
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{target.stem}.", suffix=".mp4", dir=target.parent)
     os.close(fd)
     tmp = Path(tmp_name)
     cmd = [
-        imageio_ffmpeg.get_ffmpeg_exe(),
-        "-hide_banner",
-        "-loglevel",
-        "error",
-        "-nostdin",
-        "-y",
-        "-f",
-        "lavfi",
-        "-i",
-        source,
-        "-vf",
-        box,
-        *encoder,
-        *rate,
-        "-an",
-        "-f",
-        "mp4",
-        str(tmp),
+        imageio_ffmpeg.get_ffmpeg_exe(), "-hide_banner", "-loglevel", "error", "-nostdin", "-y",
+        *inputs, "-vf", video_filter, *encoder, "-an", "-f", "mp4", str(tmp),
     ]
     started = time.monotonic()
     try:
         result = subprocess.run(cmd, capture_output=True, text=True, check=False)
         if result.returncode != 0:
-            raise RuntimeError(f"ffmpeg failed to generate {target.name}: {result.stderr.strip()}")
+            raise RuntimeError(f"ffmpeg failed to make {target.name}: {result.stderr.strip()}")
         tmp.chmod(0o644)  # mkstemp's 0600 would hide the sample from a recorder run as another user
         tmp.replace(target)
     finally:
         tmp.unlink(missing_ok=True)
-    log.info("generated %s in %.1f s", target.name, time.monotonic() - started)
+    log.info("made %s in %.1f s", target.name, time.monotonic() - started)
     return target

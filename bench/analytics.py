@@ -1,0 +1,689 @@
+"""Face analytics speed: custodes vs the naive per-frame pattern, same run.
+
+    python bench/analytics.py --cameras 8 --seconds 120      # ~5 min
+    python bench/analytics.py --quick                        # smoke test, ~1.5 min
+
+Cameras: real clips from ../shared/data/video, made into 640x360 15 fps camera streams
+(`prepare_clip`) and served over RTSP on loopback by a simulator in a helper process, whose CPU
+is reported apart: it is the cameras, not the recorder. Then, one after the other:
+
+1. Live. `custodes run` records every camera and analyses each at 5 fps with descriptors on
+   (motion, faces in moving regions, tracks, one descriptor per track, redacted snapshots).
+   Over --seconds, /api/status is sampled every 2 s (each worker reports its analysed fps, p95
+   lag and dropped frames every 2 s) and psutil samples the node's process tree: CPU-seconds
+   per camera-minute for recording (the ffmpeg children) and analysis (the rest: the spawned
+   analysis workers and the node's own Python process), and peak RSS.
+2. Offline, on one pinned core, on the same frames of each distinct clip (one pass, decoded at
+   5 fps with `file_frames`, decoding outside the timings):
+   - naive: what face_recognition-style projects start from: on every frame, dlib's HOG
+     detector on the full RGB frame upsampled once, then the 5-point landmarks and dlib's
+     `compute_face_descriptor` for every face found; no motion gating, no tracking. To count
+     the people it saw, its detections are fed through custodes' Tracker afterwards, outside
+     its timings (the naive loop itself does not track).
+   - custodes: `CameraAnalysis.process` per frame and `flush` at the end, as in a worker,
+     including the redacted JPEG snapshots it writes per track and per motion span (real cost
+     of the feature). People found = FaceTrack messages.
+   Frames/s, faces found (detections), people found (tracks), per clip and in total, and the
+   time per frame split into stages.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import itertools
+import json
+import multiprocessing
+import multiprocessing.connection
+import multiprocessing.synchronize
+import os
+import shutil
+import signal
+import socket
+import sqlite3
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from collections import defaultdict
+from collections.abc import Callable, Iterator
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import dlib  # type: ignore[import-untyped]  # dlib ships no type information
+import numpy as np
+import psutil
+import yaml
+
+from custodes.analytics.decode import Frame, file_frames
+from custodes.analytics.embedding import FaceEmbedder
+from custodes.analytics.faces import Box, Face
+from custodes.analytics.motion import MotionDetector
+from custodes.analytics.tracker import Tracker
+from custodes.analytics.weights import face_model_files
+from custodes.analytics.worker import CameraAnalysis, FaceTrack, Message, WorkerSpec
+from custodes.config import AnalyticsConfig, FacesConfig
+from custodes.sim import SimServer, prepare_clip
+
+VIDEOS = Path(__file__).resolve().parents[2] / "shared" / "data" / "video"
+CLIPS = (  # real footage with people in it, cycled over the cameras
+    "face_recognition_short_hamilton_clip.mp4",
+    "opencv_vtest_reencoded_480x360.avi",
+    "dlib_MOT20-05-raw_even_shorter.mp4",
+    "facenet-pytorch_video.mp4",
+    "intel_face-demographics-walking_from-gif.mp4",
+    "intel_store-aisle-detection_from-gif.mp4",
+)
+WIDTH, HEIGHT, STREAM_FPS, ANALYSIS_FPS = 640, 360, 15, 5.0
+SAMPLE_EVERY = 2.0  # seconds; the workers report every 2 s too
+REALTIME_FPS = 4.75  # a camera analysed at >= this median rate keeps up with 5 fps
+BOUNDED_LAG = 1.0  # seconds: a median p95 lag above this means frames queue up somewhere
+READY_TIMEOUT = 120.0  # seconds for the node to bring every camera's analysis online
+DISTURBED = 0.9  # CPU/wall below this on the pinned core: something else shared it
+ENV_ONE_THREAD = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
+
+
+# -- the cameras -------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Camera:
+    name: str
+    clip: Path  # the prepared, camera-like MP4
+
+
+def prepare_cameras(count: int, cache: Path) -> list[Camera]:
+    prepared = {
+        name: prepare_clip(VIDEOS / name, cache, width=WIDTH, height=HEIGHT, fps=STREAM_FPS)
+        for name in CLIPS[:count]
+    }
+    return [Camera(f"cam{i + 1:02d}", prepared[name])
+            for i, name in zip(range(count), itertools.cycle(prepared))]
+
+
+def serve_cameras(cameras: list[Camera], conn: multiprocessing.connection.Connection,
+                  stop: multiprocessing.synchronize.Event) -> None:
+    """Helper process: serve the clips until `stop`; send {name: url} once all listen."""
+    with SimServer("127.0.0.1") as server:
+        for camera in cameras:
+            server.add_camera(camera.name, camera.clip)
+        conn.send(server.urls)
+        stop.wait()
+
+
+@contextlib.contextmanager
+def simulator(cameras: list[Camera]) -> Iterator[tuple[dict[str, str], psutil.Process]]:
+    """The simulator in a process of its own, so that its CPU is not counted as custodes'."""
+    ctx = multiprocessing.get_context("spawn")
+    stop = ctx.Event()
+    ours, theirs = ctx.Pipe()
+    proc = ctx.Process(target=serve_cameras, args=(cameras, theirs, stop), name="bench-sim")
+    proc.start()
+    try:
+        if not ours.poll(60):
+            raise SystemExit("the simulator did not start within 60 s")
+        urls: dict[str, str] = ours.recv()
+        assert proc.pid is not None
+        yield urls, psutil.Process(proc.pid)
+    finally:
+        stop.set()
+        proc.join(30)
+        if proc.is_alive():
+            proc.kill()
+
+
+# -- live: the node ----------------------------------------------------------------------------
+
+
+def category(proc: psutil.Process, root: psutil.Process) -> str:
+    if proc.pid == root.pid:
+        return "node"
+    with contextlib.suppress(psutil.Error):
+        if "ffmpeg" in proc.name():
+            return "recording"
+    return "analysis"
+
+
+@dataclass
+class TreeUsage:
+    """CPU per category of a process tree. Processes that end (a restarted ffmpeg or worker)
+    keep the CPU last seen of them, so a restart does not make CPU vanish from the totals."""
+
+    root: psutil.Process
+    seen: dict[tuple[int, float], tuple[str, float]] = field(default_factory=dict)
+    peak_rss: dict[str, int] = field(default_factory=lambda: defaultdict(int))
+    peak_rss_total: int = 0
+
+    def sample(self) -> None:
+        try:
+            procs = [self.root, *self.root.children(recursive=True)]
+        except psutil.NoSuchProcess:
+            return
+        rss: dict[str, int] = defaultdict(int)
+        for proc in procs:
+            try:
+                kind = category(proc, self.root)
+                times = proc.cpu_times()
+                self.seen[(proc.pid, proc.create_time())] = (kind, times.user + times.system)
+                rss[kind] += proc.memory_info().rss
+            except psutil.Error:
+                continue
+        for kind, value in rss.items():
+            self.peak_rss[kind] = max(self.peak_rss[kind], value)
+        self.peak_rss_total = max(self.peak_rss_total, sum(rss.values()))
+
+    def cpu(self) -> dict[str, float]:
+        totals: dict[str, float] = defaultdict(float)
+        for kind, seconds in self.seen.values():
+            totals[kind] += seconds
+        return totals
+
+
+@dataclass
+class CameraLive:
+    fps: list[float] = field(default_factory=list)
+    lag_p95: list[float] = field(default_factory=list)
+    offline_samples: int = 0
+    dropped: list[int] = field(default_factory=list)
+    segments: list[int] = field(default_factory=list)
+
+    def dropped_in_window(self) -> int:
+        if not self.dropped:
+            return 0
+        delta = self.dropped[-1] - self.dropped[0]
+        return delta if delta >= 0 else self.dropped[-1]  # the stream reconnected: count anew
+
+    def median_fps(self) -> float:
+        return statistics.median(self.fps) if self.fps else 0.0
+
+    def median_lag(self) -> float:
+        return statistics.median(self.lag_p95) if self.lag_p95 else float("inf")
+
+    def p95_lag(self) -> float:
+        if len(self.lag_p95) < 2:
+            return self.lag_p95[0] if self.lag_p95 else float("inf")
+        return statistics.quantiles(self.lag_p95, n=20)[-1]
+
+
+@dataclass
+class LiveResult:
+    cameras: dict[str, CameraLive]
+    cpu: dict[str, float]  # CPU-seconds per category over the window
+    seconds: float  # length of the measured window
+    peak_rss: dict[str, int]
+    peak_rss_total: int
+    face_tracks: dict[str, int]  # stored by the node over its whole run
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def fetch_status(port: int) -> dict[str, Any] | None:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/api/status", timeout=5) as reply:
+            status: dict[str, Any] = json.load(reply)
+            return status
+    except (urllib.error.URLError, OSError, ValueError):
+        return None  # not up yet, or busy: the next sample will tell
+
+
+def write_config(urls: dict[str, str], work: Path, port: int) -> Path:
+    # Descriptors on: the naive pattern computes one per face, so custodes must too (per track).
+    analytics = {"fps": ANALYSIS_FPS, "faces": {"embeddings": True}}
+    config = {
+        "sites": {"bench": {"name": "Benchmark"}},
+        "cameras": {
+            name: {"site": "bench", "location": "corridor", "purpose": "benchmark",
+                   "main_url": url, "analytics": analytics}
+            for name, url in urls.items()
+        },
+        "storage": {"path": str(work)},
+        "server": {"port": port},
+    }
+    path = work / "bench.yaml"
+    work.mkdir(parents=True, exist_ok=True)
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
+def wait_until_analysing(port: int, cameras: int, node: subprocess.Popen[bytes]) -> float:
+    """Seconds until every camera's worker reports itself online (models loaded, stream open)."""
+    started = time.monotonic()
+    while time.monotonic() - started < READY_TIMEOUT:
+        if node.poll() is not None:
+            raise SystemExit(f"the node exited with code {node.returncode}; see node.log")
+        status = fetch_status(port)
+        if status is not None:
+            online = [c for c in status["cameras"] if (c["analytics"] or {}).get("online")]
+            if len(online) == cameras:
+                return time.monotonic() - started
+        time.sleep(1.0)
+    raise SystemExit(f"not every camera's analysis came online within {READY_TIMEOUT:.0f} s")
+
+
+def record_status(status: dict[str, Any] | None, cameras: dict[str, CameraLive]) -> None:
+    for cam in (status or {}).get("cameras", []):
+        live = cameras[cam["name"]]
+        live.segments.append(cam["segments"])
+        analytics = cam["analytics"]
+        if not analytics or not analytics["online"]:
+            live.offline_samples += 1
+            continue
+        live.fps.append(analytics["fps"])
+        live.lag_p95.append(analytics["lag_p95"])
+        live.dropped.append(analytics["dropped"])
+
+
+def stored_face_tracks(database: Path) -> dict[str, int]:
+    db = sqlite3.connect(database)
+    try:
+        rows = db.execute("SELECT camera, COUNT(*) FROM faces GROUP BY camera").fetchall()
+    finally:
+        db.close()
+    return {camera: count for camera, count in rows}
+
+
+def run_live(urls: dict[str, str], work: Path, args: argparse.Namespace) -> LiveResult:
+    port = free_port()
+    config = write_config(urls, work, port)
+    with (work / "node.log").open("w") as log:
+        node = subprocess.Popen([sys.executable, "-m", "custodes", "run", "--config", str(config)],
+                                stdout=subprocess.DEVNULL, stderr=log)
+    try:
+        ready = wait_until_analysing(port, len(urls), node)
+        print(f"node: every camera analysed after {ready:.0f} s; warming up {args.warmup:.0f} s",
+              flush=True)
+        time.sleep(args.warmup)
+        usage = TreeUsage(psutil.Process(node.pid))
+        cameras = {name: CameraLive() for name in urls}
+        usage.sample()
+        before, t0 = usage.cpu(), time.monotonic()
+        end = t0 + args.seconds
+        while (now := time.monotonic()) < end:
+            record_status(fetch_status(port), cameras)
+            usage.sample()
+            time.sleep(max(0.0, min(SAMPLE_EVERY - (time.monotonic() - now),
+                                    end - time.monotonic())))
+        usage.sample()
+        seconds = time.monotonic() - t0
+        after = usage.cpu()
+    finally:
+        node.send_signal(signal.SIGINT)
+        try:
+            node.wait(60)
+        except subprocess.TimeoutExpired:
+            node.kill()
+            node.wait()
+    cpu = {kind: after.get(kind, 0.0) - before.get(kind, 0.0) for kind in after}
+    return LiveResult(cameras, cpu, seconds, dict(usage.peak_rss), usage.peak_rss_total,
+                      stored_face_tracks(work / "custodes.db"))
+
+
+# -- offline: the same frames, naive vs custodes -----------------------------------------------
+
+
+class Stopwatch:
+    """Wall seconds per named stage. A stage entered inside another counts in the outer one
+    only (the snapshot's redaction runs the detector: that is snapshot cost, not detection)."""
+
+    def __init__(self) -> None:
+        self.seconds: dict[str, float] = defaultdict(float)
+        self._depth = 0
+
+    @contextlib.contextmanager
+    def stage(self, name: str) -> Iterator[None]:
+        self._depth += 1
+        started = time.perf_counter()
+        try:
+            yield
+        finally:
+            self._depth -= 1
+            if self._depth == 0:
+                self.seconds[name] += time.perf_counter() - started
+
+    def wrap(self, obj: object, attr: str, name: str) -> None:
+        """Time every call of obj.attr as stage `name` (an instance attribute shadows it)."""
+        original: Callable[..., Any] = getattr(obj, attr)
+
+        def timed(*args: Any, **kwargs: Any) -> Any:
+            with self.stage(name):
+                return original(*args, **kwargs)
+
+        setattr(obj, attr, timed)
+
+
+@dataclass
+class Run:
+    frames: int = 0
+    wall: float = 0.0  # seconds inside the timed per-frame work
+    cpu: float = 0.0  # this thread's CPU-seconds over the same work
+    faces: int = 0  # detections
+    people: int = 0  # tracks
+    # Naive only: the same counts for faces custodes would keep (smaller side >= min_size).
+    faces_sized: int = 0
+    people_sized: int = 0
+    stages: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def fps(self) -> float:
+        return self.frames / self.wall if self.wall else 0.0
+
+    def add(self, other: Run) -> None:
+        self.frames += other.frames
+        self.wall += other.wall
+        self.cpu += other.cpu
+        self.faces += other.faces
+        self.people += other.people
+        self.faces_sized += other.faces_sized
+        self.people_sized += other.people_sized
+        for name, seconds in other.stages.items():
+            self.stages[name] = self.stages.get(name, 0.0) + seconds
+
+
+@dataclass
+class ClipResult:
+    clip: str
+    naive: Run
+    ours: Run
+
+
+class Timed:
+    """Accumulates wall and thread-CPU time over the `with` blocks it is used in."""
+
+    def __init__(self, run: Run) -> None:
+        self.run = run
+
+    @contextlib.contextmanager
+    def __call__(self) -> Iterator[None]:
+        wall, cpu = time.perf_counter(), time.thread_time()
+        try:
+            yield
+        finally:
+            self.run.wall += time.perf_counter() - wall
+            self.run.cpu += time.thread_time() - cpu
+
+
+class Naive:
+    """face_recognition's `face_locations` + `face_encodings` (model="small"), per frame."""
+
+    def __init__(self) -> None:
+        files = face_model_files()
+        self.detector: Any = dlib.get_frontal_face_detector()
+        self.predictor: Any = dlib.shape_predictor(str(files.shape_predictor_5))
+        self.encoder: Any = dlib.face_recognition_model_v1(str(files.resnet))
+
+    def faces(self, frame: Frame, watch: Stopwatch) -> list[Face]:
+        with watch.stage("rgb"):
+            rgb = frame.rgb()
+        with watch.stage("detect"):
+            # == detector(rgb, 1), which face_recognition calls; run() also gives the scores.
+            rects, scores, _ = self.detector.run(rgb, 1, 0.0)
+        found = []
+        for rect, score in zip(rects, scores, strict=True):
+            with watch.stage("landmarks"):
+                shape = self.predictor(rgb, rect)
+            with watch.stage("embed"):
+                self.encoder.compute_face_descriptor(rgb, shape)
+            box = Box.from_corners(rect.left(), rect.top(), rect.right() + 1, rect.bottom() + 1)
+            points = np.array([(shape.part(i).x, shape.part(i).y) for i in range(5)], np.int32)
+            found.append(Face(box, float(score), points))
+        return found
+
+
+class PeopleCounter:
+    """Counts tracks among detections, with the Tracker a custodes worker uses (max_age 1 s),
+    optionally only of faces at least `min_size` pixels on their smaller side."""
+
+    def __init__(self, min_size: int = 0) -> None:
+        self.tracker = Tracker(max_age=1.0)
+        self.min_size = min_size
+        self.faces = self.people = 0
+
+    def update(self, frame: Frame, faces: list[Face]) -> None:
+        kept = [f for f in faces if min(f.box.w, f.box.h) >= self.min_size]
+        self.faces += len(kept)
+        self.people += len(self.tracker.update(frame.t, kept, frame.grey, frame.rgb))
+
+    def flush(self) -> None:
+        self.people += len(self.tracker.flush())
+
+
+def run_naive(clip: Path, naive: Naive, max_frames: int) -> Run:
+    run, watch = Run(), Stopwatch()
+    timed = Timed(run)
+    everyone, sized = PeopleCounter(), PeopleCounter(FacesConfig().min_size)
+    for frame in itertools.islice(file_frames(clip, ANALYSIS_FPS, WIDTH, t0=time.time()),
+                                  max_frames or None):
+        with timed():
+            faces = naive.faces(frame, watch)
+        run.frames += 1
+        everyone.update(frame, faces)  # outside the timings: the naive loop does not track
+        sized.update(frame, faces)
+    everyone.flush()
+    sized.flush()
+    run.faces, run.people = everyone.faces, everyone.people
+    run.faces_sized, run.people_sized = sized.faces, sized.people
+    run.stages = dict(watch.seconds)
+    return run
+
+
+class Collect:
+    """The worker's outbox, kept in a list."""
+
+    def __init__(self) -> None:
+        self.messages: list[Message] = []
+
+    def put(self, message: Message) -> None:
+        self.messages.append(message)
+
+
+def instrument(analysis: CameraAnalysis, first: Frame, watch: Stopwatch) -> None:
+    # The motion detector is made on the first frame; made here, its method can be timed.
+    height, width = first.grey.shape
+    analysis.motion = MotionDetector(analysis.config.motion, width, height)
+    watch.wrap(analysis.motion, "update", "motion")
+    watch.wrap(analysis.detector, "detect", "detect")
+    watch.wrap(analysis.tracker, "update", "track")  # includes RGB conversion when needed
+    watch.wrap(analysis.embedder, "embed", "embed")
+    watch.wrap(analysis, "_snapshot", "snapshot")  # its full-frame redaction detector included
+
+
+def run_custodes(clip: Path, camera: str, embedder: FaceEmbedder, snapshots: Path,
+                 max_frames: int) -> Run:
+    config = AnalyticsConfig(fps=ANALYSIS_FPS, width=WIDTH, faces=FacesConfig(embeddings=True))
+    outbox = Collect()
+    analysis = CameraAnalysis(WorkerSpec(camera, "file://unused", config, snapshots), outbox,
+                              embedder)
+    run, watch = Run(), Stopwatch()
+    timed = Timed(run)
+    frames = itertools.islice(file_frames(clip, ANALYSIS_FPS, WIDTH, t0=time.time()),
+                              max_frames or None)
+    for frame in frames:
+        if run.frames == 0:
+            instrument(analysis, frame, watch)
+        with timed():
+            analysis.process(frame)
+        run.frames += 1
+    with timed():
+        analysis.flush()
+    tracks = [m for m in outbox.messages if isinstance(m, FaceTrack)]
+    run.people = len(tracks)
+    run.faces = sum(t.detections for t in tracks)
+    run.stages = dict(watch.seconds)
+    return run
+
+
+def compare_offline(clips: list[Path], snapshots: Path, max_frames: int) -> list[ClipResult]:
+    """In a process of its own, pinned to one core: naive then custodes, clip by clip."""
+    os.sched_setaffinity(0, {max(os.sched_getaffinity(0))})
+    naive = Naive()
+    embedder = FaceEmbedder("onnx", threads=1)  # what a worker makes
+    # First calls allocate and plan: keep that out of the timings of either side.
+    chips = np.zeros((1, 150, 150, 3), np.uint8)
+    embedder.embed_chips(chips)
+    naive.encoder.compute_face_descriptor(chips[0])
+    results = []
+    for index, clip in enumerate(clips):
+        ours = run_custodes(clip, f"clip{index + 1}", embedder, snapshots, max_frames)
+        results.append(ClipResult(clip_label(clip), run_naive(clip, naive, max_frames), ours))
+    return results
+
+
+def run_offline(cameras: list[Camera], work: Path, max_frames: int) -> list[ClipResult]:
+    clips = list(dict.fromkeys(camera.clip for camera in cameras))
+    # One thread of native maths, as the node gives each worker (spawn children inherit it).
+    for name in ENV_ONE_THREAD:
+        os.environ[name] = "1"
+    with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as pool:
+        return pool.submit(compare_offline, clips, work / "snapshots", max_frames).result()
+
+
+# -- the report ----------------------------------------------------------------------------------
+
+
+def clip_label(clip: Path) -> str:
+    stem = clip.stem.removeprefix("clip-r1-")
+    return stem.split(f"-{WIDTH}x{HEIGHT}")[0][:30]
+
+
+def mib(n: float) -> str:
+    return f"{n / 2**20:.0f}"
+
+
+def print_live(live: LiveResult, cameras: list[Camera], sim_rate: float,
+               args: argparse.Namespace) -> bool:
+    n = len(cameras)
+    print(f"\n== Live: {n} cameras {WIDTH}x{HEIGHT} {STREAM_FPS} fps, recorded and analysed at "
+          f"{ANALYSIS_FPS:g} fps (descriptors on), {live.seconds:.0f} s measured ==")
+    expected = int(live.seconds * ANALYSIS_FPS)
+    print(f"{'camera':8} {'clip':30} {'fps med':>8} {'fps min':>8} {'lag p95 med':>12} "
+          f"{'lag p95 p95':>12} {'dropped':>8} {'offline':>8} {'segments':>9} {'tracks':>7}")
+    for camera in cameras:
+        c = live.cameras[camera.name]
+        segments = c.segments[-1] - c.segments[0] if c.segments else 0
+        print(f"{camera.name:8} {clip_label(camera.clip):30} {c.median_fps():8.2f} "
+              f"{min(c.fps, default=0.0):8.2f} {c.median_lag():11.2f}s {c.p95_lag():11.2f}s "
+              f"{c.dropped_in_window():8d} {c.offline_samples:8d} {segments:9d} "
+              f"{live.face_tracks.get(camera.name, 0):7d}")
+    slowest = min(c.median_fps() for c in live.cameras.values())
+    worst_med = max(c.median_lag() for c in live.cameras.values())
+    worst_p95 = max(c.p95_lag() for c in live.cameras.values())
+    dropped = sum(c.dropped_in_window() for c in live.cameras.values())
+    per_cam_min = 60 / live.seconds / n
+    rec = live.cpu.get("recording", 0.0)
+    workers, node = live.cpu.get("analysis", 0.0), live.cpu.get("node", 0.0)
+    cores = psutil.cpu_count() or 1
+    rows = [
+        ("analysed fps per camera: slowest camera's median", f"{slowest:.2f}"),
+        ("p95 lag: worst camera's median / p95 of reports", f"{worst_med:.2f} / {worst_p95:.2f} s"),
+        ("frames dropped (all cameras) / frames due", f"{dropped} / {expected * n}"),
+        ("CPU-s per camera-minute: recording (ffmpeg)", f"{rec * per_cam_min:.2f}"),
+        ("CPU-s per camera-minute: analysis (workers + node)",
+         f"{(workers + node) * per_cam_min:.2f}"),
+        ("  of which analysis workers", f"{workers * per_cam_min:.2f}"),
+        ("  of which node process (events, index, web)", f"{node * per_cam_min:.2f}"),
+        (f"node tree CPU, share of the {cores} cores",
+         f"{(rec + workers + node) / live.seconds / cores:.0%}"),
+        ("peak RSS total / per camera (MiB)",
+         f"{mib(live.peak_rss_total)} / {mib(live.peak_rss_total / n)}"),
+        ("  peak RSS node / recording / analysis (MiB)",
+         " / ".join(mib(live.peak_rss.get(k, 0)) for k in ("node", "recording", "analysis"))),
+        ("simulator (not included): CPU-s per camera-minute", f"{sim_rate * 60 / n:.2f}"),
+    ]
+    for label, value in rows:
+        print(f"{label:54} {value:>20}")
+    realtime = slowest >= REALTIME_FPS and worst_med <= BOUNDED_LAG
+    print(f"real time for all {n} cameras (each >= {REALTIME_FPS} fps, median p95 lag <= "
+          f"{BOUNDED_LAG:g} s): {'YES' if realtime else 'NO'}")
+    if args.warmup < 10:
+        print("(short warm-up: the first reports may include model loading)")
+    return realtime
+
+
+def print_offline(results: list[ClipResult], max_frames: int) -> None:
+    limit = f", first {max_frames} frames each" if max_frames else ""
+    print(f"\n== Offline, one pinned core, same frames ({ANALYSIS_FPS:g} fps, one pass per "
+          f"distinct clip{limit}) ==")
+    min_size = FacesConfig().min_size
+    print(f"faces = detections, people = tracks; 'naive>={min_size}': the naive loop's faces of "
+          f"at least custodes' min_size ({min_size} px)")
+    print(f"{'clip':30} {'frames':>6} {'naive fps':>9} {'ours fps':>9} {'speedup':>8} "
+          f"{'faces naive/ours':>17} {'people naive/ours':>18} {f'naive>={min_size}':>13}")
+    total_naive, total_ours = Run(), Run()
+    for r in results:
+        total_naive.add(r.naive)
+        total_ours.add(r.ours)
+        print_offline_row(r.clip, r.naive, r.ours)
+    print_offline_row("total", total_naive, total_ours)
+    for name, run in (("naive", total_naive), ("custodes", total_ours)):
+        ratio = run.cpu / run.wall if run.wall else 1.0
+        note = "" if ratio >= DISTURBED else "  <- another load shared the core: rerun"
+        print(f"CPU/wall on the pinned core, {name}: {ratio:.2f}{note}")
+    print_stages(total_naive, total_ours)
+
+
+def print_offline_row(label: str, naive: Run, ours: Run) -> None:
+    speedup = ours.fps / naive.fps if naive.fps else float("inf")
+    print(f"{label:30} {naive.frames:6d} {naive.fps:9.1f} {ours.fps:9.1f} {speedup:7.1f}x "
+          f"{f'{naive.faces}/{ours.faces}':>17} {f'{naive.people}/{ours.people}':>18} "
+          f"{f'{naive.faces_sized}f {naive.people_sized}p':>13}")
+
+
+def print_stages(naive: Run, ours: Run) -> None:
+    print("\nms per frame by stage (naive: rgb, detect on full frame, landmarks, embed every "
+          "face;\ncustodes: motion, detect in moving regions incl. landmarks, track incl. RGB "
+          "when needed,\nembed once per track, snapshot = redaction detector + blur + JPEG)")
+    for name, run in (("naive", naive), ("custodes", ours)):
+        stages = dict(run.stages)
+        stages["other"] = max(0.0, run.wall - sum(stages.values()))
+        parts = "  ".join(f"{k} {v / run.frames * 1000:.1f}" for k, v in stages.items())
+        print(f"{name:9} total {run.wall / run.frames * 1000:6.1f}   {parts}")
+
+
+# -- main ----------------------------------------------------------------------------------------
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--cameras", type=int, default=8)
+    parser.add_argument("--seconds", type=float, default=120, help="live seconds measured")
+    parser.add_argument("--warmup", type=float, default=10,
+                        help="seconds after every camera is analysed, before measuring")
+    parser.add_argument("--max-frames", type=int, default=0,
+                        help="offline: frames per clip (0: all)")
+    parser.add_argument("--quick", action="store_true",
+                        help="smoke test: 20 s live, 5 s warm-up, 20 frames per clip")
+    parser.add_argument("--cache", type=Path, default=None,
+                        help="folder for the prepared clips, kept between runs (default: temp)")
+    parser.add_argument("--work", type=Path, default=None, help="scratch folder (default: temp)")
+    args = parser.parse_args()
+    if args.quick:
+        args.seconds, args.warmup, args.max_frames = 20.0, 5.0, args.max_frames or 20
+
+    work = Path(args.work or tempfile.mkdtemp(prefix="custodes-bench-analytics-"))
+    try:
+        cameras = prepare_cameras(args.cameras, args.cache or work / "clips")
+        with simulator(cameras) as (urls, sim):
+            sim_before, t0 = sum(sim.cpu_times()[:2]), time.monotonic()
+            live = run_live(urls, work / "node", args)
+            sim_rate = (sum(sim.cpu_times()[:2]) - sim_before) / (time.monotonic() - t0)
+        print_live(live, cameras, sim_rate, args)
+        print("\noffline comparison running...", flush=True)
+        print_offline(run_offline(cameras, work, args.max_frames), args.max_frames)
+    finally:
+        if args.work is None:
+            shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,265 @@
+"""The analysis of one camera, in a process of its own.
+
+    frames (decode.py) -> motion (motion.py) -> faces in the moving regions (faces.py)
+    -> tracks (tracker.py) -> per finished track: one descriptor, if allowed (embedding.py)
+    -> messages to the node: motion spans, face tracks, redacted snapshots, statistics
+
+The worker never touches the database: it sends plain messages on a queue and the node's
+event maintainer stores and publishes them. A stream that fails ends the open motion span
+and tracks, waits (1 s doubling to 60 s) and reconnects.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import multiprocessing.synchronize
+import statistics
+import time
+from collections import deque
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Protocol
+
+import numpy as np
+
+from custodes.analytics.decode import Frame, FrameSource, StreamError
+from custodes.analytics.embedding import FaceEmbedder
+from custodes.analytics.faces import Box, FaceDetector
+from custodes.analytics.motion import MotionDetector, MotionResult, MotionSpan, MotionTracker
+from custodes.analytics.redact import encode_jpeg, redact_snapshot
+from custodes.analytics.tracker import FinishedTrack, Tracker
+from custodes.config import AnalyticsConfig
+
+log = logging.getLogger(__name__)
+
+STATS_INTERVAL = 2.0  # seconds between statistics messages
+RGB_FRAMES_KEPT = 16  # colour frames kept for snapshots of tracks' best moments
+# The moving regions are searched for new faces on every third frame (0.6 s at 5 fps: nobody
+# crosses a corridor faster); faces already tracked are followed on every frame, in a small
+# window around where they are expected. That is most of the speed over detecting everywhere.
+SCAN_EVERY = 3
+FOLLOW_MARGIN = 0.5  # the window around a tracked face, per side, as a share of its size
+BACKOFF_MIN, BACKOFF_MAX = 1.0, 60.0
+
+
+@dataclass(frozen=True)
+class WorkerSpec:
+    camera: str
+    url: str
+    config: AnalyticsConfig
+    snapshots: Path  # the node's snapshot folder
+
+
+# -- messages to the node -----------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class MotionStarted:
+    camera: str
+    key: int  # matches the MotionEnded of the same span
+    start: float
+
+
+@dataclass(frozen=True)
+class MotionEnded:
+    camera: str
+    key: int
+    start: float
+    end: float
+    peak: float
+    snapshot: str | None  # relative to the snapshot folder
+
+
+@dataclass(frozen=True)
+class FaceTrack:
+    camera: str
+    start: float
+    end: float
+    detections: int
+    box: tuple[int, int, int, int]
+    quality: float
+    embedding: bytes | None  # 128 float32; None unless descriptors are allowed
+    snapshot: str | None
+
+
+@dataclass(frozen=True)
+class Stats:
+    camera: str
+    online: bool
+    reason: str
+    fps: float  # frames analysed per second over the last interval
+    lag_p95: float  # seconds from capture to the end of analysis
+    dropped: int  # frames skipped deliberately so far
+    width: int
+    height: int
+
+
+Message = MotionStarted | MotionEnded | FaceTrack | Stats
+
+
+class Outbox(Protocol):
+    def put(self, message: Message) -> None: ...
+
+
+# -- the analysis -------------------------------------------------------------------------
+
+
+class CameraAnalysis:
+    """Everything computed from one camera's frames; fed one frame at a time."""
+
+    def __init__(self, spec: WorkerSpec, outbox: Outbox,
+                 embedder: FaceEmbedder | None = None) -> None:
+        self.spec = spec
+        self.config = spec.config
+        self.outbox = outbox
+        faces = self.config.faces
+        self.detector = FaceDetector(upsample=faces.upsample, min_size=faces.min_size)
+        self.embedder = embedder
+        if faces.embeddings and embedder is None:
+            self.embedder = FaceEmbedder("onnx", threads=1)
+        self.tracker = Tracker(max_age=1.0)
+        self.motion: MotionDetector | None = None
+        self.spans = MotionTracker(self.config.motion.end_after)
+        self._span_keys = itertools.count(1)
+        self._span_key = 0
+        self._peak_frame: Frame | None = None
+        self._colour: deque[Frame] = deque(maxlen=RGB_FRAMES_KEPT)
+        self._snapshot_names = itertools.count(1)
+        self._frames = 0
+
+    def process(self, frame: Frame) -> None:
+        grey = frame.grey
+        if self.motion is None:
+            self.motion = MotionDetector(self.config.motion, grey.shape[1], grey.shape[0])
+        result = self.motion.update(grey) if self.config.motion.enabled else None
+        if result is not None:
+            started, ended = self.spans.update(frame.t, result)
+            if ended is not None:
+                self._end_motion(ended)
+            if started is not None:
+                self._span_key = next(self._span_keys)
+                self._peak_frame = frame
+                self.outbox.put(MotionStarted(self.spec.camera, self._span_key, started.start))
+            elif self.spans.current is not None and self.spans.current.peak_at == frame.t:
+                self._peak_frame = frame
+        faces = []
+        if self.config.faces.detect:
+            faces = self.detector.detect(grey, regions=self._search_regions(frame.t, result))
+
+        def colour() -> np.ndarray:
+            self._colour.append(frame)
+            return frame.rgb()
+
+        for track in self.tracker.update(frame.t, faces, grey, colour):
+            self._finish_track(track)
+
+    def _search_regions(self, t: float, motion: MotionResult | None) -> list[Box] | None:
+        """Where to look for faces in this frame: [] nowhere, None the whole frame."""
+        self._frames += 1
+        following = [box.expand(FOLLOW_MARGIN) for box in self.tracker.predict(t)]
+        if self._frames % SCAN_EVERY:
+            return following
+        if motion is None:  # motion detection is off: scan everything
+            return None
+        # Faces are searched only where something moves: a still corridor costs nothing.
+        return [*motion.boxes, *following]
+
+    def flush(self) -> None:
+        """The stream ended: close the open motion span and every track."""
+        span = self.spans.flush()
+        if span is not None:
+            self._end_motion(span)
+        for track in self.tracker.flush():
+            self._finish_track(track)
+
+    def _end_motion(self, span: MotionSpan) -> None:
+        snapshot = None
+        if self._peak_frame is not None:
+            snapshot = self._snapshot(self._peak_frame, "motion")
+        self.outbox.put(MotionEnded(self.spec.camera, self._span_key, span.start, span.last,
+                                    span.peak, snapshot))
+        self._peak_frame = None
+
+    def _finish_track(self, track: FinishedTrack) -> None:
+        best = track.best
+        embedding = None
+        if self.config.faces.embeddings and self.embedder is not None:
+            vector = self.embedder.embed(best.image, [best.face.dlib_shape()])[0]
+            embedding = vector.astype(np.float32).tobytes()
+        frame = next((f for f in self._colour if f.t == best.time), None)
+        snapshot = self._snapshot(frame, "face", [best.box]) if frame is not None else None
+        b = best.box
+        self.outbox.put(FaceTrack(
+            self.spec.camera, track.first_seen, track.last_seen, track.detections,
+            (b.x, b.y, b.w, b.h), best.quality, embedding, snapshot,
+        ))
+
+    def _snapshot(self, frame: Frame, kind: str, known: list[Box] | None = None) -> str:
+        """Write a redacted JPEG of ``frame``; return its path below the snapshot folder."""
+        boxes = [*(known or []), *self.tracker.predict(frame.t)]
+        redacted = redact_snapshot(frame.rgb(), self.detector, boxes)
+        day = datetime.fromtimestamp(frame.t, UTC)
+        relative = Path(self.spec.camera, day.strftime("%Y-%m-%d"),
+                        f"{day.strftime('%H%M%S')}-{kind}-{next(self._snapshot_names)}.jpg")
+        target = self.spec.snapshots / relative
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_bytes(encode_jpeg(redacted))
+        return relative.as_posix()
+
+
+# -- the process ----------------------------------------------------------------------------
+
+
+def run_worker(spec: WorkerSpec, outbox: Outbox,
+               stop: multiprocessing.synchronize.Event) -> None:
+    """Process entry point: analyse the camera until ``stop`` is set."""
+    logging.basicConfig(level=logging.INFO,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    analysis = CameraAnalysis(spec, outbox)
+    failures = 0
+    while not stop.is_set():
+        reason = _analyse_stream(spec, analysis, outbox, stop)
+        analysis.flush()
+        if stop.is_set():
+            break
+        failures = failures + 1 if reason else 0
+        outbox.put(Stats(spec.camera, False, reason or "stream ended", 0.0, 0.0, 0, 0, 0))
+        stop.wait(min(BACKOFF_MAX, BACKOFF_MIN * 2 ** max(failures - 1, 0)))
+
+
+def _analyse_stream(spec: WorkerSpec, analysis: CameraAnalysis, outbox: Outbox,
+                    stop: multiprocessing.synchronize.Event) -> str:
+    """Analyse until the stream fails (return why) or ``stop`` (return "")."""
+    lags: list[float] = []
+    analysed = 0
+    last_report: float | None = None  # from the first frame: opening the stream takes time
+    try:
+        with FrameSource(spec.url, spec.config.fps, spec.config.width) as source:
+            for frame in source:
+                if stop.is_set():
+                    return ""
+                analysis.process(frame)
+                analysed += 1
+                lags.append(time.time() - frame.t)
+                now = time.monotonic()
+                if last_report is None:
+                    last_report, analysed = now, 0
+                elif now - last_report >= STATS_INTERVAL:
+                    height, width = frame.grey.shape
+                    outbox.put(Stats(
+                        spec.camera, True, "", analysed / (now - last_report),
+                        _p95(lags), source.stats.dropped, width, height,
+                    ))
+                    lags.clear()
+                    analysed, last_report = 0, now
+    except StreamError as exc:
+        return str(exc)
+    return "stream ended"
+
+
+def _p95(values: list[float]) -> float:
+    if len(values) < 2:
+        return values[0] if values else 0.0
+    return statistics.quantiles(values, n=20)[-1]

@@ -337,6 +337,7 @@ class Stopwatch:
 
     def __init__(self) -> None:
         self.seconds: dict[str, float] = defaultdict(float)
+        self.calls: dict[str, int] = defaultdict(int)
         self._depth = 0
 
     @contextlib.contextmanager
@@ -349,6 +350,7 @@ class Stopwatch:
             self._depth -= 1
             if self._depth == 0:
                 self.seconds[name] += time.perf_counter() - started
+                self.calls[name] += 1
 
     def wrap(self, obj: object, attr: str, name: str) -> None:
         """Time every call of obj.attr as stage `name` (an instance attribute shadows it)."""
@@ -372,6 +374,7 @@ class Run:
     faces_sized: int = 0
     people_sized: int = 0
     stages: dict[str, float] = field(default_factory=dict)
+    calls: dict[str, int] = field(default_factory=dict)
 
     @property
     def fps(self) -> float:
@@ -387,6 +390,8 @@ class Run:
         self.people_sized += other.people_sized
         for name, seconds in other.stages.items():
             self.stages[name] = self.stages.get(name, 0.0) + seconds
+        for name, count in other.calls.items():
+            self.calls[name] = self.calls.get(name, 0) + count
 
 
 @dataclass
@@ -472,7 +477,7 @@ def run_naive(clip: Path, naive: Naive, max_frames: int) -> Run:
     sized.flush()
     run.faces, run.people = everyone.faces, everyone.people
     run.faces_sized, run.people_sized = sized.faces, sized.people
-    run.stages = dict(watch.seconds)
+    run.stages, run.calls = dict(watch.seconds), dict(watch.calls)
     return run
 
 
@@ -518,7 +523,7 @@ def run_custodes(clip: Path, camera: str, embedder: FaceEmbedder, snapshots: Pat
     tracks = [m for m in outbox.messages if isinstance(m, FaceTrack)]
     run.people = len(tracks)
     run.faces = sum(t.detections for t in tracks)
-    run.stages = dict(watch.seconds)
+    run.stages, run.calls = dict(watch.seconds), dict(watch.calls)
     return run
 
 
@@ -647,6 +652,12 @@ def print_stages(naive: Run, ours: Run) -> None:
         stages["other"] = max(0.0, run.wall - sum(stages.values()))
         parts = "  ".join(f"{k} {v / run.frames * 1000:.1f}" for k, v in stages.items())
         print(f"{name:9} total {run.wall / run.frames * 1000:6.1f}   {parts}")
+    for name, run, stage in (("naive", naive, "embed"), ("custodes", ours, "embed"),
+                             ("custodes", ours, "snapshot")):
+        calls = run.calls.get(stage, 0)
+        if calls:
+            each = run.stages[stage] / calls * 1000
+            print(f"{name} {stage}: {calls} calls, {each:.1f} ms each")
 
 
 # -- main ----------------------------------------------------------------------------------------

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 import pytest
-from sqlalchemy import select
+from sqlalchemy import insert, select
 
 from custodes.config import Config
 from custodes.record.cleanup import (
@@ -26,6 +26,8 @@ from custodes.record.holds import active_holds, add_hold, release_hold
 from custodes.record.layout import Layout
 from custodes.store.db import Store
 from custodes.store.schema import deletion_passes, holds, segments
+from custodes.store.schema import events as events_table
+from custodes.store.schema import motion as motion_table
 from footage import SEGMENT_SECONDS, add_segments, encode_clips, open_node
 
 NOW = 1_700_000_000.0  # 2023-11-14 22:13:20 UTC
@@ -480,3 +482,53 @@ def test_status_summarises_footage_holds_and_passes(
     assert [h.id for h in status.holds] == [hold]
     [last] = status.passes
     assert (last.trigger, last.segments) == (Trigger.AGE, 1)
+
+
+def test_motion_only_recording_keeps_footage_near_motion(
+    node: tuple[Store, Layout], clips: list[Path]
+) -> None:
+    store, layout = node
+    config = Config.model_validate({
+        "sites": {"school": {"name": "School"}},
+        "cameras": {
+            name: {"site": "school", "location": "corridor", "purpose": "test",
+                   "main_url": "rtsp://127.0.0.1/x", "record": {"mode": mode}}
+            for name, mode in (("hall", "motion"), ("door", "continuous"))
+        },
+    })
+    # Ten minutes of 2 s segments, ending 5 minutes ago, on both cameras.
+    start = NOW - 900
+    starts = [start + n * SEGMENT_SECONDS for n in range(300)]
+    add_segments(store, layout, "hall", starts, clips)
+    add_segments(store, layout, "door", starts, clips)
+    store.write(lambda conn: conn.execute(insert(motion_table), [
+        {"camera": "hall", "start": start + 100, "end": start + 130, "peak": 0.2},
+        {"camera": "door", "start": start + 400, "end": start + 410, "peak": 0.1},
+    ]))
+    # A motion span still going on (started, not yet ended) protects what follows its start.
+    store.write(lambda conn: conn.execute(insert(events_table).values(
+        camera="hall", kind="motion", start=start + 500, end=None, data="{}")))
+
+    (done,) = Retention(store, layout, config, clock=lambda: NOW, disk_usage=roomy).run_once()
+
+    assert done.trigger == Trigger.MOTION
+    kept = [t - start for cam, t in remaining(store) if cam == "hall"]
+    # Kept: the segments overlapping 10 s either side of the span (90 .. 140 s), and those from
+    # 10 s before the open span on (which also covers the last two minutes, not yet judged).
+    assert [t for t in kept if t < 480] == [90 + n * SEGMENT_SECONDS for n in range(25)]
+    assert min(t for t in kept if t > 200) == 490
+    assert len([1 for cam, _ in remaining(store) if cam == "door"]) == 300
+    assert set(done.details) == {"hall"}
+    assert all_files_present(store, layout)
+
+
+def test_motion_only_recording_needs_motion_detection() -> None:
+    with pytest.raises(ValueError, match="motion-only recording needs motion detection"):
+        Config.model_validate({
+            "sites": {"s": {"name": "S"}},
+            "cameras": {"hall": {
+                "site": "s", "location": "corridor", "purpose": "test",
+                "main_url": "rtsp://127.0.0.1/x", "record": {"mode": "motion"},
+                "analytics": {"motion": {"enabled": False}},
+            }},
+        })

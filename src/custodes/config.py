@@ -271,6 +271,13 @@ class Config(Strict):
         for name, cam in self.cameras.items():
             if cam.site not in self.sites:
                 raise ValueError(f"cameras.{name}.site: unknown site {cam.site!r}")
+            if cam.record.mode == RecordMode.MOTION and not (
+                cam.analytics.enabled and cam.analytics.motion.enabled
+            ):
+                raise ValueError(
+                    f"cameras.{name}.record.mode: motion-only recording needs motion detection "
+                    "(analytics.enabled and analytics.motion.enabled)"
+                )
             hours = cam.record.retention_hours
             if hours is not None and hours > ceiling_hours:
                 raise ValueError(

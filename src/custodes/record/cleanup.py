@@ -4,6 +4,8 @@ Each run makes up to three passes, in this order:
 
 1. age: a camera's segments whose end is older than its retention hours (cameras no longer
    configured: ``retention.default_hours``); no retention exceeds ``retention.ceiling_days``;
+   then, for cameras recording in ``motion`` mode, segments with no motion within
+   ``MOTION_MARGIN`` seconds, once analysis has had ``MOTION_SETTLE`` seconds to report it;
 2. quota: while the index says recordings use more than ``storage.quota``, oldest first
    across all cameras;
 3. emergency: while the filesystem has less than ``storage.min_free`` free, oldest first,
@@ -33,6 +35,7 @@ from sqlalchemy import (
     Row,
     and_,
     delete,
+    exists,
     func,
     insert,
     select,
@@ -41,11 +44,11 @@ from sqlalchemy import (
     update,
 )
 
-from custodes.config import Config
+from custodes.config import Config, RecordMode
 from custodes.record.holds import Hold, active_holds, segment_is_held
 from custodes.record.layout import Layout
 from custodes.store.db import Store
-from custodes.store.schema import deletion_passes, holds, segments
+from custodes.store.schema import deletion_passes, events, holds, motion, segments
 
 log = logging.getLogger(__name__)
 
@@ -54,6 +57,11 @@ BATCH_SIZE = 200
 # The emergency pass frees min_free plus this share of it, so that the footage recorded until
 # the next pass does not push the disk straight back into an emergency.
 EMERGENCY_MARGIN = 0.1
+# Motion-only recording keeps this much footage before and after each motion span...
+MOTION_MARGIN = 10.0
+# ...and judges a segment only this long after it ended: motion spans are stored when they
+# end, and an open span is visible only as a motion event without an end.
+MOTION_SETTLE = 120.0
 
 
 class _Candidate(NamedTuple):
@@ -69,6 +77,7 @@ class _Candidate(NamedTuple):
 
 class Trigger(StrEnum):
     AGE = "age"
+    MOTION = "motion"  # motion-only recording: footage without motion
     QUOTA = "quota"
     EMERGENCY = "emergency"
     RECONCILE = "reconcile"  # rows whose files were found gone at start-up
@@ -211,7 +220,8 @@ class Retention:
     def run_once(self) -> list[DeletionPass]:
         """Run the age, quota and emergency passes; return those that deleted something."""
         self._log_expired_holds()
-        done = [self._age_pass(), self._quota_pass(), self._emergency_pass()]
+        done = [self._age_pass(), self._motion_pass(), self._quota_pass(),
+                self._emergency_pass()]
         return [p for p in done if p is not None]
 
     # -- the passes -----------------------------------------------------------------------
@@ -234,6 +244,32 @@ class Retention:
             # bound the scan.
             condition = and_(
                 segments.c.camera == camera, segments.c.start < cutoff, segments.c.end < cutoff
+            )
+            self._sweep(pass_log, condition, need=None)
+        return self._finish(pass_log)
+
+    def _motion_pass(self) -> DeletionPass | None:
+        cameras = [name for name, cam in self.config.cameras.items()
+                   if cam.record.mode == RecordMode.MOTION]
+        if not cameras:
+            return None
+        pass_log = _PassLog(Trigger.MOTION, self.clock())
+        cutoff = pass_log.at - MOTION_SETTLE
+        near_motion = exists().where(
+            motion.c.camera == segments.c.camera,
+            motion.c.start < segments.c.end + MOTION_MARGIN,
+            motion.c.end > segments.c.start - MOTION_MARGIN,
+        )
+        still_moving = exists().where(
+            events.c.camera == segments.c.camera,
+            events.c.kind == "motion",
+            events.c.end.is_(None),
+            events.c.start < segments.c.end + MOTION_MARGIN,
+        )
+        for camera in cameras:
+            condition = and_(
+                segments.c.camera == camera, segments.c.start < cutoff, segments.c.end < cutoff,
+                ~near_motion, ~still_moving,
             )
             self._sweep(pass_log, condition, need=None)
         return self._finish(pass_log)

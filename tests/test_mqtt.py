@@ -19,15 +19,18 @@ from typing import Any
 
 import paho.mqtt.client as mqtt
 import pytest
+import yaml
 from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 
 from conftest import require
-from custodes.config import MqttConfig
+from custodes.app import Node
+from custodes.config import MqttConfig, parse_config
 from custodes.events.bus import EventBus
 from custodes.events.mqtt import MqttPublisher, mask_reason
 from custodes.events.types import Event, EventKind
+from custodes.sim import SimServer, prepare_clip
 
 MOSQUITTO = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
 MOSQUITTO_PASSWD = shutil.which("mosquitto_passwd") or "/usr/bin/mosquitto_passwd"
@@ -363,3 +366,39 @@ def test_a_wrong_password_is_reported_clearly_and_the_right_one_works(
     assert right.wait_connected(5)
     right.publish_event(face_event())
     assert json.loads(listener.receive("custodes/hq/cam1/face").payload)["id"] == 42
+
+
+@pytest.mark.slow
+def test_a_recorder_node_publishes_what_its_cameras_see(
+    broker: Broker, listen: Callable[..., Listener], shared_data: Path, tmp_path: Path
+) -> None:
+    """End to end: a simulated camera showing real people -> analysis -> events -> MQTT."""
+    clip = prepare_clip(shared_data / "video/face_recognition_short_hamilton_clip.mp4",
+                        tmp_path / "clips")
+    listener = listen(broker, "custodes/#")
+    with SimServer() as sim:
+        url = sim.add_camera("stage", clip)
+        config = parse_config(yaml.safe_dump({
+            "node": {"name": "hall-node"},
+            "sites": {"school": {"name": "School"}},
+            "cameras": {"stage": {"site": "school", "location": "entrance",
+                                  "purpose": "test", "main_url": url}},
+            "storage": {"path": str(tmp_path / "var")},
+            "server": {"port": 0},
+            "mqtt": {"host": broker.host, "port": broker.port},
+        }))
+        node = Node(config)
+        node.start(web=False)
+        try:
+            assert listener.receive("custodes/hall-node/availability", 10).payload == b"online"
+            state = json.loads(listener.receive("custodes/school/stage/state", 30).payload)
+            assert state["state"] in ("starting", "online")
+            motion = json.loads(listener.receive("custodes/school/stage/motion", 60).payload)
+            face = json.loads(listener.receive("custodes/school/stage/face", 60).payload)
+        finally:
+            node.stop()
+    assert set(motion) == set(face) == EVENT_KEYS
+    assert (face["camera"], face["site"], face["kind"]) == ("stage", "school", "face")
+    assert set(face["data"]) == {"detections", "quality", "box"}
+    assert face["has_snapshot"] is True
+    assert listener.receive("custodes/hall-node/availability", 10).payload == b"offline"

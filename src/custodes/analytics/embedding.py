@@ -37,6 +37,9 @@ FaceShape = Any
 
 CHIP_SIZE: Final = 150  # the network's input (input_rgb_image_sized<150>)
 CHIP_PADDING: Final = 0.25  # dlib's default in compute_face_descriptor and get_face_chip
+# Two descriptors closer than this (Euclidean) are taken as the same person: dlib's documented
+# threshold for this network, checked on LFW pairs by bench/faces_accuracy.py.
+MATCH_THRESHOLD: Final = 0.6
 
 
 class FaceEmbedder:

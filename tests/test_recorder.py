@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import itertools
 import logging
-import os
 import signal
 import subprocess
 import sys
@@ -13,6 +12,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import httpx
+import psutil
 import pytest
 import yaml
 from sqlalchemy import select
@@ -186,15 +186,17 @@ def test_kill_9_mid_segment_loses_no_completed_segment(sim: SimServer, tmp_path:
         # Kill in the middle of a segment, when ffmpeg has a half-written file open.
         time.sleep(SEGMENT / 2)
         completed_before = files_on_disk(layout)
+        children = psutil.Process(first.pid).children(recursive=True)
+        assert len(children) >= 2 * len(sim.urls)  # an ffmpeg and an analysis per camera
         first.send_signal(signal.SIGKILL)
         first.wait(10)
     finally:
         first.kill()
         assert first.stderr is not None
         first.stderr.close()
-    # ffmpeg dies with its recorder rather than writing on as an orphan.
-    time.sleep(0.5)
-    assert not [p for p in os.listdir("/proc") if p.isdigit() and _is_orphan_ffmpeg(p, layout)]
+    # ffmpeg and analysis die with their recorder rather than working on as orphans.
+    _, alive = psutil.wait_procs(children, timeout=5)
+    assert not alive
     partial = list(layout.cache.rglob("*.mp4"))
     assert partial, "expected the segments being written at the kill to be left in the cache"
 
@@ -221,14 +223,6 @@ def test_kill_9_mid_segment_loses_no_completed_segment(sim: SimServer, tmp_path:
         assert all("left in cache by a crash" in r for r in reasons)
     finally:
         store.close()
-
-
-def _is_orphan_ffmpeg(pid: str, layout: Layout) -> bool:
-    try:
-        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
-    except OSError:
-        return False
-    return b"ffmpeg" in cmdline and str(layout.cache).encode() in cmdline
 
 
 def test_reconcile_indexes_orphans_and_drops_rows_without_files(

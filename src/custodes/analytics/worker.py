@@ -14,7 +14,10 @@ from __future__ import annotations
 import itertools
 import logging
 import multiprocessing.synchronize
+import os
+import queue
 import statistics
+import threading
 import time
 from collections import deque
 from dataclasses import dataclass
@@ -30,7 +33,8 @@ from custodes.analytics.faces import Box, FaceDetector
 from custodes.analytics.motion import MotionDetector, MotionResult, MotionSpan, MotionTracker
 from custodes.analytics.redact import encode_jpeg, redact_snapshot
 from custodes.analytics.tracker import FinishedTrack, Tracker
-from custodes.config import AnalyticsConfig
+from custodes.config import AnalyticsConfig, FacesConfig
+from custodes.process import die_with_parent
 
 log = logging.getLogger(__name__)
 
@@ -103,6 +107,57 @@ class Outbox(Protocol):
     def put(self, message: Message) -> None: ...
 
 
+# -- snapshots ------------------------------------------------------------------------------
+
+
+class SnapshotWriter:
+    """Redacts and writes event pictures in a thread of its own.
+
+    Redaction scans the whole picture finely (~0.2 s at 640x360) and dlib releases the GIL
+    while it does, so doing it here keeps the analysis loop on time. The path is decided at
+    once, so the event that names it can leave before the file is written. When too many are
+    waiting, a snapshot is skipped (and logged) rather than delaying or growing without bound.
+    """
+
+    def __init__(self, folder: Path, faces: FacesConfig, maxsize: int = 8) -> None:
+        self.folder = folder
+        # A detector of its own: dlib's detector objects are not to be shared between threads.
+        self.detector = FaceDetector(upsample=faces.upsample, min_size=faces.min_size)
+        self._jobs: queue.Queue[tuple[Frame, list[Box], Path] | None] = queue.Queue(maxsize)
+        self._names = itertools.count(1)
+        self._thread = threading.Thread(target=self._run, name="snapshots", daemon=True)
+        self._thread.start()
+
+    def submit(self, camera: str, frame: Frame, kind: str, known: list[Box]) -> str | None:
+        """The snapshot's path below the folder, or None if it had to be skipped."""
+        day = datetime.fromtimestamp(frame.t, UTC)
+        relative = Path(camera, day.strftime("%Y-%m-%d"),
+                        f"{day.strftime('%H%M%S')}-{kind}-{next(self._names)}.jpg")
+        try:
+            self._jobs.put_nowait((frame, known, self.folder / relative))
+        except queue.Full:
+            log.warning("%s: snapshot skipped, %d waiting to be redacted", camera,
+                        self._jobs.qsize())
+            return None
+        return relative.as_posix()
+
+    def drain(self) -> None:
+        """Wait until every submitted snapshot is on disk."""
+        self._jobs.join()
+
+    def _run(self) -> None:
+        while (job := self._jobs.get()) is not None:
+            frame, known, target = job
+            try:
+                redacted = redact_snapshot(frame.rgb(), self.detector, known)
+                target.parent.mkdir(parents=True, exist_ok=True)
+                target.write_bytes(encode_jpeg(redacted))
+            except Exception:
+                log.exception("could not write snapshot %s", target.name)
+            finally:
+                self._jobs.task_done()
+
+
 # -- the analysis -------------------------------------------------------------------------
 
 
@@ -126,7 +181,7 @@ class CameraAnalysis:
         self._span_key = 0
         self._peak_frame: Frame | None = None
         self._colour: deque[Frame] = deque(maxlen=RGB_FRAMES_KEPT)
-        self._snapshot_names = itertools.count(1)
+        self.snapshots = SnapshotWriter(spec.snapshots, faces)
         self._frames = 0
 
     def process(self, frame: Frame) -> None:
@@ -173,6 +228,7 @@ class CameraAnalysis:
             self._end_motion(span)
         for track in self.tracker.flush():
             self._finish_track(track)
+        self.snapshots.drain()
 
     def _end_motion(self, span: MotionSpan) -> None:
         snapshot = None
@@ -196,17 +252,11 @@ class CameraAnalysis:
             (b.x, b.y, b.w, b.h), best.quality, embedding, snapshot,
         ))
 
-    def _snapshot(self, frame: Frame, kind: str, known: list[Box] | None = None) -> str:
-        """Write a redacted JPEG of ``frame``; return its path below the snapshot folder."""
+    def _snapshot(self, frame: Frame, kind: str, known: list[Box] | None = None) -> str | None:
+        """Have a redacted JPEG of ``frame`` written; its path below the snapshot folder."""
+        # Faces the tracker follows are blurred even where the redaction scan misses them.
         boxes = [*(known or []), *self.tracker.predict(frame.t)]
-        redacted = redact_snapshot(frame.rgb(), self.detector, boxes)
-        day = datetime.fromtimestamp(frame.t, UTC)
-        relative = Path(self.spec.camera, day.strftime("%Y-%m-%d"),
-                        f"{day.strftime('%H%M%S')}-{kind}-{next(self._snapshot_names)}.jpg")
-        target = self.spec.snapshots / relative
-        target.parent.mkdir(parents=True, exist_ok=True)
-        target.write_bytes(encode_jpeg(redacted))
-        return relative.as_posix()
+        return self.snapshots.submit(self.spec.camera, frame, kind, boxes)
 
 
 # -- the process ----------------------------------------------------------------------------
@@ -215,6 +265,12 @@ class CameraAnalysis:
 def run_worker(spec: WorkerSpec, outbox: Outbox,
                stop: multiprocessing.synchronize.Event) -> None:
     """Process entry point: analyse the camera until ``stop`` is set."""
+    # If the recorder dies, even by SIGKILL, its analysis processes go with it instead of
+    # analysing on as orphans.
+    parent = os.getppid()
+    die_with_parent()
+    if os.getppid() != parent:  # the parent died before prctl took effect
+        return
     logging.basicConfig(level=logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     analysis = CameraAnalysis(spec, outbox)

@@ -8,8 +8,6 @@ for twice the segment length is considered stalled and restarted.
 
 from __future__ import annotations
 
-import ctypes
-import ctypes.util
 import logging
 import os
 import selectors
@@ -25,6 +23,7 @@ from pathlib import Path
 
 from custodes.capture.ffmpeg import parse_list_line, record_argv, record_env
 from custodes.config import redact_url
+from custodes.process import die_with_parent
 
 log = logging.getLogger(__name__)
 
@@ -32,20 +31,6 @@ BACKOFF_MIN = 1.0
 BACKOFF_MAX = 60.0
 STOP_GRACE = 5.0  # seconds ffmpeg gets to close its last segment after SIGINT
 CLOCK_DRIFT_LIMIT = 2.0  # re-anchor stream time to the wall clock beyond this
-
-
-_libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
-_PR_SET_PDEATHSIG = 1
-
-
-def _die_with_parent() -> None:
-    """Runs in the forked child: if the recorder dies (even by SIGKILL), so does its ffmpeg.
-
-    Otherwise an orphaned ffmpeg would keep writing into the cache while a restarted
-    recorder repairs it. The signal follows the spawning thread, which lives until ffmpeg
-    has exited.
-    """
-    _libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
 
 
 class State(StrEnum):
@@ -85,7 +70,7 @@ class _FfmpegRun:
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             env=record_env(dict(os.environ)),
-            preexec_fn=_die_with_parent,  # noqa: PLW1509 - only a prctl, no locks taken
+            preexec_fn=die_with_parent,  # noqa: PLW1509 - only a prctl, no locks taken
         )
         self.errors: deque[str] = deque(maxlen=10)
         self.anchor: float | None = None  # wall clock minus stream time, for this run

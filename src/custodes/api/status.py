@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import func, select
 
+from custodes.record.cleanup import retention_status
 from custodes.store import schema
 
 if TYPE_CHECKING:
@@ -15,21 +16,11 @@ if TYPE_CHECKING:
 
 
 def node_status(node: Node) -> dict[str, Any]:
-    seg = schema.segments.c
+    now = time.time()
     with node.store.read() as conn:
-        per_camera = {
-            row.camera: row
-            for row in conn.execute(
-                select(
-                    seg.camera,
-                    func.count().label("segments"),
-                    func.sum(seg.bytes).label("bytes"),
-                    func.min(seg.start).label("oldest"),
-                    func.max(seg.end).label("newest"),
-                ).group_by(seg.camera)
-            )
-        }
+        retention = retention_status(conn, node.config, now, last_passes=5)
         quarantined = conn.execute(select(func.count()).select_from(schema.quarantine)).scalar()
+    per_camera = {footage.camera: footage for footage in retention.cameras}
     disk = shutil.disk_usage(node.layout.root)
     cameras = []
     for cam in node.cameras():
@@ -47,6 +38,7 @@ def node_status(node: Node) -> dict[str, Any]:
             "since": health.since if health else None,
             "last_segment_at": health.last_segment_at if health else None,
             "restarts": health.restarts if health else 0,
+            "retention_hours": row.retention_hours if row else None,
             "segments": row.segments if row else 0,
             "bytes": int(row.bytes or 0) if row else 0,
             "oldest": row.oldest if row else None,
@@ -58,8 +50,8 @@ def node_status(node: Node) -> dict[str, Any]:
         })
     return {
         "node": node.config.node.name,
-        "now": time.time(),
-        "uptime": time.time() - node.started_at,
+        "now": now,
+        "uptime": now - node.started_at,
         "cameras": cameras,
         "recordings": {
             "segments": sum(c["segments"] for c in cameras),
@@ -67,5 +59,10 @@ def node_status(node: Node) -> dict[str, Any]:
             "quarantined": quarantined,
         },
         "disk": {"total": disk.total, "used": disk.used, "free": disk.free},
+        "holds": len(retention.holds),
+        "deletion_passes": [
+            {"at": p.at, "trigger": p.trigger.value, "segments": p.segments, "bytes": p.bytes}
+            for p in retention.passes
+        ],
         "database_bytes": node.store.file_size(),
     }

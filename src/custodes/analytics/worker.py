@@ -44,7 +44,11 @@ RGB_FRAMES_KEPT = 16  # colour frames kept for snapshots of tracks' best moments
 # crosses a corridor faster); faces already tracked are followed on every frame, in a small
 # window around where they are expected. That is most of the speed over detecting everywhere.
 SCAN_EVERY = 3
-FOLLOW_MARGIN = 0.5  # the window around a tracked face, per side, as a share of its size
+# The window around a tracked face, per side: half its size, and at least as far as a walker's
+# face moves between two analysed frames (~60 px at 640x360 and 5 fps: a face crossing the
+# frame in 2 s), so a fast mover stays one track.
+FOLLOW_MARGIN = 0.5
+FOLLOW_REACH = 64
 BACKOFF_MIN, BACKOFF_MAX = 1.0, 60.0
 
 
@@ -213,7 +217,8 @@ class CameraAnalysis:
     def _search_regions(self, t: float, motion: MotionResult | None) -> list[Box] | None:
         """Where to look for faces in this frame: [] nowhere, None the whole frame."""
         self._frames += 1
-        following = [box.expand(FOLLOW_MARGIN) for box in self.tracker.predict(t)]
+        following = [box.expand(max(FOLLOW_MARGIN, FOLLOW_REACH / max(box.w, 1)))
+                     for box in self.tracker.predict(t)]
         if self._frames % SCAN_EVERY:
             return following
         if motion is None:  # motion detection is off: scan everything

@@ -18,3 +18,13 @@ def die_with_parent() -> None:
     that started the process, which must outlive it (ours wait for their children).
     """
     _libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+
+
+BACKOFF_MIN = 1.0
+BACKOFF_MAX = 60.0
+
+
+def backoff(failures: int) -> float:
+    """Seconds to wait before the next try after ``failures`` failures in a row: 1, 2, 4 ...
+    up to 60. A dead camera or a crashing worker is retried promptly, then without spinning."""
+    return float(min(BACKOFF_MAX, BACKOFF_MIN * 2.0 ** max(failures - 1, 0)))

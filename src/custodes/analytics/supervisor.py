@@ -23,10 +23,10 @@ import time
 from dataclasses import dataclass
 
 from custodes.analytics.worker import Message, WorkerSpec, run_worker
+from custodes.process import backoff
 
 log = logging.getLogger(__name__)
 
-BACKOFF_MIN, BACKOFF_MAX = 1.0, 60.0
 STOP_GRACE = 5.0
 # One thread each for the maths libraries: parallelism comes from running cameras side by side.
 _SINGLE_THREAD = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
@@ -109,7 +109,7 @@ class AnalyticsSupervisor:
                     health.running = False
                     health.last_exit = f"exit code {proc.exitcode}"
                     failures[spec.camera] += 1
-                    delay = min(BACKOFF_MAX, BACKOFF_MIN * 2 ** (failures[spec.camera] - 1))
+                    delay = backoff(failures[spec.camera])
                     due[spec.camera] = now + delay
                     log.error("analysis of %s died (%s); restarting in %.0f s",
                               spec.camera, health.last_exit, delay)

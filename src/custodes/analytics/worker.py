@@ -34,7 +34,7 @@ from custodes.analytics.motion import MotionDetector, MotionResult, MotionSpan, 
 from custodes.analytics.redact import encode_jpeg, redact_snapshot
 from custodes.analytics.tracker import FinishedTrack, Tracker
 from custodes.config import AnalyticsConfig, FacesConfig
-from custodes.process import die_with_parent
+from custodes.process import backoff, die_with_parent
 
 log = logging.getLogger(__name__)
 
@@ -49,7 +49,6 @@ SCAN_EVERY = 3
 # frame in 2 s), so a fast mover stays one track.
 FOLLOW_MARGIN = 0.5
 FOLLOW_REACH = 64
-BACKOFF_MIN, BACKOFF_MAX = 1.0, 60.0
 
 
 @dataclass(frozen=True)
@@ -287,7 +286,7 @@ def run_worker(spec: WorkerSpec, outbox: Outbox,
             break
         failures = failures + 1 if reason else 0
         outbox.put(Stats(spec.camera, False, reason or "stream ended", 0.0, 0.0, 0, 0, 0))
-        stop.wait(min(BACKOFF_MAX, BACKOFF_MIN * 2 ** max(failures - 1, 0)))
+        stop.wait(backoff(failures))
 
 
 def _analyse_stream(spec: WorkerSpec, analysis: CameraAnalysis, outbox: Outbox,

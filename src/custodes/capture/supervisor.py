@@ -23,12 +23,10 @@ from pathlib import Path
 
 from custodes.capture.ffmpeg import parse_list_line, record_argv, record_env
 from custodes.config import redact_url
-from custodes.process import die_with_parent
+from custodes.process import backoff, die_with_parent
 
 log = logging.getLogger(__name__)
 
-BACKOFF_MIN = 1.0
-BACKOFF_MAX = 60.0
 STOP_GRACE = 5.0  # seconds ffmpeg gets to close its last segment after SIGINT
 CLOCK_DRIFT_LIMIT = 2.0  # re-anchor stream time to the wall clock beyond this
 
@@ -190,7 +188,7 @@ class CaptureSupervisor:
             failures = 0 if produced else failures + 1
             self.health.restarts += 1
             self._set_state(State.OFFLINE, reason)
-            delay = min(BACKOFF_MAX, BACKOFF_MIN * 2 ** max(failures - 1, 0))
+            delay = backoff(failures)
             log.debug("%s: retrying in %.0f s (%s)", self.camera, delay, reason)
             self._stop.wait(delay)
         self._set_state(State.STOPPED, "")

@@ -242,6 +242,7 @@ def write_config(urls: dict[str, str], work: Path, port: int) -> Path:
     # Descriptors on: the naive pattern computes one per face, so custodes must too (per track).
     analytics = {"fps": ANALYSIS_FPS, "faces": {"embeddings": True}}
     config = {
+        "profile": "municipal",  # the school profile computes no descriptors
         "sites": {"bench": {"name": "Benchmark"}},
         "cameras": {
             name: {"site": "bench", "location": "corridor", "purpose": "benchmark",

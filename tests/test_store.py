@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import sqlite3
 import threading
 from pathlib import Path
 
@@ -10,7 +11,7 @@ import pytest
 from sqlalchemy import Connection, func, insert, inspect, select
 
 from custodes.store import schema
-from custodes.store.db import Store
+from custodes.store.db import Store, _migrations
 
 
 def test_migrations_create_exactly_the_tables_of_the_schema_module(tmp_path: Path) -> None:
@@ -31,19 +32,20 @@ def test_migrations_apply_once_and_back_up_before_upgrading(tmp_path: Path) -> N
     store = Store(path)
     assert store.open() == []
     store.close()
-    # Pretend the database predates the latest migration: it is backed up, then upgraded.
-    with Store(path) as store:
-        store.write(lambda c: c.exec_driver_sql(
-            "DELETE FROM schema_migrations WHERE number = (SELECT MAX(number) FROM "
-            "schema_migrations)"))
-        store.write(lambda c: c.exec_driver_sql("DROP TABLE faces"))
-        store.write(lambda c: c.exec_driver_sql("DROP TABLE events"))
-        store.write(lambda c: c.exec_driver_sql("DROP TABLE motion"))
+    # A database made by the first release (only migration 0001) is backed up, then upgraded.
+    path.unlink()
+    first = _migrations()[0]
+    with sqlite3.connect(path) as db:
+        db.executescript(
+            f"{first[2]}\nCREATE TABLE schema_migrations (number INTEGER PRIMARY KEY, "
+            f"name TEXT NOT NULL, applied_at REAL NOT NULL);\n"
+            f"INSERT INTO schema_migrations VALUES (1, '{first[1]}', 0);"
+        )
     store = Store(path)
     applied = store.open()
     store.close()
-    assert applied == ["0002_analytics.sql"]
-    assert (tmp_path / "x.db.before-0002_analytics.sql.bak").is_file()
+    assert applied == [name for _, name, _ in _migrations()[1:]]
+    assert (tmp_path / f"x.db.before-{applied[0]}.bak").is_file()
 
 
 def test_writes_from_many_threads_are_serialised(tmp_path: Path) -> None:

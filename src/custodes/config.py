@@ -26,6 +26,8 @@ from pydantic import (
     model_validator,
 )
 
+from custodes.privacy.policy import Action, Profile, allows, placement_problem
+
 # Names end up in file paths, URLs and MQTT topics: keep them to a safe alphabet.
 NAME_PATTERN = r"^[a-z0-9][a-z0-9_-]{0,62}$"
 Name = Annotated[str, Field(pattern=NAME_PATTERN)]
@@ -187,6 +189,11 @@ class CameraConfig(Strict):
     enabled: bool = Field(True, description="Set false to keep a camera configured but idle")
     record: RecordConfig = Field(default_factory=RecordConfig)
     analytics: AnalyticsConfig = Field(default_factory=AnalyticsConfig)
+    privacy_zones: list[Polygon] = Field(
+        default_factory=list,
+        description="Areas always blurred in every picture that leaves the node: polygons of "
+        "[x, y] points in 0..1 of the frame width and height",
+    )
 
     @field_validator("main_url", "sub_url")
     @classmethod
@@ -253,7 +260,21 @@ class NodeConfig(Strict):
     name: Name = Field("custodes", description="Name of this recorder node")
 
 
+class SecurityConfig(Strict):
+    key_dir: Path | None = Field(
+        None,
+        description="Folder of the node's signing key and biometric encryption key (mode "
+        "0700); default: `keys` beside the storage folder, never inside the database",
+    )
+
+
 class Config(Strict):
+    profile: Profile = Field(
+        Profile.SCHOOL,
+        description="Deployment profile: school (no identification at all), municipal (face "
+        "search inside an approved case) or police (also live watchlist alerts in a case); "
+        "a deployment that declares none gets the strictest",
+    )
     node: NodeConfig = Field(default_factory=NodeConfig)
     sites: dict[Name, SiteConfig] = Field(description="Sites this node records, by id")
     cameras: dict[Name, CameraConfig] = Field(description="Cameras, by name")
@@ -261,6 +282,7 @@ class Config(Strict):
     retention: RetentionConfig = Field(default_factory=RetentionConfig)
     server: ServerConfig = Field(default_factory=ServerConfig)
     mqtt: MqttConfig | None = Field(None, description="Publish events to an MQTT broker")
+    security: SecurityConfig = Field(default_factory=SecurityConfig)
 
     @model_validator(mode="after")
     def _cross_checks(self) -> Config:
@@ -273,6 +295,14 @@ class Config(Strict):
         for name, cam in self.cameras.items():
             if cam.site not in self.sites:
                 raise ValueError(f"cameras.{name}.site: unknown site {cam.site!r}")
+            problem = placement_problem(self.profile, cam.location.value)
+            if problem:
+                raise ValueError(f"cameras.{name}.location: {problem}")
+            if cam.analytics.faces.embeddings and not allows(self.profile, Action.EMBED):
+                raise ValueError(
+                    f"cameras.{name}.analytics.faces.embeddings: the {self.profile.value} "
+                    "profile computes no face descriptors (faces are detected only to blur)"
+                )
             if cam.record.mode == RecordMode.MOTION and not (
                 cam.analytics.enabled and cam.analytics.motion.enabled
             ):
@@ -292,11 +322,22 @@ class Config(Strict):
         return self.cameras[camera].record.retention_hours or self.retention.default_hours
 
     def resolve_paths(self, base: Path) -> Config:
-        """The same config with a relative storage path made relative to ``base``."""
-        if self.storage.path.is_absolute():
-            return self
-        storage = self.storage.model_copy(update={"path": (base / self.storage.path).resolve()})
-        return self.model_copy(update={"storage": storage})
+        """The same config with relative storage and key paths made relative to ``base``."""
+        path = self.storage.path if self.storage.path.is_absolute() else (
+            (base / self.storage.path).resolve()
+        )
+        key_dir = self.security.key_dir
+        if key_dir is not None and not key_dir.is_absolute():
+            key_dir = (base / key_dir).resolve()
+        return self.model_copy(update={
+            "storage": self.storage.model_copy(update={"path": path}),
+            "security": self.security.model_copy(update={"key_dir": key_dir}),
+        })
+
+    @property
+    def key_dir(self) -> Path:
+        """Where the node's keys live: outside the database, by default beside the storage."""
+        return self.security.key_dir or self.storage.path.parent / f"{self.storage.path.name}-keys"
 
 
 # ---------------------------------------------------------------------------------------------

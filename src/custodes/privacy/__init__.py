@@ -1,0 +1,1 @@
+"""Privacy rules: deployment profiles, placement, cases, redaction."""

@@ -1,0 +1,73 @@
+"""Deployment profiles: which biometric actions a deployment may take at all.
+
+A profile is declared once per deployment (``profile:`` in the config) and decides, in code,
+what no user of that deployment can do, whatever their role. Roles (custodes.auth.roles) decide
+who may do what the profile allows; cases (custodes.privacy.cases) decide when.
+
+No profile has any action for emotion, expression, age, gender or other attribute inference:
+there is no such code in custodes, so there is nothing to switch on.
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+
+
+class Profile(StrEnum):
+    SCHOOL = "school"  # detection only to blur; no identification of anyone
+    MUNICIPAL = "municipal"  # face search inside an approved case; no live watchlist
+    POLICE = "police"  # face search and live watchlist, each inside an approved case
+
+
+class Action(StrEnum):
+    """Biometric actions a profile may allow (each one also needs a role, most a case)."""
+
+    EMBED = "embed"  # compute and store face descriptors of people on camera
+    ENROLL = "enroll"  # add a person to the gallery
+    SEARCH = "search"  # search recordings for a case subject's face
+    WATCHLIST = "watchlist"  # live alerts when a case subject appears
+    SUBJECT_ACCESS = "subject_access"  # export a requester's own footage, others blurred
+
+
+_ALLOWED: dict[Profile, frozenset[Action]] = {
+    # Subject access needs no descriptor store: the requester's photo is matched against the
+    # faces in one exported range and forgotten, so even a school can answer an access request.
+    Profile.SCHOOL: frozenset({Action.SUBJECT_ACCESS}),
+    Profile.MUNICIPAL: frozenset(
+        {Action.EMBED, Action.ENROLL, Action.SEARCH, Action.SUBJECT_ACCESS}
+    ),
+    Profile.POLICE: frozenset(Action),
+}
+
+# The privacy agency: cameras in schools only in corridors and entrances (and outside).
+SCHOOL_LOCATIONS = frozenset({"corridor", "entrance", "exterior"})
+
+
+class Refused(Exception):
+    """An action the deployment's profile (or a case, or a role) does not allow."""
+
+    def __init__(self, action: str, reason: str) -> None:
+        super().__init__(f"{action} refused: {reason}")
+        self.action = action
+        self.reason = reason
+
+
+def allows(profile: Profile, action: Action) -> bool:
+    return action in _ALLOWED[profile]
+
+
+def require(profile: Profile, action: Action) -> None:
+    """Raise Refused unless ``profile`` allows ``action`` at all."""
+    if not allows(profile, action):
+        raise Refused(action.value, f"the {profile.value} profile does not allow {action.value}")
+
+
+def placement_problem(profile: Profile, location: str) -> str | None:
+    """Why a camera at ``location`` may not exist under ``profile``, or None when it may."""
+    if profile is Profile.SCHOOL and location not in SCHOOL_LOCATIONS:
+        allowed = ", ".join(sorted(SCHOOL_LOCATIONS))
+        return (
+            f"a {location} camera is not allowed in the school profile "
+            f"(only {allowed})"
+        )
+    return None

@@ -21,11 +21,13 @@ from sqlalchemy import insert
 from custodes.analytics.supervisor import AnalyticsSupervisor
 from custodes.analytics.worker import WorkerSpec
 from custodes.api.server import WebServer
+from custodes.audit.log import SYSTEM, AuditLog
 from custodes.capture.supervisor import CaptureSupervisor, Health, State
 from custodes.config import Config, RecordMode
 from custodes.events.bus import EventBus
 from custodes.events.maintainer import EventMaintainer
 from custodes.events.mqtt import MqttPublisher
+from custodes.keys import NodeKeys
 from custodes.record.cleanup import Retention
 from custodes.record.layout import Layout
 from custodes.record.maintainer import Maintainer, ReconcileReport
@@ -50,6 +52,10 @@ class Node:
         self.config = config
         self.layout = Layout(config.storage.path)
         self.store = Store(self.layout.database)
+        # Keys load (or are created) before anything else: a node that cannot sign its audit
+        # log or seal biometric data must not start.
+        self.keys = NodeKeys.load_or_create(config.key_dir)
+        self.audit = AuditLog(self.store, self.keys)
         self.maintainer = Maintainer(self.store, self.layout)
         self.retention = Retention(self.store, self.layout, config)
         self.supervisors: dict[str, CaptureSupervisor] = {}
@@ -75,6 +81,9 @@ class Node:
         applied = self.store.open()
         if applied:
             log.info("database ready (%s)", ", ".join(applied))
+        self.audit.record(SYSTEM, "node.start", self.config.node.name, detail={
+            "profile": self.config.profile.value, "cameras": sorted(self.config.cameras),
+        })
         self.reconcile_report = self.maintainer.reconcile()
         self.maintainer.start()
         for name, cam in self.config.cameras.items():
@@ -121,6 +130,8 @@ class Node:
             thread.join(timeout=10)
         if self.web is not None:
             self.web.stop()
+        self.audit.record(SYSTEM, "node.stop", self.config.node.name)
+        self.audit.checkpoint()
         self.store.close()
         log.info("node %s stopped", self.config.node.name)
 

@@ -7,6 +7,7 @@ biometric data or unredacted video: installing cameras does not need it.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from enum import StrEnum
 
 
@@ -64,3 +65,19 @@ PERMISSIONS: dict[Role, frozenset[Permission]] = {
 
 def can(role: Role, permission: Permission) -> bool:
     return permission in PERMISSIONS[role]
+
+
+@dataclass(frozen=True)
+class Actor:
+    """Who is acting: a signed-in user (or a CLI operator), with where they act from."""
+
+    name: str
+    role: Role
+    cameras: frozenset[str] | None = None  # None: every camera
+    address: str | None = None
+
+    def can(self, permission: Permission) -> bool:
+        return can(self.role, permission)
+
+    def sees_camera(self, camera: str) -> bool:
+        return self.cameras is None or camera in self.cameras

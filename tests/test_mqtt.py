@@ -268,6 +268,26 @@ def test_events_on_the_bus_are_forwarded(
     assert json.loads(message.payload)["id"] == 42
 
 
+def test_watchlist_alerts_never_reach_the_broker(
+    broker: Broker, listen: Callable[..., Listener], publisher_for: Callable[..., MqttPublisher]
+) -> None:
+    bus = EventBus()
+    listener = listen(broker)
+    publisher = publisher_for(broker.config())
+    publisher.attach(bus)
+    alert = Event(camera="cam1", site="hq", kind=EventKind.WATCHLIST, start=1_700_000_000.0,
+                  id=41, data={"alert": 1, "case": 2, "status": "candidate"})
+    bus.publish(alert)
+    bus.publish(face_event())
+
+    # Events are forwarded in order, so once the face event is in, the alert was skipped.
+    listener.receive("custodes/hq/cam1/face")
+    topics = [m.topic for m in listener.backlog]
+    while not listener.messages.empty():
+        topics.append(listener.messages.get().topic)
+    assert "custodes/hq/cam1/watchlist" not in topics
+
+
 def test_beyond_the_queue_bound_new_messages_are_dropped_and_counted(
     caplog: pytest.LogCaptureFixture,
 ) -> None:

@@ -35,9 +35,13 @@ from paho.mqtt.reasoncodes import ReasonCode
 
 from custodes.config import MqttConfig
 from custodes.events.bus import EventBus, Subscription
-from custodes.events.types import Event
+from custodes.events.types import Event, EventKind
 
 log = logging.getLogger(__name__)
+
+# A watchlist candidate names a person of interest in a police case: it is shown only inside
+# the node, to people in the case, and is never pushed to a broker other devices read.
+NOT_PUBLISHED = frozenset({EventKind.WATCHLIST})
 
 QOS = 1  # at least once: a lost alarm is worse than a duplicate
 KEEPALIVE = 30  # seconds; the broker declares the node dead (and sends the will) after 1.5x
@@ -160,6 +164,8 @@ class MqttPublisher:
 
     def _forward(self, subscription: Subscription) -> None:
         for event in subscription:
+            if event.kind in NOT_PUBLISHED:
+                continue
             try:
                 self.publish_event(event)
             except Exception:  # one unserializable event must not end the forwarding

@@ -89,15 +89,15 @@ def test_hold_with_bad_range_or_camera_is_refused(config: Path) -> None:
 
 def test_export_errors_are_clear(config: Path, tmp_path: Path) -> None:
     bad_time = runner.invoke(app, [
-        "export", "-c", str(config), "--camera", "door", "--from", "yesterday",
-        "--to", "2026-11-01T11:00:00Z", str(tmp_path / "out.mp4"),
+        "export", "create", "-c", str(config), "--camera", "door", "--from", "yesterday",
+        "--to", "2026-11-01T11:00:00Z", str(tmp_path / "out"),
     ])
     assert bad_time.exit_code == 2
     assert "not an ISO 8601 time" in bad_time.output
     empty = runner.invoke(app, [
-        "export", "-c", str(config), "--camera", "door", "--from", "2026-11-01T10:00:00",
-        "--to", "2026-11-01T11:00:00Z", str(tmp_path / "out.mp4"),
+        "export", "create", "-c", str(config), "--camera", "door", "--from",
+        "2026-11-01T10:00:00", "--to", "2026-11-01T11:00:00Z", str(tmp_path / "out"),
     ])
     assert empty.exit_code == 1
     assert "no recordings of door between 2026-11-01 10:00:00Z" in empty.output
-    assert not (tmp_path / "out.mp4").exists()
+    assert not (tmp_path / "out").exists()

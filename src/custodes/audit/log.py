@@ -21,6 +21,9 @@ from custodes.store import schema
 from custodes.store.db import Store
 
 GENESIS = "0" * 64
+# A signed checkpoint every this many entries; verification expects one at each multiple, so
+# that deleting the checkpoints before rewriting the chain is noticed too.
+CHECKPOINT_EVERY = 100
 SYSTEM = "system"
 ANONYMOUS = "anonymous"
 
@@ -70,6 +73,25 @@ class Entry:
         )
 
 
+@dataclass(frozen=True)
+class Checkpoint:
+    """The node's signature over the hash of entry ``seq``, and so over the chain up to it."""
+
+    seq: int
+    hash: str
+    at: float
+    signature: bytes
+
+    @property
+    def message(self) -> bytes:
+        return checkpoint_message(self.seq, self.hash, self.at)
+
+    @classmethod
+    def from_row(cls, row: Any) -> Checkpoint:
+        m = row._mapping if hasattr(row, "_mapping") else row
+        return cls(seq=m["seq"], hash=m["hash"], at=m["at"], signature=bytes(m["signature"]))
+
+
 def checkpoint_message(seq: int, hash_: str, at: float) -> bytes:
     """What a checkpoint's signature covers."""
     return f"custodes-audit-checkpoint\n{seq}\n{hash_}\n{at!r}\n".encode()
@@ -78,7 +100,9 @@ def checkpoint_message(seq: int, hash_: str, at: float) -> bytes:
 class AuditLog:
     """Append entries; sign a checkpoint every ``checkpoint_every`` entries (and on demand)."""
 
-    def __init__(self, store: Store, keys: NodeKeys, checkpoint_every: int = 100) -> None:
+    def __init__(
+        self, store: Store, keys: NodeKeys, checkpoint_every: int = CHECKPOINT_EVERY
+    ) -> None:
         self.store = store
         self.keys = keys
         self.checkpoint_every = checkpoint_every
@@ -95,7 +119,10 @@ class AuditLog:
     ) -> int:
         """Append one entry and return its sequence number, once committed."""
         at = time.time()
-        body = dict(detail or {})
+        # Hash the detail as it will read back from the database: through JSON, integer keys
+        # become strings and sort differently (9 < 10, but "10" < "9"), which would make an
+        # untouched entry look modified.
+        body = json.loads(json.dumps(detail or {}, ensure_ascii=False))
 
         def append(conn: Connection) -> int:
             last = conn.execute(

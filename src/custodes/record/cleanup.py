@@ -12,7 +12,8 @@ Each run makes up to three passes, in this order:
    until free space is back above it plus a margin.
 
 Segments that overlap an active hold are never deleted, in any pass. Every pass that deletes
-something leaves one ``deletion_passes`` row, the proof of deletion an inspector reads.
+something leaves one ``deletion_passes`` row, the proof of deletion an inspector reads, and,
+when an audit log is given, one "retention.delete" entry with the same summary.
 """
 
 from __future__ import annotations
@@ -44,6 +45,7 @@ from sqlalchemy import (
     update,
 )
 
+from custodes.audit.log import SYSTEM, AuditLog
 from custodes.config import Config, RecordMode
 from custodes.record.holds import Hold, active_holds, segment_is_held
 from custodes.record.layout import Layout
@@ -191,8 +193,10 @@ class Retention:
         *,
         clock: Callable[[], float] = time.time,
         disk_usage: Callable[[Path], DiskUsage] = shutil.disk_usage,
+        audit: AuditLog | None = None,
     ) -> None:
         self.store = store
+        self.audit = audit
         self.layout = layout
         self.config = config
         self.clock = clock
@@ -391,6 +395,13 @@ class Retention:
 
     def _finish(self, pass_log: _PassLog) -> DeletionPass | None:
         result = pass_log.result()
+        if result is not None and self.audit is not None:
+            # The summary, once per pass: the deletion_passes row is updated batch by batch,
+            # an audit entry cannot be, and one per batch would bury the other entries.
+            self.audit.record(SYSTEM, "retention.delete", result.trigger.value, detail={
+                "pass": result.id, "segments": result.segments, "bytes": result.bytes,
+                "cameras": {cam: d.to_json() for cam, d in sorted(result.details.items())},
+            })
         if result is not None:
             log.info(
                 "%s pass deleted %d segments (%s) of %s", result.trigger, result.segments,

@@ -26,6 +26,7 @@ from sqlalchemy.pool import NullPool
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
+_WRITER = "custodes.writer"
 
 
 def _migrations() -> list[tuple[int, str, str]]:
@@ -54,7 +55,10 @@ def _on_connect(dbapi_conn: sqlite3.Connection, _record: Any) -> None:
 
 
 def _on_begin(conn: Connection) -> None:
-    conn.exec_driver_sql("BEGIN")
+    # The writer takes the write lock when its transaction starts (IMMEDIATE): a deferred
+    # transaction that reads first and writes later fails with "database is locked" when
+    # another process (a CLI command beside the running node) wrote in between.
+    conn.exec_driver_sql("BEGIN IMMEDIATE" if conn.info.get(_WRITER) else "BEGIN")
 
 
 class Store:
@@ -137,6 +141,7 @@ class Store:
 
     def _write_loop(self) -> None:
         with self.engine.connect() as conn:
+            conn.info[_WRITER] = True
             while (job := self._jobs.get()) is not None:
                 fn, future = job
                 if not future.set_running_or_notify_cancel():

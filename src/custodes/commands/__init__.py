@@ -1,0 +1,85 @@
+"""Subcommands of `custodes`, one module per group, and what they share.
+
+The shared pieces (consoles, the --config option, loading a config, reading a time) are here
+rather than in custodes.cli so that a group module can use them without importing the module
+that imports it.
+"""
+
+from __future__ import annotations
+
+import getpass
+import sys
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+
+from custodes.auth.roles import Actor, Role
+from custodes.config import Config, ConfigError, load_config
+from custodes.keys import KeyFileError, NodeKeys
+
+# Piped output (scripts, logs, tests) is not wrapped at 80 columns: a line stays a line.
+_WIDTH = None if sys.stdout.isatty() else 200
+console = Console(soft_wrap=True, width=_WIDTH)
+err = Console(stderr=True, soft_wrap=True, width=_WIDTH)
+
+ConfigOption = Annotated[
+    Path, typer.Option("--config", "-c", help="YAML configuration file", exists=False)
+]
+
+# How many problems a verification prints before it only counts the rest: a rewritten log
+# can produce thousands, and the first ones say where it starts.
+MAX_PROBLEMS = 50
+
+
+def load(path: Path) -> Config:
+    """The configuration, or exit 2 with every error and its line."""
+    try:
+        return load_config(path)
+    except ConfigError as exc:
+        err.print(f"[red]{exc.source}: invalid configuration[/red]")
+        for issue in exc.issues:
+            err.print(f"  {issue}", markup=False, highlight=False)
+        raise typer.Exit(2) from None
+
+
+def parse_time(text: str) -> float:
+    """ISO 8601 time to UTC epoch seconds; a time without zone is taken as UTC."""
+    try:
+        t = datetime.fromisoformat(text)
+    except ValueError:
+        raise typer.BadParameter(
+            f"{text!r} is not an ISO 8601 time (2026-11-28T10:00:00Z)"
+        ) from None
+    if t.tzinfo is None:
+        t = t.replace(tzinfo=UTC)
+    return t.timestamp()
+
+
+def node_keys(config: Config) -> NodeKeys:
+    """The node's keys, created on first use as the node itself would; exit 2 when unusable."""
+    try:
+        return NodeKeys.load_or_create(config.key_dir)
+    except (KeyFileError, OSError) as exc:
+        err.print(f"[red]cannot use the node's keys:[/red] {exc}", highlight=False)
+        raise typer.Exit(2) from None
+
+
+def cli_actor() -> Actor:
+    """Who acts when the command line is used: the local account, as an administrator.
+
+    Whoever runs these commands can read the node's files and keys anyway; what matters is
+    that the audit log names the account ("cli:<user>") and tells it apart from web users.
+    """
+    return Actor(name=f"cli:{getpass.getuser()}", role=Role.ADMIN)
+
+
+def print_lines(lines: list[str], *, style: str = "red") -> None:
+    """Print up to MAX_PROBLEMS lines, then how many more there are."""
+    for line in lines[:MAX_PROBLEMS]:
+        # markup off: file names and messages may hold brackets.
+        console.print(f"  {line}", style=style or None, markup=False, highlight=False)
+    if len(lines) > MAX_PROBLEMS:
+        console.print(f"  … and {len(lines) - MAX_PROBLEMS} more")

@@ -116,3 +116,39 @@ def test_names_must_be_safe_for_paths() -> None:
 def test_redact_url() -> None:
     assert redact_url("rtsp://u:p@h:554/x") == "rtsp://u:***@h:554/x"
     assert redact_url("rtsp://h/x") == "rtsp://h/x"
+
+
+def test_a_deployment_without_a_profile_gets_the_strictest() -> None:
+    config = parse_config(VALID, env={"CAM_PASS": "x"})
+    assert config.profile == "school"
+
+
+@pytest.mark.parametrize("location", ["classroom", "office", "reception", "parking", "other"])
+def test_the_school_profile_refuses_cameras_outside_corridors_and_entrances(location: str) -> None:
+    text = VALID.replace("location: entrance", f"location: {location}")
+    assert issues_of(text) == [
+        f"line 9: cameras.entrance-1.location: a {location} camera is not allowed in the school "
+        "profile (only corridor, entrance, exterior)"
+    ]
+    # The same camera is a configuration choice, not an error, where the profile allows it.
+    municipal = parse_config("profile: municipal\n" + text, env={"CAM_PASS": "x"})
+    assert municipal.cameras["entrance-1"].location == location
+
+
+def test_the_school_profile_computes_no_face_descriptors() -> None:
+    text = VALID.replace("      retention_hours: 48\n", "      retention_hours: 48\n"
+                         "    analytics:\n      faces:\n        embeddings: true\n")
+    assert issues_of(text) == [
+        "line 18: cameras.entrance-1.analytics.faces.embeddings: the school profile computes no "
+        "face descriptors (faces are detected only to blur)"
+    ]
+    police = parse_config("profile: police\n" + text, env={"CAM_PASS": "x"})
+    assert police.cameras["entrance-1"].analytics.faces.embeddings
+
+
+def test_relative_paths_are_taken_from_the_config_file(tmp_path: Path) -> None:
+    path = tmp_path / "custodes.yaml"
+    path.write_text(VALID + "security:\n  key_dir: secrets\n")
+    config = load_config(path, env={"CAM_PASS": "x"})
+    assert config.storage.path == tmp_path / "recordings"
+    assert config.key_dir == tmp_path / "secrets"

@@ -99,7 +99,11 @@ def test_round_trip_segments_indexed_and_durations_add_up(sim: SimServer, tmp_pa
         assert node.web is not None
         wait_for(lambda: all(s.health.segments >= 4 for s in node.supervisors.values()), 30,
                  "4 segments per camera")
-        status = httpx.get(node.web.url + "api/status").json()
+        assert node.first_admin_password is not None
+        with httpx.Client(base_url=node.web.url) as client:
+            client.post("api/auth/login",
+                        json={"name": "admin", "password": node.first_admin_password})
+            status = client.get("api/status").json()
     finally:
         node.stop()
 

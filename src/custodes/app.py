@@ -22,12 +22,17 @@ from custodes.analytics.supervisor import AnalyticsSupervisor
 from custodes.analytics.worker import WorkerSpec
 from custodes.api.server import WebServer
 from custodes.audit.log import SYSTEM, AuditLog
+from custodes.auth.users import ensure_admin
 from custodes.capture.supervisor import CaptureSupervisor, Health, State
 from custodes.config import Config, RecordMode
 from custodes.events.bus import EventBus
 from custodes.events.maintainer import EventMaintainer
 from custodes.events.mqtt import MqttPublisher
+from custodes.faces.descriptors import FaceDescriptors
+from custodes.faces.gallery import Gallery
+from custodes.faces.watchlist import Watchlist
 from custodes.keys import NodeKeys
+from custodes.privacy.cases import Cases
 from custodes.record.cleanup import Retention
 from custodes.record.layout import Layout
 from custodes.record.maintainer import Maintainer, ReconcileReport
@@ -57,7 +62,7 @@ class Node:
         self.keys = NodeKeys.load_or_create(config.key_dir)
         self.audit = AuditLog(self.store, self.keys)
         self.maintainer = Maintainer(self.store, self.layout)
-        self.retention = Retention(self.store, self.layout, config)
+        self.retention = Retention(self.store, self.layout, config, audit=self.audit)
         self.supervisors: dict[str, CaptureSupervisor] = {}
         self.bus = EventBus()
         self.analytics = AnalyticsSupervisor([
@@ -65,14 +70,23 @@ class Node:
             for name, cam in config.cameras.items()
             if cam.enabled and cam.analytics.enabled
         ])
+        sites = {name: cam.site for name, cam in config.cameras.items()}
+        # Biometric data: descriptors sealed at rest, searched only through a case; the
+        # watchlist acts only in the police profile, inside an approved case.
+        self.descriptors = FaceDescriptors(self.store, self.keys)
+        self.cases = Cases(self.store, self.keys, self.audit, config.profile,
+                           known_cameras=config.cameras, descriptors=self.descriptors)
+        self.gallery = Gallery(self.store, self.keys, self.audit, config.profile)
+        self.watchlist = Watchlist(self.cases, self.store, self.audit, self.bus, sites=sites)
         self.events = EventMaintainer(
-            self.store, self.bus, {name: cam.site for name, cam in config.cameras.items()},
-            self.analytics.queue,
+            self.store, self.bus, sites, self.analytics.queue,
+            descriptors=self.descriptors, on_face=self.watchlist.on_face,
         )
         self.mqtt = MqttPublisher(config.mqtt, config.node.name) if config.mqtt else None
         self.stop_event = threading.Event()
         self.started_at = time.time()
         self.reconcile_report: ReconcileReport | None = None
+        self.first_admin_password: str | None = None
         self._threads: list[threading.Thread] = []
         self.web: WebServer | None = None
 
@@ -84,7 +98,13 @@ class Node:
         self.audit.record(SYSTEM, "node.start", self.config.node.name, detail={
             "profile": self.config.profile.value, "cameras": sorted(self.config.cameras),
         })
+        # No default credentials: the first start creates "admin" with a random password,
+        # which the command line prints once.
+        self.first_admin_password = ensure_admin(self.store, self.audit)
         self.reconcile_report = self.maintainer.reconcile()
+        sealed = self.descriptors.seal_legacy()
+        if sealed:
+            log.info("sealed %d face descriptors stored in plaintext by an older version", sealed)
         self.maintainer.start()
         for name, cam in self.config.cameras.items():
             if not cam.enabled or cam.record.mode == RecordMode.OFF:
@@ -109,6 +129,9 @@ class Node:
         )
         retention.start()
         self._threads.append(retention)
+        privacy = threading.Thread(target=self._privacy_upkeep, name="privacy-upkeep", daemon=True)
+        privacy.start()
+        self._threads.append(privacy)
         if web:
             self.web = WebServer(self)
             self.web.start()
@@ -134,6 +157,19 @@ class Node:
         self.audit.checkpoint()
         self.store.close()
         log.info("node %s stopped", self.config.node.name)
+
+    def _privacy_upkeep(self) -> None:
+        """End what has expired: cases (and their holds), gallery entries, orphan descriptors."""
+        interval = self.config.retention.interval_seconds
+        while True:
+            for task in (self.cases.expire_due, self.gallery.purge_expired,
+                         self.descriptors.forget_without_footage):
+                try:
+                    task()
+                except Exception:  # one failing task must not stop the others, or the next run
+                    log.exception("privacy upkeep: %s failed", task.__qualname__)
+            if self.stop_event.wait(interval):
+                return
 
     def run_until_signalled(self) -> None:
         """Block until SIGINT or SIGTERM, then stop in order."""

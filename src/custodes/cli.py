@@ -13,15 +13,22 @@ from typing import Annotated
 
 import typer
 import yaml
-from rich.console import Console
 from rich.logging import RichHandler
 from rich.table import Table
 
 from custodes.app import Node
-from custodes.config import Config, ConfigError, load_config
+from custodes.audit.log import AuditLog
+from custodes.audit.report import AUDIT_FILE, write_pack
+from custodes.commands import ConfigOption, cli_actor, console, err, node_keys, parse_time
+from custodes.commands import load as _load
+from custodes.commands.audit import audit_app
+from custodes.commands.case import case_app
+from custodes.commands.export import export_app
+from custodes.commands.gallery import gallery_app
+from custodes.commands.user import user_app
+from custodes.privacy.policy import Profile
 from custodes.record.holds import active_holds, add_hold, release_hold
 from custodes.record.layout import Layout
-from custodes.record.playback import ExportError, export_range
 from custodes.sim import SimServer, ensure_sample, run_sim
 from custodes.store.db import Store
 
@@ -33,14 +40,11 @@ app = typer.Typer(
 )
 hold_app = typer.Typer(help="Protect footage from deletion.", no_args_is_help=True)
 app.add_typer(hold_app, name="hold")
-# Piped output (scripts, logs, tests) is not wrapped at 80 columns: a line stays a line.
-_WIDTH = None if sys.stdout.isatty() else 200
-console = Console(soft_wrap=True, width=_WIDTH)
-err = Console(stderr=True, soft_wrap=True, width=_WIDTH)
-
-ConfigOption = Annotated[
-    Path, typer.Option("--config", "-c", help="YAML configuration file", exists=False)
-]
+app.add_typer(audit_app, name="audit")
+app.add_typer(export_app, name="export")
+app.add_typer(case_app, name="case")
+app.add_typer(user_app, name="user")
+app.add_typer(gallery_app, name="gallery")
 
 
 def _setup_logging(verbose: bool) -> None:
@@ -53,29 +57,6 @@ def _setup_logging(verbose: bool) -> None:
         # One plain line per record for journald and log files; rich would wrap lines.
         logging.basicConfig(level=level, stream=sys.stderr,
                             format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-
-
-def _load(path: Path) -> Config:
-    try:
-        return load_config(path)
-    except ConfigError as exc:
-        err.print(f"[red]{exc.source}: invalid configuration[/red]")
-        for issue in exc.issues:
-            err.print(f"  {issue}", markup=False, highlight=False)
-        raise typer.Exit(2) from None
-
-
-def parse_time(text: str) -> float:
-    """ISO 8601 time to UTC epoch seconds; a time without zone is taken as UTC."""
-    try:
-        t = datetime.fromisoformat(text)
-    except ValueError:
-        raise typer.BadParameter(
-            f"{text!r} is not an ISO 8601 time (2026-11-28T10:00:00Z)"
-        ) from None
-    if t.tzinfo is None:
-        t = t.replace(tzinfo=UTC)
-    return t.timestamp()
 
 
 def _fmt(t: float | None) -> str:
@@ -103,8 +84,18 @@ def run(
     node = Node(_load(config))
     node.start()
     if node.web is not None:
-        console.print(f"status page: {node.web.url}")
+        console.print(f"web interface: {node.web.url}")
+    _print_first_admin(node)
     node.run_until_signalled()
+
+
+def _print_first_admin(node: Node) -> None:
+    if node.first_admin_password:
+        # To stdout, never to the log: the password must not end up in journald.
+        console.print(
+            f"first start: sign in as 'admin' with the password {node.first_admin_password} "
+            "(shown only now; change it after signing in)", markup=False, highlight=False,
+        )
 
 
 @app.command()
@@ -120,6 +111,9 @@ def demo(
     seconds: Annotated[
         float, typer.Option(help="Stop after this many seconds (0: until Ctrl-C)")
     ] = 0,
+    profile: Annotated[
+        Profile, typer.Option(help="Deployment profile (school allows no identification)")
+    ] = Profile.SCHOOL,
     verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
 ) -> None:
     """Record simulated cameras on the embedded default: SQLite, local disk, loopback RTSP."""
@@ -132,24 +126,30 @@ def demo(
     with SimServer() as sim:
         urls = {f"cam{i:02d}": sim.add_camera(f"cam{i:02d}", sample) for i in range(1, cameras + 1)}
         config_path = data / "demo.yaml"
-        config_path.write_text(yaml.safe_dump(_demo_config(urls, port), sort_keys=False))
+        config_path.write_text(
+            yaml.safe_dump(_demo_config(urls, port, profile), sort_keys=False)
+        )
         node = Node(_load(config_path))
         node.start()
-        console.print(f"[bold]custodes demo[/bold]: {cameras} simulated cameras on RTSP loopback")
-        console.print(f"  status page:   {node.web.url if node.web else '—'}")
+        console.print(f"[bold]custodes demo[/bold]: {cameras} simulated cameras on RTSP loopback, "
+                      f"{profile.value} profile")
+        console.print(f"  web interface: {node.web.url if node.web else '—'}")
         console.print(f"  config:        {config_path}")
         console.print(f"  recordings:    {node.layout.recordings}")
-        console.print(f"  export:        custodes export --config {config_path} --camera cam01 "
-                      "--from <ISO time> --to <ISO time> out.mp4")
+        console.print(f"  export:        custodes export create --config {config_path} "
+                      "--camera cam01 --from <ISO time> --to <ISO time> out-folder")
+        console.print(f"  new password:  custodes user reset-password admin --config {config_path}")
         console.print("  stop:          Ctrl-C")
+        _print_first_admin(node)
         if seconds:
             threading.Timer(seconds, node.stop_event.set).start()
         node.run_until_signalled()
 
 
-def _demo_config(urls: dict[str, str], port: int) -> dict[str, object]:
+def _demo_config(urls: dict[str, str], port: int, profile: Profile) -> dict[str, object]:
     locations = ["entrance", "corridor", "exterior", "corridor"]
     return {
+        "profile": profile.value,
         "node": {"name": "demo"},
         "sites": {"demo-school": {"name": "Demo primary school"}},
         "cameras": {
@@ -162,6 +162,7 @@ def _demo_config(urls: dict[str, str], port: int) -> dict[str, object]:
             for i, (name, url) in enumerate(urls.items())
         },
         "storage": {"path": ".", "quota": "10GB"},
+        "security": {"key_dir": "keys"},
         "server": {"host": "127.0.0.1", "port": port},
     }
 
@@ -192,30 +193,28 @@ def sim(
 
 
 @app.command()
-def export(
+def report(
     config: ConfigOption,
-    camera: Annotated[str, typer.Option(help="Camera name")],
-    start: Annotated[str, typer.Option("--from", help="Start, ISO 8601 (UTC if no zone)")],
-    end: Annotated[str, typer.Option("--to", help="End, ISO 8601 (UTC if no zone)")],
-    out: Annotated[Path, typer.Argument(help="Output MP4 file")],
-    allow_gaps: Annotated[bool, typer.Option(help="Export even if footage is missing")] = False,
+    out: Annotated[Path, typer.Argument(help="New folder for the signed inspection pack")],
+    days: Annotated[float, typer.Option(min=0.01, help="Period covered, in days")] = 30,
 ) -> None:
-    """Join the recordings of one camera over a time range into one MP4 (stream copy)."""
+    """Write the inspection pack: profile, cameras, retention, cases, access, audit log, signed."""
     cfg = _load(config)
-    t0, t1 = parse_time(start), parse_time(end)
-    if camera not in cfg.cameras:
-        err.print(f"unknown camera {camera!r}; configured: {', '.join(cfg.cameras)}")
-        raise typer.Exit(2)
     layout = Layout(cfg.storage.path)
+    keys = node_keys(cfg)
     with Store(layout.database) as store:
+        audit = AuditLog(store, keys)
         try:
-            result = export_range(store, layout, camera, t0, t1, out, allow_gaps=allow_gaps)
-        except ExportError as exc:
-            err.print(f"[red]export failed:[/red] {exc}")
+            pack = write_pack(cfg, store, keys, audit, out, actor=cli_actor().name,
+                              since=time.time() - days * 86400)
+        except FileExistsError as exc:
+            err.print(f"[red]report failed:[/red] {exc}", highlight=False)
             raise typer.Exit(1) from None
-    console.print(f"{result.path}: {result.duration:.1f} s from {len(result.segments)} segments")
-    for gap in result.gaps:
-        console.print(f"  gap: {gap}")
+    chain = pack.facts["audit_chain"]
+    console.print(f"{pack.folder}: report.md, report.json, {AUDIT_FILE}, signed")
+    console.print(f"audit log: {chain['summary']}", markup=False, highlight=False)
+    if not chain["ok"]:
+        raise typer.Exit(1)
 
 
 @hold_app.command("add")
@@ -233,14 +232,19 @@ def hold_add(
     if camera is not None and camera not in cfg.cameras:
         err.print(f"unknown camera {camera!r}")
         raise typer.Exit(2)
+    t0, t1 = parse_time(start), parse_time(end)
     with Store(Layout(cfg.storage.path).database) as store:
         try:
-            hold_id = add_hold(store, camera=camera, start=parse_time(start), end=parse_time(end),
+            hold_id = add_hold(store, camera=camera, start=t0, end=t1,
                                reason=reason, created_by=by or getpass.getuser(),
                                expires_at=parse_time(expires) if expires else None)
         except ValueError as exc:
             err.print(f"[red]{exc}[/red]")
             raise typer.Exit(2) from None
+        AuditLog(store, node_keys(cfg)).record(
+            cli_actor().name, "hold.add", camera or "all",
+            detail={"hold": hold_id, "start": t0, "end": t1, "reason": reason, "by": by},
+        )
     console.print(f"hold {hold_id} placed")
 
 
@@ -271,6 +275,9 @@ def hold_release(
         except ValueError as exc:
             err.print(f"[red]{exc}[/red]")
             raise typer.Exit(2) from None
+        AuditLog(store, node_keys(cfg)).record(
+            cli_actor().name, "hold.release", str(hold_id), detail={"by": by}
+        )
     console.print(f"hold {hold_id} released")
 
 

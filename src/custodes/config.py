@@ -7,6 +7,7 @@ written as ``${ENV_VAR}`` and substituted from the environment at load time.
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import re
 from collections.abc import Iterator
@@ -244,6 +245,37 @@ class RetentionConfig(Strict):
 class ServerConfig(Strict):
     host: str = Field("127.0.0.1", description="Address the web server listens on")
     port: int = Field(8080, ge=0, le=65535, description="Port of the web server (0: any free)")
+    allow_networks: list[str] = Field(
+        default_factory=lambda: ["127.0.0.0/8", "::1/128"],
+        description="Client networks (CIDR) allowed to reach the web server; others get 403",
+    )
+    tls_cert: Path | None = Field(
+        None, description="PEM certificate for HTTPS (with tls_key); session cookies become Secure"
+    )
+    tls_key: Path | None = Field(None, description="PEM private key for HTTPS (with tls_cert)")
+    session_hours: float = Field(
+        12, gt=0, le=24 * 30, description="Hours a sign-in lasts before signing in again"
+    )
+
+    @field_validator("allow_networks")
+    @classmethod
+    def _networks(cls, v: list[str]) -> list[str]:
+        for net in v:
+            try:
+                ipaddress.ip_network(net, strict=False)
+            except ValueError:
+                raise ValueError(f"{net!r} is not a network: use CIDR, e.g. 10.0.0.0/8") from None
+        return v
+
+    @model_validator(mode="after")
+    def _tls_pair(self) -> ServerConfig:
+        if (self.tls_cert is None) != (self.tls_key is None):
+            raise ValueError("tls_cert and tls_key go together: give both or neither")
+        return self
+
+    @property
+    def tls(self) -> bool:
+        return self.tls_cert is not None
 
 
 class MqttConfig(Strict):
@@ -322,16 +354,20 @@ class Config(Strict):
         return self.cameras[camera].record.retention_hours or self.retention.default_hours
 
     def resolve_paths(self, base: Path) -> Config:
-        """The same config with relative storage and key paths made relative to ``base``."""
-        path = self.storage.path if self.storage.path.is_absolute() else (
-            (base / self.storage.path).resolve()
-        )
-        key_dir = self.security.key_dir
-        if key_dir is not None and not key_dir.is_absolute():
-            key_dir = (base / key_dir).resolve()
+        """The same config with relative paths (storage, keys, TLS) made relative to ``base``."""
+
+        def resolved(path: Path | None) -> Path | None:
+            return path if path is None or path.is_absolute() else (base / path).resolve()
+
         return self.model_copy(update={
-            "storage": self.storage.model_copy(update={"path": path}),
-            "security": self.security.model_copy(update={"key_dir": key_dir}),
+            "storage": self.storage.model_copy(update={"path": resolved(self.storage.path)}),
+            "security": self.security.model_copy(
+                update={"key_dir": resolved(self.security.key_dir)}
+            ),
+            "server": self.server.model_copy(update={
+                "tls_cert": resolved(self.server.tls_cert),
+                "tls_key": resolved(self.server.tls_key),
+            }),
         })
 
     @property

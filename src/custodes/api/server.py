@@ -1,7 +1,7 @@
-"""The node's web server: for now a read-only status page and its JSON.
+"""The node's web server: the API and pages of custodes.api.app, served by uvicorn.
 
-It listens on 127.0.0.1 unless configured otherwise and shows no pictures; the full API with
-authentication and roles builds on this app.
+It listens on 127.0.0.1 unless configured otherwise, over HTTPS when a certificate is
+configured.
 """
 
 from __future__ import annotations
@@ -9,35 +9,18 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from importlib import resources
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import uvicorn
-from fastapi import FastAPI
-from fastapi.responses import HTMLResponse
 
-from custodes.api.status import node_status
+from custodes.api.app import create_app
 
 if TYPE_CHECKING:
     from custodes.app import Node
 
 log = logging.getLogger(__name__)
 
-
-def create_app(node: Node) -> FastAPI:
-    app = FastAPI(title="custodes", version="0.1.0", docs_url=None, redoc_url=None)
-    page = resources.files("custodes.api").joinpath("templates/status.html").read_text("utf-8")
-
-    @app.get("/api/status")
-    def status() -> dict[str, Any]:
-        """Cameras with their health and recordings, and disk use."""
-        return node_status(node)
-
-    @app.get("/", response_class=HTMLResponse)
-    def index() -> str:
-        return page
-
-    return app
+__all__ = ["WebServer", "create_app"]
 
 
 class WebServer:
@@ -48,6 +31,9 @@ class WebServer:
         self._server = uvicorn.Server(uvicorn.Config(
             create_app(node), host=cfg.host, port=cfg.port, log_level="warning",
             access_log=False, lifespan="off",
+            ssl_certfile=cfg.tls_cert, ssl_keyfile=cfg.tls_key,
+            # The allowlist judges the real peer: never take an address from a header.
+            proxy_headers=False,
         ))
         self._thread = threading.Thread(target=self._server.run, name="web", daemon=True)
 
@@ -64,7 +50,8 @@ class WebServer:
     def url(self) -> str:
         sock = self._server.servers[0].sockets[0]
         host, port = sock.getsockname()[:2]
-        return f"http://{host}:{port}/"
+        scheme = "https" if self._server.config.ssl_certfile else "http"
+        return f"{scheme}://{host}:{port}/"
 
     def stop(self) -> None:
         self._server.should_exit = True

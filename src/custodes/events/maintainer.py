@@ -3,6 +3,11 @@
 It is the one consumer of the analysis processes' queue: it stores motion spans, events and
 face tracks through the store's writer, keeps each camera's latest analysis statistics for
 the status page, and publishes every event on the node's bus (from where MQTT forwards it).
+
+A face track's descriptor is biometric data: it is stored only sealed (``descriptors``); without
+a FaceDescriptors to seal it, the descriptor is dropped, never stored in plaintext. ``on_face``
+receives each stored face track (with its descriptor, in memory) after its row is committed,
+e.g. for a live watchlist.
 """
 
 from __future__ import annotations
@@ -11,6 +16,7 @@ import json
 import logging
 import queue
 import threading
+from collections.abc import Callable
 from typing import Any, Protocol
 
 from sqlalchemy import Connection, insert, update
@@ -18,6 +24,7 @@ from sqlalchemy import Connection, insert, update
 from custodes.analytics.worker import FaceTrack, Message, MotionEnded, MotionStarted, Stats
 from custodes.events.bus import EventBus
 from custodes.events.types import Event, EventKind
+from custodes.faces.descriptors import FaceDescriptors
 from custodes.store import schema
 from custodes.store.db import Store
 
@@ -30,8 +37,12 @@ class MessageSource(Protocol):
 
 class EventMaintainer:
     def __init__(self, store: Store, bus: EventBus, sites: dict[str, str],
-                 source: MessageSource) -> None:
+                 source: MessageSource, *, descriptors: FaceDescriptors | None = None,
+                 on_face: Callable[[int, FaceTrack], None] | None = None) -> None:
         self.store = store
+        self.descriptors = descriptors
+        self.on_face = on_face
+        self._warned_unsealed = False
         self.bus = bus
         self.sites = sites  # camera -> site
         self.source = source
@@ -110,21 +121,38 @@ class EventMaintainer:
 
     def _face(self, f: FaceTrack) -> None:
         data = {"detections": f.detections, "quality": round(f.quality, 4), "box": list(f.box)}
+        sealed = self._seal(f)
 
-        def write(conn: Connection) -> int:
+        def write(conn: Connection) -> tuple[int, int]:
             event_id = int(conn.execute(
                 insert(schema.events).values(camera=f.camera, kind=EventKind.FACE.value,
                                              start=f.start, end=f.end, data=json.dumps(data),
                                              snapshot=f.snapshot)
                 .returning(schema.events.c.id)
             ).scalar_one())
-            conn.execute(insert(schema.faces).values(
+            face_id = int(conn.execute(insert(schema.faces).values(
                 camera=f.camera, start=f.start, end=f.end, detections=f.detections,
-                box=json.dumps(list(f.box)), quality=f.quality, embedding=f.embedding,
+                box=json.dumps(list(f.box)), quality=f.quality, embedding=None, sealed=sealed,
                 event_id=event_id,
-            ))
-            return event_id
+            ).returning(schema.faces.c.id)).scalar_one())
+            return event_id, face_id
 
-        event_id = self.store.write(write)
+        event_id, face_id = self.store.write(write)
         self._publish(f.camera, EventKind.FACE, f.start, end=f.end, data=data,
                       snapshot=f.snapshot, id=event_id)
+        if self.on_face is not None:
+            try:
+                self.on_face(face_id, f)
+            except Exception:
+                # The row is stored and the event out; a failing listener must not undo that.
+                log.exception("face listener failed on face %d", face_id)
+
+    def _seal(self, f: FaceTrack) -> bytes | None:
+        if f.embedding is None:
+            return None
+        if self.descriptors is None:
+            if not self._warned_unsealed:
+                log.warning("face descriptors arrive but nothing can seal them: not stored")
+                self._warned_unsealed = True
+            return None
+        return self.descriptors.seal(f.embedding, f.camera, f.start)

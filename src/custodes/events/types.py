@@ -10,6 +10,7 @@ from typing import Any
 class EventKind(StrEnum):
     MOTION = "motion"  # data: peak (share of the frame that moved, 0..1)
     FACE = "face"  # data: track (id), detections, quality, box [x, y, w, h]
+    WATCHLIST = "watchlist"  # data: alert, case (ids) and status; never a picture or a vector
 
 
 @dataclass(frozen=True)

@@ -126,3 +126,124 @@ audit_checkpoints = Table(
     Column("at", Float, nullable=False),
     Column("signature", LargeBinary, nullable=False),
 )
+
+cases = Table(
+    "cases",
+    metadata,
+    Column("id", Integer, primary_key=True),
+    Column("reference", Text, nullable=False),
+    Column("legal_basis", Text, nullable=False),
+    Column("purpose", Text, nullable=False),
+    Column("cameras", Text, nullable=False),
+    Column("scope_start", Float, nullable=False),
+    Column("scope_end", Float, nullable=False),
+    Column("watchlist", Integer, nullable=False),
+    Column("opened_by", Text, nullable=False),
+    Column("opened_at", Float, nullable=False),
+    Column("status", Text, nullable=False),
+    Column("decided_by", Text),
+    Column("decided_at", Float),
+    Column("decision_note", Text),
+    Column("expires_at", Float, nullable=False),
+    Column("closed_by", Text),
+    Column("closed_at", Float),
+)
+
+case_holds = Table(
+    "case_holds",
+    metadata,
+    Column("case_id", Integer, ForeignKey("cases.id"), primary_key=True),
+    Column("hold_id", Integer, ForeignKey("holds.id"), primary_key=True),
+)
+
+case_subjects = Table(
+    "case_subjects",
+    metadata,
+    Column("id", Integer, primary_key=True),
+    Column("case_id", Integer, ForeignKey("cases.id"), nullable=False),
+    Column("label", Text, nullable=False),
+    Column("added_by", Text, nullable=False),
+    Column("added_at", Float, nullable=False),
+    Column("descriptor", LargeBinary),
+    Column("crop", LargeBinary),
+    Column("wiped_at", Float),
+)
+
+case_alerts = Table(
+    "case_alerts",
+    metadata,
+    Column("id", Integer, primary_key=True),
+    Column("case_id", Integer, ForeignKey("cases.id"), nullable=False),
+    Column("subject_id", Integer, ForeignKey("case_subjects.id"), nullable=False),
+    Column("face_id", Integer, ForeignKey("faces.id", ondelete="SET NULL")),
+    Column("camera", Text, nullable=False),
+    Column("seen_at", Float, nullable=False),
+    Column("distance", Float, nullable=False),
+    Column("created_at", Float, nullable=False),
+    Column("status", Text, nullable=False),
+    Column("decided_by", Text),
+    Column("decided_at", Float),
+)
+
+users = Table(
+    "users",
+    metadata,
+    Column("id", Integer, primary_key=True),
+    Column("name", Text, nullable=False, unique=True),
+    Column("role", Text, nullable=False),
+    Column("cameras", Text),
+    Column("password_hash", Text, nullable=False),
+    Column("disabled", Integer, nullable=False),
+    Column("created_at", Float, nullable=False),
+    Column("password_changed_at", Float, nullable=False),
+)
+
+sessions = Table(
+    "sessions",
+    metadata,
+    Column("token_hash", Text, primary_key=True),
+    Column("user_id", Integer, ForeignKey("users.id", ondelete="CASCADE"), nullable=False),
+    Column("csrf", Text, nullable=False),
+    Column("created_at", Float, nullable=False),
+    Column("expires_at", Float, nullable=False),
+    Column("address", Text),
+)
+
+api_tokens = Table(
+    "api_tokens",
+    metadata,
+    Column("id", Integer, primary_key=True),
+    Column("user_id", Integer, ForeignKey("users.id", ondelete="CASCADE"), nullable=False),
+    Column("name", Text, nullable=False),
+    Column("token_hash", Text, nullable=False, unique=True),
+    Column("created_at", Float, nullable=False),
+    Column("expires_at", Float),
+    Column("revoked_at", Float),
+)
+
+# 0005_faces: sealed face descriptors, and the gallery of enrolled people.
+faces.append_column(Column("sealed", LargeBinary))
+
+gallery_people = Table(
+    "gallery_people",
+    metadata,
+    Column("id", Integer, primary_key=True),
+    Column("reference", Text, nullable=False),
+    Column("basis_kind", Text, nullable=False),
+    Column("basis_reference", Text, nullable=False),
+    Column("expires_at", Float, nullable=False),
+    Column("created_at", Float, nullable=False),
+    Column("created_by", Text, nullable=False),
+    Column("updated_at", Float, nullable=False),
+    Column("updated_by", Text, nullable=False),
+)
+
+gallery_photos = Table(
+    "gallery_photos",
+    metadata,
+    Column("id", Integer, primary_key=True),
+    Column("person_id", Integer, ForeignKey("gallery_people.id", ondelete="CASCADE"),
+           nullable=False),
+    Column("descriptor", LargeBinary, nullable=False),
+    Column("crop", LargeBinary, nullable=False),
+)

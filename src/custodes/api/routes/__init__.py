@@ -1,0 +1,1 @@
+"""API routers: every module here that defines ``router`` is included by create_app."""

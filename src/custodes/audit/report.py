@@ -1,0 +1,325 @@
+"""The inspection pack: what a privacy inspector asks of a recorder, answered from the node.
+
+On a complaint the agency wants to know: which profile the deployment runs and what it
+forbids; where each camera looks and why; how long footage is kept and whether it really is
+deleted on time; who was allowed to identify anyone, in which case, approved by whom; who
+looked at what; and whether the log that says all this is intact. The pack answers each from
+the database (not from documentation), adds the audit log of the period, and is signed like
+an export, so ``custodes export verify PACK`` checks it offline.
+
+Nothing biometric is in it: no descriptors, crops or pictures; cases appear by reference.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import time
+from collections import Counter
+from collections.abc import Iterator
+from dataclasses import dataclass
+from importlib.metadata import version
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import Connection, func, select
+
+from custodes.audit.exchange import export_log
+from custodes.audit.log import AuditLog
+from custodes.audit.verify import verify_store
+from custodes.config import Config
+from custodes.keys import NodeKeys
+from custodes.privacy.policy import Action, allows, placement_problem
+from custodes.record.cleanup import DeletionPass, retention_status
+from custodes.record.manifest import FileEntry, iso, key_fingerprint, write_manifest
+from custodes.store import schema
+from custodes.store.db import Store
+
+FORMAT = "custodes-inspection/1"
+AUDIT_FILE = "audit-log.jsonl"
+# Refusals listed one by one (the counts are always complete).
+MAX_LISTED = 200
+
+
+def _json(text: str | None) -> Any:
+    return json.loads(text) if text else None
+
+
+def _profile(config: Config) -> dict[str, Any]:
+    return {
+        "profile": config.profile.value,
+        "allows": {action.value: allows(config.profile, action) for action in Action},
+        "attribute_inference": "none (custodes has no emotion, age, gender or other attribute "
+        "inference in any profile)",
+        "audio": "never recorded (capture drops every audio stream)",
+    }
+
+
+def _cameras(config: Config) -> list[dict[str, Any]]:
+    return [{
+        "name": name,
+        "site": cam.site,
+        "location": cam.location.value,
+        "purpose": cam.purpose,
+        "placement": placement_problem(config.profile, cam.location.value) or "allowed",
+        "enabled": cam.enabled,
+        "record_mode": cam.record.mode.value,
+        "retention_hours": config.retention_hours(name),
+        "face_detection": cam.analytics.enabled and cam.analytics.faces.detect,
+        "face_descriptors": cam.analytics.enabled and cam.analytics.faces.embeddings,
+        "privacy_zones": len(cam.privacy_zones),
+    } for name, cam in sorted(config.cameras.items())]
+
+
+def _retention(conn: Connection, config: Config, now: float, since: float) -> dict[str, Any]:
+    status = retention_status(conn, config, now, last_passes=0)
+    held = {h.camera for h in status.holds}
+    cameras = []
+    for footage in status.cameras:
+        age_hours = (now - footage.oldest) / 3600 if footage.oldest is not None else None
+        # Footage older than its limit is a finding unless a hold explains it; one retention
+        # interval of slack, since deletion runs periodically.
+        slack = config.retention.interval_seconds / 3600
+        over = age_hours is not None and age_hours > footage.retention_hours + slack
+        cameras.append({
+            "camera": footage.camera,
+            "retention_hours": footage.retention_hours,
+            "oldest": iso(footage.oldest) if footage.oldest else None,
+            "oldest_age_hours": round(age_hours, 2) if age_hours is not None else None,
+            "within_limit": not over or footage.camera in held or None in held,
+            "segments": footage.segments,
+            "bytes": footage.bytes,
+        })
+    passes = [DeletionPass.from_row(row) for row in conn.execute(
+        select(schema.deletion_passes).where(schema.deletion_passes.c.at >= since)
+        .order_by(schema.deletion_passes.c.at)
+    )]
+    by_trigger: dict[str, dict[str, int]] = {}
+    for p in passes:
+        totals = by_trigger.setdefault(p.trigger, {"passes": 0, "segments": 0, "bytes": 0})
+        totals["passes"] += 1
+        totals["segments"] += p.segments
+        totals["bytes"] += p.bytes
+    return {
+        "default_hours": config.retention.default_hours,
+        "ceiling_days": config.retention.ceiling_days,
+        "cameras": cameras,
+        "deletions_by_trigger": by_trigger,
+        "holds_active": [{
+            "id": h.id, "camera": h.camera or "all", "start": iso(h.start), "end": iso(h.end),
+            "reason": h.reason, "by": h.created_by,
+            "expires": iso(h.expires_at) if h.expires_at else None,
+        } for h in status.holds],
+    }
+
+
+def _cases(conn: Connection, since: float) -> list[dict[str, Any]]:
+    c = schema.cases.c
+    searches = Counter(
+        row.target for row in conn.execute(
+            select(schema.audit_log.c.target).where(
+                schema.audit_log.c.action == "face.search", schema.audit_log.c.outcome == "ok"
+            )
+        )
+    )
+    alerts: dict[int, int] = dict(conn.execute(
+        select(schema.case_alerts.c.case_id, func.count()).group_by(schema.case_alerts.c.case_id)
+    ).all())
+    rows = conn.execute(
+        select(schema.cases).where((c.opened_at >= since) | (c.status.in_(["pending", "approved"])))
+        .order_by(c.id)
+    )
+    return [{
+        "id": row.id, "reference": row.reference, "legal_basis": row.legal_basis,
+        "purpose": row.purpose, "cameras": _json(row.cameras),
+        "scope": [iso(row.scope_start), iso(row.scope_end)], "watchlist": bool(row.watchlist),
+        "opened_by": row.opened_by, "opened_at": iso(row.opened_at), "status": row.status,
+        "decided_by": row.decided_by, "decided_at": iso(row.decided_at) if row.decided_at else None,
+        "expires_at": iso(row.expires_at), "closed_by": row.closed_by,
+        "searches": searches.get(f"case {row.id}", 0),
+        "alerts": alerts.get(row.id, 0),
+    } for row in rows]
+
+
+def _gallery(conn: Connection, now: float) -> dict[str, Any]:
+    g = schema.gallery_people
+    by_basis: dict[str, int] = dict(conn.execute(
+        select(g.c.basis_kind, func.count()).group_by(g.c.basis_kind)
+    ).all())
+    expired = conn.execute(select(func.count()).where(g.c.expires_at <= now)).scalar_one()
+    return {"people_by_basis": by_basis, "expired_not_yet_deleted": expired}
+
+
+def _access(conn: Connection, since: float) -> dict[str, Any]:
+    a = schema.audit_log
+    counts: dict[str, dict[str, int]] = {}
+    for action, outcome, n in conn.execute(
+        select(a.c.action, a.c.outcome, func.count()).where(a.c.at >= since)
+        .group_by(a.c.action, a.c.outcome).order_by(a.c.action)
+    ):
+        counts.setdefault(action, {})[outcome] = n
+    refusals = [{
+        "seq": row.seq, "at": iso(row.at), "actor": row.actor, "address": row.address,
+        "action": row.action, "target": row.target, "reason": _json(row.detail).get("reason"),
+    } for row in conn.execute(
+        select(a).where(a.c.at >= since, a.c.outcome == "refused").order_by(a.c.seq.desc())
+        .limit(MAX_LISTED)
+    )]
+    return {"by_action": counts, "refusals": refusals}
+
+
+def _users(conn: Connection) -> list[dict[str, Any]]:
+    u = schema.users
+    return [{
+        "name": row.name, "role": row.role, "cameras": _json(row.cameras) or "all",
+        "disabled": bool(row.disabled), "created_at": iso(row.created_at),
+    } for row in conn.execute(select(u).order_by(u.c.name))]
+
+
+def inspection_facts(
+    config: Config, store: Store, keys: NodeKeys, *, since: float, now: float | None = None
+) -> dict[str, Any]:
+    """Everything the report states, as plain data (the JSON of the pack)."""
+    now = time.time() if now is None else now
+    with store.read() as conn:
+        facts = {
+            "format": FORMAT,
+            "node": config.node.name,
+            "software": f"custodes {version('custodes')}",
+            "generated_at": iso(now),
+            "period": [iso(since), iso(now)],
+            "deployment": _profile(config),
+            "cameras": _cameras(config),
+            "retention": _retention(conn, config, now, since),
+            "cases": _cases(conn, since),
+            "gallery": _gallery(conn, now),
+            "access": _access(conn, since),
+            "users": _users(conn),
+        }
+    report = verify_store(store, keys.public_pem)
+    facts["audit_chain"] = {
+        "ok": report.ok, "summary": report.summary(), "problems": [str(p) for p in report.problems],
+        "public_key_fingerprint": key_fingerprint(keys.public_pem),
+    }
+    return facts
+
+
+def _table(header: list[str], rows: list[list[Any]]) -> Iterator[str]:
+    yield "| " + " | ".join(header) + " |"
+    yield "|" + "---|" * len(header)
+    for row in rows:
+        yield "| " + " | ".join("—" if v is None else str(v).replace("|", "/") for v in row) + " |"
+
+
+def render_markdown(facts: dict[str, Any]) -> str:
+    """The report for people: the same facts, in the order an inspection goes."""
+    d, r, acc = facts["deployment"], facts["retention"], facts["access"]
+    out = [
+        f"# Inspection report: node {facts['node']}",
+        "",
+        f"Period {facts['period'][0]} to {facts['period'][1]}; generated {facts['generated_at']} "
+        f"by {facts['software']}. Signed with key {facts['audit_chain']['public_key_fingerprint']}"
+        " (verify with `custodes export verify`).",
+        "",
+        "## Deployment profile",
+        f"Profile **{d['profile']}**. Allowed: "
+        + ", ".join(a for a, ok in d["allows"].items() if ok) + "; refused: "
+        + (", ".join(a for a, ok in d["allows"].items() if not ok) or "nothing") + ".",
+        f"Attribute inference: {d['attribute_inference']}. Audio: {d['audio']}.",
+        "",
+        "## Cameras",
+        *_table(["camera", "site", "location", "placement", "purpose", "retention h",
+                 "face descriptors", "privacy zones"],
+                [[c["name"], c["site"], c["location"], c["placement"], c["purpose"],
+                  c["retention_hours"], "yes" if c["face_descriptors"] else "no",
+                  c["privacy_zones"]] for c in facts["cameras"]]),
+        "",
+        "## Retention",
+        f"Default {r['default_hours']:g} h, ceiling {r['ceiling_days']:g} days.",
+        "",
+        *_table(["camera", "limit h", "oldest footage", "age h", "within limit", "segments"],
+                [[c["camera"], c["retention_hours"], c["oldest"], c["oldest_age_hours"],
+                  "yes" if c["within_limit"] else "**NO**", c["segments"]]
+                 for c in r["cameras"]]),
+        "",
+        "Deletions in the period: " + (", ".join(
+            f"{t}: {v['passes']} passes, {v['segments']} segments, {v['bytes']} bytes"
+            for t, v in r["deletions_by_trigger"].items()) or "none") + ".",
+        "",
+        "Active holds:",
+        *([f"- hold {h['id']}: {h['camera']} {h['start']} to {h['end']}, {h['reason']} "
+           f"(by {h['by']}, expires {h['expires'] or 'never'})" for h in r["holds_active"]]
+          or ["- none"]),
+        "",
+        "## Cases (identification)",
+        *(_table(["id", "reference", "legal basis", "status", "opened by", "decided by",
+                  "cameras", "searches", "alerts"],
+                 [[c["id"], c["reference"], c["legal_basis"], c["status"], c["opened_by"],
+                   c["decided_by"], ", ".join(c["cameras"] or []), c["searches"], c["alerts"]]
+                  for c in facts["cases"]]) if facts["cases"] else ["No cases."]),
+        "",
+        "## Gallery",
+        f"Enrolled people by legal basis: {facts['gallery']['people_by_basis'] or 'none'}; "
+        f"expired but not yet deleted: {facts['gallery']['expired_not_yet_deleted']}.",
+        "",
+        "## Access (from the audit log)",
+        *_table(["action", "ok", "refused", "failed"],
+                [[a, v.get("ok", 0), v.get("refused", 0), v.get("failed", 0)]
+                 for a, v in acc["by_action"].items()]),
+        "",
+        f"Refusals (newest first, at most {MAX_LISTED}):",
+        *([f"- #{x['seq']} {x['at']} {x['actor']} {x['action']} {x['target']}: {x['reason']}"
+           for x in acc["refusals"]] or ["- none"]),
+        "",
+        "## Users",
+        *_table(["name", "role", "cameras", "disabled"],
+                [[u["name"], u["role"], u["cameras"] if isinstance(u["cameras"], str)
+                  else ", ".join(u["cameras"]), "yes" if u["disabled"] else "no"]
+                 for u in facts["users"]]),
+        "",
+        "## Audit log integrity",
+        facts["audit_chain"]["summary"],
+        *[f"- {p}" for p in facts["audit_chain"]["problems"]],
+        f"The entries of the period are in `{AUDIT_FILE}`; "
+        "`custodes audit verify --file audit-log.jsonl --key signing.pub` checks them offline.",
+        "",
+    ]
+    return "\n".join(out)
+
+
+@dataclass(frozen=True)
+class InspectionPack:
+    folder: Path
+    facts: dict[str, Any]
+
+
+def write_pack(
+    config: Config, store: Store, keys: NodeKeys, audit: AuditLog, out: Path, *,
+    actor: str, since: float, now: float | None = None,
+) -> InspectionPack:
+    """Write the signed pack into the new folder ``out`` (built beside it, then renamed)."""
+    if out.exists():
+        raise FileExistsError(f"{out} exists already; choose another name")
+    now = time.time() if now is None else now
+    audit.record(actor, "inspection.report", config.node.name,
+                 detail={"since": since, "until": now})
+    work = out.with_name(f".{out.name}.partial")
+    work.mkdir(parents=True)
+    try:
+        export_log(audit, work / AUDIT_FILE, actor=actor, node=config.node.name, since=since)
+        facts = inspection_facts(config, store, keys, since=since, now=now)
+        (work / "report.json").write_text(json.dumps(facts, indent=2, ensure_ascii=False) + "\n")
+        (work / "report.md").write_text(render_markdown(facts))
+        names = ["report.md", "report.json", AUDIT_FILE]
+        write_manifest(work, {
+            "format": FORMAT, "node": config.node.name, "created_at": iso(now),
+            "created_by": actor, "period": facts["period"],
+            "files": [FileEntry.of(work, n).__dict__ for n in names],
+            "public_key_fingerprint": key_fingerprint(keys.public_pem),
+        }, keys)
+        os.replace(work, out)
+    except BaseException:
+        shutil.rmtree(work, ignore_errors=True)
+        raise
+    return InspectionPack(out, facts)

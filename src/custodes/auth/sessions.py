@@ -1,0 +1,159 @@
+"""Sign-in sessions (cookies) and API tokens (bearer), stored as hashes.
+
+A session is a random value in an HttpOnly cookie, with a second random value (the CSRF
+token) that pages send back in a header on every state-changing request. Both live in the
+database only as the session row: the cookie's SHA-256 and the CSRF token, which is no secret
+from the signed-in user. API tokens are shown once and kept as their SHA-256.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import secrets
+import time
+from dataclasses import dataclass
+
+from sqlalchemy import Connection, delete, insert, select, update
+
+from custodes.auth.users import User, user_from_row
+from custodes.store import schema
+from custodes.store.db import Store
+
+TOKEN_PREFIX = "cst_"  # noqa: S105 - not a secret; makes a leaked token recognisable to secret scanners
+
+
+def digest(secret: str) -> str:
+    return hashlib.sha256(secret.encode("utf-8")).hexdigest()
+
+
+@dataclass(frozen=True)
+class Session:
+    token: str  # the cookie value; only known right after creation
+    csrf: str
+    expires_at: float
+
+
+@dataclass(frozen=True)
+class SessionInfo:
+    token_hash: str
+    csrf: str
+    expires_at: float
+    user: User
+
+
+@dataclass(frozen=True)
+class ApiToken:
+    id: int
+    name: str
+    created_at: float
+    expires_at: float | None
+    revoked_at: float | None
+
+    def public(self) -> dict[str, object]:
+        return {"id": self.id, "name": self.name, "created_at": self.created_at,
+                "expires_at": self.expires_at, "revoked_at": self.revoked_at}
+
+
+class Sessions:
+    def __init__(self, store: Store, hours: float) -> None:
+        self.store = store
+        self.seconds = hours * 3600
+
+    # -- cookie sessions ------------------------------------------------------------------
+
+    def create(self, user: User, address: str | None, replaces: str | None = None) -> Session:
+        """A fresh session for ``user``; the one presented before sign-in (if any) is ended.
+
+        Always a new random value: a session id set by someone else before sign-in is never
+        adopted (session fixation).
+        """
+        token = secrets.token_urlsafe(32)
+        csrf = secrets.token_urlsafe(32)
+        now = time.time()
+        row = {"token_hash": digest(token), "user_id": user.id, "csrf": csrf,
+               "created_at": now, "expires_at": now + self.seconds, "address": address}
+
+        def create(conn: Connection) -> None:
+            if replaces:
+                conn.execute(delete(schema.sessions)
+                             .where(schema.sessions.c.token_hash == digest(replaces)))
+            conn.execute(delete(schema.sessions).where(schema.sessions.c.expires_at < now))
+            conn.execute(insert(schema.sessions).values(row))
+
+        self.store.write(create)
+        return Session(token, csrf, row["expires_at"])  # type: ignore[arg-type]
+
+    def lookup(self, token: str) -> SessionInfo | None:
+        """The live session of an enabled user with this cookie value, or None."""
+        s, u = schema.sessions, schema.users
+        with self.store.read() as conn:
+            row = conn.execute(
+                select(u, s.c.token_hash, s.c.csrf, s.c.expires_at.label("session_expires"))
+                .join(s, s.c.user_id == u.c.id)
+                .where(s.c.token_hash == digest(token), s.c.expires_at > time.time(),
+                       u.c.disabled == 0)
+            ).first()
+        if row is None:
+            return None
+        return SessionInfo(row.token_hash, row.csrf, row.session_expires, user_from_row(row))
+
+    def end(self, token_hash: str) -> None:
+        self.store.write(lambda conn: conn.execute(
+            delete(schema.sessions).where(schema.sessions.c.token_hash == token_hash)
+        ))
+
+    def end_others(self, user: User, keep_hash: str | None) -> None:
+        """End every session of ``user`` but one (after a password change)."""
+        s = schema.sessions
+        cond = s.c.user_id == user.id
+        if keep_hash is not None:
+            cond = cond & (s.c.token_hash != keep_hash)
+        self.store.write(lambda conn: conn.execute(delete(s).where(cond)))
+
+    # -- API tokens -----------------------------------------------------------------------
+
+    def create_token(self, user: User, name: str, days: float | None = None) -> tuple[int, str]:
+        """A new bearer token for ``user``: (id, token); the token is not stored."""
+        token = TOKEN_PREFIX + secrets.token_urlsafe(32)
+        now = time.time()
+        row = {"user_id": user.id, "name": name, "token_hash": digest(token), "created_at": now,
+               "expires_at": None if days is None else now + days * 86400}
+
+        def create(conn: Connection) -> int:
+            key = conn.execute(insert(schema.api_tokens).values(row)).inserted_primary_key
+            assert key is not None
+            return int(key[0])
+
+        return self.store.write(create), token
+
+    def token_user(self, token: str) -> User | None:
+        t, u = schema.api_tokens, schema.users
+        now = time.time()
+        with self.store.read() as conn:
+            row = conn.execute(
+                select(u).join(t, t.c.user_id == u.c.id)
+                .where(t.c.token_hash == digest(token), t.c.revoked_at.is_(None),
+                       (t.c.expires_at.is_(None)) | (t.c.expires_at > now), u.c.disabled == 0)
+            ).first()
+        return None if row is None else user_from_row(row)
+
+    def tokens(self, user: User) -> list[ApiToken]:
+        t = schema.api_tokens
+        with self.store.read() as conn:
+            rows = conn.execute(select(t).where(t.c.user_id == user.id).order_by(t.c.id))
+            return [ApiToken(r.id, r.name, r.created_at, r.expires_at, r.revoked_at)
+                    for r in rows]
+
+    def revoke_token(self, user: User, token_id: int) -> bool:
+        """Revoke one of ``user``'s own tokens; False when there is no such live token."""
+        t = schema.api_tokens
+
+        def revoke(conn: Connection) -> bool:
+            done = conn.execute(
+                update(t).where(t.c.id == token_id, t.c.user_id == user.id,
+                                t.c.revoked_at.is_(None))
+                .values(revoked_at=time.time())
+            )
+            return bool(done.rowcount)
+
+        return self.store.write(revoke)

@@ -1,0 +1,1 @@
+"""Faces beyond detection: sealed descriptors of people seen, the gallery, vector search."""

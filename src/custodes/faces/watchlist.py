@@ -1,0 +1,234 @@
+"""Live watchlist (police profile only): alert when a case subject appears on a camera.
+
+The event maintainer hands every stored face track to `Watchlist.on_face`. A track is compared
+only with the subjects of approved, unexpired watchlist cases whose scope holds the track's
+camera and time; outside such a case nothing is compared at all, and under any other profile
+the call returns at once. A match within the threshold becomes an alert row with status
+"candidate", an event on the bus (ids only: no picture, no descriptor) and an audit entry. A
+candidate stays a candidate until a second person, not the case's opener, confirms or
+dismisses it.
+
+The subjects' descriptors are decrypted once per case and kept in memory while the case is
+active; which cases are active is read from the database on every track (a few rows), so an
+approval or closing made by another process (the CLI) takes effect at the next face.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Mapping
+from dataclasses import dataclass
+from enum import StrEnum
+from typing import Any, NoReturn
+
+import numpy as np
+import numpy.typing as npt
+from sqlalchemy import Connection, insert, select, update
+
+from custodes.analytics.embedding import MATCH_THRESHOLD
+from custodes.analytics.worker import FaceTrack
+from custodes.audit.log import SYSTEM, AuditLog, Outcome
+from custodes.auth.roles import Actor, Permission
+from custodes.events.bus import EventBus
+from custodes.events.types import Event, EventKind
+from custodes.privacy.cases import Case, Cases, CaseStatus
+from custodes.privacy.policy import Action, Refused, allows
+from custodes.store import schema
+from custodes.store.db import Store
+
+log = logging.getLogger(__name__)
+
+F32 = npt.NDArray[np.float32]
+
+
+class AlertStatus(StrEnum):
+    CANDIDATE = "candidate"  # a machine's guess: nobody may act on it yet
+    CONFIRMED = "confirmed"  # a second person looked and agrees
+    DISMISSED = "dismissed"
+
+
+@dataclass(frozen=True)
+class Alert:
+    id: int
+    case_id: int
+    subject_id: int
+    face_id: int | None  # None once retention has deleted the face
+    camera: str
+    seen_at: float
+    distance: float
+    created_at: float
+    status: AlertStatus
+    decided_by: str | None
+    decided_at: float | None
+
+
+@dataclass(frozen=True)
+class _Subjects:
+    ids: tuple[int, ...]
+    vectors: F32  # (n, 128)
+
+
+class Watchlist:
+    """Matches live face tracks against active watchlist cases; confirms and dismisses."""
+
+    def __init__(self, cases: Cases, store: Store, audit: AuditLog, bus: EventBus, *,
+                 sites: Mapping[str, str] | None = None,
+                 threshold: float = MATCH_THRESHOLD) -> None:
+        self.cases = cases
+        self.store = store
+        self.audit = audit
+        self.bus = bus
+        self.sites = dict(sites or {})
+        self.threshold = threshold
+        self._subjects: dict[int, _Subjects] = {}
+        self._lock = threading.Lock()
+
+    @property
+    def enabled(self) -> bool:
+        return allows(self.cases.profile, Action.WATCHLIST)
+
+    # -- matching (the event maintainer's thread) -------------------------------------------
+
+    def on_face(self, face_id: int, track: FaceTrack) -> None:
+        """The event maintainer's hook (which logs what it raises and carries on)."""
+        self.match(face_id, track)
+
+    def match(self, face_id: int, track: FaceTrack) -> list[Alert]:
+        """Compare a stored face track with the subjects of the cases watching its camera."""
+        if not self.enabled or track.embedding is None:
+            return []
+        watching = self.cases.watching(track.camera, track.start)
+        with self._lock:
+            # Descriptors of cases that ended leave memory with the next face.
+            for gone in set(self._subjects) - {c.id for c in watching}:
+                del self._subjects[gone]
+        if not watching:
+            return []
+        vector = np.frombuffer(track.embedding, dtype=np.float32)
+        alerts = []
+        for case in watching:
+            subjects = self._case_subjects(case.id)
+            if not subjects.ids:
+                continue
+            distances = np.linalg.norm(subjects.vectors - vector, axis=1)
+            nearest = int(np.argmin(distances))
+            if float(distances[nearest]) <= self.threshold:
+                alerts.append(self._alert(case, subjects.ids[nearest],
+                                          float(distances[nearest]), face_id, track))
+        return alerts
+
+    def _case_subjects(self, case_id: int) -> _Subjects:
+        with self._lock:
+            known = self._subjects.get(case_id)
+        if known is not None:
+            return known
+        pairs = self.cases.descriptors_for_matching(case_id)
+        subjects = _Subjects(tuple(i for i, _ in pairs),
+                             np.stack([v for _, v in pairs]) if pairs
+                             else np.empty((0, 128), dtype=np.float32))
+        with self._lock:
+            self._subjects[case_id] = subjects
+        return subjects
+
+    def _alert(self, case: Case, subject_id: int, distance: float, face_id: int,
+               track: FaceTrack) -> Alert:
+        now = self.cases.clock()
+
+        def write(conn: Connection) -> int:
+            return int(conn.execute(insert(schema.case_alerts).values(
+                case_id=case.id, subject_id=subject_id, face_id=face_id, camera=track.camera,
+                seen_at=track.start, distance=distance, created_at=now,
+                status=AlertStatus.CANDIDATE.value,
+            ).returning(schema.case_alerts.c.id)).scalar_one())
+
+        alert_id = self.store.write(write)
+        self.audit.record(SYSTEM, "watchlist.alert", f"case {case.id}", detail={
+            "alert": alert_id, "subject": subject_id, "face": face_id, "camera": track.camera,
+            "seen_at": track.start, "distance": round(distance, 4),
+        })
+        self.bus.publish(Event(
+            track.camera, self.sites.get(track.camera, ""), EventKind.WATCHLIST, track.start,
+            end=track.end, data={"alert": alert_id, "case": case.id,
+                                 "status": AlertStatus.CANDIDATE.value},
+        ))
+        log.info("case %d: watchlist candidate %d on %s", case.id, alert_id, track.camera)
+        return self._load(alert_id)
+
+    # -- people ------------------------------------------------------------------------------
+
+    def confirm(self, actor: Actor, alert_id: int) -> Alert:
+        """A second person (not the case's opener) agrees the candidate is the subject."""
+        return self._decide(actor, alert_id, AlertStatus.CONFIRMED)
+
+    def dismiss(self, actor: Actor, alert_id: int) -> Alert:
+        return self._decide(actor, alert_id, AlertStatus.DISMISSED)
+
+    def alerts(self, actor: Actor, case_id: int) -> list[Alert]:
+        """A case's alerts, newest first, for someone who may confirm them."""
+        self.cases.get(actor, case_id)  # refused (and audited) without CASE_VIEW
+        with self.store.read() as conn:
+            rows = conn.execute(select(schema.case_alerts)
+                                .where(schema.case_alerts.c.case_id == case_id)
+                                .order_by(schema.case_alerts.c.id.desc())).all()
+        return [a for a in map(_alert_from_row, rows) if actor.sees_camera(a.camera)]
+
+    def _decide(self, actor: Actor, alert_id: int, decision: AlertStatus) -> Alert:
+        action = "alert.confirm" if decision is AlertStatus.CONFIRMED else "alert.dismiss"
+        target = f"alert {alert_id}"
+        if not actor.can(Permission.ALERT_CONFIRM):
+            self._refuse(actor, action, target,
+                         f"the {actor.role.value} role cannot confirm or dismiss alerts")
+        try:
+            alert = self._load(alert_id)
+        except LookupError as exc:
+            self._refuse(actor, action, target, str(exc))
+        case = self.cases.get(actor, alert.case_id)
+        if actor.name == case.opened_by:
+            self._refuse(actor, action, target, "an alert must be confirmed by a second "
+                         "person, not the user who opened the case")
+        if not actor.sees_camera(alert.camera):
+            self._refuse(actor, action, target, f"{actor.name} has no access to camera "
+                         f"{alert.camera}")
+        if case.status is not CaseStatus.APPROVED:
+            self._refuse(actor, action, target, f"the case is {case.status.value}")
+        now = self.cases.clock()
+
+        def write(conn: Connection) -> bool:
+            # Checked in the transaction: of two people deciding at once, one decides.
+            return bool(conn.execute(
+                update(schema.case_alerts).where(
+                    schema.case_alerts.c.id == alert_id,
+                    schema.case_alerts.c.status == AlertStatus.CANDIDATE.value)
+                .values(status=decision.value, decided_by=actor.name, decided_at=now)
+            ).rowcount)
+
+        if not self.store.write(write):
+            self._refuse(actor, action, target,
+                         f"the alert is already {self._load(alert_id).status.value}")
+        self.audit.record(actor.name, action, target, address=actor.address,
+                          detail={"case": alert.case_id, "camera": alert.camera})
+        return self._load(alert_id)
+
+    def _load(self, alert_id: int) -> Alert:
+        with self.store.read() as conn:
+            row = conn.execute(select(schema.case_alerts)
+                               .where(schema.case_alerts.c.id == alert_id)).first()
+        if row is None:
+            raise LookupError(f"there is no alert {alert_id}")
+        return _alert_from_row(row)
+
+    def _refuse(self, actor: Actor, action: str, target: str, reason: str) -> NoReturn:
+        self.audit.record(actor.name, action, target, outcome=Outcome.REFUSED,
+                          detail={"reason": reason}, address=actor.address)
+        raise Refused(action, reason)
+
+
+def _alert_from_row(row: Any) -> Alert:
+    m = row._mapping
+    return Alert(
+        id=m["id"], case_id=m["case_id"], subject_id=m["subject_id"], face_id=m["face_id"],
+        camera=m["camera"], seen_at=m["seen_at"], distance=m["distance"],
+        created_at=m["created_at"], status=AlertStatus(m["status"]),
+        decided_by=m["decided_by"], decided_at=m["decided_at"],
+    )

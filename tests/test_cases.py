@@ -1,0 +1,483 @@
+"""Cases: who may open and decide them, and that a face search never leaves an approved case.
+
+Subjects are real photos (faces/labels.csv); the recorded faces searched are descriptors of other
+real photos of the same and of a different person, sealed into `faces` rows as the event
+maintainer stores them.
+"""
+
+from __future__ import annotations
+
+import csv
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+import pytest
+from sqlalchemy import insert, select
+from typer.testing import CliRunner
+
+from conftest import require
+from custodes.analytics.embedding import MATCH_THRESHOLD, FaceEmbedder
+from custodes.audit.log import AuditLog, Entry
+from custodes.auth.roles import Actor, Role
+from custodes.auth.users import Users
+from custodes.commands.case import case_app
+from custodes.config import load_config
+from custodes.faces.descriptors import FaceDescriptors
+from custodes.faces.photos import describe_photo, read_image
+from custodes.keys import NodeKeys
+from custodes.privacy.cases import Case, CaseError, Cases, CaseStatus, SubjectPhoto
+from custodes.privacy.policy import Profile, Refused
+from custodes.record.holds import active_holds
+from custodes.record.layout import Layout
+from custodes.store import schema
+from custodes.store.db import Store
+
+F32 = npt.NDArray[np.float32]
+
+NOW = 1_800_000_000.0
+HOUR = 3600.0
+DAY = 24 * HOUR
+SCOPE = (NOW - 2 * DAY, NOW - DAY)  # the footage a case covers: yesterday's day before
+SUBJECT = "Kim_Clijsters"
+OTHER = "Gordon_Brown"
+
+ALICE = Actor("alice", Role.INVESTIGATOR)  # opens cases
+CAROL = Actor("carol", Role.INVESTIGATOR)  # a colleague of alice's
+BOB = Actor("bob", Role.APPROVER)  # the data-protection officer
+VIEWER = Actor("victor", Role.VIEWER)
+
+
+# -- set-up shared with test_watchlist ---------------------------------------------------------
+
+
+@dataclass
+class Clock:
+    now: float = NOW
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@dataclass(frozen=True)
+class People:
+    subject_photos: list[bytes]  # photos of SUBJECT given to the case
+    same: list[F32]  # descriptors of other photos of SUBJECT
+    other: list[F32]  # descriptors of photos of OTHER
+
+
+def load_people(shared_data: Path, embedder: FaceEmbedder) -> People:
+    root = shared_data / "faces"
+    require((root / "labels.csv").is_file(), "faces/labels.csv")
+    with (root / "labels.csv").open(newline="") as f:
+        rows = list(csv.DictReader(f))
+
+    def photos(identity: str) -> list[bytes]:
+        return [(root / r["path"]).read_bytes() for r in rows if r["identity"] == identity]
+
+    def vector(data: bytes) -> F32:
+        return describe_photo(read_image(data), embedder=embedder).vector
+
+    subject = photos(SUBJECT)
+    require(len(subject) >= 8, f"8 photos of {SUBJECT}")
+    return People(subject[:2], [vector(p) for p in subject[2:8]],
+                  [vector(p) for p in photos(OTHER)[:4]])
+
+
+@dataclass
+class Env:
+    store: Store
+    keys: NodeKeys
+    audit: AuditLog
+    descriptors: FaceDescriptors
+    embedder: FaceEmbedder
+    clock: Clock = field(default_factory=Clock)
+
+    def cases(self, profile: Profile) -> Cases:
+        return Cases(self.store, self.keys, self.audit, profile, self.clock,
+                     known_cameras=["cam1", "cam2", "cam3"], embedder=self.embedder,
+                     descriptors=self.descriptors)
+
+    def add_face(self, camera: str, start: float, vector: F32, *, length: float = 4.0,
+                 snapshot: str | None = None) -> int:
+        """A face track as the event maintainer stores it: event row, sealed descriptor."""
+        sealed = self.descriptors.seal(np.asarray(vector, np.float32).tobytes(), camera, start)
+
+        def write(conn: Any) -> int:
+            event_id = conn.execute(insert(schema.events).values(
+                camera=camera, kind="face", start=start, end=start + length, data="{}",
+                snapshot=snapshot).returning(schema.events.c.id)).scalar_one()
+            return int(conn.execute(insert(schema.faces).values(
+                camera=camera, start=start, end=start + length, detections=5,
+                box="[0, 0, 80, 80]", quality=0.9, embedding=None, sealed=sealed,
+                event_id=event_id).returning(schema.faces.c.id)).scalar_one())
+
+        return self.store.write(write)
+
+    def entries(self, action: str | None = None) -> list[Entry]:
+        with self.store.read() as conn:
+            rows = conn.execute(select(schema.audit_log).order_by(schema.audit_log.c.seq))
+            found = [Entry.from_row(r) for r in rows]
+        return [e for e in found if action is None or e.action == action]
+
+
+def no_vectors_in(entries: list[Entry]) -> bool:
+    """No audit detail holds a list of numbers (a descriptor)."""
+    return not any(isinstance(value, list) and any(isinstance(x, float) for x in value)
+                   for entry in entries for value in entry.detail.values())
+
+
+@pytest.fixture(scope="module")
+def embedder() -> FaceEmbedder:
+    return FaceEmbedder("onnx", threads=1)
+
+
+@pytest.fixture(scope="module")
+def people(shared_data: Path, embedder: FaceEmbedder) -> People:
+    return load_people(shared_data, embedder)
+
+
+@pytest.fixture
+def env(tmp_path: Path, embedder: FaceEmbedder) -> Iterator[Env]:
+    keys = NodeKeys.load_or_create(tmp_path / "keys")
+    with Store(tmp_path / "node.db") as store:
+        yield Env(store, keys, AuditLog(store, keys), FaceDescriptors(store, keys), embedder)
+
+
+def open_case(cases: Cases, people: People, actor: Actor = ALICE, **changes: Any) -> Case:
+    fields: dict[str, Any] = {
+        "reference": "court order 2026/17", "legal_basis": "Code of criminal procedure §100",
+        "purpose": "find the missing person", "cameras": ["cam1", "cam2"],
+        "start": SCOPE[0], "end": SCOPE[1], "expires_at": NOW + 7 * DAY,
+        "photos": [SubjectPhoto("missing person", p) for p in people.subject_photos],
+    }
+    return cases.open(actor, **{**fields, **changes})
+
+
+# -- profiles and roles --------------------------------------------------------------------------
+
+
+def test_the_school_profile_refuses_cases_and_search_and_audits_it(env: Env,
+                                                                   people: People) -> None:
+    school = env.cases(Profile.SCHOOL)
+    with pytest.raises(Refused, match="the school profile does not allow face search"):
+        open_case(school, people)
+    with pytest.raises(Refused, match="the school profile does not allow face search"):
+        school.search(ALICE, 1)
+    refused = [(e.action, e.outcome, e.actor) for e in env.entries()]
+    assert refused == [("case.open", "refused", "alice"), ("face.search", "refused", "alice")]
+    with env.store.read() as conn:
+        assert conn.execute(select(schema.cases)).first() is None
+        assert conn.execute(select(schema.case_subjects)).first() is None
+
+
+def test_watchlists_need_the_police_profile(env: Env, people: People) -> None:
+    with pytest.raises(Refused, match="municipal profile does not allow live watchlist"):
+        open_case(env.cases(Profile.MUNICIPAL), people, watchlist=True)
+    assert env.entries("case.open")[-1].outcome == "refused"
+    assert open_case(env.cases(Profile.POLICE), people, watchlist=True).watchlist
+
+
+def test_only_investigators_open_cases_and_only_approvers_decide(env: Env,
+                                                                 people: People) -> None:
+    cases = env.cases(Profile.MUNICIPAL)
+    with pytest.raises(Refused, match="the viewer role cannot open cases"):
+        open_case(cases, people, actor=VIEWER)
+    case = open_case(cases, people)
+    assert case.status is CaseStatus.PENDING
+    assert case.opened_by == "alice"
+    assert [s.label for s in case.subjects] == ["missing person"] * 2
+    with pytest.raises(Refused, match="the investigator role cannot approve"):
+        cases.approve(CAROL, case.id)
+    # alice, later given the approver role, still cannot approve her own case.
+    with pytest.raises(Refused, match="cannot be approved by the user who opened it"):
+        cases.approve(Actor("alice", Role.APPROVER), case.id)
+    assert cases.approve(BOB, case.id, note="order checked").status is CaseStatus.APPROVED
+    with pytest.raises(Refused, match="only a pending case can be decided"):
+        cases.reject(Actor("dora", Role.APPROVER), case.id)
+    outcomes = [(e.action, e.outcome) for e in env.entries() if e.action.startswith("case.")]
+    assert outcomes == [("case.open", "refused"), ("case.open", "ok"),
+                        ("case.approve", "refused"), ("case.approve", "refused"),
+                        ("case.approve", "ok"), ("case.reject", "refused")]
+    assert env.entries("case.approve")[1].detail["reason"] == (
+        "a case cannot be approved by the user who opened it")
+
+
+def test_a_photo_without_exactly_one_face_is_not_a_subject(env: Env, people: People,
+                                                          shared_data: Path) -> None:
+    dogs = shared_data / "crowds" / "dlib_dogs.jpg"
+    require(dogs.is_file(), "crowds/dlib_dogs.jpg")
+    with pytest.raises(CaseError, match="no face found"):
+        open_case(env.cases(Profile.MUNICIPAL), people,
+                  photos=[SubjectPhoto("dog", dogs.read_bytes())])
+    with pytest.raises(CaseError, match="a case needs at least one camera"):
+        open_case(env.cases(Profile.MUNICIPAL), people, cameras=[])
+    with pytest.raises(CaseError, match="unknown camera"):
+        open_case(env.cases(Profile.MUNICIPAL), people, cameras=["cam9"])
+
+
+# -- when a search is allowed --------------------------------------------------------------------
+
+
+def test_no_search_outside_an_approved_unexpired_open_case(env: Env, people: People) -> None:
+    cases = env.cases(Profile.MUNICIPAL)
+    env.add_face("cam1", SCOPE[0] + HOUR, people.same[0])
+    pending = open_case(cases, people)
+    rejected = open_case(cases, people)
+    cases.reject(BOB, rejected.id, note="no court order attached")
+    closed = open_case(cases, people)
+    cases.approve(BOB, closed.id)
+    cases.close(ALICE, closed.id)
+    expiring = open_case(cases, people, expires_at=NOW + HOUR)
+    cases.approve(BOB, expiring.id)
+    approved = open_case(cases, people)
+    cases.approve(BOB, approved.id)
+    assert len(cases.search(CAROL, approved.id).hits) == 1
+    env.clock.now = NOW + HOUR  # the moment it expires, before expire_due has run
+    for case, reason in ((pending, "has not been approved"), (rejected, "was rejected"),
+                         (closed, "is closed"), (expiring, "has expired")):
+        with pytest.raises(Refused, match=reason):
+            cases.search(ALICE, case.id)
+    with pytest.raises(Refused, match="the approver role cannot search for faces"):
+        cases.search(BOB, approved.id)
+    with pytest.raises(Refused, match="there is no case 99"):
+        cases.search(ALICE, 99)
+    searches = env.entries("face.search")
+    assert [e.outcome for e in searches] == ["ok"] + ["refused"] * 6
+    assert searches[0].detail["hits"] == 1
+
+
+# -- what a search returns -----------------------------------------------------------------------
+
+
+def test_search_returns_the_subject_inside_the_scope_and_nothing_outside(
+        env: Env, people: People) -> None:
+    cases = env.cases(Profile.MUNICIPAL)
+    same, other = people.same, people.other
+    t0, t1 = SCOPE
+    inside = {
+        env.add_face("cam1", t0 + HOUR, same[0], snapshot="cam1/a.jpg"),
+        env.add_face("cam2", t0 + 5 * HOUR, same[1], snapshot="cam2/b.jpg"),
+        env.add_face("cam2", t1 - 10, same[2], length=5),
+    }
+    outside = {
+        env.add_face("cam3", t0 + HOUR, same[0]),  # a camera not in scope
+        env.add_face("cam1", t0 - HOUR, same[1]),  # before the window
+        env.add_face("cam2", t1 + HOUR, same[2]),  # after it
+        env.add_face("cam1", t0 - 2, same[3]),  # a track that began just before it
+        env.add_face("cam2", t1 - 2, same[4]),  # and one that ran past its end
+    }
+    strangers = {env.add_face("cam1", t0 + 2 * HOUR + i, v) for i, v in enumerate(other)}
+    case = open_case(cases, people)
+    cases.approve(BOB, case.id)
+
+    result = cases.search(ALICE, case.id, k=50)
+    found = {h.face_id for h in result.hits}
+    assert found == inside
+    assert not found & (outside | strangers)
+    assert all(h.distance < MATCH_THRESHOLD for h in result.hits)
+    assert [h.distance for h in result.hits] == sorted(h.distance for h in result.hits)
+    assert all(case.covers(h.camera, h.start, h.end) for h in result.hits)
+    assert {h.snapshot for h in result.hits} == {"cam1/a.jpg", "cam2/b.jpg", None}
+    assert {h.subject_id for h in result.hits} <= {s.id for s in case.subjects}
+    assert all(h.event_id is not None for h in result.hits)
+
+    entry = env.entries("face.search")[-1]
+    assert entry.target == f"case {case.id}"
+    assert entry.actor == "alice"
+    assert entry.detail == {"cameras": ["cam1", "cam2"], "searched": ["cam1", "cam2"],
+                            "start": t0, "end": t1, "k": 50, "hits": 3}
+
+
+def test_a_narrower_request_is_honoured_and_a_wider_one_refused(env: Env,
+                                                                people: People) -> None:
+    cases = env.cases(Profile.MUNICIPAL)
+    t0, t1 = SCOPE
+    on_cam1 = env.add_face("cam1", t0 + HOUR, people.same[0])
+    later_cam1 = env.add_face("cam1", t0 + 10 * HOUR, people.same[1])
+    env.add_face("cam2", t0 + HOUR, people.same[2])
+    env.add_face("cam3", t0 + HOUR, people.same[3])
+    case = open_case(cases, people)
+    cases.approve(BOB, case.id)
+
+    assert {h.face_id for h in cases.search(ALICE, case.id, cameras=["cam1"]).hits} == {
+        on_cam1, later_cam1}
+    narrow = cases.search(ALICE, case.id, cameras=["cam1"], start=t0, end=t0 + 2 * HOUR)
+    assert [h.face_id for h in narrow.hits] == [on_cam1]
+    with pytest.raises(Refused, match="camera\\(s\\) cam3 outside the case's scope"):
+        cases.search(ALICE, case.id, cameras=["cam1", "cam3"])
+    with pytest.raises(Refused, match="outside the case's scope"):
+        cases.search(ALICE, case.id, start=t0 - 1)
+    with pytest.raises(Refused, match="outside the case's scope"):
+        cases.search(ALICE, case.id, end=t1 + DAY)
+    refused = [e for e in env.entries("face.search") if e.outcome == "refused"]
+    assert refused[0].detail["cameras"] == ["cam1", "cam3"]
+
+
+def test_an_investigator_sees_only_hits_on_cameras_they_may_see(env: Env,
+                                                                people: People) -> None:
+    cases = env.cases(Profile.MUNICIPAL)
+    env.add_face("cam1", SCOPE[0] + HOUR, people.same[0])
+    on_cam2 = env.add_face("cam2", SCOPE[0] + HOUR, people.same[1])
+    case = open_case(cases, people)
+    cases.approve(BOB, case.id)
+    erin = Actor("erin", Role.INVESTIGATOR, cameras=frozenset({"cam2"}))
+    assert [h.face_id for h in cases.search(erin, case.id).hits] == [on_cam2]
+    assert env.entries("face.search")[-1].detail["searched"] == ["cam2"]
+
+
+# -- holds ---------------------------------------------------------------------------------------
+
+
+def _active_holds(env: Env) -> list[tuple[str | None, float, float, str]]:
+    with env.store.read() as conn:
+        return [(h.camera, h.start, h.end, h.reason) for h in active_holds(conn, env.clock())]
+
+
+def test_approval_holds_the_footage_in_scope_until_the_case_closes(env: Env,
+                                                                   people: People) -> None:
+    cases = env.cases(Profile.MUNICIPAL)
+    rejected = open_case(cases, people)
+    assert cases.reject(BOB, rejected.id).hold_ids == ()
+    case = open_case(cases, people)
+    assert _active_holds(env) == []
+    approved = cases.approve(BOB, case.id)
+    assert len(approved.hold_ids) == 2
+    reason = "case court order 2026/17"
+    assert _active_holds(env) == [("cam1", *SCOPE, reason), ("cam2", *SCOPE, reason)]
+    assert env.entries("case.approve")[-1].detail["holds"] == list(approved.hold_ids)
+    with pytest.raises(Refused, match="only the case's opener or an approver"):
+        cases.close(CAROL, case.id)
+    closed = cases.close(ALICE, case.id, note="found")
+    assert closed.status is CaseStatus.CLOSED
+    assert closed.closed_by == "alice"
+    assert _active_holds(env) == []
+    with pytest.raises(Refused, match="already closed"):
+        cases.close(BOB, case.id)
+
+
+def test_expiry_lifts_the_holds_and_is_audited_as_the_system(env: Env, people: People) -> None:
+    cases = env.cases(Profile.MUNICIPAL)
+    case = open_case(cases, people, expires_at=NOW + DAY)
+    lasting = open_case(cases, people, expires_at=NOW + 30 * DAY)
+    holds = cases.approve(BOB, case.id).hold_ids
+    cases.approve(BOB, lasting.id)
+    assert len(_active_holds(env)) == 4
+    assert cases.expire_due() == []
+    env.clock.now = NOW + DAY
+    assert cases.get(BOB, case.id).status is CaseStatus.EXPIRED
+    assert cases.expire_due() == [case.id]
+    assert cases.expire_due() == []
+    assert [h[0] for h in _active_holds(env)] == ["cam1", "cam2"]
+    with env.store.read() as conn:
+        released = conn.execute(select(schema.holds.c.released_by).where(
+            schema.holds.c.id.in_(holds))).scalars().all()
+    assert released == ["system", "system"]
+    (entry,) = env.entries("case.expire")
+    assert (entry.actor, entry.target) == ("system", f"case {case.id}")
+
+
+# -- the subjects' biometric data ---------------------------------------------------------------
+
+
+def test_subject_data_is_sealed_shown_only_in_the_case_and_wiped_when_it_ends(
+        env: Env, people: People) -> None:
+    cases = env.cases(Profile.MUNICIPAL)
+    case = open_case(cases, people)
+    subject = case.subjects[0]
+    expected = describe_photo(read_image(people.subject_photos[0]), embedder=env.embedder)
+    with env.store.read() as conn:
+        row = conn.execute(select(schema.case_subjects)
+                           .where(schema.case_subjects.c.id == subject.id)).one()
+    assert expected.vector.tobytes() not in row.descriptor
+    assert expected.crop_jpeg[:64] not in row.crop
+    assert no_vectors_in(env.entries())
+
+    with pytest.raises(Refused, match="the viewer role cannot see case subjects"):
+        cases.subject_crop(VIEWER, case.id, subject.id)
+    assert cases.subject_crop(BOB, case.id, subject.id) == expected.crop_jpeg
+    with pytest.raises(Refused, match=f"case {case.id} has no subject 99"):
+        cases.subject_crop(BOB, case.id, 99)
+    cases.approve(BOB, case.id)
+    assert cases.subject_crop(ALICE, case.id, subject.id).startswith(b"\xff\xd8")
+    cases.close(BOB, case.id)
+
+    with pytest.raises(Refused, match="its subjects' data is gone"):
+        cases.subject_crop(ALICE, case.id, subject.id)
+    assert all(s.wiped for s in cases.get(ALICE, case.id).subjects)
+    with env.store.read() as conn:
+        sealed = conn.execute(select(schema.case_subjects.c.descriptor,
+                                     schema.case_subjects.c.crop)).all()
+    assert sealed == [(None, None), (None, None)]
+    crops = env.entries("case.subject_crop")
+    assert [e.outcome for e in crops] == ["refused", "ok", "refused", "ok", "refused"]
+
+
+def test_subjects_are_added_only_by_the_opener_while_pending(env: Env, people: People) -> None:
+    cases = env.cases(Profile.MUNICIPAL)
+    case = open_case(cases, people)
+    photo = SubjectPhoto("missing person", people.subject_photos[0])
+    with pytest.raises(Refused, match="only the user who opened a case"):
+        cases.add_subject(CAROL, case.id, photo)
+    assert len(cases.add_subject(ALICE, case.id, photo).subjects) == 3
+    cases.approve(BOB, case.id)
+    with pytest.raises(Refused, match="only be added to a pending case"):
+        cases.add_subject(ALICE, case.id, photo)
+
+
+# -- the command line ----------------------------------------------------------------------------
+
+
+def test_the_command_line_acts_as_a_signed_in_user(tmp_path: Path, people: People) -> None:
+    def config(profile: str) -> Path:
+        path = tmp_path / f"{profile}.yaml"
+        cameras = "".join(
+            f"  {name}:\n    site: s\n    location: corridor\n    purpose: Test camera\n"
+            f"    main_url: rtsp://127.0.0.1:8554/{name}\n" for name in ("cam1", "cam2"))
+        path.write_text(f"profile: {profile}\nsites:\n  s:\n    name: Site\ncameras:\n"
+                        f"{cameras}storage:\n  path: {tmp_path / 'var'}\n")
+        return path
+
+    municipal, school = config("municipal"), config("school")
+    with Store(Layout(load_config(municipal).storage.path).database) as store:
+        users = Users(store)
+        users.add("alice", Role.INVESTIGATOR, "alice-password-1")
+        users.add("bob", Role.APPROVER, "bob-password-123")
+    photo = tmp_path / "subject.jpg"
+    photo.write_bytes(people.subject_photos[0])
+    runner = CliRunner()
+
+    def run(cfg: Path, user: str, password: str, *args: str) -> Any:
+        return runner.invoke(case_app, [args[0], "--config", str(cfg), "--user", user,
+                                        *args[1:]], env={"CUSTODES_PASSWORD": password})
+
+    opening = ("open", "--reference", "order 7", "--legal-basis", "court order",
+               "--purpose", "missing child", "--camera", "cam1", "--from",
+               "2026-11-01T00:00:00Z", "--to", "2026-11-02T00:00:00Z", "--expires",
+               "2099-01-01T00:00:00Z", "--photo", str(photo))
+    result = run(school, "alice", "alice-password-1", *opening)
+    assert result.exit_code == 3
+    assert "refused: the school profile does not allow face search" in result.output
+    result = run(municipal, "alice", "alice-password-1", *opening)
+    assert result.exit_code == 0, result.output
+    assert "case 1 opened" in result.output
+    assert run(municipal, "bob", "wrong-password!", "approve", "1").exit_code == 3
+    result = run(municipal, "bob", "bob-password-123", "approve", "1", "--note", "ok")
+    assert result.exit_code == 0, result.output
+    assert "approved" in result.output
+    result = run(municipal, "alice", "alice-password-1", "search", "1", "--camera", "cam2")
+    assert result.exit_code == 3
+    assert "cam2 outside the case's scope" in result.output
+    result = run(municipal, "alice", "alice-password-1", "search", "1")
+    assert result.exit_code == 0, result.output
+    assert "0 hits in cam1" in result.output
+    with Store(Layout(load_config(municipal).storage.path).database) as store, \
+            store.read() as conn:
+        logged = [(r.actor, r.action, r.outcome) for r in conn.execute(
+            select(schema.audit_log).order_by(schema.audit_log.c.seq))]
+    assert logged == [("alice", "case.open", "refused"), ("alice", "case.open", "ok"),
+                      ("bob", "login", "refused"), ("bob", "case.approve", "ok"),
+                      ("alice", "face.search", "refused"), ("alice", "face.search", "ok")]

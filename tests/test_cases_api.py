@@ -1,0 +1,426 @@
+"""Cases, face search, alerts, the gallery, subject access and the inspection pack through the
+real API (in-process), with real photos from the shared data as subjects and as the faces
+recorded (sealed descriptors, as the event maintainer stores them).
+"""
+
+from __future__ import annotations
+
+import io
+import subprocess
+import time
+import zipfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+import pytest
+import yaml
+from fastapi import FastAPI
+from sqlalchemy import insert
+
+from conftest import require
+from custodes.analytics.embedding import FaceEmbedder
+from custodes.analytics.worker import FaceTrack
+from custodes.api.deps import route_table
+from custodes.app import Node
+from custodes.auth.roles import Role
+from custodes.config import parse_config
+from custodes.faces.watchlist import Watchlist
+from custodes.media import ffmpeg_exe
+from custodes.privacy.cases import Cases
+from custodes.record.manifest import verify_bundle
+from custodes.store import schema
+from footage import add_segments
+from test_auth import (
+    add_user,
+    audit_entries,
+    get_users_of,
+    make_app,
+    node_config,
+    signed_in,
+)
+from test_cases import F32, People, load_people
+
+HOUR = 3600.0
+DAY = 24 * HOUR
+NOW = time.time()
+SCOPE = (NOW - 2 * DAY, NOW - DAY)
+JPEG = "image/jpeg"
+HAMILTON = "video/face_recognition_short_hamilton_clip.mp4"
+MIRANDA = "faces/face_recognition/Lin-Manuel_Miranda/lin-manuel-miranda.png"
+
+
+@pytest.fixture(scope="module")
+def embedder() -> FaceEmbedder:
+    return FaceEmbedder("onnx", threads=1)
+
+
+@pytest.fixture(scope="module")
+def people(shared_data: Path, embedder: FaceEmbedder) -> People:
+    return load_people(shared_data, embedder)
+
+
+def build_node(root: Path, embedder: FaceEmbedder, profile: str = "police") -> Iterator[Node]:
+    config = {**node_config(root), "profile": profile}
+    node = Node(parse_config(yaml.safe_dump(config)))
+    # The module's embedder, so that each test does not load the network again.
+    node.cases = Cases(node.store, node.keys, node.audit, node.config.profile,
+                       known_cameras=node.config.cameras, embedder=embedder,
+                       descriptors=node.descriptors)
+    node.watchlist = Watchlist(node.cases, node.store, node.audit, node.bus)
+    node.layout.create()
+    node.store.open()
+    try:
+        yield node
+    finally:
+        node.store.close()
+
+
+@pytest.fixture
+def node(tmp_path: Path, embedder: FaceEmbedder) -> Iterator[Node]:
+    yield from build_node(tmp_path, embedder)
+
+
+@pytest.fixture
+def app(node: Node) -> FastAPI:
+    return make_app(node)
+
+
+def add_face(node: Node, camera: str, start: float, vector: F32, *,
+             snapshot: bytes | None = None) -> int:
+    """A face track as the event maintainer stores it: an event (with its redacted snapshot
+    file) and the sealed descriptor."""
+    relative = None
+    if snapshot is not None:
+        relative = f"{camera}/face-{start:.0f}.jpg"
+        (node.layout.snapshots / camera).mkdir(parents=True, exist_ok=True)
+        (node.layout.snapshots / relative).write_bytes(snapshot)
+    sealed = node.descriptors.seal(np.asarray(vector, np.float32).tobytes(), camera, start)
+
+    def write(conn: Any) -> int:
+        event_id = conn.execute(insert(schema.events).values(
+            camera=camera, kind="face", start=start, end=start + 4, data="{}",
+            snapshot=relative).returning(schema.events.c.id)).scalar_one()
+        return int(conn.execute(insert(schema.faces).values(
+            camera=camera, start=start, end=start + 4, detections=5, box="[0, 0, 80, 80]",
+            quality=0.9, embedding=None, sealed=sealed, event_id=event_id,
+        ).returning(schema.faces.c.id)).scalar_one())
+
+    return node.store.write(write)
+
+
+def case_form(**changes: Any) -> dict[str, Any]:
+    return {
+        "reference": "court order 2026/17", "legal_basis": "Code of criminal procedure §100",
+        "purpose": "find the missing person", "cameras": ["cam1", "cam2"],
+        "start": str(SCOPE[0]), "end": str(SCOPE[1]), "expires_at": str(NOW + 7 * DAY),
+        **changes,
+    }
+
+
+def photo_files(photos: list[bytes]) -> list[tuple[str, tuple[str, bytes, str]]]:
+    return [("photos", (f"subject-{i}.jpg", p, JPEG)) for i, p in enumerate(photos)]
+
+
+def blank_png() -> bytes:
+    ok, encoded = cv2.imencode(".png", np.full((120, 160, 3), 200, np.uint8))
+    assert ok
+    return encoded.tobytes()
+
+
+# -- the whole flow ---------------------------------------------------------------------------
+
+
+def test_open_approve_search_close(app: FastAPI, node: Node, people: People) -> None:
+    alice = signed_in(app, add_user(app, "alice", Role.INVESTIGATOR))
+    bob = signed_in(app, add_user(app, "bob", Role.APPROVER))
+    t0 = SCOPE[0]
+    ok, snapshot = cv2.imencode(".jpg", np.zeros((90, 160, 3), np.uint8))  # a stand-in
+    assert ok
+    inside = {add_face(node, "cam1", t0 + HOUR, people.same[0], snapshot=snapshot.tobytes()),
+              add_face(node, "cam2", t0 + 5 * HOUR, people.same[1])}
+    outside = add_face(node, "cam1", t0 - HOUR, people.same[2])  # before the scope
+    stranger = add_face(node, "cam1", t0 + 2 * HOUR, people.other[0])
+
+    r = alice.post("/api/cases", data=case_form(labels=["missing person"]),
+                   files=photo_files(people.subject_photos))
+    assert r.status_code == 201, r.text
+    case = r.json()
+    assert (case["status"], case["opened_by"]) == ("pending", "alice")
+    assert [s["label"] for s in case["subjects"]] == ["missing person", "subject 2"]
+    url = f"/api/cases/{case['id']}"
+
+    # Not approved yet: no search. And alice cannot approve her own case, even as approver.
+    r = alice.post(f"{url}/search", json={})
+    assert (r.status_code, r.json()["detail"]) == (403, "the case has not been approved")
+    r = alice.post(f"{url}/approve", json={"note": "mine"})
+    assert r.status_code == 403
+    assert r.json()["detail"] == "the investigator role lacks the permission 'case.approve'"
+    # Given the approver role later, she still may not approve the case she opened.
+    users = get_users_of(app)
+    users.update("alice", role=Role.APPROVER)
+    r = alice.post(f"{url}/approve", json={})
+    assert (r.status_code, r.json()["detail"]) == (
+        403, "a case cannot be approved by the user who opened it")
+    users.update("alice", role=Role.INVESTIGATOR)
+
+    r = bob.post(f"{url}/approve", json={"note": "order checked"})
+    assert r.status_code == 200, r.text
+    assert r.json()["status"] == "approved"
+    assert r.json()["decided_by"] == "bob"
+    assert len(r.json()["holds"]) == 2
+
+    r = alice.post(f"{url}/search", json={"k": 50})
+    assert r.status_code == 200, r.text
+    hits = r.json()["hits"]
+    assert {h["face_id"] for h in hits} == inside
+    assert outside not in {h["face_id"] for h in hits}
+    assert stranger not in {h["face_id"] for h in hits}
+    first = next(h for h in hits if h["camera"] == "cam1")
+    assert first["timeline_url"] == f"/timeline?camera=cam1&at={t0 + HOUR:.0f}"
+    shot = alice.get(first["snapshot_url"])
+    assert (shot.status_code, shot.headers["content-type"]) == (200, JPEG)
+    crop = alice.get(first["subject_crop_url"])
+    assert crop.status_code == 200
+    assert cv2.imdecode(np.frombuffer(crop.content, np.uint8), cv2.IMREAD_COLOR) is not None
+    assert crop.headers["cache-control"] == "no-store"
+
+    # Narrower is honoured; wider refused with the reason.
+    r = alice.post(f"{url}/search", json={"cameras": ["cam2"]})
+    assert [h["camera"] for h in r.json()["hits"]] == ["cam2"]
+    r = alice.post(f"{url}/search", json={"start": t0 - DAY})
+    assert (r.status_code, r.json()["detail"]) == (403, "the time asked for is outside the "
+                                                        "case's scope")
+
+    r = alice.post(f"{url}/close", json={"note": "found"})
+    assert r.status_code == 200, r.text
+    assert r.json()["status"] == "closed"
+    assert all(s["wiped"] and s["crop_url"] is None for s in r.json()["subjects"])
+    r = alice.post(f"{url}/search", json={})
+    assert (r.status_code, r.json()["detail"]) == (403, "the case is closed")
+    assert alice.get(first["subject_crop_url"]).status_code == 403
+
+    searches = [(e["actor"], e["outcome"]) for e in audit_entries(node, "face.search")]
+    assert searches == [("alice", "refused"), ("alice", "ok"), ("alice", "ok"),
+                        ("alice", "refused"), ("alice", "refused")]
+    listed = alice.get("/api/cases").json()
+    assert listed["search_allowed"] is True
+    assert [c["id"] for c in listed["cases"]] == [case["id"]]
+
+
+def test_a_missing_case_is_404_and_a_bad_request_400(app: FastAPI, people: People) -> None:
+    alice = signed_in(app, add_user(app, "alice", Role.INVESTIGATOR))
+    assert alice.get("/api/cases/99").status_code == 404
+    assert alice.post("/api/cases/99/search", json={}).status_code == 404
+    r = alice.post("/api/cases", data=case_form(end=str(SCOPE[0] - 1)),
+                   files=photo_files(people.subject_photos[:1]))
+    assert r.status_code == 400
+    assert "the scope must end after it starts" in r.json()["detail"]
+    r = alice.post("/api/cases", data=case_form(cameras=["cam9"]),
+                   files=photo_files(people.subject_photos[:1]))
+    assert (r.status_code, r.json()["detail"]) == (400, "unknown camera(s) cam9")
+
+
+def test_a_photo_that_is_no_image_or_shows_no_face_is_400(app: FastAPI, people: People) -> None:
+    alice = signed_in(app, add_user(app, "alice", Role.INVESTIGATOR))
+    r = alice.post("/api/cases", data=case_form(), files=photo_files([b"%PDF-1.4 not an image"]))
+    assert r.status_code == 400
+    assert "not an image this node can read" in r.json()["detail"]
+    r = alice.post("/api/cases", data=case_form(), files=photo_files([blank_png()]))
+    assert r.status_code == 400
+    assert "no face found in the photo" in r.json()["detail"]
+    too_big = people.subject_photos[0] + b"\0" * (10 * 1024 * 1024)
+    r = alice.post("/api/cases", data=case_form(), files=photo_files([too_big]))
+    assert r.status_code == 413
+    assert alice.get("/api/cases").json()["cases"] == []
+
+
+def test_a_viewer_is_refused_every_case_route(app: FastAPI) -> None:
+    viewer = signed_in(app, add_user(app, "victor", Role.VIEWER))
+    prefixes = ("/api/cases", "/api/alerts", "/api/gallery", "/api/subject-access",
+                "/api/inspection")
+    routes = [r for r in route_table(app) if r.path.startswith(prefixes)]
+    assert len(routes) >= 15
+    for route in routes:
+        path = route.path.replace("{case_id}", "1").replace("{subject_id}", "1") \
+            .replace("{alert_id}", "1").replace("{person_id}", "1") \
+            .replace("{export_id}", "20260101-000000-0123abcd")
+        for method in route.methods:
+            r = viewer.request(method, path)
+            assert r.status_code == 403, (method, path, r.text)
+            assert "the viewer role lacks the permission" in r.json()["detail"]
+
+
+def test_the_school_profile_refuses_identification_with_its_reason(
+        tmp_path: Path, embedder: FaceEmbedder, people: People) -> None:
+    for node in build_node(tmp_path, embedder, profile="school"):
+        app = make_app(node)
+        alice = signed_in(app, add_user(app, "alice", Role.INVESTIGATOR))
+        listed = alice.get("/api/cases").json()
+        assert (listed["search_allowed"], listed["refusal"]) == (
+            False, "the school profile does not allow face search")
+        r = alice.post("/api/cases", data=case_form(),
+                       files=photo_files(people.subject_photos[:1]))
+        assert (r.status_code, r.json()["detail"]) == (
+            403, "the school profile does not allow face search")
+        # Refused for the profile even when the photo would not do: the profile comes first.
+        r = alice.post("/api/cases", data=case_form(), files=photo_files([b"junk"]))
+        assert r.status_code == 403
+        assert alice.post("/api/cases/1/search", json={}).status_code == 403
+        enroll = alice.post("/api/gallery", data={
+            "reference": "x", "basis_kind": "consent", "basis_reference": "c-1",
+            "expires_at": str(NOW + DAY)}, files=photo_files(people.subject_photos[:1]))
+        assert (enroll.status_code, enroll.json()["detail"]) == (
+            403, "the school profile does not allow enroll")
+        refused = [(e["action"], e["outcome"]) for e in audit_entries(node)
+                   if e["action"] in ("case.open", "face.search", "gallery.enroll")]
+        assert refused == [("case.open", "refused"), ("case.open", "refused"),
+                           ("face.search", "refused"), ("gallery.enroll", "refused")]
+        page = alice.get("/cases")
+        assert page.status_code == 200
+        assert "Identification is not available in this deployment" in page.text
+        assert 'id="new-case"' not in page.text
+
+
+# -- alerts and the gallery --------------------------------------------------------------------
+
+
+def test_watchlist_alerts_are_confirmed_by_a_second_person(app: FastAPI, node: Node,
+                                                           people: People) -> None:
+    alice = signed_in(app, add_user(app, "alice", Role.INVESTIGATOR))
+    carol = signed_in(app, add_user(app, "carol", Role.INVESTIGATOR))
+    bob = signed_in(app, add_user(app, "bob", Role.APPROVER))
+    scope = (NOW - HOUR, NOW + DAY)
+    r = alice.post("/api/cases", data=case_form(start=str(scope[0]), end=str(scope[1]),
+                                                watchlist="true"),
+                   files=photo_files(people.subject_photos))
+    case_id = r.json()["id"]
+    assert r.json()["watchlist"] is True
+    assert bob.post(f"/api/cases/{case_id}/approve", json={}).status_code == 200
+    vector = np.asarray(people.same[0], np.float32).tobytes()
+    face_id = add_face(node, "cam1", NOW, people.same[0])
+    [alert] = node.watchlist.match(face_id, FaceTrack("cam1", NOW, NOW + 3, 5, (0, 0, 80, 80),
+                                                      0.9, vector, None))
+    listed = alice.get(f"/api/cases/{case_id}/alerts").json()
+    assert [(a["id"], a["status"]) for a in listed["alerts"]] == [(alert.id, "candidate")]
+    r = alice.post(f"/api/alerts/{alert.id}/confirm")
+    assert (r.status_code, r.json()["detail"]) == (
+        403, "an alert must be confirmed by a second person, not the user who opened the case")
+    r = carol.post(f"/api/alerts/{alert.id}/confirm")
+    assert (r.status_code, r.json()["status"], r.json()["decided_by"]) == (200, "confirmed",
+                                                                          "carol")
+    r = bob.post(f"/api/alerts/{alert.id}/dismiss")
+    assert (r.status_code, r.json()["detail"]) == (403, "the alert is already confirmed")
+    assert carol.post("/api/alerts/99/confirm").status_code == 404
+
+
+def test_the_gallery_enrolls_lists_shows_and_deletes(app: FastAPI, node: Node,
+                                                     people: People) -> None:
+    alice = signed_in(app, add_user(app, "alice", Role.INVESTIGATOR))
+    form = {"reference": "case 2026/17 subject A", "basis_kind": "case",
+            "basis_reference": "2026/17", "expires_at": str(NOW + 30 * DAY)}
+    r = alice.post("/api/gallery", data=form, files=photo_files(people.subject_photos))
+    assert r.status_code == 201, r.text
+    person_id = r.json()["id"]
+    [person] = alice.get("/api/gallery").json()["people"]
+    assert (person["id"], person["photos"], person["legal_basis"]) == (
+        person_id, 2, {"kind": "case", "reference": "2026/17"})
+    crop = alice.get(person["crop_url"])
+    assert (crop.status_code, crop.headers["content-type"]) == (200, JPEG)
+    r = alice.post("/api/gallery", data={**form, "expires_at": str(NOW + 400 * DAY)},
+                   files=photo_files(people.subject_photos))
+    assert (r.status_code, r.json()["detail"]) == (403, "the expiry is more than 365 days "
+                                                        "ahead")
+    assert alice.delete(f"/api/gallery/{person_id}").status_code == 204
+    assert alice.delete(f"/api/gallery/{person_id}").status_code == 404
+    assert alice.get("/api/gallery").json()["people"] == []
+    actions = [e["action"] for e in audit_entries(node) if e["action"].startswith("gallery.")]
+    assert actions == ["gallery.enroll", "gallery.list", "gallery.view", "gallery.enroll",
+                       "gallery.delete", "gallery.delete", "gallery.list"]
+
+
+# -- the inspection pack -----------------------------------------------------------------------
+
+
+def test_the_inspection_pack_is_a_zip_that_verifies(app: FastAPI, node: Node,
+                                                    tmp_path: Path) -> None:
+    ines = signed_in(app, add_user(app, "ines", Role.INSPECTOR))
+    r = ines.get("/api/inspection/pack", params={"days": 30})
+    assert r.status_code == 200, r.text
+    assert r.headers["content-type"] == "application/zip"
+    with zipfile.ZipFile(io.BytesIO(r.content)) as zf:
+        names = zf.namelist()
+        zf.extractall(tmp_path / "unzipped")
+    [folder] = {n.split("/")[0] for n in names}
+    assert folder.startswith("inspection-custodes-")
+    pack = tmp_path / "unzipped" / folder
+    assert {"report.md", "report.json", "audit-log.jsonl", "manifest.json",
+            "manifest.sig"} <= {p.name for p in pack.iterdir()}
+    report = verify_bundle(pack, node.keys.public_pem)
+    assert report.ok, report.problems
+    assert [e["actor"] for e in audit_entries(node, "inspection.report")] == ["ines"]
+    assert not any(node.layout.cache.iterdir())  # the work folder is gone
+    assert ines.get("/api/inspection/pack", params={"days": 0}).status_code == 422
+    viewer = signed_in(app, add_user(app, "victor", Role.VIEWER))
+    assert viewer.get("/api/inspection/pack").status_code == 403
+
+
+# -- subject access ------------------------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_subject_access_exports_only_the_requester_visible(
+        app: FastAPI, node: Node, shared_data: Path, tmp_path: Path) -> None:
+    require((shared_data / HAMILTON).is_file() and (shared_data / MIRANDA).is_file(),
+            "the Hamilton clip and Miranda's photo")
+    # 2 s of Miranda singing towards the camera, at 10 fps: one recorded segment.
+    clip = tmp_path / "stage.mp4"
+    subprocess.run([
+        ffmpeg_exe(), "-hide_banner", "-nostdin", "-loglevel", "error", "-ss", "5.5",
+        "-i", str(shared_data / HAMILTON), "-t", "2", "-vf", "fps=10,scale=640:-2",
+        "-c:v", "libx264", "-preset", "veryfast", "-pix_fmt", "yuv420p", "-an", str(clip),
+    ], check=True)
+    t0 = NOW - HOUR
+    add_segments(node.store, node.layout, "cam1", [t0], [clip])
+    dora = signed_in(app, add_user(app, "dora", Role.APPROVER))
+    form = {"camera": "cam1", "start": str(t0), "end": str(t0 + 2),
+            "reference": "access request 2026/3"}
+    r = dora.post("/api/subject-access", data=form,
+                  files={"photo": ("me.jpg", blank_png(), JPEG)})
+    assert (r.status_code, r.json()["detail"]) == (
+        400, "the requester's photo: no face of at least 40 px found in the photo")
+    photo = (shared_data / MIRANDA).read_bytes()
+    r = dora.post("/api/subject-access", data=form,
+                  files={"photo": ("me.png", photo, "image/png")})
+    assert r.status_code == 202, r.text
+    export_id = r.json()["id"]
+    deadline = time.monotonic() + 120
+    while True:
+        [listed] = dora.get("/api/subject-access").json()["exports"]
+        if listed["state"] in ("done", "failed") or time.monotonic() > deadline:
+            break
+        time.sleep(0.5)
+    assert listed["state"] == "done", listed
+    download = dora.get(listed["download_url"])
+    assert download.status_code == 200
+    with zipfile.ZipFile(io.BytesIO(download.content)) as zf:
+        zf.extractall(tmp_path / "unzipped")
+    bundle = tmp_path / "unzipped" / export_id
+    report = verify_bundle(bundle, node.keys.public_pem)
+    assert report.ok, report.problems
+    assert report.manifest is not None
+    redaction = report.manifest["redaction"]
+    assert redaction["keep"] == "subject"
+    assert redaction["subject_access"] == "access request 2026/3"
+    assert redaction["faces_kept"] >= 1
+    # Listed among the exports as unredacted: an operator may not download it.
+    olga = signed_in(app, add_user(app, "olga", Role.OPERATOR))
+    [other] = olga.get("/api/exports").json()["exports"]
+    assert (other["id"], other["redacted"]) == (export_id, False)
+    assert olga.get(f"/api/exports/{export_id}/download").status_code == 403
+    actions = [(e["actor"], e["action"], e["outcome"]) for e in audit_entries(node)
+               if e["action"] in ("subject_access.request", "export", "export.download")]
+    assert actions == [("dora", "subject_access.request", "ok"), ("dora", "export", "ok"),
+                       ("dora", "export.download", "ok"), ("olga", "export", "refused")]

@@ -1,0 +1,196 @@
+"""The live watchlist: alerts only inside an approved police watchlist case, confirmed by two.
+
+Face tracks go through the real event maintainer (which stores them sealed and calls the
+watchlist), carrying descriptors of real photos of the case subject and of someone else.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from sqlalchemy import func, select
+
+from custodes.analytics.embedding import FaceEmbedder
+from custodes.analytics.worker import FaceTrack, Message
+from custodes.audit.log import AuditLog
+from custodes.auth.roles import Actor, Role
+from custodes.events.bus import EventBus, Subscription
+from custodes.events.maintainer import EventMaintainer
+from custodes.events.types import Event, EventKind
+from custodes.faces.descriptors import FaceDescriptors
+from custodes.faces.watchlist import AlertStatus, Watchlist
+from custodes.keys import NodeKeys
+from custodes.privacy.cases import Case
+from custodes.privacy.policy import Profile, Refused
+from custodes.store import schema
+from custodes.store.db import Store
+from test_cases import (
+    ALICE,
+    BOB,
+    CAROL,
+    DAY,
+    HOUR,
+    NOW,
+    VIEWER,
+    Env,
+    People,
+    load_people,
+    no_vectors_in,
+    open_case,
+)
+
+# A watchlist case watches the coming week.
+LIVE: dict[str, Any] = {"start": NOW - HOUR, "end": NOW + 7 * DAY}
+
+
+class Node:
+    """The parts of a node the watchlist lives among: cases, maintainer, bus."""
+
+    def __init__(self, env: Env, profile: Profile) -> None:
+        self.env = env
+        self.cases = env.cases(profile)
+        self.bus = EventBus()
+        self.events: Subscription = self.bus.subscribe()
+        self.watchlist = Watchlist(self.cases, env.store, env.audit, self.bus,
+                                   sites={"cam1": "school-1"})
+        source: queue.Queue[Message] = queue.Queue()
+        self.maintainer = EventMaintainer(env.store, self.bus, {"cam1": "school-1"}, source,
+                                          descriptors=env.descriptors,
+                                          on_face=self.watchlist.on_face)
+
+    def face(self, camera: str, vector: Any, at: float = NOW) -> None:
+        embedding = np.asarray(vector, dtype=np.float32).tobytes()
+        self.maintainer.handle(FaceTrack(camera, at, at + 3.0, 6, (10, 10, 90, 90), 0.9,
+                                         embedding, f"{camera}/face.jpg"))
+
+    def watchlist_events(self) -> list[Event]:
+        found = []
+        while (event := self.events.get(timeout=0)) is not None:
+            if event.kind is EventKind.WATCHLIST:
+                found.append(event)
+        return found
+
+    def alert_rows(self) -> int:
+        with self.env.store.read() as conn:
+            return int(conn.execute(
+                select(func.count()).select_from(schema.case_alerts)).scalar_one())
+
+
+@pytest.fixture(scope="module")
+def embedder() -> FaceEmbedder:
+    return FaceEmbedder("onnx", threads=1)
+
+
+@pytest.fixture(scope="module")
+def people(shared_data: Path, embedder: FaceEmbedder) -> People:
+    return load_people(shared_data, embedder)
+
+
+@pytest.fixture
+def env(tmp_path: Path, embedder: FaceEmbedder,
+        caplog: pytest.LogCaptureFixture) -> Iterator[Env]:
+    keys = NodeKeys.load_or_create(tmp_path / "keys")
+    with Store(tmp_path / "node.db") as store:
+        yield Env(store, keys, AuditLog(store, keys), FaceDescriptors(store, keys), embedder)
+    # The maintainer logs and swallows what a face listener raises: a broken watchlist would
+    # look like one that found nothing.
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
+
+
+def watch_case(node: Node, people: People, **changes: Any) -> Case:
+    case = open_case(node.cases, people, **{"watchlist": True, **LIVE, **changes})
+    return node.cases.approve(BOB, case.id)
+
+
+def test_the_subject_on_a_watched_camera_is_a_candidate_until_a_second_person_confirms(
+        env: Env, people: People) -> None:
+    node = Node(env, Profile.POLICE)
+    case = watch_case(node, people)
+    node.face("cam1", people.same[0])
+
+    (alert,) = node.watchlist.alerts(CAROL, case.id)
+    assert alert.status is AlertStatus.CANDIDATE
+    assert (alert.case_id, alert.camera, alert.seen_at) == (case.id, "cam1", NOW)
+    assert alert.subject_id in {s.id for s in case.subjects}
+    assert alert.distance < 0.6
+    assert alert.face_id is not None
+    (event,) = node.watchlist_events()
+    assert (event.camera, event.site, event.snapshot) == ("cam1", "school-1", None)
+    assert event.data == {"alert": alert.id, "case": case.id, "status": "candidate"}
+    assert event.to_json()["has_snapshot"] is False
+    (entry,) = env.entries("watchlist.alert")
+    assert (entry.actor, entry.target) == ("system", f"case {case.id}")
+    assert no_vectors_in(env.entries())
+
+    with pytest.raises(Refused, match="second person, not the user who opened the case"):
+        node.watchlist.confirm(ALICE, alert.id)
+    with pytest.raises(Refused, match="the viewer role cannot confirm"):
+        node.watchlist.confirm(VIEWER, alert.id)
+    assert node.watchlist.alerts(CAROL, case.id)[0].status is AlertStatus.CANDIDATE
+    confirmed = node.watchlist.confirm(CAROL, alert.id)
+    assert (confirmed.status, confirmed.decided_by) == (AlertStatus.CONFIRMED, "carol")
+    with pytest.raises(Refused, match="already confirmed"):
+        node.watchlist.dismiss(BOB, alert.id)
+
+    node.face("cam2", people.same[1], at=NOW + 60)
+    second = node.watchlist.alerts(BOB, case.id)[0]
+    assert node.watchlist.dismiss(BOB, second.id).status is AlertStatus.DISMISSED
+    outcomes = [(e.action, e.outcome) for e in env.entries() if e.action.startswith("alert.")]
+    assert outcomes == [("alert.confirm", "refused"), ("alert.confirm", "refused"),
+                        ("alert.confirm", "ok"), ("alert.dismiss", "refused"),
+                        ("alert.dismiss", "ok")]
+
+
+def test_no_alert_ever_happens_outside_an_active_watchlist_case(env: Env,
+                                                                people: People) -> None:
+    node = Node(env, Profile.POLICE)
+    subject = people.same[0]
+    node.face("cam1", subject)  # no case at all
+    pending = open_case(node.cases, people, watchlist=True, **LIVE)
+    node.face("cam1", subject)  # a case not yet approved
+    searching = open_case(node.cases, people, cameras=["cam3"], **LIVE)
+    node.cases.approve(BOB, searching.id)
+    node.face("cam3", subject)  # an approved case, but for search only
+    case = node.cases.approve(BOB, pending.id)
+    node.face("cam1", people.other[0])  # someone else
+    node.face("cam3", subject)  # a camera outside the case
+    node.face("cam1", subject, at=NOW - 2 * HOUR)  # before the case's window
+    node.cases.close(ALICE, case.id)
+    node.face("cam1", subject)  # after the case closed
+    assert node.watchlist._subjects == {}  # its descriptors left memory with it
+    short = watch_case(node, people, expires_at=NOW + HOUR)
+    env.clock.now = NOW + HOUR
+    node.face("cam1", subject, at=NOW + HOUR)  # the moment the case expired
+    assert node.cases.get(BOB, short.id).status.value == "expired"
+
+    assert node.alert_rows() == 0
+    assert node.watchlist_events() == []
+    assert env.entries("watchlist.alert") == []
+
+
+def test_no_profile_but_police_watches_at_all(env: Env, people: People) -> None:
+    node = Node(env, Profile.MUNICIPAL)
+    case = open_case(node.cases, people)
+    node.cases.approve(BOB, case.id)
+    assert not node.watchlist.enabled
+    node.face("cam1", people.same[0], at=case.scope_start + HOUR)
+    assert node.alert_rows() == 0
+    assert node.watchlist_events() == []
+
+
+def test_alerts_of_an_ended_case_cannot_be_confirmed(env: Env, people: People) -> None:
+    node = Node(env, Profile.POLICE)
+    case = watch_case(node, people)
+    node.face("cam1", people.same[2])
+    (alert,) = node.watchlist.alerts(BOB, case.id)
+    node.cases.close(BOB, case.id)
+    with pytest.raises(Refused, match="the case is closed"):
+        node.watchlist.confirm(CAROL, alert.id)
+    erin = Actor("erin", Role.INVESTIGATOR, cameras=frozenset({"cam2"}))
+    assert node.watchlist.alerts(erin, case.id) == []

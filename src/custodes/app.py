@@ -12,6 +12,7 @@ import logging
 import signal
 import threading
 import time
+from collections.abc import Callable
 from concurrent.futures import Future
 from dataclasses import dataclass
 from types import FrameType
@@ -33,7 +34,9 @@ from custodes.faces.gallery import Gallery
 from custodes.faces.watchlist import Watchlist
 from custodes.keys import NodeKeys
 from custodes.privacy.cases import Cases
+from custodes.privacy.copies import RedactedCopies
 from custodes.record.cleanup import Retention
+from custodes.record.forget import forget_without_footage
 from custodes.record.layout import Layout
 from custodes.record.maintainer import Maintainer, ReconcileReport
 from custodes.store import schema
@@ -66,7 +69,8 @@ class Node:
         self.supervisors: dict[str, CaptureSupervisor] = {}
         self.bus = EventBus()
         self.analytics = AnalyticsSupervisor([
-            WorkerSpec(name, cam.sub_url or cam.main_url, cam.analytics, self.layout.snapshots)
+            WorkerSpec(name, cam.sub_url or cam.main_url, cam.analytics, self.layout.snapshots,
+                       live=self.layout.live, zones=cam.privacy_zones)
             for name, cam in config.cameras.items()
             if cam.enabled and cam.analytics.enabled
         ])
@@ -78,6 +82,7 @@ class Node:
                            known_cameras=config.cameras, descriptors=self.descriptors)
         self.gallery = Gallery(self.store, self.keys, self.audit, config.profile)
         self.watchlist = Watchlist(self.cases, self.store, self.audit, self.bus, sites=sites)
+        self.redacted_copies = RedactedCopies()
         self.events = EventMaintainer(
             self.store, self.bus, sites, self.analytics.queue,
             descriptors=self.descriptors, on_face=self.watchlist.on_face,
@@ -161,13 +166,19 @@ class Node:
     def _privacy_upkeep(self) -> None:
         """End what has expired: cases (and their holds), gallery entries, orphan descriptors."""
         interval = self.config.retention.interval_seconds
+        tasks: dict[str, Callable[[], object]] = {
+            "case expiry": self.cases.expire_due,
+            "gallery expiry": self.gallery.purge_expired,
+            "faces without footage": self.descriptors.forget_without_footage,
+            "events without footage": lambda: forget_without_footage(self.store, self.layout),
+            "redacted copies without footage": lambda: self.redacted_copies.prune(self),
+        }
         while True:
-            for task in (self.cases.expire_due, self.gallery.purge_expired,
-                         self.descriptors.forget_without_footage):
+            for name, task in tasks.items():
                 try:
                     task()
                 except Exception:  # one failing task must not stop the others, or the next run
-                    log.exception("privacy upkeep: %s failed", task.__qualname__)
+                    log.exception("privacy upkeep: %s failed", name)
             if self.stop_event.wait(interval):
                 return
 

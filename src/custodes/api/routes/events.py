@@ -1,0 +1,100 @@
+"""Events (motion, face seen) with their redacted snapshots, for those who hold events.view.
+
+A snapshot was redacted when the analytics wrote it (every face pixelated and blurred), so it
+is served as it is. Listing events is not audited (it would grow with every page turned, and
+shows no picture); the snapshots are pictures but already anonymised.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends, HTTPException, Path, Query, Request
+from fastapi.responses import FileResponse
+from sqlalchemy import and_, or_, select
+
+from custodes.api.deps import get_node, require, require_camera
+from custodes.api.routes.video import CameraName, resolve_inside
+from custodes.auth.roles import Actor, Permission
+from custodes.events.types import EventKind
+from custodes.store import schema
+
+router = APIRouter(prefix="/api/events", tags=["events"])
+
+Reader = Annotated[Actor, Depends(require(Permission.EVENTS_VIEW))]
+Time = Annotated[float | None, Query(ge=0, le=1e11, description="UTC epoch seconds")]
+
+
+def _event(row: Any) -> dict[str, Any]:
+    return {
+        "id": row.id, "camera": row.camera, "kind": row.kind, "start": row.start,
+        "end": row.end, "data": json.loads(row.data),
+        "snapshot_url": f"/api/events/{row.id}/snapshot.jpg" if row.snapshot else None,
+    }
+
+
+@router.get("")
+def list_events(
+    request: Request,
+    actor: Reader,
+    *,
+    camera: Annotated[CameraName | None, Query()] = None,
+    kind: EventKind | None = None,
+    start: Time = None,
+    end: Time = None,
+    limit: Annotated[int, Query(ge=1, le=500)] = 100,
+    before: Annotated[int | None, Query(ge=1, description="Cursor: the `next` of the page "
+                                        "before")] = None,
+) -> dict[str, Any]:
+    """Events newest first (by start time), filtered; ``next`` pages on to older ones."""
+    node = get_node(request)
+    ev = schema.events
+    conds = []
+    if camera is not None:
+        require_camera(node, actor, camera)
+        conds.append(ev.c.camera == camera)
+    elif actor.cameras is not None:
+        conds.append(ev.c.camera.in_(sorted(actor.cameras)))
+    if kind is not None:
+        conds.append(ev.c.kind == kind.value)
+    if start is not None:
+        conds.append(ev.c.start >= start)
+    if end is not None:
+        conds.append(ev.c.start < end)
+    with node.store.read() as conn:
+        if before is not None:
+            cursor = conn.execute(select(ev.c.start).where(ev.c.id == before)).scalar()
+            if cursor is None:
+                raise HTTPException(400, f"no event {before} to page from")
+            # Same start time: the id breaks the tie, as in the ordering.
+            conds.append(or_(ev.c.start < cursor, and_(ev.c.start == cursor, ev.c.id < before)))
+        rows = list(conn.execute(
+            select(ev).where(*conds).order_by(ev.c.start.desc(), ev.c.id.desc()).limit(limit)
+        ))
+    return {
+        "events": [_event(r) for r in rows],
+        "next": rows[-1].id if len(rows) == limit else None,
+    }
+
+
+@router.get("/{event_id}/snapshot.jpg", response_class=FileResponse)
+def snapshot(request: Request, actor: Reader,
+             event_id: Annotated[int, Path(ge=1)]) -> FileResponse:
+    """The event's redacted snapshot (JPEG)."""
+    node = get_node(request)
+    with node.store.read() as conn:
+        row = conn.execute(
+            select(schema.events.c.camera, schema.events.c.snapshot)
+            .where(schema.events.c.id == event_id)
+        ).first()
+    if row is None:
+        raise HTTPException(404, f"no event {event_id}")
+    require_camera(node, actor, row.camera)
+    if not row.snapshot:
+        raise HTTPException(404, f"event {event_id} has no snapshot")
+    path = resolve_inside(node.layout.snapshots, row.snapshot)
+    if not path.is_file():
+        raise HTTPException(404, f"the snapshot of event {event_id} is gone (deleted with "
+                                 "its footage, or never written)")
+    return FileResponse(path, media_type="image/jpeg")

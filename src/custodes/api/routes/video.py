@@ -1,0 +1,359 @@
+"""Pictures and footage: the camera list, live pictures, the timeline, and playback.
+
+- Live pictures are always redacted (the analysis worker blurs them while someone watches).
+  Watching is audited once per session and camera every ``WATCH_AUDIT_EVERY`` seconds, not per
+  picture.
+- Playback serves the recorded segment files as they are (no re-encoding) to roles holding
+  playback.unredacted; everyone else gets a redacted copy of each segment, made on first
+  request and kept in ``<storage>/redacted/`` (see ``RedactedCopies``). The two are different
+  URLs backed by different folders, so one is never served as the other. Each playback request
+  is audited with the range it opens, not each byte range the browser fetches.
+
+Every file is reached through a database row (a segment or event id), and the resolved path
+must lie inside its storage folder: no client-supplied path ever reaches the file system.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+import time
+from datetime import UTC, date, datetime, timedelta
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Any
+
+from fastapi import APIRouter, Depends, HTTPException, Query, Request
+from fastapi import Path as PathParam
+from fastapi.responses import FileResponse, Response
+from pydantic import StringConstraints
+from sqlalchemy import select
+from starlette.concurrency import run_in_threadpool
+
+from custodes.analytics.live import latest_live, picture_path, request_live
+from custodes.api.deps import client_address, get_node, require, require_camera
+from custodes.auth.roles import Actor, Permission
+from custodes.config import NAME_PATTERN
+from custodes.privacy.copies import RedactedCopies
+from custodes.record.playback import Segment, coverage
+from custodes.store import schema
+
+if TYPE_CHECKING:
+    from custodes.app import Node
+
+log = logging.getLogger(__name__)
+
+router = APIRouter(tags=["video"])
+
+StatusViewer = Annotated[Actor, Depends(require(Permission.STATUS_VIEW))]
+LiveViewer = Annotated[Actor, Depends(require(Permission.LIVE_VIEW))]
+Player = Annotated[Actor, Depends(require(Permission.PLAYBACK_REDACTED))]
+UnredactedPlayer = Annotated[Actor, Depends(require(Permission.PLAYBACK_UNREDACTED))]
+CameraName = Annotated[str, StringConstraints(pattern=NAME_PATTERN)]
+SegmentId = Annotated[int, PathParam(ge=1)]
+
+WATCH_AUDIT_EVERY = 600.0  # seconds: one "live.view" entry per session and camera this often
+LIVE_STALE = 5.0  # seconds: an older picture is no live picture
+LIVE_WAIT = 2.0  # seconds a request with ``after`` waits for a newer picture
+LIVE_CHECK = 0.02  # seconds between looks for it (a stat: cheap)
+PLAYBACK_SEGMENTS = 30  # segments per playback answer (5 minutes of 10 s segments)
+TIMELINE_MAX = 7 * 86400.0  # seconds: the longest range one timeline answer covers
+TIMELINE_ROWS = 20_000  # motion spans or faces per answer: a day of a busy corridor fits
+PREFETCH = 2  # redacted copies made ahead of the one being watched
+
+
+def resolve_inside(root: Path, relative: str) -> Path:
+    """``root / relative``, resolved; 404 if it would lead outside ``root``.
+
+    The relative paths come from the database, not from clients; this is the second line.
+    """
+    base = root.resolve()
+    path = (base / relative).resolve()
+    if not path.is_relative_to(base):
+        log.error("refused a stored path that leads outside %s: %r", base, relative)
+        raise HTTPException(404, "no such file")
+    return path
+
+
+# -- cameras -------------------------------------------------------------------------------
+
+@router.get("/api/cameras")
+def cameras(request: Request, actor: StatusViewer) -> dict[str, Any]:
+    """The cameras the caller may see: where, health, recording, analysis rate."""
+    node = get_node(request)
+    out = []
+    for cam in node.cameras():
+        if not actor.sees_camera(cam.name):
+            continue
+        health = cam.health
+        stats = node.events.stats.get(cam.name)
+        out.append({
+            "name": cam.name, "site": cam.site, "location": cam.location,
+            "purpose": cam.purpose, "recording": cam.recording,
+            "state": health.state.value if health else "disabled",
+            "reason": health.reason if health else "",
+            "last_segment_at": health.last_segment_at if health else None,
+            "analysed_fps": round(stats.fps, 2) if stats is not None and stats.online else None,
+        })
+    return {"cameras": out}
+
+
+# -- live ----------------------------------------------------------------------------------
+
+class WatchLog:
+    """Remembers who watches which camera, so that watching is audited once per while."""
+
+    def __init__(self, every: float = WATCH_AUDIT_EVERY) -> None:
+        self.every = every
+        self._last: dict[tuple[str, str], float] = {}
+        self._lock = threading.Lock()
+
+    def due(self, viewer: str, camera: str, now: float) -> bool:
+        with self._lock:
+            last = self._last.get((viewer, camera))
+            if last is not None and now - last < self.every:
+                return False
+            if len(self._last) > 10_000:  # stale sessions; a fresh entry each is harmless
+                self._last.clear()
+            self._last[(viewer, camera)] = now
+            return True
+
+
+def _app_part(request: Request, name: str, make: type[Any]) -> Any:
+    # One per application (one per node): created on first use, shared by every request.
+    state = request.app.state
+    with _PARTS_LOCK:
+        part = getattr(state, name, None)
+        if part is None:
+            part = make()
+            setattr(state, name, part)
+    return part
+
+
+_PARTS_LOCK = threading.Lock()
+
+
+@router.get("/api/cameras/{camera}/live.jpg", response_class=Response,
+            responses={200: {"content": {"image/jpeg": {}}}, 503: {}})
+async def live_picture(
+    request: Request,
+    actor: LiveViewer,
+    camera: CameraName,
+    after: Annotated[float | None, Query(ge=0, le=1e11, description="Capture time of the "
+                                         "picture the client has: wait for a newer one")] = None,
+) -> Response:
+    """The newest live picture of ``camera``, redacted; 503 with the reason while none is
+    fresh. ``X-Capture-Time`` is when it was taken, ``X-Frame-Age`` its age when served.
+
+    With ``after``, the answer waits (up to ``LIVE_WAIT`` seconds) for a picture taken later:
+    the client asks again at once and gets each picture as soon as it exists, without polling
+    faster than the pictures come. Async, so waiting viewers hold no worker thread.
+    """
+    node = get_node(request)
+    # Both may write to the audit log (a refusal, a new watcher): a blocking write, so in a
+    # worker thread.
+    await run_in_threadpool(require_camera, node, actor, camera)
+    session = getattr(request.state, "session", None)
+    viewer = session.token_hash if session is not None else f"user:{actor.name}"
+    watch: WatchLog = _app_part(request, "live_watch", WatchLog)
+    if watch.due(viewer, camera, time.time()):
+        await run_in_threadpool(
+            node.audit.record, actor.name, "live.view", camera, detail={"redacted": True},
+            address=client_address(request))
+    request_live(node.layout, camera)
+    if after is not None:
+        deadline = time.monotonic() + LIVE_WAIT
+        path = picture_path(node.layout.live, camera)
+        while _mtime(path) <= after and time.monotonic() < deadline:
+            await asyncio.sleep(LIVE_CHECK)
+    frame = latest_live(node.layout, camera, max_age=LIVE_STALE)
+    if frame is None:
+        raise HTTPException(503, "no live picture yet: the camera or its analysis is starting "
+                                 "or down", headers={"Retry-After": "1"})
+    jpeg, captured = frame
+    age = max(time.time() - captured, 0.0)
+    return Response(jpeg, media_type="image/jpeg", headers={
+        "Cache-Control": "no-store", "X-Capture-Time": f"{captured:.3f}",
+        "X-Frame-Age": f"{age:.3f}",
+    })
+
+
+def _mtime(path: Path) -> float:
+    # The picture's modification time is its capture time (custodes.analytics.live).
+    try:
+        return path.stat().st_mtime
+    except FileNotFoundError:
+        return 0.0
+
+
+# -- timeline ------------------------------------------------------------------------------
+
+def _range(day: date | None, start: float | None, end: float | None) -> tuple[float, float]:
+    if day is not None:
+        if start is not None or end is not None:
+            raise HTTPException(400, "give either day or start and end, not both")
+        first = datetime(day.year, day.month, day.day, tzinfo=UTC)
+        return first.timestamp(), (first + timedelta(days=1)).timestamp()
+    if start is None or end is None:
+        raise HTTPException(400, "give day=YYYY-MM-DD (UTC) or both start and end")
+    if end <= start:
+        raise HTTPException(400, "end must come after start")
+    if end - start > TIMELINE_MAX:
+        raise HTTPException(400, f"a timeline covers at most {TIMELINE_MAX / 86400:.0f} days")
+    return start, end
+
+
+@router.get("/api/cameras/{camera}/timeline")
+def timeline(
+    request: Request,
+    actor: Player,
+    camera: CameraName,
+    *,
+    day: Annotated[date | None, Query(description="A UTC day")] = None,
+    start: Annotated[float | None, Query(ge=0, le=1e11)] = None,
+    end: Annotated[float | None, Query(ge=0, le=1e11)] = None,
+) -> dict[str, Any]:
+    """Recorded spans (contiguous segments merged), gaps, motion spans and face times.
+
+    Gaps end at the present: the future is not missing footage.
+    """
+    node = get_node(request)
+    require_camera(node, actor, camera)
+    first, last = _range(day, start, end)
+    now = time.time()
+    motion, events = schema.motion, schema.events
+    with node.store.read() as conn:
+        spans, gaps = coverage(conn, camera, first, min(last, now)) if first < now else ([], [])
+        moving = conn.execute(
+            select(motion.c.start, motion.c.end, motion.c.peak)
+            .where(motion.c.camera == camera, motion.c.start < last, motion.c.end > first)
+            .order_by(motion.c.start).limit(TIMELINE_ROWS)
+        ).all()
+        # A motion span is stored when it ends; one still going is an open motion event.
+        ongoing = conn.execute(
+            select(events.c.start)
+            .where(events.c.camera == camera, events.c.kind == "motion",
+                   events.c.end.is_(None), events.c.start < last, events.c.start > now - 3600)
+            .order_by(events.c.start.desc()).limit(1)
+        ).all()
+        faces = conn.execute(
+            select(events.c.start, events.c.end)
+            .where(events.c.camera == camera, events.c.kind == "face",
+                   events.c.start < last, events.c.start >= first)
+            .order_by(events.c.start).limit(TIMELINE_ROWS)
+        ).all()
+    return {
+        "camera": camera, "start": first, "end": last, "now": now,
+        "coverage": [{"start": s.start, "end": s.end} for s in spans],
+        "gaps": [{"start": g.start, "end": g.end} for g in gaps],
+        "motion": [{"start": m.start, "end": m.end, "peak": m.peak} for m in moving]
+        + [{"start": m.start, "end": min(now, last), "peak": None} for m in ongoing],
+        "faces": [{"start": f.start, "end": f.end} for f in faces],
+    }
+
+
+# -- playback ------------------------------------------------------------------------------
+
+@router.get("/api/cameras/{camera}/playback")
+def playback(
+    request: Request,
+    actor: Player,
+    camera: CameraName,
+    *,
+    at: Annotated[float, Query(ge=0, le=1e11, description="UTC epoch seconds")],
+    redacted: Annotated[bool, Query(description="Ask for the redacted copy even when "
+                                    "allowed the original")] = False,
+) -> dict[str, Any]:
+    """The segments from the one holding ``at`` onwards (or the next one after a gap), with
+    the offset into the first. Roles without playback.unredacted get redacted copies."""
+    node = get_node(request)
+    require_camera(node, actor, camera)
+    use_redacted = redacted or not actor.can(Permission.PLAYBACK_UNREDACTED)
+    seg = schema.segments
+    with node.store.read() as conn:
+        rows = conn.execute(
+            select(seg).where(seg.c.camera == camera, seg.c.end > at)
+            .order_by(seg.c.start, seg.c.id).limit(PLAYBACK_SEGMENTS)
+        ).all()
+    found = [Segment.from_row(r) for r in rows]
+    if not found:
+        raise HTTPException(404, f"no recordings of {camera} at or after {_utc(at)}")
+    offset = max(0.0, at - found[0].start)
+    node.audit.record(actor.name, "playback", camera, detail={
+        "start": found[0].start + offset, "end": found[-1].end, "segments": len(found),
+        "redacted": use_redacted,
+    }, address=client_address(request))
+    kind = "redacted" if use_redacted else "video"
+    if use_redacted:
+        copies = redacted_copies(request)
+        for s in found[1:1 + PREFETCH]:  # the browser asks for the first one at once
+            copies.prefetch(node, s)
+    return {
+        "camera": camera, "at": at, "start": found[0].start + offset, "offset": offset,
+        "redacted": use_redacted, "more": len(found) == PLAYBACK_SEGMENTS,
+        "segments": [
+            {"id": s.id, "start": s.start, "end": s.end, "duration": s.duration,
+             "url": f"/api/segments/{s.id}/{kind}", "redacted": use_redacted}
+            for s in found
+        ],
+    }
+
+
+def _utc(t: float) -> str:
+    return datetime.fromtimestamp(t, UTC).strftime("%Y-%m-%d %H:%M:%S") + "Z"
+
+
+def _segment(node: Node, actor: Actor, segment_id: int) -> Segment:
+    with node.store.read() as conn:
+        row = conn.execute(
+            select(schema.segments).where(schema.segments.c.id == segment_id)
+        ).first()
+    if row is None:
+        raise HTTPException(404, f"no segment {segment_id} (deleted by retention?)")
+    segment = Segment.from_row(row)
+    require_camera(node, actor, segment.camera)
+    return segment
+
+
+@router.get("/api/segments/{segment_id}/video", response_class=FileResponse,
+            responses={200: {"content": {"video/mp4": {}}}})
+def segment_video(request: Request, actor: UnredactedPlayer,
+                  segment_id: SegmentId) -> FileResponse:
+    """A recorded segment exactly as recorded (MP4, H.264), with HTTP range requests."""
+    node = get_node(request)
+    segment = _segment(node, actor, segment_id)
+    path = resolve_inside(node.layout.recordings, segment.path)
+    if not path.is_file():
+        raise HTTPException(404, f"segment {segment_id} is indexed but its file is missing")
+    return FileResponse(path, media_type="video/mp4")
+
+
+@router.get("/api/segments/{segment_id}/redacted", response_class=FileResponse,
+            responses={200: {"content": {"video/mp4": {}}}})
+def segment_redacted(request: Request, actor: Player,
+                     segment_id: SegmentId) -> FileResponse:
+    """A recorded segment with faces and privacy zones blurred (made on first request:
+    a few seconds per segment), with HTTP range requests."""
+    node = get_node(request)
+    segment = _segment(node, actor, segment_id)
+    copies = redacted_copies(request)
+    # Playback comes here segment after segment: start on the next ones meanwhile.
+    with node.store.read() as conn:
+        following = conn.execute(
+            select(schema.segments)
+            .where(schema.segments.c.camera == segment.camera,
+                   schema.segments.c.start > segment.start)
+            .order_by(schema.segments.c.start).limit(PREFETCH)
+        ).all()
+    for row in following:
+        copies.prefetch(node, Segment.from_row(row))
+    try:
+        path = copies.get(node, segment)
+    except FileNotFoundError:
+        raise HTTPException(404, f"segment {segment_id} is indexed but its file is missing"
+                            ) from None
+    return FileResponse(path, media_type="video/mp4")
+
+
+def redacted_copies(request: Request) -> RedactedCopies:
+    return get_node(request).redacted_copies

@@ -1,0 +1,276 @@
+"""The HTML pages: each a server-rendered shell that small scripts fill from the JSON API.
+
+A page needs a signed-in user (else it redirects to /login) whose role holds the page's
+permission (else 403, audited like any refused API call). The navigation lists only the pages
+the role may use, so a viewer never sees a link to cases or the audit log. The pages show no
+data the API would not give the same user: they render names and permissions, and the
+scripts fetch everything else through the same checked routes.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, date, datetime
+from pathlib import Path
+from typing import Annotated, Any
+from urllib.parse import quote
+
+from fastapi import APIRouter, Depends, Query, Request
+from fastapi.responses import HTMLResponse, RedirectResponse, Response
+from fastapi.routing import iter_route_contexts
+from fastapi.templating import Jinja2Templates
+
+from custodes.api import deps
+from custodes.api.deps import get_node, page_actor, public
+from custodes.api.status import node_status
+from custodes.app import Node
+from custodes.auth.roles import Actor, Permission
+from custodes.auth.users import Users
+
+router = APIRouter(include_in_schema=False)
+templates = Jinja2Templates(directory=str(Path(__file__).parent / "templates"))
+
+
+@dataclass(frozen=True)
+class NavItem:
+    key: str
+    href: str
+    label: str
+    permission: Permission
+
+
+NAV = (
+    NavItem("live", "/", "Live", Permission.LIVE_VIEW),
+    NavItem("timeline", "/timeline", "Timeline", Permission.PLAYBACK_REDACTED),
+    NavItem("events", "/events", "Events", Permission.EVENTS_VIEW),
+    NavItem("exports", "/exports", "Exports", Permission.EXPORT),
+    # The cases pages (web/templates/cases*.html, api/routes/cases.py) come with the cases work.
+    NavItem("cases", "/cases", "Cases", Permission.CASE_VIEW),
+    NavItem("audit", "/audit", "Audit", Permission.AUDIT_VIEW),
+    NavItem("system", "/system", "System", Permission.SYSTEM_VIEW),
+)
+
+
+def _page(permission: Permission | None) -> Callable[[Request], Actor | None]:
+    """Dependency for a page: the signed-in actor or None; declares ``permission`` for the
+    route-access table (None: any signed-in user)."""
+
+    def dependency(request: Request) -> Actor | None:
+        return page_actor(request)
+
+    # The same declaration require() makes, read back by deps.route_table; a page differs
+    # from an API route only in answering "not signed in" with a redirect instead of 401.
+    deps._mark(dependency, permission if permission is not None else deps.SIGNED_IN)
+    return dependency
+
+
+def _nav(actor: Actor) -> list[NavItem]:
+    return [item for item in NAV if actor.can(item.permission)]
+
+
+def _cameras(node: Node, actor: Actor) -> list[dict[str, Any]]:
+    out = []
+    for cam in node.cameras():
+        if not actor.sees_camera(cam.name):
+            continue
+        health = cam.health
+        out.append({
+            "name": cam.name, "site": cam.site, "location": cam.location,
+            "state": health.state.value if health else "disabled",
+            "reason": health.reason if health else "",
+        })
+    return out
+
+
+def _render(request: Request, actor: Actor, page: str, title: str,
+            data: dict[str, Any], *, status_code: int = 200) -> HTMLResponse:
+    node = get_node(request)
+    return templates.TemplateResponse(request, f"{page}.html", {
+        "actor": actor, "nav": _nav(actor), "page": page, "title": title,
+        "node_name": node.config.node.name, "data": data,
+    }, status_code=status_code)
+
+
+def _gate(request: Request, actor: Actor | None, permission: Permission) -> Response | None:
+    """The response that replaces the page when the user may not see it, else None."""
+    if actor is None:
+        target = request.url.path + (f"?{request.url.query}" if request.url.query else "")
+        return RedirectResponse(f"/login?next={quote(target, safe='')}", status_code=303)
+    if actor.can(permission):
+        return None
+    get_node(request).audit.record(
+        actor.name, "access", request.url.path, outcome="refused",
+        detail={"method": request.method, "permission": permission.value},
+        address=actor.address,
+    )
+    return _render(request, actor, "denied", "Not allowed", {
+        "reason": f"the {actor.role.value} role lacks the permission {permission.value!r}",
+    }, status_code=403)
+
+
+def _safe_next(target: str | None) -> str:
+    # Only a path on this server: never "//host" or "https://..." (an open redirect).
+    if not target or not target.startswith("/") or target.startswith("//") or "\\" in target:
+        return "/"
+    return target
+
+
+# -- sign-in -------------------------------------------------------------------------------
+
+@router.get("/login", response_class=HTMLResponse, dependencies=[Depends(public)])
+def login_page(request: Request, next: str | None = None) -> Response:
+    target = _safe_next(next)
+    if page_actor(request) is not None:
+        return RedirectResponse(target, status_code=303)
+    node = get_node(request)
+    return templates.TemplateResponse(request, "login.html", {
+        "node_name": node.config.node.name, "data": {"next": target},
+    })
+
+
+# -- pages -------------------------------------------------------------------------------
+
+# The root is every signed-in user's landing page: the live grid, or the first page the role
+# may use (an inspector has no live view).
+Landing = Annotated[Actor | None, Depends(_page(None))]
+Playback = Annotated[Actor | None, Depends(_page(Permission.PLAYBACK_REDACTED))]
+EventsReader = Annotated[Actor | None, Depends(_page(Permission.EVENTS_VIEW))]
+Exporter = Annotated[Actor | None, Depends(_page(Permission.EXPORT))]
+AuditReader = Annotated[Actor | None, Depends(_page(Permission.AUDIT_VIEW))]
+SystemReader = Annotated[Actor | None, Depends(_page(Permission.SYSTEM_VIEW))]
+
+
+@router.get("/", response_class=HTMLResponse)
+def live_page(request: Request, actor: Landing) -> Response:
+    if actor is not None and not actor.can(Permission.LIVE_VIEW):
+        served = {str(ctx.path) for ctx in iter_route_contexts(request.app.routes)}
+        first = [item for item in _nav(actor) if item.href in served]
+        if first:
+            return RedirectResponse(first[0].href, status_code=303)
+    if (refused := _gate(request, actor, Permission.LIVE_VIEW)) is not None:
+        return refused
+    assert actor is not None
+    node = get_node(request)
+    return _render(request, actor, "live", "Live", {
+        "cameras": _cameras(node, actor),
+        "canPlayback": actor.can(Permission.PLAYBACK_REDACTED),
+    })
+
+
+@router.get("/timeline", response_class=HTMLResponse)
+def timeline_page(
+    request: Request,
+    actor: Playback,
+    camera: str | None = None,
+    day: date | None = None,
+    at: Annotated[float | None, Query(ge=0, le=2**32)] = None,
+) -> Response:
+    if (refused := _gate(request, actor, Permission.PLAYBACK_REDACTED)) is not None:
+        return refused
+    assert actor is not None
+    cameras = _cameras(get_node(request), actor)
+    names = [c["name"] for c in cameras]
+    chosen = camera if camera in names else (names[0] if names else None)
+    if day is None:
+        day = datetime.fromtimestamp(at if at is not None else time.time(), UTC).date()
+    return _render(request, actor, "timeline", "Timeline", {
+        "cameras": cameras, "camera": chosen, "day": day.isoformat(), "at": at,
+        "can_unredacted": actor.can(Permission.PLAYBACK_UNREDACTED),
+        "can_export": actor.can(Permission.EXPORT),
+    })
+
+
+@router.get("/events", response_class=HTMLResponse)
+def events_page(request: Request,
+                actor: EventsReader) -> Response:
+    if (refused := _gate(request, actor, Permission.EVENTS_VIEW)) is not None:
+        return refused
+    assert actor is not None
+    return _render(request, actor, "events", "Events", {
+        "cameras": _cameras(get_node(request), actor),
+        "canPlayback": actor.can(Permission.PLAYBACK_REDACTED),
+    })
+
+
+@router.get("/exports", response_class=HTMLResponse)
+def exports_page(request: Request,
+                 actor: Exporter) -> Response:
+    if (refused := _gate(request, actor, Permission.EXPORT)) is not None:
+        return refused
+    assert actor is not None
+    return _render(request, actor, "exports", "Exports", {
+        "cameras": _cameras(get_node(request), actor),
+        "can_unredacted": actor.can(Permission.EXPORT_UNREDACTED),
+    })
+
+
+@router.get("/audit", response_class=HTMLResponse)
+def audit_page(request: Request,
+               actor: AuditReader) -> Response:
+    if (refused := _gate(request, actor, Permission.AUDIT_VIEW)) is not None:
+        return refused
+    assert actor is not None
+    return _render(request, actor, "audit", "Audit log", {})
+
+
+@router.get("/system", response_class=HTMLResponse)
+def system_page(request: Request,
+                actor: SystemReader) -> Response:
+    if (refused := _gate(request, actor, Permission.SYSTEM_VIEW)) is not None:
+        return refused
+    assert actor is not None
+    node = get_node(request)
+    status = node_status(node)
+    if actor.cameras is not None:  # totals of the cameras the user may see, as /api/status
+        status["cameras"] = [c for c in status["cameras"] if actor.sees_camera(c["name"])]
+        status["recordings"]["segments"] = sum(c["segments"] for c in status["cameras"])
+        status["recordings"]["bytes"] = sum(c["bytes"] for c in status["cameras"])
+    config = node.config
+    cameras = [
+        {"name": name, "site": cam.site, "location": cam.location.value, "purpose": cam.purpose,
+         "enabled": cam.enabled, "record": cam.record.mode.value,
+         "segment_seconds": cam.record.segment_seconds,
+         "retention_hours": config.retention_hours(name),
+         "analytics": cam.analytics.enabled, "privacy_zones": len(cam.privacy_zones)}
+        for name, cam in config.cameras.items() if actor.sees_camera(name)
+    ]
+    users = [u.public() for u in Users(node.store).list()]
+    return templates.TemplateResponse(request, "system.html", {
+        "actor": actor, "nav": _nav(actor), "page": "system", "title": "System",
+        "node_name": config.node.name, "data": {}, "status": status, "cameras": cameras,
+        "users": users, "profile": config.profile.value,
+        "retention": {"default_hours": config.retention.default_hours,
+                      "ceiling_days": config.retention.ceiling_days,
+                      "quota": config.storage.quota, "min_free": config.storage.min_free},
+        "fmt_time": _fmt_time, "fmt_bytes": _fmt_bytes, "fmt_duration": _fmt_duration,
+    })
+
+
+def _fmt_time(t: float | None) -> str:
+    if t is None:
+        return "—"
+    return datetime.fromtimestamp(t, UTC).strftime("%Y-%m-%d %H:%M:%S")
+
+
+def _fmt_duration(seconds: float) -> str:
+    if seconds < 90:
+        return f"{seconds:.0f} s"
+    if seconds < 5400:
+        return f"{seconds / 60:.0f} min"
+    if seconds < 172_800:
+        return f"{seconds / 3600:.1f} h"
+    return f"{seconds / 86400:.1f} days"
+
+
+def _fmt_bytes(n: float | None) -> str:
+    if n is None:
+        return "—"
+    units = ["B", "kB", "MB", "GB", "TB"]
+    i = 0
+    value = float(n)
+    while value >= 1000 and i < len(units) - 1:
+        value /= 1000
+        i += 1
+    return f"{value:.1f} {units[i]}" if i else f"{int(value)} B"

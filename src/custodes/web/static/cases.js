@@ -1,0 +1,349 @@
+// Cases, one case (decision, search, alerts) and the gallery: filled from /api/cases and
+// /api/gallery. Every refusal is shown with the reason the server gives.
+"use strict";
+(() => {
+  const el = custodes.el;
+  const data = JSON.parse(document.getElementById("page-data").textContent);
+  const msg = document.getElementById("message");
+
+  // Multipart uploads (photos) with the session's CSRF header; JSON calls use custodes.api.
+  async function upload(url, form) {
+    const r = await fetch(url, {
+      method: "POST", body: form, credentials: "same-origin", cache: "no-store",
+      headers: { Accept: "application/json", "X-CSRF-Token": custodes.cookie("custodes_csrf") },
+    });
+    const text = await r.text();
+    let body = null;
+    try { body = text ? JSON.parse(text) : null; } catch { body = text; }
+    if (!r.ok) {
+      let d = body && typeof body === "object" ? body.detail : body;
+      if (Array.isArray(d)) d = d.map((e) => (e.loc ? e.loc.slice(1).join(".") + ": " : "") + e.msg).join("; ");
+      throw new custodes.ApiError(r.status, d || r.statusText);
+    }
+    return body;
+  }
+
+  const range = (a, b) => custodes.utc(a) + " – " + custodes.utc(b);
+  const badge = (status) => el("span", { class: "badge status-" + status + " " + ({
+    approved: "ok", pending: "busy", rejected: "bad", closed: "", expired: "" }[status] || "") }, status);
+  const who = (name, t) => name ? el("span", {}, name, el("div", { class: "muted mono" }, custodes.utc(t))) : "—";
+  const crop = (url, title) => el("img", { src: url, alt: title, title, class: "crop", loading: "lazy",
+    style: "width:72px;height:72px;object-fit:cover;background:#000;border:1px solid var(--line);display:block" });
+
+  // -- the list of cases ------------------------------------------------------------------
+  async function listPage() {
+    const rows = document.getElementById("rows");
+    async function refresh() {
+      try {
+        const r = await custodes.api("GET", "/api/cases");
+        rows.replaceChildren(...r.cases.map((c) => el("tr", { "data-case": c.id },
+          el("td", {}, el("a", { href: `/cases/${c.id}` }, `#${c.id}`)),
+          el("td", {}, el("a", { href: `/cases/${c.id}` }, c.reference),
+             el("div", { class: "muted" }, c.purpose)),
+          el("td", {}, badge(c.status), c.watchlist ? el("div", { class: "muted" }, "watchlist") : null),
+          el("td", {}, c.cameras.join(", ")),
+          el("td", { class: "mono" }, range(c.scope_start, c.scope_end)),
+          el("td", {}, who(c.opened_by, c.opened_at)),
+          el("td", {}, who(c.decided_by, c.decided_at)),
+          el("td", { class: "mono" }, custodes.utc(c.expires_at)))));
+        if (!r.cases.length) rows.append(el("tr", {}, el("td", { colspan: "8", class: "muted" }, "No cases.")));
+      } catch (err) { custodes.message(msg, err.message, "bad"); }
+    }
+    const dialog = document.getElementById("dialog");
+    if (dialog) {
+      const form = document.getElementById("form");
+      const dmsg = document.getElementById("c-message");
+      document.getElementById("new-case").addEventListener("click", () => {
+        const now = Date.now() / 1000;
+        form.elements.start.value = custodes.toInput(now - 86400);
+        form.elements.end.value = custodes.toInput(now);
+        form.elements.expires_at.value = custodes.toInput(now + 7 * 86400);
+        custodes.message(dmsg, "", "");
+        dialog.showModal();
+      });
+      document.getElementById("cancel").addEventListener("click", () => dialog.close());
+      form.addEventListener("submit", async (e) => {
+        e.preventDefault();
+        const f = form.elements;
+        const body = new FormData();
+        for (const name of ["reference", "legal_basis", "purpose"]) body.append(name, f[name].value);
+        for (const o of f.cameras.selectedOptions) body.append("cameras", o.value);
+        for (const name of ["start", "end", "expires_at"]) {
+          const t = custodes.fromInput(f[name].value);
+          if (t === null) { custodes.message(dmsg, `${name.replace("_", " ")}: not a time`, "bad"); return; }
+          body.append(name, String(t));
+        }
+        for (const file of f.photos.files) {
+          body.append("photos", file);
+          body.append("labels", f.label.value.trim() || "subject 1");
+        }
+        if (f.watchlist) body.append("watchlist", f.watchlist.checked ? "true" : "false");
+        const button = document.getElementById("open");
+        button.disabled = true;
+        custodes.message(dmsg, "reading the photos…", "busy");
+        try {
+          const c = await upload("/api/cases", body);
+          location.href = `/cases/${c.id}`;
+        } catch (err) {
+          custodes.message(dmsg, err.message, "bad");
+        } finally { button.disabled = false; }
+      });
+    }
+    refresh();
+    if (data.can_subject_access) subjectAccess();
+  }
+
+  // -- subject access requests (on the list page, for the data-protection officer) ---------
+  function subjectAccess() {
+    const rows = document.getElementById("access-rows");
+    const dialog = document.getElementById("access-dialog");
+    const form = document.getElementById("access-form");
+    const amsg = document.getElementById("a-message");
+    let timer = null;
+    async function refresh() {
+      try {
+        const r = await custodes.api("GET", "/api/subject-access");
+        rows.replaceChildren(...r.exports.map((x) => el("tr", { "data-export": x.id },
+          el("td", { class: "mono" }, x.id), el("td", {}, x.subject_access.reference),
+          el("td", {}, x.camera), el("td", { class: "mono" }, range(x.start, x.end)),
+          el("td", {}, x.created_by),
+          el("td", {}, el("span", { class: "badge " + x.state, title: x.error || "" }, x.state),
+             x.error ? el("div", { class: "muted" }, x.error) : null),
+          el("td", {}, x.download_url ? el("a", { class: "button", href: x.download_url, download: "" }, "Download") : null))));
+        if (!r.exports.length) rows.append(el("tr", {}, el("td", { colspan: "7", class: "muted" }, "No requests yet.")));
+        clearTimeout(timer);
+        if (r.exports.some((x) => x.state === "queued" || x.state === "running")) timer = setTimeout(refresh, 2000);
+      } catch (err) { custodes.message(msg, err.message, "bad"); }
+    }
+    document.getElementById("new-access").addEventListener("click", () => {
+      const now = Date.now() / 1000;
+      form.elements.start.value = custodes.toInput(now - 600);
+      form.elements.end.value = custodes.toInput(now - 540);
+      custodes.message(amsg, "", "");
+      dialog.showModal();
+    });
+    document.getElementById("access-cancel").addEventListener("click", () => dialog.close());
+    form.addEventListener("submit", async (e) => {
+      e.preventDefault();
+      const f = form.elements;
+      const body = new FormData();
+      body.append("reference", f.reference.value);
+      body.append("camera", f.camera.value);
+      for (const name of ["start", "end"]) {
+        const t = custodes.fromInput(f[name].value);
+        if (t === null) { custodes.message(amsg, `${name}: not a time`, "bad"); return; }
+        body.append(name, String(t));
+      }
+      if (f.photo.files.length) body.append("photo", f.photo.files[0]);
+      const button = document.getElementById("access-start");
+      button.disabled = true;
+      custodes.message(amsg, "reading the photo…", "busy");
+      try {
+        const x = await upload("/api/subject-access", body);
+        dialog.close();
+        custodes.message(msg, `Subject access export ${x.id} started.`, "ok");
+        refresh();
+      } catch (err) { custodes.message(amsg, err.message, "bad"); }
+      finally { button.disabled = false; }
+    });
+    refresh();
+  }
+
+  // -- one case ---------------------------------------------------------------------------
+  async function casePage() {
+    const id = data.case_id;
+    let current = null;
+
+    function facts(c) {
+      const row = (k, v) => el("tr", {}, el("th", { style: "position:static" }, k), el("td", {}, v ?? "—"));
+      return [
+        row("reference", c.reference), row("legal basis", c.legal_basis), row("purpose", c.purpose),
+        row("cameras", c.cameras.join(", ")),
+        row("footage", el("span", { class: "mono" }, range(c.scope_start, c.scope_end))),
+        row("watchlist", c.watchlist ? "yes: live alerts" : "no"),
+        row("opened", el("span", {}, `${c.opened_by} · `, el("span", { class: "mono" }, custodes.utc(c.opened_at)))),
+        row("decided", c.decided_by ? el("span", {}, `${c.decided_by} · `, el("span", { class: "mono" }, custodes.utc(c.decided_at))) : "not yet"),
+        row("note", c.decision_note), row("expires", el("span", { class: "mono" }, custodes.utc(c.expires_at))),
+        row("closed", c.closed_by ? `${c.closed_by} · ${custodes.utc(c.closed_at)}` : null),
+        row("footage held", c.holds.length ? `holds ${c.holds.join(", ")}` : null),
+      ];
+    }
+
+    function subjects(c) {
+      const active = c.status === "pending" || c.status === "approved";
+      const see = data.can_search || data.can_approve || data.can_alerts;
+      return c.subjects.map((s) => el("div", { class: "subject", style: "display:inline-block;margin:0 10px 6px 0;vertical-align:top" },
+        active && see && s.crop_url ? crop(s.crop_url, s.label)
+          : el("div", { class: "muted", style: "width:72px;height:72px;border:1px dashed var(--line);font-size:11px;padding:4px" },
+               s.wiped ? "photo wiped" : "not shown"),
+        el("div", {}, s.label), el("div", { class: "muted" }, `#${s.id}`)));
+    }
+
+    async function load() {
+      try {
+        current = await custodes.api("GET", `/api/cases/${id}`);
+      } catch (err) { custodes.message(msg, err.message, "bad"); return; }
+      const c = current;
+      document.getElementById("case-title").textContent = `Case ${c.id}: ${c.reference}`;
+      const status = document.getElementById("case-status");
+      status.replaceWith(Object.assign(badge(c.status), { id: "case-status" }));
+      document.getElementById("facts").replaceChildren(...facts(c));
+      document.getElementById("subjects").replaceChildren(...subjects(c));
+      const active = c.status === "pending" || c.status === "approved";
+      const decide = document.getElementById("decide");
+      if (decide) decide.classList.toggle("hidden", c.status !== "pending");
+      document.getElementById("close-case").classList.toggle("hidden",
+        !active || !(data.can_approve || (data.can_open && c.opened_by === data.me)));
+      const search = document.getElementById("search-panel");
+      if (search) {
+        search.classList.toggle("hidden", c.status !== "approved");
+        const boxes = document.getElementById("s-cameras");
+        if (!boxes.children.length) {
+          boxes.replaceChildren(...c.cameras.map((cam) => el("label", {
+            style: "display:inline-flex;flex-direction:row;align-items:center;gap:4px;font-size:13px;color:var(--text)" },
+            el("input", { type: "checkbox", name: "camera", value: cam, checked: true }), cam)));
+          const f = document.getElementById("search").elements;
+          f.start.value = custodes.toInput(c.scope_start);
+          f.end.value = custodes.toInput(c.scope_end);
+        }
+      }
+      const alerts = document.getElementById("alerts-panel");
+      if (alerts && c.watchlist && c.status === "approved") { alerts.classList.remove("hidden"); loadAlerts(); }
+      if (!active) custodes.message(msg, `This case is ${c.status}: its subjects' photos and descriptors are wiped and nothing can be searched.`, "");
+    }
+
+    async function decideCase(action) {
+      const dmsg = document.getElementById("decide-message");
+      custodes.message(dmsg, "", "");
+      try {
+        await custodes.api("POST", `/api/cases/${id}/${action}`, { note: document.getElementById("note").value });
+        custodes.message(msg, action === "approve" ? "Case approved." : "Case rejected.", "ok");
+        load();
+      } catch (err) { custodes.message(dmsg, "Refused: " + err.message, "bad"); }
+    }
+    if (document.getElementById("approve")) {
+      document.getElementById("approve").addEventListener("click", () => decideCase("approve"));
+      document.getElementById("reject").addEventListener("click", () => decideCase("reject"));
+    }
+    document.getElementById("close-case").addEventListener("click", async () => {
+      const note = prompt("Close this case? Its holds are released and its subjects' photos and descriptors wiped.\nNote:", "");
+      if (note === null) return;
+      try {
+        await custodes.api("POST", `/api/cases/${id}/close`, { note });
+        custodes.message(msg, "Case closed.", "ok");
+        load();
+      } catch (err) { custodes.message(msg, "Refused: " + err.message, "bad"); }
+    });
+
+    function hitRow(h, n) {
+      const shot = h.snapshot_url && data.can_snapshots
+        ? el("img", { class: "thumb", src: h.snapshot_url, alt: "redacted snapshot", loading: "lazy" })
+        : el("span", { class: "muted" }, h.snapshot_url ? "—" : "no snapshot");
+      const play = data.can_timeline ? el("a", { class: "button", href: h.timeline_url }, "Play on timeline") : null;
+      return el("tr", { "data-face": h.face_id },
+        el("td", { class: "num" }, String(n)), el("td", {}, h.camera),
+        el("td", { class: "mono" }, custodes.utc(h.start), el("div", { class: "muted" }, custodes.duration(h.end - h.start))),
+        el("td", { class: "num mono" }, h.distance.toFixed(3)),
+        el("td", {}, shot), el("td", {}, crop(h.subject_crop_url, `subject ${h.subject_id}`)),
+        el("td", {}, play));
+    }
+
+    const searchForm = document.getElementById("search");
+    if (searchForm) searchForm.addEventListener("submit", async (e) => {
+      e.preventDefault();
+      const f = searchForm.elements;
+      const smsg = document.getElementById("search-message");
+      const cameras = [...searchForm.querySelectorAll("input[name=camera]:checked")].map((i) => i.value);
+      const body = { cameras, start: custodes.fromInput(f.start.value), end: custodes.fromInput(f.end.value),
+                     k: Number(f.k.value) || 20 };
+      const button = document.getElementById("search-button");
+      button.disabled = true;
+      custodes.message(smsg, "searching…", "busy");
+      try {
+        const r = await custodes.api("POST", `/api/cases/${id}/search`, body);
+        document.getElementById("hits").replaceChildren(...r.hits.map((h, i) => hitRow(h, i + 1)));
+        document.getElementById("hits-table").classList.remove("hidden");
+        document.getElementById("search-count").textContent = `${r.hits.length} hit${r.hits.length === 1 ? "" : "s"} on ${r.cameras.join(", ")}, ${range(r.start, r.end)}`;
+        custodes.message(smsg, r.hits.length ? "" : "No recorded face is near enough to the subject.", r.hits.length ? "" : "busy");
+      } catch (err) {
+        // Nothing of an earlier search stays on screen beside the refusal.
+        document.getElementById("hits").replaceChildren();
+        document.getElementById("hits-table").classList.add("hidden");
+        document.getElementById("search-count").textContent = "";
+        custodes.message(smsg, "Refused: " + err.message, "bad");
+      } finally { button.disabled = false; }
+    });
+
+    async function loadAlerts() {
+      const amsg = document.getElementById("alerts-message");
+      try {
+        const r = await custodes.api("GET", `/api/cases/${id}/alerts`);
+        const decide = (a, action) => async () => {
+          try { await custodes.api("POST", `/api/alerts/${a.id}/${action}`); loadAlerts(); }
+          catch (err) { custodes.message(amsg, "Refused: " + err.message, "bad"); }
+        };
+        document.getElementById("alerts").replaceChildren(...r.alerts.map((a) => el("tr", { "data-alert": a.id },
+          el("td", {}, `#${a.id}`), el("td", {}, a.camera), el("td", { class: "mono" }, custodes.utc(a.seen_at)),
+          el("td", { class: "num mono" }, a.distance.toFixed(3)),
+          el("td", {}, crop(a.subject_crop_url, `subject ${a.subject_id}`)),
+          el("td", {}, el("span", { class: "badge " + (a.status === "confirmed" ? "ok" : a.status === "candidate" ? "busy" : "") }, a.status),
+             a.decided_by ? el("div", { class: "muted" }, a.decided_by) : null),
+          el("td", {}, a.status === "candidate"
+            ? el("span", {}, el("button", { type: "button", class: "confirm", onclick: decide(a, "confirm") }, "Confirm"), " ",
+                 el("button", { type: "button", class: "dismiss", onclick: decide(a, "dismiss") }, "Dismiss"))
+            : null,
+            data.can_timeline ? el("a", { href: a.timeline_url, style: "margin-left:6px" }, "play") : null))));
+        if (!r.alerts.length) document.getElementById("alerts").append(el("tr", {}, el("td", { colspan: "7", class: "muted" }, "No alerts.")));
+      } catch (err) { custodes.message(amsg, err.message, "bad"); }
+    }
+    load();
+  }
+
+  // -- the gallery ------------------------------------------------------------------------
+  async function galleryPage() {
+    const people = document.getElementById("people");
+    if (!people) return;
+    async function refresh() {
+      try {
+        const r = await custodes.api("GET", "/api/gallery");
+        people.replaceChildren(...r.people.map((p) => el("tr", { "data-person": p.id },
+          el("td", {}, crop(p.crop_url, p.reference)), el("td", {}, p.reference),
+          el("td", {}, `${p.legal_basis.kind} ${p.legal_basis.reference}`), el("td", { class: "num" }, String(p.photos)),
+          el("td", {}, who(p.created_by, p.created_at)), el("td", { class: "mono" }, custodes.utc(p.expires_at)),
+          el("td", {}, el("button", { type: "button", onclick: async () => {
+            if (!confirm(`Delete ${p.reference} and their photos?`)) return;
+            try { await custodes.api("DELETE", `/api/gallery/${p.id}`); refresh(); }
+            catch (err) { custodes.message(msg, err.message, "bad"); }
+          } }, "Delete")))));
+        if (!r.people.length) people.append(el("tr", {}, el("td", { colspan: "7", class: "muted" }, "Nobody is enrolled.")));
+      } catch (err) { custodes.message(msg, err.message, "bad"); }
+    }
+    const dialog = document.getElementById("dialog");
+    const form = document.getElementById("form");
+    const gmsg = document.getElementById("g-message");
+    document.getElementById("new-person").addEventListener("click", () => {
+      form.elements.expires_at.value = custodes.toInput(Date.now() / 1000 + 30 * 86400);
+      custodes.message(gmsg, "", "");
+      dialog.showModal();
+    });
+    document.getElementById("cancel").addEventListener("click", () => dialog.close());
+    form.addEventListener("submit", async (e) => {
+      e.preventDefault();
+      const f = form.elements;
+      const body = new FormData();
+      for (const name of ["reference", "basis_kind", "basis_reference"]) body.append(name, f[name].value);
+      body.append("expires_at", String(custodes.fromInput(f.expires_at.value)));
+      for (const file of f.photos.files) body.append("photos", file);
+      try {
+        await upload("/api/gallery", body);
+        dialog.close();
+        refresh();
+      } catch (err) { custodes.message(gmsg, err.message, "bad"); }
+    });
+    refresh();
+  }
+
+  if (data.case_id) casePage();
+  else if (document.getElementById("cases-table")) listPage();
+  else galleryPage();
+})();

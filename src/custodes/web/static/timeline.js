@@ -1,0 +1,384 @@
+// Timeline of one camera and day: coverage, gaps, motion and faces; click to play from there.
+// Playback chains the recorded segment files in two <video> elements, the next one loading
+// while the current one plays, so a segment boundary does not stall.
+"use strict";
+(() => {
+  const data = JSON.parse(document.getElementById("page-data").textContent);
+  const $ = (id) => document.getElementById(id);
+  const cameraSel = $("camera"), dayInput = $("day"), zoomSel = $("zoom");
+  const dayBar = $("daybar"), detailBar = $("detailbar");
+  const videos = [$("va"), $("vb")];
+  const clock = $("clock"), stateEl = $("state"), msg = $("message");
+  const redactedBox = $("redacted");
+  const DAY = 86400;
+
+  let camera = cameraSel.value;
+  let dayStart = Date.parse(dayInput.value + "T00:00:00Z") / 1000;
+  let zoom = Number(zoomSel.value);
+  let detailStart = dayStart;
+  let tl = null;
+
+  // player state
+  let queue = [], idx = 0, active = 0, preloaded = -1, more = false, fetchingMore = false;
+  let playSeq = 0;
+  let markIn = null, markOut = null;
+  const firstFrames = [];
+
+  const api = (path) => custodes.api("GET", path);
+  const enc = encodeURIComponent;
+
+  let loadingAt = null; // the moment asked for, until its first frame is there
+
+  function playing() {
+    if (loadingAt !== null) return loadingAt;
+    const seg = queue[idx];
+    return seg ? seg.start + videos[active].currentTime : null;
+  }
+
+  // -- timeline ---------------------------------------------------------------------------
+
+  async function load() {
+    try {
+      tl = await api(`/api/cameras/${enc(camera)}/timeline?day=${custodes.day(dayStart)}`);
+      draw();
+    } catch (err) {
+      custodes.message(msg, "timeline: " + err.message, "bad");
+    }
+  }
+
+  function clip(spans, from, to) {
+    return spans.filter((s) => s.end > from && s.start < to);
+  }
+
+  function place(el, from, to, start, end) {
+    const w = to - from;
+    el.style.left = (100 * (Math.max(start, from) - from) / w) + "%";
+    if (end !== undefined) {
+      el.style.width = (100 * (Math.min(end, to) - Math.max(start, from)) / w) + "%";
+    }
+    return el;
+  }
+
+  function fill(bar, from, to) {
+    const parts = [];
+    if (tl) {
+      for (const g of clip(tl.gaps, from, to)) {
+        parts.push(place(custodes.el("div", { class: "gap" }), from, to, g.start, g.end));
+      }
+      for (const s of clip(tl.coverage, from, to)) {
+        parts.push(place(custodes.el("div", { class: "span" }), from, to, s.start, s.end));
+      }
+      // Motion spans closer than a pixel or so are merged: a busy day stays a few hundred divs.
+      const near = (to - from) / 1500;
+      let last = null;
+      for (const m of clip(tl.motion, from, to)) {
+        if (last && m.start - last.end < near) { last.end = Math.max(last.end, m.end); continue; }
+        last = { start: m.start, end: m.end };
+        parts.push(last);
+      }
+      for (let i = 0; i < parts.length; i++) {
+        const p = parts[i];
+        if (!(p instanceof Element)) {
+          parts[i] = place(custodes.el("div", { class: "motion" }), from, to, p.start,
+                           Math.max(p.end, p.start + near));
+        }
+      }
+      for (const f of clip(tl.faces, from, to)) {
+        parts.push(place(custodes.el("div", { class: "face", title: "face seen " + custodes.utc(f.start) }),
+                         from, to, f.start));
+      }
+    }
+    const head = custodes.el("div", { class: "head hidden" });
+    const hover = custodes.el("div", { class: "hover hidden" });
+    bar.replaceChildren(...parts, head, hover);
+    bar.head = head; bar.hover = hover; bar.from = from; bar.to = to;
+  }
+
+  function ticks(target, from, to, step) {
+    const out = [];
+    for (let t = Math.ceil(from / step) * step; t <= to; t += step) {
+      out.push(place(custodes.el("span", {}, custodes.utc(t, false).slice(0, 5)), from, to, t));
+    }
+    target.replaceChildren(...out);
+  }
+
+  function draw() {
+    fill(dayBar, dayStart, dayStart + DAY);
+    const win = place(custodes.el("div", { class: "window" }), dayStart, dayStart + DAY,
+                      detailStart, detailStart + zoom);
+    dayBar.insertBefore(win, dayBar.head);
+    ticks($("dayticks"), dayStart, dayStart + DAY, 7200);
+    fill(detailBar, detailStart, detailStart + zoom);
+    ticks($("detailticks"), detailStart, detailStart + zoom,
+          zoom <= 600 ? 60 : zoom <= 3600 ? 300 : 1800);
+    moveHead();
+  }
+
+  function moveHead() {
+    const t = playing();
+    for (const bar of [dayBar, detailBar]) {
+      if (!bar.head) continue;
+      const inside = t !== null && t >= bar.from && t <= bar.to;
+      bar.head.classList.toggle("hidden", !inside);
+      if (inside) place(bar.head, bar.from, bar.to, t);
+    }
+    if (t !== null) clock.textContent = custodes.utc(t) + " UTC";
+  }
+
+  function timeAt(bar, event) {
+    const r = bar.getBoundingClientRect();
+    const x = Math.min(Math.max(event.clientX - r.left, 0), r.width);
+    return bar.from + (bar.to - bar.from) * x / r.width;
+  }
+
+  function centreDetail(t) {
+    detailStart = Math.min(Math.max(dayStart, t - zoom / 2), dayStart + DAY - zoom);
+    detailStart = Math.floor(detailStart / 60) * 60;
+  }
+
+  for (const bar of [dayBar, detailBar]) {
+    bar.addEventListener("mousemove", (e) => {
+      if (!bar.hover) return;
+      const t = timeAt(bar, e);
+      bar.hover.textContent = custodes.utc(t, false);
+      place(bar.hover, bar.from, bar.to, t);
+      bar.hover.classList.remove("hidden");
+    });
+    bar.addEventListener("mouseleave", () => bar.hover && bar.hover.classList.add("hidden"));
+    bar.addEventListener("click", (e) => {
+      const t = timeAt(bar, e);
+      if (bar === dayBar) { centreDetail(t); draw(); }
+      playAt(t);
+    });
+  }
+
+  // -- playback ---------------------------------------------------------------------------
+
+  function state(text) { stateEl.textContent = text; }
+
+  function reset(v) {
+    v.pause();
+    v.removeAttribute("src");
+    v.load();
+  }
+
+  async function playAt(t) {
+    const seq = ++playSeq;
+    const clicked = performance.now();
+    custodes.message(msg, "", "");
+    state("loading…");
+    let p;
+    try {
+      const redacted = redactedBox.checked ? "&redacted=true" : "";
+      p = await api(`/api/cameras/${enc(camera)}/playback?at=${t.toFixed(3)}${redacted}`);
+    } catch (err) {
+      if (seq === playSeq) { state(""); custodes.message(msg, err.message, "bad"); }
+      return;
+    }
+    if (seq !== playSeq) return;
+    loadingAt = p.start;
+    queue = p.segments; idx = 0; more = p.more; preloaded = -1;
+    const history = new URLSearchParams({ camera, day: custodes.day(dayStart), at: t.toFixed(0) });
+    window.history.replaceState(null, "", "?" + history);
+    reset(videos[1 - active]);
+    videos[1 - active].classList.add("hidden");
+    videos[active].classList.remove("hidden");
+    if (p.start > t + 1) {
+      custodes.message(msg, `No recording at ${custodes.utc(t)}; playing from the next recording at ${custodes.utc(p.start)}.`, "busy");
+    }
+    start(videos[active], queue[0], p.offset, seq, clicked);
+  }
+
+  function start(v, seg, offset, seq, clicked) {
+    v.src = seg.url;
+    // Set before the metadata arrives, this is the default start position: the first frame
+    // shown is the asked-for moment, not the start of the segment.
+    v.currentTime = offset;
+    v.playbackRate = Number($("rate").value);
+    // "loadeddata": the new file's frame at the start position is decoded. Frame callbacks
+    // before it may still show the previous file's picture.
+    const loaded = () => {
+      v.removeEventListener("loadeddata", loaded);
+      if (seq !== playSeq) return;
+      if ("requestVideoFrameCallback" in v) v.requestVideoFrameCallback(shown);
+      else shown();
+    };
+    v.addEventListener("loadeddata", loaded);
+    const shown = () => {
+      if (seq !== playSeq) return;
+      loadingAt = null;
+      if (clicked !== null) {
+        const ms = performance.now() - clicked;
+        firstFrames.push(ms);
+        const sorted = [...firstFrames].sort((a, b) => a - b);
+        const median = sorted[Math.floor(sorted.length / 2)];
+        $("firstframe").textContent =
+          `first frame ${ms.toFixed(0)} ms (median ${median.toFixed(0)} ms of ${sorted.length})`;
+      }
+    };
+    v.play().catch(() => { /* autoplay refused or replaced: the play button still works */ });
+  }
+
+  async function fetchMore() {
+    if (fetchingMore || !more || !queue.length) return;
+    fetchingMore = true;
+    const seq = playSeq;
+    try {
+      const last = queue[queue.length - 1];
+      const redacted = redactedBox.checked ? "&redacted=true" : "";
+      const p = await api(`/api/cameras/${enc(camera)}/playback?at=${last.end.toFixed(3)}${redacted}`);
+      if (seq !== playSeq) return;
+      const known = new Set(queue.map((s) => s.id));
+      queue.push(...p.segments.filter((s) => !known.has(s.id)));
+      more = p.more;
+    } catch (err) {
+      more = false;
+    } finally {
+      fetchingMore = false;
+    }
+  }
+
+  function onTimeUpdate(e) {
+    const v = e.target;
+    if (v !== videos[active]) return;
+    moveHead();
+    if (idx + 1 >= queue.length) { fetchMore(); return; }
+    if (preloaded !== idx + 1 && v.duration - v.currentTime < 4) {
+      const other = videos[1 - active];
+      other.src = queue[idx + 1].url;
+      other.currentTime = 0;
+      other.load();
+      preloaded = idx + 1;
+    }
+  }
+
+  function onEnded(e) {
+    if (e.target !== videos[active]) return;
+    idx += 1;
+    if (idx >= queue.length) {
+      state(more ? "loading…" : "end of recordings");
+      if (more) fetchMore().then(() => { if (idx < queue.length) start(videos[active], queue[idx], 0, playSeq, null); });
+      return;
+    }
+    if (preloaded === idx) {
+      const old = videos[active];
+      active = 1 - active;
+      const v = videos[active];
+      v.playbackRate = Number($("rate").value);
+      v.play().catch(() => {});
+      // The last picture stays up until the next file has one (a redacted copy may still
+      // be in the making): no black flash between segments.
+      const seq = playSeq;
+      const swap = () => {
+        if (seq !== playSeq || videos[active] !== v) return;
+        v.classList.remove("hidden");
+        old.classList.add("hidden");
+        reset(old);
+      };
+      if (v.readyState >= 2) swap(); else v.addEventListener("loadeddata", swap, { once: true });
+    } else {
+      start(videos[active], queue[idx], 0, playSeq, null);
+    }
+  }
+
+  for (const v of videos) {
+    v.addEventListener("timeupdate", onTimeUpdate);
+    v.addEventListener("ended", onEnded);
+    v.addEventListener("playing", (e) => {
+      if (e.target !== videos[active]) return;
+      const seg = queue[idx];
+      state(seg && seg.redacted ? "redacted copy" : "original recording");
+      $("playpause").textContent = "Pause";
+    });
+    v.addEventListener("pause", (e) => {
+      if (e.target === videos[active]) $("playpause").textContent = "Play";
+    });
+    v.addEventListener("waiting", (e) => {
+      if (e.target !== videos[active]) return;
+      const seg = queue[idx];
+      state(seg && seg.redacted ? "preparing the redacted copy…" : "loading…");
+    });
+    v.addEventListener("error", (e) => {
+      if (e.target !== videos[active] || !v.getAttribute("src")) return;
+      state("");
+      custodes.message(msg, "this recording could not be played", "bad");
+    });
+  }
+
+  $("playpause").addEventListener("click", () => {
+    const v = videos[active];
+    if (!queue.length) { playAt(detailStart); return; }
+    if (v.paused) v.play().catch(() => {}); else v.pause();
+  });
+  for (const b of document.querySelectorAll("[data-step]")) {
+    b.addEventListener("click", () => {
+      const now = playing();
+      if (now === null) return;
+      const target = now + Number(b.dataset.step);
+      const seg = queue[idx];
+      if (target >= seg.start && target < seg.end - 0.2) {
+        videos[active].currentTime = target - seg.start; // inside this file: a plain seek
+      } else {
+        playAt(target);
+      }
+    });
+  }
+  $("rate").addEventListener("change", () => { videos[active].playbackRate = Number($("rate").value); });
+  redactedBox.addEventListener("change", () => { const t = playing(); if (t !== null) playAt(t); });
+
+  // -- marks and export -------------------------------------------------------------------
+
+  function showMarks() {
+    const link = $("export");
+    if (!link) return;
+    $("marks").textContent = markIn || markOut
+      ? `${markIn ? custodes.utc(markIn, false) : "…"} – ${markOut ? custodes.utc(markOut, false) : "…"}` : "";
+    const now = playing() ?? detailStart;
+    const from = markIn ?? now - 30, to = markOut && markOut > from ? markOut : from + 60;
+    link.href = `/exports?camera=${enc(camera)}&start=${from.toFixed(0)}&end=${to.toFixed(0)}`;
+  }
+  if ($("markin")) {
+    $("markin").addEventListener("click", () => { markIn = playing(); showMarks(); });
+    $("markout").addEventListener("click", () => { markOut = playing(); showMarks(); });
+    $("export").addEventListener("mouseenter", showMarks);
+    $("export").addEventListener("focus", showMarks);
+  }
+
+  // -- navigation -------------------------------------------------------------------------
+
+  function setDay(t) {
+    dayStart = Math.floor(t / DAY) * DAY;
+    dayInput.value = custodes.day(dayStart);
+    centreDetail(Math.min(Date.now() / 1000, dayStart + DAY));
+  }
+  cameraSel.addEventListener("change", () => {
+    camera = cameraSel.value; playSeq++; queue = [];
+    for (const v of videos) reset(v);
+    clock.textContent = "click the timeline to play"; state("");
+    load();
+  });
+  dayInput.addEventListener("change", () => {
+    const t = Date.parse(dayInput.value + "T00:00:00Z") / 1000;
+    if (!Number.isNaN(t)) { setDay(t); load(); }
+  });
+  $("prevday").addEventListener("click", () => { setDay(dayStart - DAY); load(); });
+  $("nextday").addEventListener("click", () => { setDay(dayStart + DAY); load(); });
+  zoomSel.addEventListener("change", () => {
+    const centre = playing() ?? detailStart + zoom / 2;
+    zoom = Number(zoomSel.value);
+    centreDetail(centre);
+    draw();
+  });
+
+  centreDetail(data.at ?? Math.min(Date.now() / 1000, dayStart + DAY));
+  load();
+  setInterval(() => {
+    const now = Date.now() / 1000;
+    if (now >= dayStart && now < dayStart + DAY + 60) load();
+  }, 10000);
+  setInterval(moveHead, 250);
+  if (data.at !== null && data.at !== undefined) playAt(data.at);
+
+  // For the browser tests and for anyone curious: what plays and how fast it started.
+  window.custodesPlayer = { playAt, playing, firstFrames, video: () => videos[active] };
+})();

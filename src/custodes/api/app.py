@@ -18,7 +18,6 @@ from importlib import resources
 from typing import TYPE_CHECKING, ClassVar
 
 from fastapi import APIRouter, FastAPI
-from fastapi.responses import HTMLResponse
 from fastapi.staticfiles import StaticFiles
 from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import MutableHeaders
@@ -53,33 +52,13 @@ def create_app(node: Node) -> FastAPI:
     app.state.throttle = LoginThrottle.default()
     app.state.secure_cookies = node.config.server.tls
     errors.install(app)
-    routers = _routers()
-    for router in routers:
+    for router in _routers():
         app.include_router(router)
-    if not _has_page_at_root(routers):
-        app.include_router(_status_page())
     static = resources.files("custodes").joinpath("web/static")
-    if static.is_dir():
-        app.mount("/static", StaticFiles(directory=str(static)), name="static")
+    app.mount("/static", StaticFiles(directory=str(static)), name="static")
     app.add_middleware(SecurityHeaders)
     app.add_middleware(ClientAllowlist, node=node)
     return app
-
-
-def _has_page_at_root(routers: list[APIRouter]) -> bool:
-    return any(getattr(route, "path", None) == "/" for r in routers for route in r.routes)
-
-
-def _status_page() -> APIRouter:
-    """The plain status page, served at / until the web package's pages take its place."""
-    router = APIRouter()
-    page = resources.files("custodes.api").joinpath("templates/status.html").read_text("utf-8")
-
-    @router.get("/", response_class=HTMLResponse, include_in_schema=False)
-    def index() -> str:
-        return page
-
-    return router
 
 
 def _routers() -> list[APIRouter]:

@@ -85,8 +85,10 @@ def blur_polygons(image: U8, polygons: Iterable[Polygon]) -> U8:
 
 
 def redact_snapshot(image_rgb: U8, detector: FaceDetector, known: Iterable[Box] = (), *,
-                    upsample: int | None = None, threshold: float = -0.3) -> U8:
-    """A copy of an RGB snapshot with every face the detector finds blurred, plus `known`.
+                    upsample: int | None = None, threshold: float = -0.3,
+                    zones: Sequence[Polygon] = ()) -> U8:
+    """A copy of an RGB snapshot with every face the detector finds blurred, plus `known`,
+    and the privacy `zones` (see `blur_polygons`).
 
     The whole picture is scanned, by default (`upsample` None) at the upsample that finds
     faces down to ~1/18 of its height (see `snapshot_upsample`), with a threshold below dlib's
@@ -100,7 +102,8 @@ def redact_snapshot(image_rgb: U8, detector: FaceDetector, known: Iterable[Box] 
                                                   threshold=threshold)]
     boxes = [*found, *known]
     log.debug("redacting %d faces (%d detected)", len(boxes), len(found))
-    return blur_regions(image_rgb, boxes)
+    redacted = blur_regions(image_rgb, boxes)
+    return blur_polygons(redacted, zones) if zones else redacted
 
 
 def snapshot_upsample(height: int, width: int) -> int:

@@ -3,6 +3,7 @@
     frames (decode.py) -> motion (motion.py) -> faces in the moving regions (faces.py)
     -> tracks (tracker.py) -> per finished track: one descriptor, if allowed (embedding.py)
     -> messages to the node: motion spans, face tracks, redacted snapshots, statistics
+    -> while someone watches: a redacted live picture of the newest frame (live.py)
 
 The worker never touches the database: it sends plain messages on a queue and the node's
 event maintainer stores and publishes them. A stream that fails ends the open motion span
@@ -20,6 +21,7 @@ import statistics
 import threading
 import time
 from collections import deque
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -30,8 +32,9 @@ import numpy as np
 from custodes.analytics.decode import Frame, FrameSource, StreamError
 from custodes.analytics.embedding import FaceEmbedder
 from custodes.analytics.faces import Box, FaceDetector
+from custodes.analytics.live import LiveWriter
 from custodes.analytics.motion import MotionDetector, MotionResult, MotionSpan, MotionTracker
-from custodes.analytics.redact import encode_jpeg, redact_snapshot
+from custodes.analytics.redact import Polygon, encode_jpeg, redact_snapshot
 from custodes.analytics.tracker import FinishedTrack, Tracker
 from custodes.config import AnalyticsConfig, FacesConfig
 from custodes.process import backoff, die_with_parent
@@ -57,6 +60,8 @@ class WorkerSpec:
     url: str
     config: AnalyticsConfig
     snapshots: Path  # the node's snapshot folder
+    live: Path | None = None  # the node's live picture folder; None: no live pictures
+    zones: Sequence[Polygon] = ()  # the camera's privacy zones, blurred in every picture
 
 
 # -- messages to the node -----------------------------------------------------------------
@@ -122,8 +127,10 @@ class SnapshotWriter:
     waiting, a snapshot is skipped (and logged) rather than delaying or growing without bound.
     """
 
-    def __init__(self, folder: Path, faces: FacesConfig, maxsize: int = 8) -> None:
+    def __init__(self, folder: Path, faces: FacesConfig, maxsize: int = 8,
+                 zones: Sequence[Polygon] = ()) -> None:
         self.folder = folder
+        self.zones = list(zones)
         # A detector of its own: dlib's detector objects are not to be shared between threads.
         self.detector = FaceDetector(upsample=faces.upsample, min_size=faces.min_size)
         self._jobs: queue.Queue[tuple[Frame, list[Box], Path] | None] = queue.Queue(maxsize)
@@ -152,7 +159,7 @@ class SnapshotWriter:
         while (job := self._jobs.get()) is not None:
             frame, known, target = job
             try:
-                redacted = redact_snapshot(frame.rgb(), self.detector, known)
+                redacted = redact_snapshot(frame.rgb(), self.detector, known, zones=self.zones)
                 target.parent.mkdir(parents=True, exist_ok=True)
                 target.write_bytes(encode_jpeg(redacted))
             except Exception:
@@ -184,7 +191,9 @@ class CameraAnalysis:
         self._span_key = 0
         self._peak_frame: Frame | None = None
         self._colour: deque[Frame] = deque(maxlen=RGB_FRAMES_KEPT)
-        self.snapshots = SnapshotWriter(spec.snapshots, faces)
+        self.snapshots = SnapshotWriter(spec.snapshots, faces, zones=spec.zones)
+        self.live = (LiveWriter(spec.live, spec.camera, spec.zones)
+                     if spec.live is not None else None)
         self._frames = 0
 
     def process(self, frame: Frame) -> None:
@@ -212,6 +221,9 @@ class CameraAnalysis:
 
         for track in self.tracker.update(frame.t, faces, grey, colour):
             self._finish_track(track)
+        if self.live is not None:
+            # The faces of this frame and those the tracker follows through a missed frame.
+            self.live.offer(frame, self.tracker.predict(frame.t))
 
     def _search_regions(self, t: float, motion: MotionResult | None) -> list[Box] | None:
         """Where to look for faces in this frame: [] nowhere, None the whole frame."""

@@ -7,6 +7,7 @@
   recordings/<camera>/<YYYY-MM-DD>/<HH>/<MM.SS>.mp4   completed segments, UTC start time
   quarantine/<camera>/                           files that could not be indexed
   snapshots/<camera>/<YYYY-MM-DD>/               redacted event pictures (JPEG)
+  live/<camera>.jpg, <camera>.watch              redacted live picture, and its last request
 ```
 """
 
@@ -44,11 +45,16 @@ class Layout:
     def snapshots(self) -> Path:
         return self.root / "snapshots"
 
+    @property
+    def live(self) -> Path:
+        return self.root / "live"
+
     def cache_dir(self, camera: str) -> Path:
         return self.cache / camera
 
     def create(self) -> None:
-        for folder in (self.recordings, self.cache, self.quarantine, self.snapshots):
+        for folder in (self.recordings, self.cache, self.quarantine, self.snapshots,
+                       self.live):
             folder.mkdir(parents=True, exist_ok=True)
 
     def segment_path(self, camera: str, start: float) -> Path:

@@ -1,0 +1,132 @@
+"""Subject access exports: the requester stays visible, everybody else is blurred."""
+
+from __future__ import annotations
+
+import subprocess
+from pathlib import Path
+
+import av
+import cv2
+import numpy as np
+import numpy.typing as npt
+import pytest
+
+from custodes.analytics.decode import luma
+from custodes.analytics.embedding import MATCH_THRESHOLD, FaceEmbedder
+from custodes.analytics.faces import Box, FaceDetector
+from custodes.media import ffmpeg_exe
+from custodes.privacy.redact_video import redact_file
+from custodes.privacy.subject_access import NoFaceInPhoto, subject_keep
+
+U8 = npt.NDArray[np.uint8]
+F32 = npt.NDArray[np.float32]
+HAMILTON = "video/face_recognition_short_hamilton_clip.mp4"
+MIRANDA = "faces/face_recognition/Lin-Manuel_Miranda/lin-manuel-miranda.png"
+SPLIT = 1.5  # seconds into the excerpt: Miranda before, the audience after
+
+
+def rgb_photo(path: Path) -> U8:
+    image = cv2.imread(str(path), cv2.IMREAD_COLOR)
+    assert image is not None, path
+    return np.asarray(cv2.cvtColor(image, cv2.COLOR_BGR2RGB), dtype=np.uint8)
+
+
+@pytest.fixture(scope="module")
+def stage(shared_data: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """3 s of the Hamilton clip at 10 fps: Miranda singing towards the camera (5.5-7.0 s),
+    then the audience, among them Barack Obama (7.0-8.5 s)."""
+    target = tmp_path_factory.mktemp("subject") / "stage.mp4"
+    subprocess.run([
+        ffmpeg_exe(), "-hide_banner", "-nostdin", "-loglevel", "error",
+        "-ss", "5.5", "-i", str(shared_data / HAMILTON), "-t", "3",
+        "-vf", "fps=10", "-c:v", "libx264", "-preset", "veryfast", "-pix_fmt", "yuv420p",
+        "-an", str(target),
+    ], check=True)
+    return target
+
+
+@pytest.fixture(scope="module")
+def embedder() -> FaceEmbedder:
+    return FaceEmbedder("onnx", threads=1)
+
+
+def identities(path: Path, miranda: F32, embedder: FaceEmbedder
+               ) -> list[list[tuple[Box, str]]]:
+    """Per frame, every face found (as finely as the redactor looks: upsample 2, any size,
+    threshold -0.3), named "miranda" when within dlib's threshold of his photo, "someone"
+    otherwise."""
+    detector = FaceDetector(min_size=0)
+    seen = []
+    with av.open(str(path)) as container:
+        for video in container.decode(video=0):
+            rgb = np.asarray(video.to_ndarray(format="rgb24"), dtype=np.uint8)
+            faces = []
+            for face in detector.detect(luma(video, video.width), upsample=2, min_size=0,
+                                        threshold=-0.3):
+                vector = embedder.embed(rgb, [face.dlib_shape()])[0]
+                close = np.linalg.norm(vector - miranda) < MATCH_THRESHOLD
+                faces.append((face.box, "miranda" if close else "someone"))
+            seen.append(faces)
+    return seen
+
+
+def who(frames: list[list[tuple[Box, str]]], name: str) -> list[int]:
+    """The frames where someone of that name is found."""
+    return [i for i, faces in enumerate(frames) if any(n == name for _, n in faces)]
+
+
+def reference(photo: U8, embedder: FaceEmbedder) -> F32:
+    grey = np.asarray(cv2.cvtColor(photo, cv2.COLOR_RGB2GRAY), dtype=np.uint8)
+    face = max(FaceDetector().detect(grey, upsample=1), key=lambda f: f.box.area)
+    vector: F32 = embedder.embed(photo, [face.dlib_shape()])[0]
+    return vector
+
+
+def uncovered(before: list[list[tuple[Box, str]]], after: list[list[tuple[Box, str]]],
+              name: str) -> list[tuple[int, Box]]:
+    """Faces not called `name` found after redaction where the original had a face."""
+    return [(i, box) for i, (old, new) in enumerate(zip(before, after, strict=True))
+            for box, n in new if n != name and any(box.iou(o) >= 0.3 for o, _ in old)]
+
+
+@pytest.mark.slow
+def test_subject_access_shows_the_subject_and_blurs_the_others(
+        shared_data: Path, stage: Path, embedder: FaceEmbedder, tmp_path: Path) -> None:
+    photo = rgb_photo(shared_data / MIRANDA)
+    miranda = reference(photo, embedder)
+    before = identities(stage, miranda, embedder)
+    # The excerpt shows Miranda, then the audience (other people, among them Barack Obama).
+    assert len(who(before, "miranda")) >= 10
+    assert len(who(before[int(SPLIT * 10):], "someone")) >= 5
+    out = tmp_path / "subject.mp4"
+
+    info = redact_file(stage, out, keep=subject_keep(photo, embedder=embedder))
+
+    after = identities(out, miranda, embedder)
+    assert info["keep"] == "subject"
+    assert info["faces_kept"] == 1
+    # Miranda is as visible as before: found in the same frames, as himself.
+    assert who(after, "miranda") == who(before, "miranda")
+    # Nobody else is: no face of the original is found again. (HOG may take a blurred blob
+    # for a face where there was none: rare, and not a person.)
+    assert uncovered(before, after, "miranda") == []
+    assert len(who(after, "someone")) <= len(after) // 20
+
+
+def test_a_photo_without_a_face_is_refused(shared_data: Path, embedder: FaceEmbedder) -> None:
+    dogs = rgb_photo(shared_data / "crowds" / "dlib_dogs.jpg")
+    with pytest.raises(NoFaceInPhoto):
+        subject_keep(dogs, embedder=embedder)
+
+
+@pytest.mark.slow
+def test_a_stranger_s_photo_keeps_nobody(
+        shared_data: Path, stage: Path, embedder: FaceEmbedder, tmp_path: Path) -> None:
+    """Every track is judged and found not to be the requester: all faces blurred."""
+    stranger = rgb_photo(shared_data / "faces" / "face_recognition" / "Joseph_Biden" /
+                         "biden.jpg")
+    out = tmp_path / "nobody.mp4"
+    info = redact_file(stage, out, keep=subject_keep(stranger, embedder=embedder))
+    assert info["faces_kept"] == 0
+    assert isinstance(info["faces_blurred"], int)
+    assert info["faces_blurred"] >= 3

@@ -479,5 +479,5 @@ def test_the_command_line_acts_as_a_signed_in_user(tmp_path: Path, people: Peopl
         logged = [(r.actor, r.action, r.outcome) for r in conn.execute(
             select(schema.audit_log).order_by(schema.audit_log.c.seq))]
     assert logged == [("alice", "case.open", "refused"), ("alice", "case.open", "ok"),
-                      ("bob", "login", "refused"), ("bob", "case.approve", "ok"),
+                      ("bob", "login", "failed"), ("bob", "case.approve", "ok"),
                       ("alice", "face.search", "refused"), ("alice", "face.search", "ok")]

@@ -7,7 +7,6 @@ import logging
 import sys
 import threading
 import time
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated
 
@@ -19,7 +18,15 @@ from rich.table import Table
 from custodes.app import Node
 from custodes.audit.log import AuditLog
 from custodes.audit.report import AUDIT_FILE, write_pack
-from custodes.commands import ConfigOption, cli_actor, console, err, node_keys, parse_time
+from custodes.commands import (
+    ConfigOption,
+    cli_actor,
+    console,
+    err,
+    fmt_time,
+    node_keys,
+    parse_time,
+)
 from custodes.commands import load as _load
 from custodes.commands.audit import audit_app
 from custodes.commands.case import case_app
@@ -58,9 +65,6 @@ def _setup_logging(verbose: bool) -> None:
         logging.basicConfig(level=level, stream=sys.stderr,
                             format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 
-
-def _fmt(t: float | None) -> str:
-    return "—" if t is None else datetime.fromtimestamp(t, UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
 
 
 @app.command("check-config")
@@ -256,8 +260,8 @@ def hold_list(config: ConfigOption) -> None:
         holds = active_holds(conn, time.time())
     table = Table("id", "camera", "from", "to", "reason", "by", "expires")
     for h in holds:
-        table.add_row(str(h.id), h.camera or "all", _fmt(h.start), _fmt(h.end), h.reason,
-                      h.created_by, _fmt(h.expires_at))
+        table.add_row(str(h.id), h.camera or "all", fmt_time(h.start), fmt_time(h.end), h.reason,
+                      h.created_by, fmt_time(h.expires_at))
     console.print(table)
 
 

@@ -8,7 +8,11 @@ that imports it.
 from __future__ import annotations
 
 import getpass
+import os
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated
@@ -16,9 +20,14 @@ from typing import Annotated
 import typer
 from rich.console import Console
 
+from custodes.audit.log import AuditLog, Outcome
 from custodes.auth.roles import Actor, Role
+from custodes.auth.users import Users
 from custodes.config import Config, ConfigError, load_config
 from custodes.keys import KeyFileError, NodeKeys
+from custodes.privacy.policy import Refused
+from custodes.record.layout import Layout
+from custodes.store.db import Store
 
 # Piped output (scripts, logs, tests) is not wrapped at 80 columns: a line stays a line.
 _WIDTH = None if sys.stdout.isatty() else 200
@@ -83,3 +92,53 @@ def print_lines(lines: list[str], *, style: str = "red") -> None:
         console.print(f"  {line}", style=style or None, markup=False, highlight=False)
     if len(lines) > MAX_PROBLEMS:
         console.print(f"  … and {len(lines) - MAX_PROBLEMS} more")
+
+
+def fmt_time(t: float | None) -> str:
+    return "—" if t is None else datetime.fromtimestamp(t, UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
+
+
+# -- commands that act for a person ----------------------------------------------------------
+
+PASSWORD_ENV = "CUSTODES_PASSWORD"  # noqa: S105 - the variable's name, not a secret
+EXIT_INVALID = 2
+EXIT_REFUSED = 3
+
+UserOption = Annotated[str, typer.Option(
+    "--user", "-u", envvar="CUSTODES_USER",
+    help="Act as this user (password: $CUSTODES_PASSWORD or a prompt)",
+)]
+
+
+@dataclass(frozen=True)
+class SignedIn:
+    config: Config
+    store: Store
+    keys: NodeKeys
+    audit: AuditLog
+    actor: Actor
+
+
+@contextmanager
+def signed_in(config_path: Path, user: str) -> Iterator[SignedIn]:
+    """The node's parts and the signed-in ``user``; a refusal exits 3, printed with its reason.
+
+    Commands that touch biometric data act as a user of the node, never as whoever runs the
+    shell: the role that approves a case must be one an administrator gave, not one claimed on
+    the command line. A wrong password is audited like a failed sign-in on the web.
+    """
+    config = load(config_path)
+    with Store(Layout(config.storage.path).database) as store:
+        keys = node_keys(config)
+        audit = AuditLog(store, keys)
+        password = os.environ.get(PASSWORD_ENV) or getpass.getpass(f"password for {user}: ")
+        account = Users(store).authenticate(user, password)
+        if account is None:
+            audit.record(user, "login", user, outcome=Outcome.FAILED, detail={"via": "cli"})
+            err.print("[red]wrong user name or password[/red]")
+            raise typer.Exit(EXIT_REFUSED)
+        try:
+            yield SignedIn(config, store, keys, audit, account.actor())
+        except Refused as exc:
+            err.print(f"[red]refused:[/red] {exc.reason}", highlight=False)
+            raise typer.Exit(EXIT_REFUSED) from None

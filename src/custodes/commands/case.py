@@ -8,42 +8,31 @@ and exits with status 3; it is in the audit log either way.
 
 from __future__ import annotations
 
-import getpass
-import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.console import Console
 from rich.table import Table
 
-from custodes.audit.log import AuditLog, Outcome
 from custodes.auth.roles import Actor
-from custodes.auth.users import Users
-from custodes.config import ConfigError, load_config
-from custodes.keys import NodeKeys
+from custodes.commands import (
+    EXIT_INVALID,
+    ConfigOption,
+    UserOption,
+    console,
+    err,
+    fmt_time,
+    parse_time,
+    signed_in,
+)
 from custodes.privacy.cases import Case, CaseError, Cases, SubjectPhoto
-from custodes.privacy.policy import Refused
-from custodes.record.layout import Layout
-from custodes.store.db import Store
 
 case_app = typer.Typer(help="Cases: the only context in which a face may be searched for.",
                        no_args_is_help=True)
-console = Console(soft_wrap=True)
-err = Console(stderr=True, soft_wrap=True)
 
-PASSWORD_ENV = "CUSTODES_PASSWORD"  # noqa: S105 - the variable's name, not a secret
-EXIT_INVALID = 2
-EXIT_REFUSED = 3
-
-ConfigOption = Annotated[Path, typer.Option("--config", "-c", help="YAML configuration file")]
-UserOption = Annotated[str, typer.Option("--user", "-u", envvar="CUSTODES_USER",
-                                         help="Act as this user (password: $CUSTODES_PASSWORD "
-                                              "or a prompt)")]
 CaseId = Annotated[int, typer.Argument(help="Case number")]
 NoteOption = Annotated[str, typer.Option(help="Reason for the decision, kept with the case")]
 
@@ -54,44 +43,14 @@ class _Session:
     actor: Actor
 
 
-def _time(text: str) -> float:
-    """ISO 8601 to UTC epoch seconds; a time without zone is UTC."""
-    try:
-        t = datetime.fromisoformat(text)
-    except ValueError:
-        raise typer.BadParameter(f"{text!r} is not an ISO 8601 time "
-                                 "(2026-11-28T10:00:00Z)") from None
-    return (t if t.tzinfo else t.replace(tzinfo=UTC)).timestamp()
-
-
-def _fmt(t: float | None) -> str:
-    return "—" if t is None else datetime.fromtimestamp(t, UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
-
-
 @contextmanager
 def _session(config_path: Path, user: str) -> Iterator[_Session]:
     """The node's cases, and the signed-in ``user``; failures become exit codes."""
-    try:
-        config = load_config(config_path)
-    except ConfigError as exc:
-        err.print(f"[red]{exc.source}: invalid configuration[/red]")
-        raise typer.Exit(EXIT_INVALID) from None
-    with Store(Layout(config.storage.path).database) as store:
-        keys = NodeKeys.load_or_create(config.key_dir)
-        audit = AuditLog(store, keys)
-        password = os.environ.get(PASSWORD_ENV) or getpass.getpass(f"password for {user}: ")
-        account = Users(store).authenticate(user, password)
-        if account is None:
-            audit.record(user, "login", user, outcome=Outcome.REFUSED,
-                         detail={"via": "cli", "reason": "wrong name or password"})
-            err.print("[red]wrong user name or password[/red]")
-            raise typer.Exit(EXIT_REFUSED)
-        cases = Cases(store, keys, audit, config.profile, known_cameras=config.cameras)
+    with signed_in(config_path, user) as node:
+        cases = Cases(node.store, node.keys, node.audit, node.config.profile,
+                      known_cameras=node.config.cameras)
         try:
-            yield _Session(cases, account.actor())
-        except Refused as exc:
-            err.print(f"[red]refused:[/red] {exc.reason}", markup=True, highlight=False)
-            raise typer.Exit(EXIT_REFUSED) from None
+            yield _Session(cases, node.actor)
         except CaseError as exc:
             err.print(f"[red]{exc}[/red]", highlight=False)
             raise typer.Exit(EXIT_INVALID) from None
@@ -102,13 +61,13 @@ def _show(case: Case) -> None:
     for label, value in (
         ("legal basis", case.legal_basis), ("purpose", case.purpose),
         ("cameras", ", ".join(case.cameras)),
-        ("footage", f"{_fmt(case.scope_start)} to {_fmt(case.scope_end)}"),
+        ("footage", f"{fmt_time(case.scope_start)} to {fmt_time(case.scope_end)}"),
         ("watchlist", "yes" if case.watchlist else "no"),
-        ("opened", f"{_fmt(case.opened_at)} by {case.opened_by}"),
-        ("decided", f"{_fmt(case.decided_at)} by {case.decided_by}" if case.decided_by
+        ("opened", f"{fmt_time(case.opened_at)} by {case.opened_by}"),
+        ("decided", f"{fmt_time(case.decided_at)} by {case.decided_by}" if case.decided_by
          else "—"),
-        ("note", case.decision_note or "—"), ("expires", _fmt(case.expires_at)),
-        ("closed", f"{_fmt(case.closed_at)} by {case.closed_by}" if case.closed_by else "—"),
+        ("note", case.decision_note or "—"), ("expires", fmt_time(case.expires_at)),
+        ("closed", f"{fmt_time(case.closed_at)} by {case.closed_by}" if case.closed_by else "—"),
         ("holds", ", ".join(map(str, case.hold_ids)) or "—"),
         ("subjects", ", ".join(f"{s.id} {s.label}" + (" (wiped)" if s.wiped else "")
                                for s in case.subjects)),
@@ -135,8 +94,9 @@ def open_case(
     photos = [SubjectPhoto(subject, p.read_bytes()) for p in photo]
     with _session(config, user) as s:
         case = s.cases.open(s.actor, reference=reference, legal_basis=legal_basis,
-                            purpose=purpose, cameras=camera, start=_time(start), end=_time(end),
-                            expires_at=_time(expires), photos=photos, watchlist=watchlist)
+                            purpose=purpose, cameras=camera, start=parse_time(start),
+                            end=parse_time(end), expires_at=parse_time(expires),
+                            photos=photos, watchlist=watchlist)
     console.print(f"case {case.id} opened; waiting for approval")
 
 
@@ -148,7 +108,7 @@ def list_cases(config: ConfigOption, user: UserOption) -> None:
     table = Table("id", "reference", "status", "cameras", "opened by", "expires")
     for c in cases:
         table.add_row(str(c.id), c.reference, c.status.value, ", ".join(c.cameras), c.opened_by,
-                      _fmt(c.expires_at))
+                      fmt_time(c.expires_at))
     console.print(table)
 
 
@@ -167,7 +127,7 @@ def approve(
     """Approve a pending case opened by someone else; holds the footage in its scope."""
     with _session(config, user) as s:
         case = s.cases.approve(s.actor, case_id, note=note,
-                               expires_at=_time(expires) if expires else None)
+                               expires_at=parse_time(expires) if expires else None)
     _show(case)
 
 
@@ -200,12 +160,12 @@ def search(
     """Search the recordings in the case's scope for its subjects' faces."""
     with _session(config, user) as s:
         result = s.cases.search(s.actor, case_id, cameras=camera or None,
-                                start=_time(start) if start else None,
-                                end=_time(end) if end else None, k=k)
+                                start=parse_time(start) if start else None,
+                                end=parse_time(end) if end else None, k=k)
     table = Table("distance", "camera", "seen", "event", "snapshot (redacted)", "subject")
     for hit in result.hits:
-        table.add_row(f"{hit.distance:.3f}", hit.camera, _fmt(hit.start), str(hit.event_id or "—"),
-                      hit.snapshot or "—", str(hit.subject_id))
+        table.add_row(f"{hit.distance:.3f}", hit.camera, fmt_time(hit.start),
+                      str(hit.event_id or "—"), hit.snapshot or "—", str(hit.subject_id))
     console.print(table)
     console.print(f"{len(result.hits)} hits in {', '.join(result.cameras)}, "
-                  f"{_fmt(result.start)} to {_fmt(result.end)}")
+                  f"{fmt_time(result.start)} to {fmt_time(result.end)}")

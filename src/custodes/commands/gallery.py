@@ -8,43 +8,32 @@ in the audit log.
 
 from __future__ import annotations
 
-import getpass
-import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.console import Console
 from rich.table import Table
 
-from custodes.audit.log import AuditLog, Outcome
 from custodes.auth.roles import Actor
-from custodes.auth.users import Users
-from custodes.config import ConfigError, load_config
+from custodes.commands import (
+    EXIT_INVALID,
+    ConfigOption,
+    UserOption,
+    console,
+    err,
+    fmt_time,
+    parse_time,
+    signed_in,
+)
 from custodes.faces.gallery import BasisKind, Gallery, LegalBasis
 from custodes.faces.photos import PhotoError
-from custodes.keys import NodeKeys
-from custodes.privacy.policy import Refused
-from custodes.record.layout import Layout
-from custodes.store.db import Store
 
 gallery_app = typer.Typer(help="The gallery of enrolled people (legal basis and expiry "
                                "required).", no_args_is_help=True)
-console = Console(soft_wrap=True)
-err = Console(stderr=True, soft_wrap=True)
 
-PASSWORD_ENV = "CUSTODES_PASSWORD"  # noqa: S105 - the variable's name, not a secret
-EXIT_INVALID = 2
-EXIT_REFUSED = 3
-
-ConfigOption = Annotated[Path, typer.Option("--config", "-c", help="YAML configuration file")]
-UserOption = Annotated[str, typer.Option("--user", "-u", envvar="CUSTODES_USER",
-                                         help="Act as this user (password: $CUSTODES_PASSWORD "
-                                              "or a prompt)")]
 PhotoOption = Annotated[list[Path] | None, typer.Option(
     "--photo", help="A photo showing only the person's face (repeatable)", exists=True,
     dir_okay=False)]
@@ -61,19 +50,6 @@ class _Session:
     actor: Actor
 
 
-def _time(text: str) -> float:
-    try:
-        t = datetime.fromisoformat(text)
-    except ValueError:
-        raise typer.BadParameter(f"{text!r} is not an ISO 8601 time "
-                                 "(2026-11-28T10:00:00Z)") from None
-    return (t if t.tzinfo else t.replace(tzinfo=UTC)).timestamp()
-
-
-def _fmt(t: float) -> str:
-    return datetime.fromtimestamp(t, UTC).strftime("%Y-%m-%d %H:%M UTC")
-
-
 def _basis(case: str | None, consent: str | None) -> LegalBasis | None:
     if case is not None and consent is not None:
         raise typer.BadParameter("give either --case or --consent, not both")
@@ -87,26 +63,10 @@ def _basis(case: str | None, consent: str | None) -> LegalBasis | None:
 @contextmanager
 def _session(config_path: Path, user: str) -> Iterator[_Session]:
     """The node's gallery and the signed-in ``user``; failures become exit codes."""
-    try:
-        config = load_config(config_path)
-    except ConfigError as exc:
-        err.print(f"[red]{exc.source}: invalid configuration[/red]")
-        raise typer.Exit(EXIT_INVALID) from None
-    with Store(Layout(config.storage.path).database) as store:
-        keys = NodeKeys.load_or_create(config.key_dir)
-        audit = AuditLog(store, keys)
-        password = os.environ.get(PASSWORD_ENV) or getpass.getpass(f"password for {user}: ")
-        account = Users(store).authenticate(user, password)
-        if account is None:
-            audit.record(user, "login", user, outcome=Outcome.REFUSED,
-                         detail={"via": "cli", "reason": "wrong name or password"})
-            err.print("[red]wrong user name or password[/red]")
-            raise typer.Exit(EXIT_REFUSED)
+    with signed_in(config_path, user) as node:
         try:
-            yield _Session(Gallery(store, keys, audit, config.profile), account.actor())
-        except Refused as exc:
-            err.print(f"[red]refused:[/red] {exc.reason}", highlight=False)
-            raise typer.Exit(EXIT_REFUSED) from None
+            yield _Session(Gallery(node.store, node.keys, node.audit, node.config.profile),
+                           node.actor)
         except (PhotoError, KeyError) as exc:
             err.print(f"[red]{exc}[/red]", highlight=False)
             raise typer.Exit(EXIT_INVALID) from None
@@ -125,7 +85,7 @@ def enroll(
     basis = _basis(case, consent)
     with _session(config, user) as s:
         person = s.gallery.enroll(s.actor, reference, photos, legal_basis=basis,
-                                  expires_at=_time(expires) if expires else None)
+                                  expires_at=parse_time(expires) if expires else None)
     console.print(f"person {person} enrolled from {len(photos)} photos")
 
 
@@ -142,7 +102,7 @@ def update(
     with _session(config, user) as s:
         s.gallery.update(s.actor, person, reference=reference, photos=photos,
                          legal_basis=_basis(case, consent),
-                         expires_at=_time(expires) if expires else None)
+                         expires_at=parse_time(expires) if expires else None)
     console.print(f"person {person} updated")
 
 
@@ -155,7 +115,7 @@ def list_people(*, config: ConfigOption, user: UserOption) -> None:
     for p in people:
         table.add_row(str(p.id), p.reference,
                       f"{p.legal_basis.kind} {p.legal_basis.reference}", str(p.photos),
-                      _fmt(p.expires_at), p.created_by)
+                      fmt_time(p.expires_at), p.created_by)
     console.print(table)
 
 

@@ -5,7 +5,8 @@
 
 The analysis worker already decodes the camera at the analysis rate, so the live picture costs
 no second decoder: the worker offers each analysed frame with the boxes its tracker follows,
-and a thread of its own redacts it (a fresh fine face scan, those boxes, the privacy zones)
+and a thread of its own redacts it (a fresh fine face scan with the redaction detector, HOG
+and the Haar cascades for turned faces, those boxes, the privacy zones)
 and replaces the JPEG atomically (temporary file, then os.replace: a reader never sees half a
 picture). Nothing is done unless someone watched within WATCH_SECONDS, and at most
 `fps` pictures a second are made; a frame that arrives while the previous one is still being
@@ -25,8 +26,9 @@ from pathlib import Path
 from typing import Final
 
 from custodes.analytics.decode import Frame
-from custodes.analytics.faces import Box, FaceDetector
+from custodes.analytics.faces import Box
 from custodes.analytics.redact import Polygon, encode_jpeg, redact_snapshot
+from custodes.privacy.detect import RedactionDetector
 from custodes.record.layout import Layout
 
 log = logging.getLogger(__name__)
@@ -80,8 +82,10 @@ class LiveWriter:
         self.upsample = upsample  # None: fine enough for faces of 1/18 of the picture
         self.check_every = WATCH_CHECK
         self.ages: deque[float] = deque(maxlen=100)  # capture-to-written seconds, newest last
-        # A detector of its own: dlib's detector objects are not to be shared between threads.
-        self.detector = FaceDetector(min_size=0)
+        # A detector of its own: dlib's and OpenCV's detectors are not to be shared between
+        # threads. Its cascades scan at most a sub-stream's resolution (HAAR_SIDE), and the
+        # frames come at the analysis width anyway, so a picture costs the same on any camera.
+        self.detector = RedactionDetector()
         self._lock = threading.Condition()
         self._waiting: tuple[Frame, list[Box]] | None = None
         self._busy = False

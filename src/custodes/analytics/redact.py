@@ -8,8 +8,9 @@ it only hides the block edges, so the result does not look like a mosaic that in
 All functions return a new image and leave their input unchanged.
 
 Costs on the 2-core box: `blur_regions` ~2 ms for a 640x360 picture with one face;
-`redact_snapshot` is dominated by its face detection, which scans the whole picture finely
-enough for small faces (~0.2-0.25 s for 640x360 at upsample 2); `encode_jpeg` ~0.4 ms.
+`redact_snapshot` is dominated by its face detection (`custodes.privacy.detect`), which scans
+the whole picture finely enough for small faces (HOG ~0.2-0.25 s for 640x360 at upsample 2,
+plus ~0.25 s for the Haar cascades that find turned faces); `encode_jpeg` ~0.4 ms.
 """
 
 from __future__ import annotations
@@ -23,7 +24,8 @@ import cv2
 import numpy as np
 import numpy.typing as npt
 
-from custodes.analytics.faces import Box, FaceDetector
+from custodes.analytics.faces import Box
+from custodes.privacy.detect import RedactionDetector
 
 log = logging.getLogger(__name__)
 
@@ -84,22 +86,20 @@ def blur_polygons(image: U8, polygons: Iterable[Polygon]) -> U8:
     return out
 
 
-def redact_snapshot(image_rgb: U8, detector: FaceDetector, known: Iterable[Box] = (), *,
-                    upsample: int | None = None, threshold: float = -0.3,
-                    zones: Sequence[Polygon] = ()) -> U8:
+def redact_snapshot(image_rgb: U8, detector: RedactionDetector, known: Iterable[Box] = (), *,
+                    upsample: int | None = None, zones: Sequence[Polygon] = ()) -> U8:
     """A copy of an RGB snapshot with every face the detector finds blurred, plus `known`,
     and the privacy `zones` (see `blur_polygons`).
 
-    The whole picture is scanned, by default (`upsample` None) at the upsample that finds
-    faces down to ~1/18 of its height (see `snapshot_upsample`), with a threshold below dlib's
-    default: for redaction a missed face is a leak, a false one only a blurred patch. `known`
-    adds boxes the caller already has (the tracker's predicted boxes), which covers faces the
-    detector misses in this one picture. Faces of any size are blurred.
+    The whole picture is scanned by the redaction detector (HOG, frontal faces, with the Haar
+    cascades for turned ones and profiles), HOG by default (`upsample` None) at the upsample
+    that finds faces down to ~1/18 of its height (see `snapshot_upsample`). `known` adds boxes
+    the caller already has (the tracker's predicted boxes), which covers faces the detector
+    misses in this one picture. Faces of any size are blurred.
     """
     grey = np.asarray(cv2.cvtColor(image_rgb, cv2.COLOR_RGB2GRAY), dtype=np.uint8)
     up = snapshot_upsample(grey.shape[0], grey.shape[1]) if upsample is None else upsample
-    found = [face.box for face in detector.detect(grey, upsample=up, min_size=0,
-                                                  threshold=threshold)]
+    found = detector.boxes(grey, up)
     boxes = [*found, *known]
     log.debug("redacting %d faces (%d detected)", len(boxes), len(found))
     redacted = blur_regions(image_rgb, boxes)

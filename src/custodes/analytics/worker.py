@@ -37,6 +37,7 @@ from custodes.analytics.motion import MotionDetector, MotionResult, MotionSpan, 
 from custodes.analytics.redact import Polygon, encode_jpeg, redact_snapshot
 from custodes.analytics.tracker import FinishedTrack, Tracker
 from custodes.config import AnalyticsConfig, FacesConfig
+from custodes.privacy.detect import RedactionDetector
 from custodes.process import backoff, die_with_parent
 
 log = logging.getLogger(__name__)
@@ -131,8 +132,10 @@ class SnapshotWriter:
                  zones: Sequence[Polygon] = ()) -> None:
         self.folder = folder
         self.zones = list(zones)
-        # A detector of its own: dlib's detector objects are not to be shared between threads.
-        self.detector = FaceDetector(upsample=faces.upsample, min_size=faces.min_size)
+        # A detector of its own: dlib's and OpenCV's detectors are not to be shared between
+        # threads. It finds faces of any size, turned ones too, whatever `faces` says: the
+        # analysis settings are for recognition, not for redaction.
+        self.detector = RedactionDetector()
         self._jobs: queue.Queue[tuple[Frame, list[Box], Path] | None] = queue.Queue(maxsize)
         self._names = itertools.count(1)
         self._thread = threading.Thread(target=self._run, name="snapshots", daemon=True)

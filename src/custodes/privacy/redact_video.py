@@ -6,9 +6,10 @@
 Two passes over the file, because a face must be blurred in frames where the detector misses
 it, before its first detection as well as after its last:
 
-1. Detect faces in every `stride`-th frame (dlib HOG, see `export_upsample`, with a threshold
-   below dlib's default: a missed face is a leak, a false one only a blurred patch) and link
-   the detections into tracks.
+1. Detect faces in every `stride`-th frame (`custodes.privacy.detect.RedactionDetector`: dlib
+   HOG at `export_upsample` with a threshold below dlib's default, joined with OpenCV's Haar
+   profile and frontal cascades, which find the turned faces HOG misses; a missed face is a
+   leak, a false one only a blurred patch) and link the detections into tracks.
 2. Decode again and blur each track over its whole life: between two detections along the
    line joining their boxes, and for `hold` seconds before the first and after the last one,
    where the box is carried along the track's motion and widened. Privacy zones are blurred
@@ -25,10 +26,14 @@ stays visible). The rule is the same: greedy by overlap, then by distance in fac
 crops around the face with landmarks, sharpest and most frontal first); a track it keeps is
 left unblurred in all its frames, every other face is blurred. So one person is not visible in
 some frames and blurred in others, and a stranger is not shown because one frame looked alike.
-Anything `keep` is not asked about (a face the detector missed) stays blurred: it fails closed.
+Anything `keep` is not asked about stays blurred: it fails closed. That includes a face the
+detectors missed, and a track only the Haar cascades found (a face in profile or turned away):
+it has no landmarks, so it cannot be compared with the subject's photo, and even the subject's
+own profile track is blurred.
 
 Costs on the 2-core box (`bench/redaction.py`): detection dominates, ~0.2 s per 640x360 frame
-at upsample 2, split over `workers` threads (dlib releases the GIL while it scans).
+for HOG at upsample 2 plus ~0.25 s for the cascades, split over `workers` threads (dlib and
+OpenCV release the GIL while they scan).
 """
 
 from __future__ import annotations
@@ -54,10 +59,11 @@ import numpy as np
 import numpy.typing as npt
 
 from custodes.analytics.decode import luma
-from custodes.analytics.faces import Box, Face, FaceDetector
+from custodes.analytics.faces import Box, Face
 from custodes.analytics.redact import Polygon, blur_polygons, blur_regions
 from custodes.analytics.tracker import CROP_MARGIN, BestFace
 from custodes.media import ffmpeg_exe
+from custodes.privacy.detect import HOG_THRESHOLD, Found, RedactionDetector, describe
 from custodes.record.playback import ExportError
 
 log = logging.getLogger(__name__)
@@ -78,6 +84,9 @@ MAX_SIZE_RATIO: Final = 1.5
 # was seen and where its motion carries it, grown by this much more per side: the motion
 # estimate from two detections is rough.
 HOLD_GROWTH: Final = 0.25
+# The Haar cascades scan exports at up to 540 lines: a 1080p export has them find faces from
+# ~36 px (below HOG's ~40 px at upsample 1), for ~0.3 s a frame more than at 360 lines.
+EXPORT_HAAR_SIDE: Final = 540
 _STDERR_LINES = 8
 
 
@@ -90,13 +99,15 @@ class DetectorSettings:
     """How faces are searched for."""
 
     upsample: int | None = None  # None: export_upsample(height, width)
-    threshold: float = -0.3
+    threshold: float = HOG_THRESHOLD
+    haar: bool = True  # False: HOG alone, as before the cascades were added (for comparison)
     stride: int = 1  # detect on every stride-th frame; the others get interpolated boxes
     hold: float = 0.5  # seconds a face stays blurred before its first / after its last sighting
     workers: int = 2  # detection threads
 
     def describe(self, upsample: int) -> dict[str, object]:
-        return {"name": "dlib-hog", "upsample": upsample, "threshold": self.threshold,
+        return {**describe(upsample, threshold=self.threshold, haar=self.haar,
+                           haar_side=EXPORT_HAAR_SIDE),
                 "stride": self.stride, "hold_s": self.hold}
 
 
@@ -151,17 +162,17 @@ class _Linker:
         self.max_gap = max_gap
         self.tracks: list[_Track] = []
 
-    def add(self, frame: int, faces: Sequence[Face]) -> list[_Track]:
-        """The track of each face, in order."""
+    def add(self, frame: int, faces: Sequence[Box]) -> list[_Track]:
+        """The track of each face (box), in order."""
         alive = [t for t in self.tracks if 0 < frame - t.frames[-1] <= self.max_gap]
         pairs: list[tuple[float, int, int]] = []  # (cost, track index, face index)
         for ti, track in enumerate(alive):
             predicted = track.predict(frame)
             for fi, face in enumerate(faces):
-                iou = predicted.iou(face.box)
+                iou = predicted.iou(face)
                 if iou >= IOU_MIN:
                     pairs.append((-iou, ti, fi))
-                elif (distance := _distance(predicted, face.box)) is not None:
+                elif (distance := _distance(predicted, face)) is not None:
                     pairs.append((distance, ti, fi))
         chosen: dict[int, _Track] = {}
         used: set[int] = set()
@@ -176,7 +187,7 @@ class _Linker:
                 joined = _Track(len(self.tracks) + 1)
                 self.tracks.append(joined)
             joined.frames.append(frame)
-            joined.boxes.append(face.box)
+            joined.boxes.append(face)
             result.append(joined)
         return result
 
@@ -211,7 +222,9 @@ def redact_file(src: Path, dst: Path, *, zones: Sequence[Polygon] = (),
         raise RedactionError(f"the folder {dst.parent} does not exist")
     scan = _scan(src, settings, with_samples=keep is not None)
     upsample = _upsample(settings, scan.height, scan.width)
-    kept = {track.id for track in scan.tracks if keep is not None and keep(track.samples)}
+    # A track without samples (only the cascades found it) is never asked about: blurred.
+    kept = {track.id for track in scan.tracks
+            if keep is not None and track.samples and keep(track.samples)}
     blurred = [track for track in scan.tracks if track.id not in kept]
     hold = math.ceil(settings.hold * float(scan.rate))
     tmp = dst.with_name(f".{dst.name}.{os.getpid()}.partial")
@@ -290,25 +303,27 @@ def _scan(src: Path, settings: DetectorSettings, *, with_samples: bool) -> _Scan
     linker = _Linker(max_gap=math.ceil(MAX_GAP * float(scan.rate)))
     local = threading.local()
 
-    def detect(grey: U8, upsample: int) -> list[Face]:
-        # dlib's detectors are not to be shared between threads: one per thread.
+    def detect(grey: U8, upsample: int) -> list[Found]:
+        # dlib's and OpenCV's detectors are not to be shared between threads: one per thread.
         if not hasattr(local, "detector"):
-            local.detector = FaceDetector(min_size=0)
-        found: list[Face] = local.detector.detect(grey, upsample=upsample, min_size=0,
-                                                  threshold=settings.threshold)
+            local.detector = RedactionDetector(threshold=settings.threshold,
+                                               haar=settings.haar, haar_side=EXPORT_HAAR_SIDE)
+        found: list[Found] = local.detector.detect(grey, upsample)
         return found
 
-    pending: deque[tuple[int, U8, av.VideoFrame | None, Future[list[Face]]]] = deque()
+    pending: deque[tuple[int, U8, av.VideoFrame | None, Future[list[Found]]]] = deque()
 
     def settle() -> None:
         index, grey, video, future = pending.popleft()
-        faces = future.result()
-        scan.detections += len(faces)
-        tracks = linker.add(index, faces)
-        if with_samples and faces and video is not None:
+        found = future.result()
+        scan.detections += len(found)
+        tracks = linker.add(index, [f.box for f in found])
+        if with_samples and video is not None and any(f.face is not None for f in found):
             rgb = np.asarray(video.to_ndarray(format="rgb24"), dtype=np.uint8)
-            for face, track in zip(faces, tracks, strict=True):
-                _add_sample(track, face, rgb, grey, float(index / scan.rate))
+            for item, track in zip(found, tracks, strict=True):
+                # Only HOG's faces have the landmarks the subject's comparison needs.
+                if item.face is not None:
+                    _add_sample(track, item.face, rgb, grey, float(index / scan.rate))
 
     with ThreadPoolExecutor(max(1, settings.workers), thread_name_prefix="redact") as pool:
         for index, video in enumerate(_frames(src)):

@@ -44,8 +44,8 @@ def list_events(
     start: Time = None,
     end: Time = None,
     limit: Annotated[int, Query(ge=1, le=500)] = 100,
-    before: Annotated[int | None, Query(ge=1, description="Cursor: the `next` of the page "
-                                        "before")] = None,
+    before: Annotated[int | None, Query(
+        ge=1, le=2**62, description="Cursor: the `next` of the page before")] = None,
 ) -> dict[str, Any]:
     """Events newest first (by start time), filtered; ``next`` pages on to older ones."""
     node = get_node(request)
@@ -80,7 +80,7 @@ def list_events(
 
 @router.get("/{event_id}/snapshot.jpg", response_class=FileResponse)
 def snapshot(request: Request, actor: Reader,
-             event_id: Annotated[int, Path(ge=1)]) -> FileResponse:
+             event_id: Annotated[int, Path(ge=1, le=2**62)]) -> FileResponse:
     """The event's redacted snapshot (JPEG)."""
     node = get_node(request)
     with node.store.read() as conn:

@@ -50,7 +50,7 @@ LiveViewer = Annotated[Actor, Depends(require(Permission.LIVE_VIEW))]
 Player = Annotated[Actor, Depends(require(Permission.PLAYBACK_REDACTED))]
 UnredactedPlayer = Annotated[Actor, Depends(require(Permission.PLAYBACK_UNREDACTED))]
 CameraName = Annotated[str, StringConstraints(pattern=NAME_PATTERN)]
-SegmentId = Annotated[int, PathParam(ge=1)]
+SegmentId = Annotated[int, PathParam(ge=1, le=2**62)]  # SQLite integers are 64-bit
 
 WATCH_AUDIT_EVERY = 600.0  # seconds: one "live.view" entry per session and camera this often
 LIVE_STALE = 5.0  # seconds: an older picture is no live picture

@@ -20,6 +20,7 @@ from pydantic import ValidationError
 from sqlalchemy import insert, select, update
 from typer.testing import CliRunner
 
+from custodes.analytics.worker import Stats
 from custodes.api.app import create_app
 from custodes.api.deps import CSRF_COOKIE, CSRF_HEADER, SESSION_COOKIE
 from custodes.app import Node
@@ -430,12 +431,15 @@ def test_metrics(app: FastAPI, node: Node) -> None:
               for t, n in (("age", 4), ("age", 6), ("quota", 1))]
     node.store.write(lambda conn: (conn.execute(insert(schema.segments), rows),
                                    conn.execute(insert(schema.deletion_passes), passes)))
+    node.events.stats["cam1"] = Stats("cam1", True, "", 4.5, 0.2, 0, 640, 360, stream_fps=15.0)
     text = signed_in(app, add_user(app, "vera", Role.VIEWER)).get("/metrics").text
     lines = dict(line.rsplit(" ", 1) for line in text.splitlines() if not line.startswith("#"))
     assert lines['custodes_camera_bitrate_bps{camera="cam1"}'] == "400000"
     assert 9 <= float(lines['custodes_camera_segment_lag_seconds{camera="cam1"}']) <= 60
     assert 'custodes_camera_segment_lag_seconds{camera="cam2"}' not in lines  # no footage
     assert lines['custodes_camera_online{camera="cam1"}'] == "0"  # not recording here
+    assert lines['custodes_camera_stream_fps{camera="cam1"}'] == "15"
+    assert lines['custodes_camera_analysed_fps{camera="cam1"}'] == "4.5"
     assert lines['custodes_retention_deleted_segments_total{trigger="age"}'] == "10"
     assert lines['custodes_retention_deleted_bytes_total{trigger="quota"}'] == "1000"
     assert lines['custodes_retention_deleted_segments_total{trigger="emergency"}'] == "0"

@@ -179,6 +179,10 @@ def prometheus_text(node: Node, actor: Actor) -> str:
               for c in cameras])
     m.family("custodes_camera_restarts_total", "counter", "Recorder restarts for the camera",
              [({"camera": c.name}, c.health.restarts if c.health else 0) for c in cameras])
+    m.family("custodes_camera_stream_fps", "gauge",
+             "Frames per second the camera sends on the analysed stream",
+             [({"camera": c.name}, node.events.stats[c.name].stream_fps)
+              for c in cameras if c.name in node.events.stats])
     m.family("custodes_camera_analysed_fps", "gauge", "Frames analysed per second",
              [({"camera": c.name}, node.events.stats[c.name].fps)
               for c in cameras if c.name in node.events.stats])

@@ -107,6 +107,7 @@ class Stats:
     dropped: int  # frames skipped deliberately so far
     width: int
     height: int
+    stream_fps: float = 0.0  # frames the camera sent per second (all decoded, most skipped)
 
 
 Message = MotionStarted | MotionEnded | FaceTrack | Stats
@@ -308,7 +309,7 @@ def _analyse_stream(spec: WorkerSpec, analysis: CameraAnalysis, outbox: Outbox,
                     stop: multiprocessing.synchronize.Event) -> str:
     """Analyse until the stream fails (return why) or ``stop`` (return "")."""
     lags: list[float] = []
-    analysed = 0
+    analysed = decoded = 0
     last_report: float | None = None  # from the first frame: opening the stream takes time
     try:
         with FrameSource(spec.url, spec.config.fps, spec.config.width) as source:
@@ -321,14 +322,18 @@ def _analyse_stream(spec: WorkerSpec, analysis: CameraAnalysis, outbox: Outbox,
                 now = time.monotonic()
                 if last_report is None:
                     last_report, analysed = now, 0
+                    decoded = source.stats.decoded
                 elif now - last_report >= STATS_INTERVAL:
                     height, width = frame.grey.shape
+                    elapsed = now - last_report
                     outbox.put(Stats(
-                        spec.camera, True, "", analysed / (now - last_report),
+                        spec.camera, True, "", analysed / elapsed,
                         _p95(lags), source.stats.dropped, width, height,
+                        stream_fps=(source.stats.decoded - decoded) / elapsed,
                     ))
                     lags.clear()
                     analysed, last_report = 0, now
+                    decoded = source.stats.decoded
     except StreamError as exc:
         return str(exc)
     return "stream ended"

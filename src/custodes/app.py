@@ -8,6 +8,7 @@ closes on its way out are still indexed.
 
 from __future__ import annotations
 
+import json
 import logging
 import signal
 import threading
@@ -17,7 +18,7 @@ from concurrent.futures import Future
 from dataclasses import dataclass
 from types import FrameType
 
-from sqlalchemy import insert
+from sqlalchemy import insert, select
 
 from custodes.analytics.supervisor import AnalyticsSupervisor
 from custodes.analytics.worker import WorkerSpec
@@ -100,9 +101,7 @@ class Node:
         applied = self.store.open()
         if applied:
             log.info("database ready (%s)", ", ".join(applied))
-        self.audit.record(SYSTEM, "node.start", self.config.node.name, detail={
-            "profile": self.config.profile.value, "cameras": sorted(self.config.cameras),
-        })
+        self._audit_start()
         # No default credentials: the first start creates "admin" with a random password,
         # which the command line prints once.
         self.first_admin_password = ensure_admin(self.store, self.audit)
@@ -162,6 +161,28 @@ class Node:
         self.audit.checkpoint()
         self.store.close()
         log.info("node %s stopped", self.config.node.name)
+
+    def _audit_start(self) -> None:
+        """Record the start, and what changed in the configuration since the last one: the
+        file is the source of truth, so a change shows up here, at the start that applies it."""
+        fingerprint = self.config.fingerprint()
+        with self.store.read() as conn:
+            last = conn.execute(
+                select(schema.audit_log.c.detail).where(schema.audit_log.c.action == "node.start")
+                .order_by(schema.audit_log.c.seq.desc()).limit(1)
+            ).scalar()
+        before: dict[str, str] = json.loads(last).get("config", {}) if last else {}
+        if before and before != fingerprint:
+            self.audit.record(SYSTEM, "config.change", self.config.node.name, detail={
+                "changed": sorted(k for k in fingerprint.keys() & before.keys()
+                                  if fingerprint[k] != before[k]),
+                "added": sorted(fingerprint.keys() - before.keys()),
+                "removed": sorted(before.keys() - fingerprint.keys()),
+            })
+        self.audit.record(SYSTEM, "node.start", self.config.node.name, detail={
+            "profile": self.config.profile.value, "cameras": sorted(self.config.cameras),
+            "config": fingerprint,
+        })
 
     def _privacy_upkeep(self) -> None:
         """End what has expired: cases (and their holds), gallery entries, orphan descriptors."""

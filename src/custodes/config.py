@@ -7,7 +7,9 @@ written as ``${ENV_VAR}`` and substituted from the environment at load time.
 
 from __future__ import annotations
 
+import hashlib
 import ipaddress
+import json
 import os
 import re
 from collections.abc import Iterator
@@ -369,6 +371,24 @@ class Config(Strict):
                 "tls_key": resolved(self.server.tls_key),
             }),
         })
+
+    def fingerprint(self) -> dict[str, str]:
+        """A short digest per section and per camera, secrets left out, so the audit log can
+        say what changed between two starts without holding the configuration itself."""
+        data = self.model_dump(mode="json")
+        cameras = data.pop("cameras")
+        if data.get("mqtt"):
+            data["mqtt"]["password"] = None
+        for cam in cameras.values():
+            for key in ("main_url", "sub_url"):
+                if cam[key]:
+                    cam[key] = redact_url(cam[key])
+        sections = dict(data)
+        sections.update({f"cameras.{name}": cam for name, cam in cameras.items()})
+        return {
+            key: hashlib.sha256(json.dumps(value, sort_keys=True).encode()).hexdigest()[:16]
+            for key, value in sections.items()
+        }
 
     @property
     def key_dir(self) -> Path:

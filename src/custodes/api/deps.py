@@ -143,7 +143,7 @@ def page_actor(request: Request) -> Actor | None:
 
 # -- access declarations ---------------------------------------------------------------------
 
-def _mark(dep: Callable[..., Any], access: Access) -> Callable[..., Any]:
+def declare_access(dep: Callable[..., Any], access: Access) -> Callable[..., Any]:
     setattr(dep, _ACCESS_ATTR, access)
     return dep
 
@@ -168,7 +168,7 @@ def require(permission: Permission) -> Callable[..., Actor]:
             )
         return actor
 
-    _mark(dependency, permission)
+    declare_access(dependency, permission)
     return dependency
 
 
@@ -186,13 +186,13 @@ def public() -> None:
     """Dependency: declares a route open to anyone the client allowlist lets in."""
 
 
-_mark(signed_in, SIGNED_IN)
-_mark(signed_in_user, SIGNED_IN)
+declare_access(signed_in, SIGNED_IN)
+declare_access(signed_in_user, SIGNED_IN)
 
 # Parameter types for routes: ``def f(actor: SignedIn)``, ``def g(user: SignedInUser)``.
 SignedIn = Annotated[Actor, Depends(signed_in)]
 SignedInUser = Annotated[User, Depends(signed_in_user)]
-_mark(public, PUBLIC)
+declare_access(public, PUBLIC)
 
 
 def require_camera(node: Node, actor: Actor, camera: str) -> None:

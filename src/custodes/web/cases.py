@@ -18,12 +18,12 @@ from custodes.api.deps import get_node
 from custodes.api.routes.cases import capabilities
 from custodes.auth.roles import Actor, Permission
 from custodes.privacy.policy import Action, allows
-from custodes.web.pages import _cameras, _gate, _nav, _page, templates
+from custodes.web.pages import cameras_for, gate, nav_for, page_access, templates
 
 router = APIRouter(include_in_schema=False)
 
-CaseReader = Annotated[Actor | None, Depends(_page(Permission.CASE_VIEW))]
-GalleryManager = Annotated[Actor | None, Depends(_page(Permission.GALLERY_MANAGE))]
+CaseReader = Annotated[Actor | None, Depends(page_access(Permission.CASE_VIEW))]
+GalleryManager = Annotated[Actor | None, Depends(page_access(Permission.GALLERY_MANAGE))]
 
 
 def _render(request: Request, actor: Actor, template: str, title: str,
@@ -31,7 +31,7 @@ def _render(request: Request, actor: Actor, template: str, title: str,
     node = get_node(request)
     return templates.TemplateResponse(request, template, {
         # "cases" marks the navigation's Cases entry as the current page.
-        "actor": actor, "nav": _nav(actor), "page": "cases", "title": title,
+        "actor": actor, "nav": nav_for(actor), "page": "cases", "title": title,
         "node_name": node.config.node.name, "data": data,
     })
 
@@ -52,31 +52,31 @@ def _roles(actor: Actor) -> dict[str, Any]:
 
 @router.get("/cases", response_class=HTMLResponse)
 def cases_page(request: Request, actor: CaseReader) -> Response:
-    if (refused := _gate(request, actor, Permission.CASE_VIEW)) is not None:
+    if (refused := gate(request, actor, Permission.CASE_VIEW)) is not None:
         return refused
     assert actor is not None
     node = get_node(request)
     return _render(request, actor, "cases.html", "Cases", {
-        **capabilities(node), **_roles(actor), "cameras": _cameras(node, actor),
+        **capabilities(node), **_roles(actor), "cameras": cameras_for(node, actor),
     })
 
 
 @router.get("/cases/{case_id}", response_class=HTMLResponse)
 def case_page(request: Request, actor: CaseReader,
               case_id: Annotated[int, PathParam(ge=1, le=2**62)]) -> Response:
-    if (refused := _gate(request, actor, Permission.CASE_VIEW)) is not None:
+    if (refused := gate(request, actor, Permission.CASE_VIEW)) is not None:
         return refused
     assert actor is not None
     node = get_node(request)
     return _render(request, actor, "cases_case.html", f"Case {case_id}", {
         **capabilities(node), **_roles(actor), "case_id": case_id,
-        "cameras": _cameras(node, actor),
+        "cameras": cameras_for(node, actor),
     })
 
 
 @router.get("/gallery", response_class=HTMLResponse)
 def gallery_page(request: Request, actor: GalleryManager) -> Response:
-    if (refused := _gate(request, actor, Permission.GALLERY_MANAGE)) is not None:
+    if (refused := gate(request, actor, Permission.GALLERY_MANAGE)) is not None:
         return refused
     assert actor is not None
     node = get_node(request)

@@ -46,14 +46,14 @@ NAV = (
     NavItem("timeline", "/timeline", "Timeline", Permission.PLAYBACK_REDACTED),
     NavItem("events", "/events", "Events", Permission.EVENTS_VIEW),
     NavItem("exports", "/exports", "Exports", Permission.EXPORT),
-    # The cases pages (web/templates/cases*.html, api/routes/cases.py) come with the cases work.
     NavItem("cases", "/cases", "Cases", Permission.CASE_VIEW),
+    NavItem("gallery", "/gallery", "Gallery", Permission.GALLERY_MANAGE),
     NavItem("audit", "/audit", "Audit", Permission.AUDIT_VIEW),
     NavItem("system", "/system", "System", Permission.SYSTEM_VIEW),
 )
 
 
-def _page(permission: Permission | None) -> Callable[[Request], Actor | None]:
+def page_access(permission: Permission | None) -> Callable[[Request], Actor | None]:
     """Dependency for a page: the signed-in actor or None; declares ``permission`` for the
     route-access table (None: any signed-in user)."""
 
@@ -62,15 +62,15 @@ def _page(permission: Permission | None) -> Callable[[Request], Actor | None]:
 
     # The same declaration require() makes, read back by deps.route_table; a page differs
     # from an API route only in answering "not signed in" with a redirect instead of 401.
-    deps._mark(dependency, permission if permission is not None else deps.SIGNED_IN)
+    deps.declare_access(dependency, permission if permission is not None else deps.SIGNED_IN)
     return dependency
 
 
-def _nav(actor: Actor) -> list[NavItem]:
+def nav_for(actor: Actor) -> list[NavItem]:
     return [item for item in NAV if actor.can(item.permission)]
 
 
-def _cameras(node: Node, actor: Actor) -> list[dict[str, Any]]:
+def cameras_for(node: Node, actor: Actor) -> list[dict[str, Any]]:
     out = []
     for cam in node.cameras():
         if not actor.sees_camera(cam.name):
@@ -88,12 +88,12 @@ def _render(request: Request, actor: Actor, page: str, title: str,
             data: dict[str, Any], *, status_code: int = 200) -> HTMLResponse:
     node = get_node(request)
     return templates.TemplateResponse(request, f"{page}.html", {
-        "actor": actor, "nav": _nav(actor), "page": page, "title": title,
+        "actor": actor, "nav": nav_for(actor), "page": page, "title": title,
         "node_name": node.config.node.name, "data": data,
     }, status_code=status_code)
 
 
-def _gate(request: Request, actor: Actor | None, permission: Permission) -> Response | None:
+def gate(request: Request, actor: Actor | None, permission: Permission) -> Response | None:
     """The response that replaces the page when the user may not see it, else None."""
     if actor is None:
         target = request.url.path + (f"?{request.url.query}" if request.url.query else "")
@@ -134,27 +134,27 @@ def login_page(request: Request, next: str | None = None) -> Response:
 
 # The root is every signed-in user's landing page: the live grid, or the first page the role
 # may use (an inspector has no live view).
-Landing = Annotated[Actor | None, Depends(_page(None))]
-Playback = Annotated[Actor | None, Depends(_page(Permission.PLAYBACK_REDACTED))]
-EventsReader = Annotated[Actor | None, Depends(_page(Permission.EVENTS_VIEW))]
-Exporter = Annotated[Actor | None, Depends(_page(Permission.EXPORT))]
-AuditReader = Annotated[Actor | None, Depends(_page(Permission.AUDIT_VIEW))]
-SystemReader = Annotated[Actor | None, Depends(_page(Permission.SYSTEM_VIEW))]
+Landing = Annotated[Actor | None, Depends(page_access(None))]
+Playback = Annotated[Actor | None, Depends(page_access(Permission.PLAYBACK_REDACTED))]
+EventsReader = Annotated[Actor | None, Depends(page_access(Permission.EVENTS_VIEW))]
+Exporter = Annotated[Actor | None, Depends(page_access(Permission.EXPORT))]
+AuditReader = Annotated[Actor | None, Depends(page_access(Permission.AUDIT_VIEW))]
+SystemReader = Annotated[Actor | None, Depends(page_access(Permission.SYSTEM_VIEW))]
 
 
 @router.get("/", response_class=HTMLResponse)
 def live_page(request: Request, actor: Landing) -> Response:
     if actor is not None and not actor.can(Permission.LIVE_VIEW):
         served = {str(ctx.path) for ctx in iter_route_contexts(request.app.routes)}
-        first = [item for item in _nav(actor) if item.href in served]
+        first = [item for item in nav_for(actor) if item.href in served]
         if first:
             return RedirectResponse(first[0].href, status_code=303)
-    if (refused := _gate(request, actor, Permission.LIVE_VIEW)) is not None:
+    if (refused := gate(request, actor, Permission.LIVE_VIEW)) is not None:
         return refused
     assert actor is not None
     node = get_node(request)
     return _render(request, actor, "live", "Live", {
-        "cameras": _cameras(node, actor),
+        "cameras": cameras_for(node, actor),
         "canPlayback": actor.can(Permission.PLAYBACK_REDACTED),
     })
 
@@ -167,10 +167,10 @@ def timeline_page(
     day: date | None = None,
     at: Annotated[float | None, Query(ge=0, le=2**32)] = None,
 ) -> Response:
-    if (refused := _gate(request, actor, Permission.PLAYBACK_REDACTED)) is not None:
+    if (refused := gate(request, actor, Permission.PLAYBACK_REDACTED)) is not None:
         return refused
     assert actor is not None
-    cameras = _cameras(get_node(request), actor)
+    cameras = cameras_for(get_node(request), actor)
     names = [c["name"] for c in cameras]
     chosen = camera if camera in names else (names[0] if names else None)
     if day is None:
@@ -185,11 +185,11 @@ def timeline_page(
 @router.get("/events", response_class=HTMLResponse)
 def events_page(request: Request,
                 actor: EventsReader) -> Response:
-    if (refused := _gate(request, actor, Permission.EVENTS_VIEW)) is not None:
+    if (refused := gate(request, actor, Permission.EVENTS_VIEW)) is not None:
         return refused
     assert actor is not None
     return _render(request, actor, "events", "Events", {
-        "cameras": _cameras(get_node(request), actor),
+        "cameras": cameras_for(get_node(request), actor),
         "canPlayback": actor.can(Permission.PLAYBACK_REDACTED),
     })
 
@@ -197,11 +197,11 @@ def events_page(request: Request,
 @router.get("/exports", response_class=HTMLResponse)
 def exports_page(request: Request,
                  actor: Exporter) -> Response:
-    if (refused := _gate(request, actor, Permission.EXPORT)) is not None:
+    if (refused := gate(request, actor, Permission.EXPORT)) is not None:
         return refused
     assert actor is not None
     return _render(request, actor, "exports", "Exports", {
-        "cameras": _cameras(get_node(request), actor),
+        "cameras": cameras_for(get_node(request), actor),
         "can_unredacted": actor.can(Permission.EXPORT_UNREDACTED),
     })
 
@@ -209,7 +209,7 @@ def exports_page(request: Request,
 @router.get("/audit", response_class=HTMLResponse)
 def audit_page(request: Request,
                actor: AuditReader) -> Response:
-    if (refused := _gate(request, actor, Permission.AUDIT_VIEW)) is not None:
+    if (refused := gate(request, actor, Permission.AUDIT_VIEW)) is not None:
         return refused
     assert actor is not None
     return _render(request, actor, "audit", "Audit log", {})
@@ -218,7 +218,7 @@ def audit_page(request: Request,
 @router.get("/system", response_class=HTMLResponse)
 def system_page(request: Request,
                 actor: SystemReader) -> Response:
-    if (refused := _gate(request, actor, Permission.SYSTEM_VIEW)) is not None:
+    if (refused := gate(request, actor, Permission.SYSTEM_VIEW)) is not None:
         return refused
     assert actor is not None
     node = get_node(request)
@@ -238,7 +238,7 @@ def system_page(request: Request,
     ]
     users = [u.public() for u in Users(node.store).list()]
     return templates.TemplateResponse(request, "system.html", {
-        "actor": actor, "nav": _nav(actor), "page": "system", "title": "System",
+        "actor": actor, "nav": nav_for(actor), "page": "system", "title": "System",
         "node_name": config.node.name, "data": {}, "status": status, "cameras": cameras,
         "users": users, "profile": config.profile.value,
         "retention": {"default_hours": config.retention.default_hours,

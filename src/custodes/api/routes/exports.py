@@ -81,7 +81,7 @@ class Jobs:
 _JOBS_LOCK = threading.Lock()
 
 
-def _jobs(request: Request) -> Jobs:
+def jobs_of(request: Request) -> Jobs:
     with _JOBS_LOCK:
         jobs: Jobs | None = getattr(request.app.state, "export_jobs", None)
         if jobs is None:
@@ -93,13 +93,13 @@ def exports_root(node: Node) -> Path:
     return node.layout.root / "exports"
 
 
-def _write(folder: Path, record: dict[str, Any]) -> None:
+def write_record(folder: Path, record: dict[str, Any]) -> None:
     tmp = folder / ".export.json.partial"
     tmp.write_text(json.dumps(record, indent=1), encoding="utf-8")
     os.replace(tmp, folder / "export.json")
 
 
-def _read(folder: Path, jobs: Jobs) -> dict[str, Any] | None:
+def read_record(folder: Path, jobs: Jobs) -> dict[str, Any] | None:
     try:
         record: dict[str, Any] = json.loads((folder / "export.json").read_text("utf-8"))
     except (OSError, ValueError):
@@ -176,10 +176,10 @@ def create(body: NewExport, request: Request, actor: Exporter) -> dict[str, Any]
         "created_by": actor.name, "created_at": time.time(), "state": "queued", "error": None,
         "bytes": None, "duration": None, "audit_seq": None,
     }
-    jobs = _jobs(request)
+    jobs = jobs_of(request)
     with jobs.lock:
         jobs.active.add(export_id)
-    _write(folder, record)
+    write_record(folder, record)
     worker = threading.Thread(target=_make, args=(node, jobs, folder, record, actor),
                               name=f"export-{export_id}", daemon=True)
     worker.start()
@@ -196,7 +196,7 @@ def _make(node: Node, jobs: Jobs, folder: Path, record: dict[str, Any], actor: A
     try:
         with jobs.turn:
             record["state"] = "running"
-            _write(folder, record)
+            write_record(folder, record)
             bundle = create_export(
                 node.store, node.layout, node.keys, node.audit, camera, record["start"],
                 record["end"], folder / "bundle", actor=actor,
@@ -210,7 +210,7 @@ def _make(node: Node, jobs: Jobs, folder: Path, record: dict[str, Any], actor: A
         log.warning("export %s failed: %s", record["id"], exc)
         record.update(state="failed", error=str(exc))
     finally:
-        _write(folder, record)
+        write_record(folder, record)
         with jobs.lock:
             jobs.active.discard(record["id"])
 
@@ -228,12 +228,12 @@ def list_exports(request: Request, actor: Exporter) -> dict[str, Any]:
     """The newest exports of the cameras the caller may see, newest first."""
     node = get_node(request)
     root = exports_root(node)
-    jobs = _jobs(request)
+    jobs = jobs_of(request)
     found = []
     if root.is_dir():
-        names = sorted((p.name for p in root.iterdir() if _valid_id(p.name)), reverse=True)
+        names = sorted((p.name for p in root.iterdir() if valid_id(p.name)), reverse=True)
         for name in names:
-            record = _read(root / name, jobs)
+            record = read_record(root / name, jobs)
             if record is not None and actor.sees_camera(record["camera"]):
                 found.append(_public(record))
             if len(found) >= LISTED:
@@ -241,14 +241,14 @@ def list_exports(request: Request, actor: Exporter) -> dict[str, Any]:
     return {"exports": found}
 
 
-def _valid_id(name: str) -> bool:
+def valid_id(name: str) -> bool:
     return re.match(EXPORT_ID, name) is not None
 
 
 def _done(request: Request, actor: Actor, export_id: str) -> tuple[Node, dict[str, Any], Path]:
     node = get_node(request)
     folder = exports_root(node) / export_id
-    record = _read(folder, _jobs(request)) if folder.is_dir() else None
+    record = read_record(folder, jobs_of(request)) if folder.is_dir() else None
     if record is None:
         raise HTTPException(404, f"no export {export_id}")
     require_camera(node, actor, record["camera"])

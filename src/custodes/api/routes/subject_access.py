@@ -106,10 +106,10 @@ def request_export(
         "created_at": time.time(), "state": "queued", "error": None, "bytes": None,
         "duration": None, "audit_seq": None,
     }
-    jobs = exports._jobs(request)
+    jobs = exports.jobs_of(request)
     with jobs.lock:
         jobs.active.add(export_id)
-    exports._write(folder, record)
+    exports.write_record(folder, record)
     node.audit.record(actor.name, "subject_access.request", camera,
                       detail={**asked, "export": export_id}, address=actor.address)
     threading.Thread(target=_make, args=(node, jobs, folder, record, actor),
@@ -131,7 +131,7 @@ def _make(node: Node, jobs: exports.Jobs, folder: Path, record: dict[str, Any], 
     try:
         with jobs.turn:
             record["state"] = "running"
-            exports._write(folder, record)
+            exports.write_record(folder, record)
             bundle = create_export(
                 node.store, node.layout, node.keys, node.audit, camera, record["start"],
                 record["end"], folder / "bundle", actor=actor, transform=only_the_requester,
@@ -143,7 +143,7 @@ def _make(node: Node, jobs: exports.Jobs, folder: Path, record: dict[str, Any], 
         log.warning("subject access export %s failed: %s", record["id"], exc)
         record.update(state="failed", error=str(exc))
     finally:
-        exports._write(folder, record)
+        exports.write_record(folder, record)
         with jobs.lock:
             jobs.active.discard(record["id"])
 
@@ -160,12 +160,12 @@ def list_requests(request: Request, actor: Officer) -> dict[str, Any]:
     """Subject access exports of the cameras the caller may see, newest first."""
     node = get_node(request)
     root = exports.exports_root(node)
-    jobs = exports._jobs(request)
+    jobs = exports.jobs_of(request)
     found = []
     if root.is_dir():
-        for name in sorted((p.name for p in root.iterdir() if exports._valid_id(p.name)),
+        for name in sorted((p.name for p in root.iterdir() if exports.valid_id(p.name)),
                            reverse=True):
-            record = exports._read(root / name, jobs)
+            record = exports.read_record(root / name, jobs)
             if (record is not None and "subject_access" in record
                     and actor.sees_camera(record["camera"])):
                 found.append(_public(record))
@@ -180,7 +180,7 @@ def download(request: Request, actor: Officer, export_id: exports.ExportId) -> F
     """The subject access bundle as a zip (audited)."""
     node = get_node(request)
     folder = exports.exports_root(node) / export_id
-    record = exports._read(folder, exports._jobs(request)) if folder.is_dir() else None
+    record = exports.read_record(folder, exports.jobs_of(request)) if folder.is_dir() else None
     if record is None or "subject_access" not in record:
         raise HTTPException(404, f"no subject access export {export_id}")
     require_camera(node, actor, record["camera"])

@@ -102,6 +102,9 @@ def test_a_redacted_export_rescanned_shows_no_face(excerpts: dict[str, Path], cl
     assert info["keep"] is None
     assert isinstance(info["faces_blurred"], int)
     assert info["faces_blurred"] >= 1
+    described = info["detector"]
+    assert isinstance(described, dict)
+    assert described["name"] == "dlib-hog+haar"  # HOG for frontal faces, cascades for turned
 
 
 def test_the_export_is_h264_with_the_same_frames_and_the_zone_obscured(
@@ -109,8 +112,9 @@ def test_the_export_is_h264_with_the_same_frames_and_the_zone_obscured(
     source = excerpts["stage"]
     out = tmp_path / "zoned.mp4"
 
-    # Faces do not matter here: the coarsest, fastest scan will do.
-    info = redact_file(source, out, zones=[TOP_RIGHT], settings=DetectorSettings(upsample=0))
+    # Faces do not matter here: the coarsest, fastest scan will do (HOG alone, upsample 0).
+    info = redact_file(source, out, zones=[TOP_RIGHT],
+                       settings=DetectorSettings(upsample=0, haar=False))
 
     assert info["zones"] == 1
     facts, original = probe(out), probe(source)

@@ -10,7 +10,7 @@ All functions return a new image and leave their input unchanged.
 Costs on the 2-core box: `blur_regions` ~2 ms for a 640x360 picture with one face;
 `redact_snapshot` is dominated by its face detection (`custodes.privacy.detect`), which scans
 the whole picture finely enough for small faces (HOG ~0.2-0.25 s for 640x360 at upsample 2,
-plus ~0.25 s for the Haar cascades that find turned faces); `encode_jpeg` ~0.4 ms.
+plus ~0.5 s for the Haar cascades that find turned faces); `encode_jpeg` ~0.4 ms.
 """
 
 from __future__ import annotations

@@ -123,10 +123,11 @@ class Outbox(Protocol):
 class SnapshotWriter:
     """Redacts and writes event pictures in a thread of its own.
 
-    Redaction scans the whole picture finely (~0.2 s at 640x360) and dlib releases the GIL
-    while it does, so doing it here keeps the analysis loop on time. The path is decided at
-    once, so the event that names it can leave before the file is written. When too many are
-    waiting, a snapshot is skipped (and logged) rather than delaying or growing without bound.
+    Redaction scans the whole picture finely (HOG and the Haar cascades, ~0.7 s at
+    640x360) and dlib and OpenCV release the GIL while they do, so doing it here keeps the
+    analysis loop on time. The path is decided at once, so the event that names it can leave
+    before the file is written. When too many are waiting, a snapshot is skipped (and logged)
+    rather than delaying or growing without bound.
     """
 
     def __init__(self, folder: Path, faces: FacesConfig, maxsize: int = 8,

@@ -29,10 +29,11 @@ some frames and blurred in others, and a stranger is not shown because one frame
 Anything `keep` is not asked about stays blurred: it fails closed. That includes a face the
 detectors missed, and a track only the Haar cascades found (a face in profile or turned away):
 it has no landmarks, so it cannot be compared with the subject's photo, and even the subject's
-own profile track is blurred.
+own profile track is blurred. Where the subject's face is detected, another track's held box
+(a guess, see 2.) is not drawn over it (`_plan`).
 
 Costs on the 2-core box (`bench/redaction.py`): detection dominates, ~0.2 s per 640x360 frame
-for HOG at upsample 2 plus ~0.25 s for the cascades, split over `workers` threads (dlib and
+for HOG at upsample 2 plus ~0.5 s for the cascades, split over `workers` threads (dlib and
 OpenCV release the GIL while they scan).
 """
 
@@ -47,7 +48,7 @@ import tempfile
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from fractions import Fraction
@@ -84,8 +85,10 @@ MAX_SIZE_RATIO: Final = 1.5
 # was seen and where its motion carries it, grown by this much more per side: the motion
 # estimate from two detections is rough.
 HOLD_GROWTH: Final = 0.25
+# A held box covering more than this share of a kept face (subject access) is dropped there.
+HELD_OVER_SHOWN: Final = 0.25
 # The Haar cascades scan exports at up to 540 lines: a 1080p export has them find faces from
-# ~36 px (below HOG's ~40 px at upsample 1), for ~0.3 s a frame more than at 360 lines.
+# ~36 px (below HOG's ~40 px at upsample 1), at ~2.0 s a frame against ~1.1 s at 360 lines.
 EXPORT_HAAR_SIDE: Final = 540
 _STDERR_LINES = 8
 
@@ -229,7 +232,8 @@ def redact_file(src: Path, dst: Path, *, zones: Sequence[Polygon] = (),
     hold = math.ceil(settings.hold * float(scan.rate))
     tmp = dst.with_name(f".{dst.name}.{os.getpid()}.partial")
     try:
-        _encode(src, tmp, scan, tracks=blurred, hold=hold, zones=zones)
+        boxes = _plan(scan, blurred, hold, _seen(t for t in scan.tracks if t.id in kept))
+        _encode(src, tmp, scan, boxes=boxes, zones=zones)
         tmp.rename(dst)
     finally:
         tmp.unlink(missing_ok=True)
@@ -361,16 +365,43 @@ def _add_sample(track: _Track, face: Face, rgb: U8, grey: U8, t: float) -> None:
     del track.samples[SAMPLES_PER_TRACK:]
 
 
-def _encode(src: Path, target: Path, scan: _Scan, *, tracks: list[_Track], hold: int,
-            zones: Sequence[Polygon]) -> None:
-    """Pass 2: blur and pipe every frame to ffmpeg."""
+def _seen(tracks: Iterable[_Track]) -> dict[int, list[Box]]:
+    """Frame index -> the boxes where these tracks' faces were detected in it."""
+    seen: dict[int, list[Box]] = {}
+    for track in tracks:
+        for index, box in zip(track.frames, track.boxes, strict=True):
+            seen.setdefault(index, []).append(box)
+    return seen
+
+
+def _plan(scan: _Scan, tracks: list[_Track], hold: int,
+          shown: dict[int, list[Box]]) -> dict[int, list[Box]]:
+    """Frame index -> the boxes to blur in it: each track over its life, +- hold frames.
+
+    `shown`: where a kept track's face (subject access) was detected, per frame. Another
+    track's held box (a guess where its face went before it was first or after it was last
+    seen) is dropped where it would cover much of such a face: the subject is seen there,
+    and a guess carried along a rough motion estimate (from a false detection on the
+    subject's hand, say) must not blur him. Detected and interpolated boxes always count.
+    """
     boxes: dict[int, list[Box]] = {}
     for track in tracks:
-        for index in range(max(0, track.frames[0] - hold),
-                           min(scan.frames, track.frames[-1] + hold + 1)):
+        first, last = track.frames[0], track.frames[-1]
+        for index in range(max(0, first - hold), min(scan.frames, last + hold + 1)):
             box = track.box_at(index, hold)
-            if box is not None:
-                boxes.setdefault(index, []).append(box)
+            if box is None:
+                continue
+            held = index < first or index > last
+            if held and any(box.intersection(face) > HELD_OVER_SHOWN * face.area
+                            for face in shown.get(index, ())):
+                continue
+            boxes.setdefault(index, []).append(box)
+    return boxes
+
+
+def _encode(src: Path, target: Path, scan: _Scan, *, boxes: dict[int, list[Box]],
+            zones: Sequence[Polygon]) -> None:
+    """Pass 2: blur (`boxes` per frame index, and the zones) and pipe every frame to ffmpeg."""
     argv = [
         ffmpeg_exe(), "-hide_banner", "-nostdin", "-loglevel", "error",
         "-f", "rawvideo", "-pix_fmt", "rgb24", "-s", f"{scan.width}x{scan.height}",

@@ -9,8 +9,14 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
+
+from custodes.analytics.embedding import FaceEmbedder
+
+if TYPE_CHECKING:
+    from people import People
 
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
@@ -38,3 +44,16 @@ def sample_video(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
     return ensure_sample(tmp_path_factory.mktemp("samples"), width=320, height=240, fps=15,
                          bitrate_kbps=300, codec="h264", seconds=4)
+
+
+@pytest.fixture(scope="session")
+def embedder() -> FaceEmbedder:
+    """One face network for the whole run: loading it costs a second or two."""
+    return FaceEmbedder("onnx", threads=1)
+
+
+@pytest.fixture(scope="session")
+def people(shared_data: Path, embedder: FaceEmbedder) -> People:
+    from people import load_people  # noqa: PLC0415 - people.py imports require from here
+
+    return load_people(shared_data, embedder)

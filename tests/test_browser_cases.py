@@ -20,14 +20,13 @@ import yaml
 from playwright.sync_api import Browser, Page, expect, sync_playwright
 
 from browser_env import CHROMIUM, PASSWORD, SCREENSHOTS, chromium_available
-from custodes.analytics.embedding import FaceEmbedder
 from custodes.analytics.redact import blur_regions, encode_jpeg
 from custodes.app import Node
 from custodes.auth.roles import Role
 from custodes.auth.users import Users
 from custodes.config import parse_config
 from custodes.faces.photos import describe_photo, read_image
-from test_cases import People, load_people
+from people import People
 from test_cases_api import add_face
 
 pytestmark = pytest.mark.slow
@@ -59,11 +58,6 @@ def start_node(folder: Path, profile: str) -> Iterator[tuple[Node, str]]:
         yield node, node.web.url.rstrip("/")
     finally:
         node.stop()
-
-
-@pytest.fixture(scope="module")
-def people(shared_data: Path) -> People:
-    return load_people(shared_data, FaceEmbedder("onnx", threads=1))
 
 
 @pytest.fixture(scope="module")

@@ -7,14 +7,12 @@ maintainer stores them.
 
 from __future__ import annotations
 
-import csv
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-import numpy.typing as npt
 import pytest
 from sqlalchemy import insert, select
 from typer.testing import CliRunner
@@ -35,15 +33,12 @@ from custodes.record.holds import active_holds
 from custodes.record.layout import Layout
 from custodes.store import schema
 from custodes.store.db import Store
-
-F32 = npt.NDArray[np.float32]
+from people import F32, People
 
 NOW = 1_800_000_000.0
 HOUR = 3600.0
 DAY = 24 * HOUR
 SCOPE = (NOW - 2 * DAY, NOW - DAY)  # the footage a case covers: yesterday's day before
-SUBJECT = "Kim_Clijsters"
-OTHER = "Gordon_Brown"
 
 ALICE = Actor("alice", Role.INVESTIGATOR)  # opens cases
 CAROL = Actor("carol", Role.INVESTIGATOR)  # a colleague of alice's
@@ -60,31 +55,6 @@ class Clock:
 
     def __call__(self) -> float:
         return self.now
-
-
-@dataclass(frozen=True)
-class People:
-    subject_photos: list[bytes]  # photos of SUBJECT given to the case
-    same: list[F32]  # descriptors of other photos of SUBJECT
-    other: list[F32]  # descriptors of photos of OTHER
-
-
-def load_people(shared_data: Path, embedder: FaceEmbedder) -> People:
-    root = shared_data / "faces"
-    require((root / "labels.csv").is_file(), "faces/labels.csv")
-    with (root / "labels.csv").open(newline="") as f:
-        rows = list(csv.DictReader(f))
-
-    def photos(identity: str) -> list[bytes]:
-        return [(root / r["path"]).read_bytes() for r in rows if r["identity"] == identity]
-
-    def vector(data: bytes) -> F32:
-        return describe_photo(read_image(data), embedder=embedder).vector
-
-    subject = photos(SUBJECT)
-    require(len(subject) >= 8, f"8 photos of {SUBJECT}")
-    return People(subject[:2], [vector(p) for p in subject[2:8]],
-                  [vector(p) for p in photos(OTHER)[:4]])
 
 
 @dataclass
@@ -128,16 +98,6 @@ def no_vectors_in(entries: list[Entry]) -> bool:
     """No audit detail holds a list of numbers (a descriptor)."""
     return not any(isinstance(value, list) and any(isinstance(x, float) for x in value)
                    for entry in entries for value in entry.detail.values())
-
-
-@pytest.fixture(scope="module")
-def embedder() -> FaceEmbedder:
-    return FaceEmbedder("onnx", threads=1)
-
-
-@pytest.fixture(scope="module")
-def people(shared_data: Path, embedder: FaceEmbedder) -> People:
-    return load_people(shared_data, embedder)
 
 
 @pytest.fixture

@@ -33,6 +33,7 @@ from custodes.privacy.cases import Cases
 from custodes.record.manifest import verify_bundle
 from custodes.store import schema
 from footage import add_segments
+from people import F32, People
 from test_auth import (
     add_user,
     audit_entries,
@@ -41,7 +42,6 @@ from test_auth import (
     node_config,
     signed_in,
 )
-from test_cases import F32, People, load_people
 
 HOUR = 3600.0
 DAY = 24 * HOUR
@@ -50,16 +50,6 @@ SCOPE = (NOW - 2 * DAY, NOW - DAY)
 JPEG = "image/jpeg"
 HAMILTON = "video/face_recognition_short_hamilton_clip.mp4"
 MIRANDA = "faces/face_recognition/Lin-Manuel_Miranda/lin-manuel-miranda.png"
-
-
-@pytest.fixture(scope="module")
-def embedder() -> FaceEmbedder:
-    return FaceEmbedder("onnx", threads=1)
-
-
-@pytest.fixture(scope="module")
-def people(shared_data: Path, embedder: FaceEmbedder) -> People:
-    return load_people(shared_data, embedder)
 
 
 def build_node(root: Path, embedder: FaceEmbedder, profile: str = "police") -> Iterator[Node]:

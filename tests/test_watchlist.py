@@ -30,6 +30,7 @@ from custodes.privacy.cases import Case
 from custodes.privacy.policy import Profile, Refused
 from custodes.store import schema
 from custodes.store.db import Store
+from people import People
 from test_cases import (
     ALICE,
     BOB,
@@ -39,8 +40,6 @@ from test_cases import (
     NOW,
     VIEWER,
     Env,
-    People,
-    load_people,
     no_vectors_in,
     open_case,
 )
@@ -80,16 +79,6 @@ class Node:
         with self.env.store.read() as conn:
             return int(conn.execute(
                 select(func.count()).select_from(schema.case_alerts)).scalar_one())
-
-
-@pytest.fixture(scope="module")
-def embedder() -> FaceEmbedder:
-    return FaceEmbedder("onnx", threads=1)
-
-
-@pytest.fixture(scope="module")
-def people(shared_data: Path, embedder: FaceEmbedder) -> People:
-    return load_people(shared_data, embedder)
 
 
 @pytest.fixture

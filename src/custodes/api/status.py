@@ -13,9 +13,11 @@ from custodes.store import schema
 
 if TYPE_CHECKING:
     from custodes.app import Node
+    from custodes.auth.roles import Actor
 
 
-def node_status(node: Node) -> dict[str, Any]:
+def node_status(node: Node, actor: Actor | None = None) -> dict[str, Any]:
+    """The node's state; with ``actor``, only the cameras they may see (and their totals)."""
     now = time.time()
     with node.store.read() as conn:
         retention = retention_status(conn, node.config, now, last_passes=5)
@@ -24,6 +26,8 @@ def node_status(node: Node) -> dict[str, Any]:
     disk = shutil.disk_usage(node.layout.root)
     cameras = []
     for cam in node.cameras():
+        if actor is not None and not actor.sees_camera(cam.name):
+            continue
         row = per_camera.get(cam.name)
         health = cam.health
         stats = node.events.stats.get(cam.name)

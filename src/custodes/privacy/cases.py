@@ -116,14 +116,7 @@ class Case:
 
 
 @dataclass(frozen=True)
-class CaseHit:
-    face_id: int
-    camera: str
-    start: float
-    end: float
-    distance: float
-    event_id: int | None
-    snapshot: str | None  # redacted event picture, relative to the snapshot folder
+class CaseHit(FaceHit):
     subject_id: int  # the case subject it is nearest to (its crop: Cases.subject_crop)
 
 
@@ -485,9 +478,7 @@ class Cases:
                     continue
                 known = best.get(hit.face_id)
                 if known is None or hit.distance < known.distance:
-                    best[hit.face_id] = CaseHit(
-                        hit.face_id, hit.camera, hit.start, hit.end, hit.distance,
-                        hit.event_id, hit.snapshot, subject_id)
+                    best[hit.face_id] = CaseHit(**vars(hit), subject_id=subject_id)
         hits = tuple(sorted(best.values(), key=lambda h: (h.distance, h.face_id))[:k])
         self.audit.record(actor.name, action, target, address=actor.address, detail={
             "cameras": list(wanted), "searched": visible, "start": t0, "end": t1, "k": k,

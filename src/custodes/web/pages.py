@@ -222,11 +222,7 @@ def system_page(request: Request,
         return refused
     assert actor is not None
     node = get_node(request)
-    status = node_status(node)
-    if actor.cameras is not None:  # totals of the cameras the user may see, as /api/status
-        status["cameras"] = [c for c in status["cameras"] if actor.sees_camera(c["name"])]
-        status["recordings"]["segments"] = sum(c["segments"] for c in status["cameras"])
-        status["recordings"]["bytes"] = sum(c["bytes"] for c in status["cameras"])
+    status = node_status(node, actor)
     config = node.config
     cameras = [
         {"name": name, "site": cam.site, "location": cam.location.value, "purpose": cam.purpose,

@@ -266,19 +266,7 @@ def download(request: Request, actor: Exporter, export_id: ExportId) -> FileResp
     if not record["redacted"] and not actor.can(Permission.EXPORT_UNREDACTED):
         _refuse(node, actor, record["camera"], "this export is unredacted: downloading it "
                 "needs export.unredacted", {"export": export_id, "download": True})
-    handle, name = tempfile.mkstemp(prefix=".download-", suffix=".zip",
-                                    dir=exports_root(node))
-    os.close(handle)
-    archive = Path(name)
-    try:
-        # Stored, not deflated: the video is compressed already and the rest is tiny.
-        with zipfile.ZipFile(archive, "w", zipfile.ZIP_STORED) as zf:
-            for path in sorted(bundle.iterdir()):
-                if path.is_file():
-                    zf.write(path, f"{export_id}/{path.name}")
-    except BaseException:
-        archive.unlink(missing_ok=True)
-        raise
+    archive = zip_bundle(node, export_id, bundle)
     size = archive.stat().st_size
     node.audit.record(actor.name, "export.download", record["camera"], detail={
         "export": export_id, "redacted": record["redacted"], "case": record["case"],
@@ -300,3 +288,21 @@ def verify(request: Request, actor: Exporter, export_id: ExportId) -> dict[str, 
         "key_source": report.key_source, "files_ok": report.files_ok,
         "problems": report.problems, "notes": report.notes,
     }
+
+
+def zip_bundle(node: Node, export_id: str, bundle: Path) -> Path:
+    """The bundle's files in a temporary zip beside the exports; the caller removes it."""
+    handle, name = tempfile.mkstemp(prefix=".download-", suffix=".zip",
+                                    dir=exports_root(node))
+    os.close(handle)
+    archive = Path(name)
+    try:
+        # Stored, not deflated: the video is compressed already and the rest is tiny.
+        with zipfile.ZipFile(archive, "w", zipfile.ZIP_STORED) as zf:
+            for path in sorted(bundle.iterdir()):
+                if path.is_file():
+                    zf.write(path, f"{export_id}/{path.name}")
+    except BaseException:
+        archive.unlink(missing_ok=True)
+        raise
+    return archive

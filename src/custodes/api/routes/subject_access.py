@@ -16,12 +16,9 @@ permission, lists and downloads it here. Requests, bundles and downloads are aud
 from __future__ import annotations
 
 import logging
-import os
 import secrets
-import tempfile
 import threading
 import time
-import zipfile
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
@@ -187,7 +184,7 @@ def download(request: Request, actor: Officer, export_id: exports.ExportId) -> F
     if record["state"] != "done":
         raise HTTPException(409, f"export {export_id} is {record['state']}"
                             + (f": {record['error']}" if record.get("error") else ""))
-    archive = _zip(node, export_id, folder / "bundle")
+    archive = exports.zip_bundle(node, export_id, folder / "bundle")
     node.audit.record(actor.name, "export.download", record["camera"], detail={
         "export": export_id, "subject_access": record["subject_access"]["reference"],
         "from": record["start"], "to": record["end"], "bytes": archive.stat().st_size,
@@ -195,21 +192,3 @@ def download(request: Request, actor: Officer, export_id: exports.ExportId) -> F
     return FileResponse(archive, media_type="application/zip",
                         filename=f"custodes-subject-access-{export_id}.zip",
                         background=BackgroundTask(archive.unlink, missing_ok=True))
-
-
-def _zip(node: Node, export_id: str, bundle: Path) -> Path:
-    """The bundle's files in a temporary zip beside the exports (as exports.download)."""
-    handle, name = tempfile.mkstemp(prefix=".download-", suffix=".zip",
-                                    dir=exports.exports_root(node))
-    os.close(handle)
-    archive = Path(name)
-    try:
-        # Stored, not deflated: the video is compressed already and the rest is tiny.
-        with zipfile.ZipFile(archive, "w", zipfile.ZIP_STORED) as zf:
-            for path in sorted(bundle.iterdir()):
-                if path.is_file():
-                    zf.write(path, f"{export_id}/{path.name}")
-    except BaseException:
-        archive.unlink(missing_ok=True)
-        raise
-    return archive

@@ -60,15 +60,15 @@ import numpy as np
 import psutil
 import yaml
 
-from custodes.analytics.decode import Frame, file_frames
-from custodes.analytics.embedding import FaceEmbedder
-from custodes.analytics.faces import Box, Face
 from custodes.analytics.motion import MotionDetector
-from custodes.analytics.tracker import Tracker
-from custodes.analytics.weights import face_model_files
 from custodes.analytics.worker import CameraAnalysis, FaceTrack, Message, WorkerSpec
 from custodes.config import AnalyticsConfig, FacesConfig
 from custodes.sim import SimServer, prepare_clip
+from custodes.vision.decode import Frame, file_frames
+from custodes.vision.embedding import FaceEmbedder
+from custodes.vision.faces import Box, Face
+from custodes.vision.tracker import Tracker
+from custodes.vision.weights import face_model_files
 
 VIDEOS = Path(__file__).resolve().parents[2] / "shared" / "data" / "video"
 CLIPS = (  # real footage with people in it, cycled over the cameras

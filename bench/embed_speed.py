@@ -26,8 +26,8 @@ import numpy as np
 import numpy.typing as npt
 import onnxruntime as ort  # type: ignore[import-untyped]
 
-from custodes.analytics.embedding import Backend, FaceEmbedder
-from custodes.analytics.weights import face_model_files
+from custodes.vision.embedding import Backend, FaceEmbedder
+from custodes.vision.weights import face_model_files
 
 F32 = npt.NDArray[np.float32]
 U8 = npt.NDArray[np.uint8]

@@ -37,10 +37,10 @@ import cv2
 import numpy as np
 import numpy.typing as npt
 
-from custodes.analytics.embedding import MATCH_THRESHOLD, FaceEmbedder
-from custodes.analytics.faces import Box, Face, FaceDetector
-from custodes.analytics.tracker import FinishedTrack, Tracker
 from custodes.config import AnalyticsConfig, FacesConfig
+from custodes.vision.embedding import MATCH_THRESHOLD, FaceEmbedder
+from custodes.vision.faces import Box, Face, FaceDetector
+from custodes.vision.tracker import FinishedTrack, Tracker
 
 F32 = npt.NDArray[np.float32]
 F64 = npt.NDArray[np.float64]
@@ -761,7 +761,7 @@ def main() -> None:
     tools = Tools(FaceDetector(upsample=DEFAULTS.upsample, min_size=DEFAULTS.min_size),
                   FaceEmbedder("onnx", threads=1))
     print(f"# custodes face accuracy{' (--quick: a subset, not the benchmark)' * args.quick}"
-          f"\n\nmatch threshold {MATCH_THRESHOLD} (custodes.analytics.embedding); "
+          f"\n\nmatch threshold {MATCH_THRESHOLD} (custodes.vision.embedding); "
           f"defaults from FacesConfig: upsample {DEFAULTS.upsample}, min_size "
           f"{DEFAULTS.min_size}, detector threshold {DEFAULT_THRESHOLD}\n")
     lfw_section(args.data, tools, args.quick)

@@ -8,7 +8,7 @@
 
 For each real clip in ../shared/data/video (the GIFs' MP4 twins stand for the GIFs), redacted
 twice: "hog" (dlib HOG alone, the redaction before the Haar cascades were added) and "union"
-(`custodes.privacy.detect.RedactionDetector`: HOG + Haar profile both ways + Haar frontal).
+(`custodes.redaction.detect.RedactionDetector`: HOG + Haar profile both ways + Haar frontal).
 
 The auditor is dlib's CNN face detector (MMOD, `mmod_human_face_detector.dat` from the
 face_recognition_models package): trained differently from HOG and from the cascades, it finds
@@ -46,18 +46,18 @@ import face_recognition_models  # type: ignore[import-untyped]  # neither does t
 import numpy as np
 import numpy.typing as npt
 
-from custodes.analytics.decode import luma
-from custodes.analytics.embedding import MATCH_THRESHOLD, FaceEmbedder
-from custodes.analytics.faces import Box, Face, FaceDetector
-from custodes.analytics.redact import snapshot_upsample
-from custodes.privacy.detect import RedactionDetector
-from custodes.privacy.redact_video import (
+from custodes.redaction.blur import snapshot_upsample
+from custodes.redaction.detect import RedactionDetector
+from custodes.redaction.subject_access import subject_keep
+from custodes.redaction.video import (
     EXPORT_HAAR_SIDE,
     DetectorSettings,
     export_upsample,
     redact_file,
 )
-from custodes.privacy.subject_access import subject_keep
+from custodes.vision.decode import luma
+from custodes.vision.embedding import MATCH_THRESHOLD, FaceEmbedder
+from custodes.vision.faces import Box, Face, FaceDetector
 
 U8 = npt.NDArray[np.uint8]
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
@@ -300,13 +300,13 @@ def _reference(photo: U8, embedder: FaceEmbedder) -> npt.NDArray[np.float32]:
 
 
 def live(seconds: float, work: Path) -> None:
-    from custodes.analytics.decode import FrameSource  # noqa: PLC0415
-    from custodes.analytics.live import request_live  # noqa: PLC0415
     from custodes.analytics.worker import CameraAnalysis, Message, WorkerSpec  # noqa: PLC0415
     from custodes.config import AnalyticsConfig  # noqa: PLC0415
     from custodes.record.layout import Layout  # noqa: PLC0415
+    from custodes.redaction.live import request_live  # noqa: PLC0415
     from custodes.sim.media import prepare_clip  # noqa: PLC0415
     from custodes.sim.rtsp import SimServer  # noqa: PLC0415
+    from custodes.vision.decode import FrameSource  # noqa: PLC0415
 
     class Drop:
         def put(self, message: Message) -> None:

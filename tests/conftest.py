@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING
 
 import pytest
 
-from custodes.analytics.embedding import FaceEmbedder
+from custodes.vision.embedding import FaceEmbedder
 
 if TYPE_CHECKING:
     from people import People

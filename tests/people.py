@@ -14,8 +14,8 @@ import numpy as np
 import numpy.typing as npt
 
 from conftest import require
-from custodes.analytics.embedding import FaceEmbedder
 from custodes.faces.photos import describe_photo, read_image
+from custodes.vision.embedding import FaceEmbedder
 
 F32 = npt.NDArray[np.float32]
 SUBJECT = "Kim_Clijsters"

@@ -17,8 +17,6 @@ import numpy as np
 import pytest
 from sqlalchemy import select
 
-from custodes.analytics.decode import file_frames
-from custodes.analytics.faces import FaceDetector
 from custodes.analytics.motion import MotionDetector, MotionTracker
 from custodes.analytics.supervisor import AnalyticsSupervisor
 from custodes.analytics.worker import (
@@ -38,6 +36,8 @@ from custodes.media import ffmpeg_exe
 from custodes.sim import SimServer, prepare_clip
 from custodes.store import schema
 from custodes.store.db import Store
+from custodes.vision.decode import file_frames
+from custodes.vision.faces import FaceDetector
 
 HAMILTON = "video/face_recognition_short_hamilton_clip.mp4"
 WALKING = "video/opencv_vtest_reencoded_480x360.avi"

@@ -20,12 +20,12 @@ import yaml
 from playwright.sync_api import Browser, Page, expect, sync_playwright
 
 from browser_env import CHROMIUM, PASSWORD, SCREENSHOTS, chromium_available
-from custodes.analytics.redact import blur_regions, encode_jpeg
 from custodes.app import Node
 from custodes.auth.roles import Role
 from custodes.auth.users import Users
 from custodes.config import parse_config
 from custodes.faces.photos import describe_photo, read_image
+from custodes.redaction.blur import blur_regions, encode_jpeg
 from people import People
 from test_cases_api import add_face
 

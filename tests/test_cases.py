@@ -18,7 +18,6 @@ from sqlalchemy import insert, select
 from typer.testing import CliRunner
 
 from conftest import require
-from custodes.analytics.embedding import MATCH_THRESHOLD, FaceEmbedder
 from custodes.audit.log import AuditLog, Entry
 from custodes.auth.roles import Actor, Role
 from custodes.auth.users import Users
@@ -33,6 +32,7 @@ from custodes.record.holds import active_holds
 from custodes.record.layout import Layout
 from custodes.store import schema
 from custodes.store.db import Store
+from custodes.vision.embedding import MATCH_THRESHOLD, FaceEmbedder
 from people import F32, People
 
 NOW = 1_800_000_000.0

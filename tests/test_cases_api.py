@@ -21,7 +21,6 @@ from fastapi import FastAPI
 from sqlalchemy import insert
 
 from conftest import require
-from custodes.analytics.embedding import FaceEmbedder
 from custodes.analytics.worker import FaceTrack
 from custodes.api.deps import route_table
 from custodes.app import Node
@@ -32,6 +31,7 @@ from custodes.media import ffmpeg_exe
 from custodes.privacy.cases import Cases
 from custodes.record.manifest import verify_bundle
 from custodes.store import schema
+from custodes.vision.embedding import FaceEmbedder
 from footage import add_segments
 from people import F32, People
 from test_auth import (

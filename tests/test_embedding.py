@@ -11,9 +11,9 @@ import numpy as np
 import numpy.typing as npt
 import pytest
 
-from custodes.analytics.dlib_resnet import DlibModelError, load_resnet, parse_resnet
-from custodes.analytics.embedding import CHIP_SIZE, Backend, FaceEmbedder, FaceShape
-from custodes.analytics.weights import face_model_files
+from custodes.vision.dlib_resnet import DlibModelError, load_resnet, parse_resnet
+from custodes.vision.embedding import CHIP_SIZE, Backend, FaceEmbedder, FaceShape
+from custodes.vision.weights import face_model_files
 
 TOLERANCE = 1e-3  # per descriptor element, against dlib's compute_face_descriptor
 SAMPLE_EVERY = 16  # of the 640 labelled photos: ~40 faces, ~3 s of dlib reference time

@@ -13,7 +13,7 @@ import numpy as np
 import numpy.typing as npt
 import pytest
 
-from custodes.analytics.faces import Box, Face, FaceDetector
+from custodes.vision.faces import Box, Face, FaceDetector
 
 U8 = npt.NDArray[np.uint8]
 VOC_IMAGES = ["2008_002470.jpg", "2008_004176.jpg", "2008_007676.jpg", "2009_004587.jpg"]

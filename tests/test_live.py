@@ -10,12 +10,12 @@ import cv2
 import numpy as np
 import numpy.typing as npt
 
-from custodes.analytics.decode import Frame, file_frames
-from custodes.analytics.faces import Box, FaceDetector
-from custodes.analytics.live import latest_live, picture_path, request_live, watch_path
 from custodes.analytics.worker import CameraAnalysis, Message, WorkerSpec
 from custodes.config import AnalyticsConfig
 from custodes.record.layout import Layout
+from custodes.redaction.live import latest_live, picture_path, request_live, watch_path
+from custodes.vision.decode import Frame, file_frames
+from custodes.vision.faces import Box, FaceDetector
 
 U8 = npt.NDArray[np.uint8]
 HAMILTON = "face_recognition_short_hamilton_clip.mp4"

@@ -12,16 +12,16 @@ import numpy as np
 import numpy.typing as npt
 import pytest
 
-from custodes.analytics.faces import Box, FaceDetector
-from custodes.analytics.redact import (
+from custodes.redaction.blur import (
     blur_polygons,
     blur_regions,
     encode_jpeg,
     redact_snapshot,
     snapshot_upsample,
 )
-from custodes.analytics.weights import face_model_files
-from custodes.privacy.detect import RedactionDetector
+from custodes.redaction.detect import RedactionDetector
+from custodes.vision.faces import Box, FaceDetector
+from custodes.vision.weights import face_model_files
 
 U8 = npt.NDArray[np.uint8]
 HAMILTON = "face_recognition_short_hamilton_clip.mp4"

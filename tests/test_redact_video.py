@@ -12,10 +12,10 @@ import numpy as np
 import numpy.typing as npt
 import pytest
 
-from custodes.analytics.decode import luma
-from custodes.analytics.faces import Box, Face, FaceDetector
 from custodes.media import ffmpeg_exe, probe
-from custodes.privacy.redact_video import DetectorSettings, RedactionError, redact_file
+from custodes.redaction.video import DetectorSettings, RedactionError, redact_file
+from custodes.vision.decode import luma
+from custodes.vision.faces import Box, Face, FaceDetector
 
 U8 = npt.NDArray[np.uint8]
 HAMILTON = "face_recognition_short_hamilton_clip.mp4"

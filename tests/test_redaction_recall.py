@@ -15,11 +15,11 @@ import numpy as np
 import numpy.typing as npt
 import pytest
 
-from custodes.analytics.faces import Box
-from custodes.analytics.redact import redact_snapshot
 from custodes.media import ffmpeg_exe
-from custodes.privacy.detect import RedactionDetector
-from custodes.privacy.redact_video import redact_file
+from custodes.redaction.blur import redact_snapshot
+from custodes.redaction.detect import RedactionDetector
+from custodes.redaction.video import redact_file
+from custodes.vision.faces import Box
 
 U8 = npt.NDArray[np.uint8]
 HAMILTON = "video/face_recognition_short_hamilton_clip.mp4"

@@ -11,12 +11,12 @@ import numpy as np
 import numpy.typing as npt
 import pytest
 
-from custodes.analytics.decode import luma
-from custodes.analytics.embedding import MATCH_THRESHOLD, FaceEmbedder
-from custodes.analytics.faces import Box, FaceDetector
 from custodes.media import ffmpeg_exe
-from custodes.privacy.redact_video import redact_file
-from custodes.privacy.subject_access import NoFaceInPhoto, subject_keep
+from custodes.redaction.subject_access import NoFaceInPhoto, subject_keep
+from custodes.redaction.video import redact_file
+from custodes.vision.decode import luma
+from custodes.vision.embedding import MATCH_THRESHOLD, FaceEmbedder
+from custodes.vision.faces import Box, FaceDetector
 
 U8 = npt.NDArray[np.uint8]
 F32 = npt.NDArray[np.float32]

@@ -12,9 +12,9 @@ import numpy as np
 import numpy.typing as npt
 import pytest
 
-from custodes.analytics.faces import Box, Face, FaceDetector
-from custodes.analytics.tracker import FinishedTrack, Tracker
-from custodes.analytics.weights import face_model_files
+from custodes.vision.faces import Box, Face, FaceDetector
+from custodes.vision.tracker import FinishedTrack, Tracker
+from custodes.vision.weights import face_model_files
 
 U8 = npt.NDArray[np.uint8]
 HEIGHT, WIDTH = 360, 640

@@ -16,7 +16,6 @@ import numpy as np
 import pytest
 from sqlalchemy import func, select
 
-from custodes.analytics.embedding import FaceEmbedder
 from custodes.analytics.worker import FaceTrack, Message
 from custodes.audit.log import AuditLog
 from custodes.auth.roles import Actor, Role
@@ -30,6 +29,7 @@ from custodes.privacy.cases import Case
 from custodes.privacy.policy import Profile, Refused
 from custodes.store import schema
 from custodes.store.db import Store
+from custodes.vision.embedding import FaceEmbedder
 from people import People
 from test_cases import (
     ALICE,

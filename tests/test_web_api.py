@@ -23,13 +23,13 @@ import pytest
 from fastapi import FastAPI
 from sqlalchemy import insert
 
-from custodes.analytics.live import picture_path, watch_path
 from custodes.api.app import create_app
 from custodes.app import Node
 from custodes.auth.roles import Role
-from custodes.privacy.copies import RedactedCopies
 from custodes.record.manifest import verify_bundle
 from custodes.record.playback import Segment
+from custodes.redaction.copies import RedactedCopies
+from custodes.redaction.live import picture_path, watch_path
 from custodes.store import schema
 from footage import SEGMENT_SECONDS, add_segments, encode_clips
 from test_auth import add_user, audit_entries, client, open_node, signed_in

@@ -35,11 +35,11 @@ from custodes.faces.gallery import Gallery
 from custodes.faces.watchlist import Watchlist
 from custodes.keys import NodeKeys
 from custodes.privacy.cases import Cases
-from custodes.privacy.copies import RedactedCopies
 from custodes.record.cleanup import Retention
 from custodes.record.forget import forget_without_footage
 from custodes.record.layout import Layout
 from custodes.record.maintainer import Maintainer, ReconcileReport
+from custodes.redaction.copies import RedactedCopies
 from custodes.store import schema
 from custodes.store.db import Store
 

@@ -1,5 +1,3 @@
-"""Analytics: what the recorder computes from decoded frames (faces, their embeddings, ...).
-
-Modules here import their heavy dependencies (dlib, onnxruntime) themselves, so importing the
-package stays cheap for code that needs only one part of it.
+"""Analytics: the per-camera analysis workers (motion, faces, tracks) and the messages they send
+to the node. The frame code they run is in `custodes.vision`.
 """

@@ -15,8 +15,8 @@ import cv2
 import numpy as np
 import numpy.typing as npt
 
-from custodes.analytics.faces import Box
 from custodes.config import MotionConfig
+from custodes.vision.faces import Box
 
 Grey = npt.NDArray[np.uint8]
 

@@ -29,16 +29,16 @@ from typing import Protocol
 
 import numpy as np
 
-from custodes.analytics.decode import Frame, FrameSource, StreamError
-from custodes.analytics.embedding import FaceEmbedder
-from custodes.analytics.faces import Box, FaceDetector
-from custodes.analytics.live import LiveWriter
 from custodes.analytics.motion import MotionDetector, MotionResult, MotionSpan, MotionTracker
-from custodes.analytics.redact import Polygon, encode_jpeg, redact_snapshot
-from custodes.analytics.tracker import FinishedTrack, Tracker
 from custodes.config import AnalyticsConfig, FacesConfig
-from custodes.privacy.detect import RedactionDetector
 from custodes.process import backoff, die_with_parent
+from custodes.redaction.blur import Polygon, encode_jpeg, redact_snapshot
+from custodes.redaction.detect import RedactionDetector
+from custodes.redaction.live import LiveWriter
+from custodes.vision.decode import Frame, FrameSource, StreamError
+from custodes.vision.embedding import FaceEmbedder
+from custodes.vision.faces import Box, FaceDetector
+from custodes.vision.tracker import FinishedTrack, Tracker
 
 log = logging.getLogger(__name__)
 

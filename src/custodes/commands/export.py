@@ -19,11 +19,11 @@ from custodes.commands import (
     print_lines,
 )
 from custodes.config import Config
-from custodes.privacy.redact_video import redact_file
 from custodes.record.bundle import Transform, create_export
 from custodes.record.layout import Layout
 from custodes.record.manifest import verify_bundle
 from custodes.record.playback import ExportError
+from custodes.redaction.video import redact_file
 from custodes.store.db import Store
 
 export_app = typer.Typer(help="Signed exports: footage with a manifest an inspector can verify.",

@@ -30,11 +30,11 @@ import numpy as np
 import numpy.typing as npt
 from sqlalchemy import Connection, and_, delete, exists, func, select, update
 
-from custodes.analytics.embedding import MATCH_THRESHOLD
 from custodes.faces.index import DIM, VectorIndex
 from custodes.keys import NodeKeys
 from custodes.store import schema
 from custodes.store.db import Store
+from custodes.vision.embedding import MATCH_THRESHOLD
 
 log = logging.getLogger(__name__)
 

@@ -27,7 +27,6 @@ import numpy as np
 import numpy.typing as npt
 from sqlalchemy import Connection, Row, delete, func, insert, select, update
 
-from custodes.analytics.embedding import MATCH_THRESHOLD, FaceEmbedder
 from custodes.audit.log import SYSTEM, AuditLog, Outcome
 from custodes.auth.roles import Actor, Permission
 from custodes.faces.index import DIM, VectorIndex
@@ -36,6 +35,7 @@ from custodes.keys import NodeKeys
 from custodes.privacy.policy import Action, Profile, Refused, require
 from custodes.store import schema
 from custodes.store.db import Store
+from custodes.vision.embedding import MATCH_THRESHOLD, FaceEmbedder
 
 F32 = npt.NDArray[np.float32]
 

@@ -21,8 +21,8 @@ import cv2
 import numpy as np
 import numpy.typing as npt
 
-from custodes.analytics.embedding import FaceEmbedder
-from custodes.analytics.faces import Box, FaceDetector
+from custodes.vision.embedding import FaceEmbedder
+from custodes.vision.faces import Box, FaceDetector
 
 U8 = npt.NDArray[np.uint8]
 F32 = npt.NDArray[np.float32]

@@ -26,7 +26,6 @@ import numpy as np
 import numpy.typing as npt
 from sqlalchemy import Connection, insert, select, update
 
-from custodes.analytics.embedding import MATCH_THRESHOLD
 from custodes.analytics.worker import FaceTrack
 from custodes.audit.log import SYSTEM, AuditLog, Outcome
 from custodes.auth.roles import Actor, Permission
@@ -36,6 +35,7 @@ from custodes.privacy.cases import Case, Cases, CaseStatus
 from custodes.privacy.policy import Action, Refused, allows
 from custodes.store import schema
 from custodes.store.db import Store
+from custodes.vision.embedding import MATCH_THRESHOLD
 
 log = logging.getLogger(__name__)
 

@@ -1,1 +1,1 @@
-"""Privacy rules: deployment profiles, placement, cases, redaction."""
+"""Privacy rules: deployment profiles, placement, cases (redaction is `custodes.redaction`)."""

@@ -28,7 +28,6 @@ import numpy as np
 import numpy.typing as npt
 from sqlalchemy import Connection, Row, and_, insert, select, update
 
-from custodes.analytics.embedding import FaceEmbedder
 from custodes.audit.log import SYSTEM, AuditLog, Outcome
 from custodes.auth.roles import Actor, Permission
 from custodes.faces.descriptors import FaceDescriptors, FaceHit
@@ -37,6 +36,7 @@ from custodes.keys import NodeKeys
 from custodes.privacy.policy import Action, Profile, Refused, allows
 from custodes.store import schema
 from custodes.store.db import Store
+from custodes.vision.embedding import FaceEmbedder
 
 log = logging.getLogger(__name__)
 

@@ -37,10 +37,10 @@ from starlette.background import BackgroundTask
 from custodes.api.deps import client_address, get_node, require, require_camera
 from custodes.api.routes.video import CameraName
 from custodes.auth.roles import Actor, Permission
-from custodes.privacy.redact_video import redact_file
 from custodes.record.bundle import create_export
 from custodes.record.manifest import verify_bundle
 from custodes.record.playback import coverage, utc
+from custodes.redaction.video import redact_file
 from custodes.store import schema
 
 if TYPE_CHECKING:

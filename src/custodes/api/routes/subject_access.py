@@ -4,8 +4,8 @@ An approver (the data-protection officer, ``subject_access``) uploads the reques
 the camera and the range. The photo's face is described at once (a photo without one is 400)
 and the export is made in the background like any other (custodes.api.routes.exports: same
 folder, same record, same one-at-a-time turn), with a transform that keeps only the
-requester's face tracks visible (custodes.privacy.subject_access.subject_keep) and blurs every
-other face and the privacy zones (custodes.privacy.redact_video). The photo itself is never
+requester's face tracks visible (custodes.redaction.subject_access.subject_keep) and blurs every
+other face and the privacy zones (custodes.redaction.video). The photo itself is never
 stored; its descriptor lives as long as the export job.
 
 The export record is marked ``redacted: false`` (one person is visible), so on the exports
@@ -32,10 +32,10 @@ from custodes.api.routes.cases import photo_bytes
 from custodes.auth.roles import Actor, Permission
 from custodes.faces.photos import read_image
 from custodes.privacy.policy import Action, allows
-from custodes.privacy.redact_video import Keep, redact_file
-from custodes.privacy.subject_access import NoFaceInPhoto, subject_keep
 from custodes.record.bundle import create_export
 from custodes.record.playback import coverage, utc
+from custodes.redaction.subject_access import NoFaceInPhoto, subject_keep
+from custodes.redaction.video import Keep, redact_file
 
 if TYPE_CHECKING:
     from custodes.app import Node

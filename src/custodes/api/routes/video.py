@@ -30,12 +30,12 @@ from pydantic import StringConstraints
 from sqlalchemy import select
 from starlette.concurrency import run_in_threadpool
 
-from custodes.analytics.live import latest_live, picture_path, request_live
 from custodes.api.deps import client_address, get_node, require, require_camera
 from custodes.auth.roles import Actor, Permission
 from custodes.config import NAME_PATTERN
-from custodes.privacy.copies import RedactedCopies
 from custodes.record.playback import Segment, coverage
+from custodes.redaction.copies import RedactedCopies
+from custodes.redaction.live import latest_live, picture_path, request_live
 from custodes.store import schema
 
 if TYPE_CHECKING:
@@ -179,7 +179,7 @@ async def live_picture(
 
 
 def _mtime(path: Path) -> float:
-    # The picture's modification time is its capture time (custodes.analytics.live).
+    # The picture's modification time is its capture time (custodes.redaction.live).
     try:
         return path.stat().st_mtime
     except FileNotFoundError:

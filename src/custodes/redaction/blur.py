@@ -8,7 +8,7 @@ it only hides the block edges, so the result does not look like a mosaic that in
 All functions return a new image and leave their input unchanged.
 
 Costs on the 2-core box: `blur_regions` ~2 ms for a 640x360 picture with one face;
-`redact_snapshot` is dominated by its face detection (`custodes.privacy.detect`), which scans
+`redact_snapshot` is dominated by its face detection (`custodes.redaction.detect`), which scans
 the whole picture finely enough for small faces (HOG ~0.2-0.25 s for 640x360 at upsample 2,
 plus ~0.5 s for the Haar cascades that find turned faces); `encode_jpeg` ~0.4 ms.
 """
@@ -24,8 +24,8 @@ import cv2
 import numpy as np
 import numpy.typing as npt
 
-from custodes.analytics.faces import Box
-from custodes.privacy.detect import RedactionDetector
+from custodes.redaction.detect import RedactionDetector
+from custodes.vision.faces import Box
 
 log = logging.getLogger(__name__)
 

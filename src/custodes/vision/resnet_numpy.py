@@ -13,7 +13,7 @@ import numpy as np
 import numpy.typing as npt
 from numpy.lib.stride_tricks import sliding_window_view
 
-from custodes.analytics.dlib_resnet import Conv, ResNetWeights
+from custodes.vision.dlib_resnet import Conv, ResNetWeights
 
 F32 = npt.NDArray[np.float32]
 U8 = npt.NDArray[np.uint8]

@@ -15,7 +15,7 @@ import onnx
 import onnxruntime as ort  # type: ignore[import-untyped]
 from onnx import TensorProto, helper, numpy_helper
 
-from custodes.analytics.dlib_resnet import DESCRIPTOR_DIM, Conv, ResNetWeights
+from custodes.vision.dlib_resnet import DESCRIPTOR_DIM, Conv, ResNetWeights
 
 F32 = npt.NDArray[np.float32]
 U8 = npt.NDArray[np.uint8]

@@ -27,11 +27,11 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Final
 
-from custodes.analytics.decode import Frame
-from custodes.analytics.faces import Box
-from custodes.analytics.redact import Polygon, encode_jpeg, redact_snapshot
-from custodes.privacy.detect import RedactionDetector
 from custodes.record.layout import Layout
+from custodes.redaction.blur import Polygon, encode_jpeg, redact_snapshot
+from custodes.redaction.detect import RedactionDetector
+from custodes.vision.decode import Frame
+from custodes.vision.faces import Box
 
 log = logging.getLogger(__name__)
 

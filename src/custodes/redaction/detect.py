@@ -5,7 +5,7 @@ and live pictures all ask this one detector.
     found = detector.detect(grey, upsample=2)      # [Found(box, face, by), ...]
     boxes = detector.boxes(grey, upsample=2)       # just where to blur
 
-dlib's HOG detector (`custodes.analytics.faces.FaceDetector`) is trained on frontal faces: a
+dlib's HOG detector (`custodes.vision.faces.FaceDetector`) is trained on frontal faces: a
 face turned a quarter away (an audience watching a stage) or in profile is not found, and
 so was not blurred. Here three detectors look at the same grey picture and their boxes are
 joined:
@@ -47,8 +47,8 @@ import cv2
 import numpy as np
 import numpy.typing as npt
 
-from custodes.analytics.faces import Box, Face, FaceDetector
-from custodes.analytics.weights import FaceModelFiles
+from custodes.vision.faces import Box, Face, FaceDetector
+from custodes.vision.weights import FaceModelFiles
 
 U8 = npt.NDArray[np.uint8]
 

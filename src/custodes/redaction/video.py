@@ -6,7 +6,7 @@
 Two passes over the file, because a face must be blurred in frames where the detector misses
 it, before its first detection as well as after its last:
 
-1. Detect faces in every `stride`-th frame (`custodes.privacy.detect.RedactionDetector`: dlib
+1. Detect faces in every `stride`-th frame (`custodes.redaction.detect.RedactionDetector`: dlib
    HOG at `export_upsample` with a threshold below dlib's default, joined with OpenCV's Haar
    profile and frontal cascades, which find the turned faces HOG misses; a missed face is a
    leak, a false one only a blurred patch) and link the detections into tracks.
@@ -17,7 +17,7 @@ it, before its first detection as well as after its last:
 
 Decoding twice costs far less than detecting once, and no frame has to be kept in memory.
 
-Linking is done here, not with `custodes.analytics.tracker.Tracker`: the live tracker reports
+Linking is done here, not with `custodes.vision.tracker.Tracker`: the live tracker reports
 a track only when it ends, with its best face, whereas an export needs every detection's track
 (to blur the track over its whole life and to decide per track whether it is a subject who
 stays visible). The rule is the same: greedy by overlap, then by distance in face widths.
@@ -59,13 +59,13 @@ import av
 import numpy as np
 import numpy.typing as npt
 
-from custodes.analytics.decode import luma
-from custodes.analytics.faces import Box, Face
-from custodes.analytics.redact import Polygon, blur_polygons, blur_regions
-from custodes.analytics.tracker import CROP_MARGIN, BestFace
 from custodes.media import ffmpeg_exe
-from custodes.privacy.detect import HOG_THRESHOLD, Found, RedactionDetector, describe
 from custodes.record.playback import ExportError
+from custodes.redaction.blur import Polygon, blur_polygons, blur_regions
+from custodes.redaction.detect import HOG_THRESHOLD, Found, RedactionDetector, describe
+from custodes.vision.decode import luma
+from custodes.vision.faces import Box, Face
+from custodes.vision.tracker import CROP_MARGIN, BestFace
 
 log = logging.getLogger(__name__)
 
@@ -76,7 +76,7 @@ METHOD: Final = "pixelate+blur"
 SAMPLES_PER_TRACK: Final = 5  # best faces handed to `keep`
 # Linking: a detection continues a track seen at most MAX_GAP seconds before, if their boxes
 # overlap by IOU_MIN, or else if their centres are at most MAX_DISTANCE face widths apart and
-# their sizes differ by at most MAX_SIZE_RATIO (as custodes.analytics.tracker.Tracker).
+# their sizes differ by at most MAX_SIZE_RATIO (as custodes.vision.tracker.Tracker).
 MAX_GAP: Final = 1.0
 IOU_MIN: Final = 0.3
 MAX_DISTANCE: Final = 2.0

@@ -30,7 +30,7 @@ from typing import Final
 import numpy as np
 import numpy.typing as npt
 
-from custodes.analytics.faces import Box, Face
+from custodes.vision.faces import Box, Face
 
 log = logging.getLogger(__name__)
 

@@ -27,9 +27,9 @@ import cv2
 import numpy as np
 import numpy.typing as npt
 
-from custodes.analytics.embedding import MATCH_THRESHOLD, FaceEmbedder
-from custodes.analytics.faces import FaceDetector
-from custodes.analytics.tracker import BestFace
+from custodes.vision.embedding import MATCH_THRESHOLD, FaceEmbedder
+from custodes.vision.faces import FaceDetector
+from custodes.vision.tracker import BestFace
 
 log = logging.getLogger(__name__)
 

@@ -20,8 +20,8 @@ from typing import TYPE_CHECKING
 
 from sqlalchemy import select
 
-from custodes.privacy.redact_video import redact_file
 from custodes.record.playback import Segment
+from custodes.redaction.video import redact_file
 from custodes.store import schema
 
 if TYPE_CHECKING:

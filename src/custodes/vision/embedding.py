@@ -24,8 +24,8 @@ import dlib  # type: ignore[import-untyped]  # dlib ships no type information
 import numpy as np
 import numpy.typing as npt
 
-from custodes.analytics.dlib_resnet import DESCRIPTOR_DIM, load_resnet
-from custodes.analytics.weights import FaceModelFiles, face_model_files
+from custodes.vision.dlib_resnet import DESCRIPTOR_DIM, load_resnet
+from custodes.vision.weights import FaceModelFiles, face_model_files
 
 F32 = npt.NDArray[np.float32]
 U8 = npt.NDArray[np.uint8]
@@ -69,12 +69,12 @@ class FaceEmbedder:
             self._dlib = dlib.face_recognition_model_v1(str(files.resnet))
             self._net = self._dlib_net
         elif backend == "numpy":
-            from custodes.analytics.resnet_numpy import NumpyResNet  # noqa: PLC0415
+            from custodes.vision.resnet_numpy import NumpyResNet  # noqa: PLC0415
 
             self._net = NumpyResNet(load_resnet(files.resnet))
         else:
             # Imported here so the numpy and dlib backends work without onnxruntime installed.
-            from custodes.analytics.resnet_onnx import OnnxResNet  # noqa: PLC0415
+            from custodes.vision.resnet_onnx import OnnxResNet  # noqa: PLC0415
 
             self._net = OnnxResNet(load_resnet(files.resnet), threads=threads)
         self.load_seconds = time.perf_counter() - started

@@ -31,7 +31,7 @@ import dlib  # type: ignore[import-untyped]  # dlib ships no type information
 import numpy as np
 import numpy.typing as npt
 
-from custodes.analytics.weights import FaceModelFiles, face_model_files
+from custodes.vision.weights import FaceModelFiles, face_model_files
 
 log = logging.getLogger(__name__)
 

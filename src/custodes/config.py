@@ -160,13 +160,16 @@ class FacesConfig(Strict):
         description="Compute a face descriptor per track (biometric data; off unless the "
         "deployment allows it)",
     )
-    # 36: dlib's smallest box at upsample 1 is 37 px; on annotated crowd photos 36 finds all
-    # 25 faces with no false one, 40 only the 12 larger ones (bench/faces_accuracy.py).
+    # 20: CenterFace finds faces from ~10 px, but a track of a face under ~20 px of the
+    # analysed frame is mostly noise and can never be recognised; redaction ignores this setting
+    # and blurs every face it finds, of any size.
     min_size: int = Field(
-        36, ge=20, le=1000, description="Smallest face considered, in pixels of the analysed frame"
+        20, ge=10, le=1000, description="Smallest face considered, in pixels of the analysed frame"
     )
-    upsample: int = Field(
-        1, ge=0, le=2, description="Detector upsampling: 1 finds faces down to ~37 px, at 4x cost"
+    threshold: float = Field(
+        0.5, ge=0.2, le=0.95,
+        description="Least detector score (0..1) for a face to count in analytics; redaction "
+        "uses its own, lower cut",
     )
 
 

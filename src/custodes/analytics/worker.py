@@ -185,7 +185,7 @@ class CameraAnalysis:
         self.config = spec.config
         self.outbox = outbox
         faces = self.config.faces
-        self.detector = FaceDetector(upsample=faces.upsample, min_size=faces.min_size)
+        self.detector = FaceDetector(threshold=faces.threshold, min_size=faces.min_size)
         self.embedder = embedder
         if faces.embeddings and embedder is None:
             self.embedder = FaceEmbedder("onnx", threads=1)
@@ -218,7 +218,9 @@ class CameraAnalysis:
                 self._peak_frame = frame
         faces = []
         if self.config.faces.detect:
-            faces = self.detector.detect(grey, regions=self._search_regions(frame.t, result))
+            regions = self._search_regions(frame.t, result)
+            if regions is None or regions:  # colour only when something is to be scanned
+                faces = self.detector.detect(frame.rgb(), regions=regions, grey=grey)
 
         def colour() -> np.ndarray:
             self._colour.append(frame)

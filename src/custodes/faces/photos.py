@@ -4,16 +4,16 @@
     face.vector      # (128,) float32, comparable to the descriptors of face tracks
     face.crop_jpeg   # the face with some margin, JPEG, for an operator to confirm a match
 
-Faces are found with the same detector as the analysis (dlib HOG, 5-point landmarks) and
-described with the same network, so a photo's descriptor and a camera's are comparable. A photo
-is scanned at upsample 0 (faces from ~80 px) and, when that finds none, at upsample 1 (~40 px);
-very large photos are first reduced to MAX_SIDE, which keeps faces far above that size.
+Faces are found with the same detector as the analysis (CenterFace, dlib's 5-point landmarks)
+and described with the same network, so a photo's descriptor and a camera's are comparable.
+Very large photos are first reduced to MAX_SIDE, which keeps faces far above that size. Faces
+smaller than MIN_FACE pixels are not counted: a reference photo's face must be describable, and
+a tiny face in the background of a portrait must not make it "two people".
 """
 
 from __future__ import annotations
 
 import functools
-import threading
 from dataclasses import dataclass
 from typing import Final
 
@@ -28,6 +28,7 @@ U8 = npt.NDArray[np.uint8]
 F32 = npt.NDArray[np.float32]
 
 MAX_SIDE: Final = 1600  # larger photos are reduced to this before detection
+MIN_FACE: Final = 40  # pixels (smaller side) for a face to count in a reference photo
 CROP_MARGIN: Final = 0.3  # the crop grows the face box by this share of its size per side
 CROP_QUALITY: Final = 90
 
@@ -62,14 +63,9 @@ def describe_photo(image_rgb: U8, *, embedder: FaceEmbedder | None = None) -> De
     work: U8 = image_rgb if scale == 1.0 else np.asarray(cv2.resize(
         image_rgb, (round(width * scale), round(height * scale)),
         interpolation=cv2.INTER_AREA), dtype=np.uint8)
-    grey = np.asarray(cv2.cvtColor(work, cv2.COLOR_RGB2GRAY), dtype=np.uint8)
-    with _lock:
-        detector = _detector()
-        faces = detector.detect(grey, upsample=0, min_size=0)
-        if not faces:
-            faces = detector.detect(grey, upsample=1, min_size=0)
+    faces = _detector().detect(work, min_size=MIN_FACE)
     if not faces:
-        raise PhotoError("no face found in the photo (a frontal face of at least ~40 pixels "
+        raise PhotoError(f"no face found in the photo (a face of at least {MIN_FACE} pixels "
                          "is needed)")
     if len(faces) > 1:
         raise PhotoError(f"{len(faces)} faces found in the photo; a reference photo must show "
@@ -92,13 +88,9 @@ def _crop_jpeg(image_rgb: U8, box: Box) -> bytes:
     return encoded.tobytes()
 
 
-# dlib's detector is not documented as thread-safe: one shared instance, used under a lock.
-_lock = threading.Lock()
-
-
 @functools.cache
 def _detector() -> FaceDetector:
-    return FaceDetector(upsample=0, min_size=0)
+    return FaceDetector()  # thread-safe: the network is, its landmark model runs under a lock
 
 
 @functools.cache

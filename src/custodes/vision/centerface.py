@@ -21,7 +21,6 @@ the original remain findable).
 from __future__ import annotations
 
 import importlib.util
-import threading
 from pathlib import Path
 from typing import Final
 
@@ -60,7 +59,7 @@ def model_path() -> Path:
 
 def _session(threads: int) -> object:
     import onnx  # noqa: PLC0415 - heavy, and only the detector needs them
-    import onnxruntime as ort  # noqa: PLC0415
+    import onnxruntime as ort  # type: ignore[import-untyped]  # noqa: PLC0415
     from onnx.tools.update_model_dims import update_inputs_outputs_dims  # noqa: PLC0415
 
     model = onnx.load(str(model_path()))
@@ -89,7 +88,6 @@ class CenterFace:
             raise ValueError("threads must be at least 1")
         self.threads = threads
         self._session = _session(threads)
-        self._lock = threading.Lock()
 
     def run(self, rgb: U8, *, scale: float = 1.0, floor: float = FLOOR
             ) -> tuple[F32, F32, F32]:

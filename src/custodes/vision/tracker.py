@@ -113,7 +113,7 @@ class Tracker:
     `iou_threshold`: least IoU between a track's predicted box and a detection to match.
     `max_distance`: for the fallback match, the largest center distance in face widths (2: a
     walker's 37-pixel face moves ~60 px between frames analysed at 5 fps).
-    `max_size_ratio`: the fallback never joins boxes whose sizes differ by more than this.
+    `max_size_ratio`: boxes whose widths differ by more than this are never joined.
     """
 
     def __init__(self, max_age: float = 1.0, iou_threshold: float = 0.3, *,
@@ -183,6 +183,10 @@ class Tracker:
         pairs: list[tuple[float, int, int]] = []  # (cost, track index, face index)
         for ti, box in enumerate(predicted):
             for fi, face in enumerate(faces):
+                # A face does not change size by half between two analysed frames; one that
+                # seems to is someone else in the same place (a cut, a person passing behind).
+                if not self._similar_size(box, face.box):
+                    continue
                 iou = box.iou(face.box)
                 if iou >= self.iou_threshold:
                     pairs.append((-iou, ti, fi))  # higher IoU first
@@ -198,10 +202,13 @@ class Tracker:
                 matches.append((self._tracks[ti], faces[fi]))
         return matches, [face for fi, face in enumerate(faces) if fi not in used_faces]
 
+    def _similar_size(self, a: Box, b: Box) -> bool:
+        return max(a.w, b.w) <= self.max_size_ratio * min(a.w, b.w)
+
     def _distance(self, predicted: Box, box: Box) -> float | None:
-        """Center distance in face widths, or None when too far or too different in size."""
+        """Center distance in face widths, or None when too far."""
         size = (predicted.w + box.w) / 2
-        if size <= 0 or max(predicted.w, box.w) > self.max_size_ratio * min(predicted.w, box.w):
+        if size <= 0:
             return None
         (x0, y0), (x1, y1) = predicted.center, box.center
         distance = float(np.hypot(x1 - x0, y1 - y0)) / size

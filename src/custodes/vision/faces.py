@@ -48,6 +48,7 @@ log = logging.getLogger(__name__)
 
 U8 = npt.NDArray[np.uint8]
 I32 = npt.NDArray[np.int32]
+F32 = npt.NDArray[np.float32]
 
 # Score cuts of CenterFace's heat map (0..1). On the shared WIDER FACE boxes (faces of every
 # size, profiles, occlusion): 0.5 finds 77 % with ~1 % false boxes, 0.3 finds 89 % with ~10 %
@@ -64,6 +65,10 @@ HOG_DROP: Final = 0.037
 EYE_A: Final = (0, 1)
 EYE_B: Final = (2, 3)
 NOSE: Final = 4
+# CenterFace's points: the two eye centres, the nose tip, then the mouth corners.
+CNN_EYE_A: Final = 0
+CNN_EYE_B: Final = 1
+CNN_NOSE: Final = 2
 # Face size at which quality's size term saturates: dlib's 150x150 chip (padding 0.25) holds the
 # face in its central ~100 px, so a larger face brings the descriptor no more detail.
 FULL_QUALITY_SIZE: Final = 100
@@ -147,11 +152,16 @@ class Box:
 
 @dataclass(frozen=True, slots=True, eq=False)
 class Face:
-    """One detected face. `landmarks` is (5, 2) int32 x, y in the same coordinates as `box`."""
+    """One detected face. `landmarks` is dlib's 5 points (5, 2) int32 x, y in the same
+    coordinates as `box`: what the descriptor's alignment needs. `points` is CenterFace's own
+    five (eye centres, nose tip, mouth corners), float32, when the CNN found the face: they stay
+    on the face as it turns away, where dlib's model (fitted on frontal faces) drifts, so they
+    judge how frontal it is."""
 
     box: Box
     score: float  # the detector's confidence, 0..1
     landmarks: I32
+    points: F32 | None = None
 
     def size_term(self) -> float:
         """0..1: the face's smaller side relative to what the descriptor can use."""
@@ -180,13 +190,18 @@ class Face:
         (a tilted head) does not count; turning the head left or right moves the nose towards
         one eye.
         """
-        points = self.landmarks.astype(np.float64)
-        eye_a, eye_b = points[list(EYE_A)].mean(axis=0), points[list(EYE_B)].mean(axis=0)
+        if self.points is not None:
+            points = self.points.astype(np.float64)
+            eye_a, eye_b, nose = points[CNN_EYE_A], points[CNN_EYE_B], points[CNN_NOSE]
+        else:
+            points = self.landmarks.astype(np.float64)
+            eye_a, eye_b = points[list(EYE_A)].mean(axis=0), points[list(EYE_B)].mean(axis=0)
+            nose = points[NOSE]
         axis = eye_b - eye_a
         length2 = float(axis @ axis)
         if length2 == 0.0:
             return 0.0
-        along = float((points[NOSE] - eye_a) @ axis) / length2  # 0 at eye_a, 1 at eye_b
+        along = float((nose - eye_a) @ axis) / length2  # 0 at eye_a, 1 at eye_b
         return max(0.0, 1.0 - 2.0 * abs(along - 0.5))
 
     def quality(self, grey: U8) -> float:
@@ -196,7 +211,8 @@ class Face:
     def shifted(self, dx: int, dy: int) -> Face:
         """The same face in coordinates moved by (dx, dy), e.g. relative to a crop."""
         offset = np.array([dx, dy], dtype=np.int32)
-        return Face(self.box.shift(dx, dy), self.score, self.landmarks + offset)
+        points = None if self.points is None else self.points + offset.astype(np.float32)
+        return Face(self.box.shift(dx, dy), self.score, self.landmarks + offset, points)
 
     def dlib_shape(self) -> Any:
         """A dlib.full_object_detection, what dlib's face chips and descriptors take."""
@@ -259,23 +275,25 @@ class FaceDetector:
         height, width = rgb.shape[:2]
         full = Box(0, 0, width, height)
         crops = [full] if regions is None else self.scan_boxes(regions, width, height, smallest)
-        found: list[tuple[Box, float]] = []
+        found: list[tuple[Box, float, F32]] = []
         for crop in crops:
             pixels = rgb if crop == full else rgb[crop.y:crop.bottom, crop.x:crop.right]
-            boxes, scores, _ = self.net.run(np.ascontiguousarray(pixels), scale=factor,
-                                            floor=cut)
-            for (x0, y0, x1, y1), score in zip(boxes.tolist(), scores.tolist(), strict=True):
+            boxes, scores, points = self.net.run(np.ascontiguousarray(pixels), scale=factor,
+                                                 floor=cut)
+            shift = np.array([crop.x, crop.y], dtype=np.float32)
+            for (x0, y0, x1, y1), score, five in zip(boxes.tolist(), scores.tolist(), points,
+                                                     strict=True):
                 box = Box.from_corners(x0 + crop.x, y0 + crop.y, x1 + crop.x, y1 + crop.y)
                 if min(box.w, box.h) >= smallest:
-                    found.append((box, float(score)))
+                    found.append((box, float(score), five + shift))
         kept = _dedupe(found)
         if not kept:
             return []
         if grey is None:
             grey = np.asarray(cv2.cvtColor(rgb, cv2.COLOR_RGB2GRAY), dtype=np.uint8)
         grey = np.ascontiguousarray(grey)
-        return [Face(box=box, score=score, landmarks=self.landmarks(grey, box))
-                for box, score in kept]
+        return [Face(box=box, score=score, landmarks=self.landmarks(grey, box), points=five)
+                for box, score, five in kept]
 
     def scan_boxes(self, regions: Iterable[Box], width: int, height: int,
                    min_size: int | None = None) -> list[Box]:
@@ -324,11 +342,12 @@ def _merge(boxes: list[Box]) -> list[Box]:
     return merged
 
 
-def _dedupe(found: list[tuple[Box, float]], max_iou: float = 0.5) -> list[tuple[Box, float]]:
+def _dedupe(found: list[tuple[Box, float, F32]], max_iou: float = 0.5
+            ) -> list[tuple[Box, float, F32]]:
     """Keep the best-scoring box of any group overlapping by more than max_iou (crops that
     touch after merging can see the same face twice)."""
-    kept: list[tuple[Box, float]] = []
-    for box, score in sorted(found, key=lambda item: -item[1]):
-        if all(box.iou(other) <= max_iou for other, _ in kept):
-            kept.append((box, score))
+    kept: list[tuple[Box, float, F32]] = []
+    for item in sorted(found, key=lambda item: -item[1]):
+        if all(item[0].iou(other) <= max_iou for other, _, _ in kept):
+            kept.append(item)
     return kept

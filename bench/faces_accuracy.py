@@ -166,12 +166,15 @@ class OldRedaction:
 # -- 1. LFW pairs --------------------------------------------------------------------------------
 
 
-def central(faces: Sequence[Face], width: int, height: int) -> Face | None:
-    """The face nearest the centre: LFW centres the person a photo is labelled with."""
+def labelled(faces: Sequence[Face], path: str, width: int, height: int) -> Face | None:
+    """The face of the person a photo is labelled with: LFW centres that person (others may
+    show at the edges); the other sources' photos are portraits, the largest face."""
     if not faces:
         return None
-    return min(faces, key=lambda f: (f.box.center[0] - width / 2) ** 2
-               + (f.box.center[1] - height / 2) ** 2)
+    if path.startswith("lfw/"):
+        return min(faces, key=lambda f: (f.box.center[0] - width / 2) ** 2
+                   + (f.box.center[1] - height / 2) ** 2)
+    return max(faces, key=lambda f: f.box.area)
 
 
 def accuracy(distances: F64, same: npt.NDArray[np.bool_], threshold: float) -> float:
@@ -209,7 +212,7 @@ def pairs_section(data: Path, embedder: FaceEmbedder,
             vectors: dict[str, npt.NDArray[np.float32] | None] = {}
             for path in {p for a, b, _ in pairs for p in (a, b)}:
                 rgb = read_rgb(data / "faces" / path)
-                face = central(detect(rgb), rgb.shape[1], rgb.shape[0])
+                face = labelled(detect(rgb), path, rgb.shape[1], rgb.shape[0])
                 vectors[path] = (None if face is None
                                  else embedder.embed(rgb, [face.dlib_shape()])[0])
             # A pair with a photo whose face was not found cannot be matched: "different".

@@ -14,7 +14,8 @@ import numpy as np
 import numpy.typing as npt
 
 from conftest import require
-from custodes.faces.photos import describe_photo, read_image
+from custodes.faces.calibration import MatchLevel, level
+from custodes.faces.photos import PhotoError, describe_photo, read_image
 from custodes.vision.embedding import FaceEmbedder
 
 F32 = npt.NDArray[np.float32]
@@ -27,6 +28,19 @@ class People:
     subject_photos: list[bytes]  # photos of SUBJECT given to the case
     same: list[F32]  # descriptors of other photos of SUBJECT
     other: list[F32]  # descriptors of photos of OTHER
+    subject: list[F32]  # descriptors of subject_photos, as the case computes them
+
+    def nearest_subject(self, vector: F32, photos: int = 2) -> float:
+        """Distance from a face to the nearest of the case's (first ``photos``) subject photos."""
+        return float(np.linalg.norm(np.stack(self.subject[:photos]) - vector, axis=1).min())
+
+    def same_at(self, wanted: MatchLevel, photos: int = 2) -> list[F32]:
+        """The subject's other photos whose calibrated level against a case given her first
+        ``photos`` photos is ``wanted``: some photos of one person are only "possible"
+        (0.40-0.60) against her others."""
+        found = [v for v in self.same if level(self.nearest_subject(v, photos)) is wanted]
+        require(bool(found), f"a photo of {SUBJECT} at level {wanted.value}")
+        return found
 
 
 def load_people(shared_data: Path, embedder: FaceEmbedder) -> People:
@@ -38,10 +52,18 @@ def load_people(shared_data: Path, embedder: FaceEmbedder) -> People:
     def photos(identity: str) -> list[bytes]:
         return [(root / r["path"]).read_bytes() for r in rows if r["identity"] == identity]
 
-    def vector(data: bytes) -> F32:
-        return describe_photo(read_image(data), embedder=embedder).vector
+    def described(identity: str) -> list[tuple[bytes, F32]]:
+        # The CNN detector also finds the people at the edges of some LFW photos (a
+        # Gordon_Brown photo shows three faces); a reference photo must show one person.
+        found = []
+        for data in photos(identity):
+            try:
+                found.append((data, describe_photo(read_image(data), embedder=embedder).vector))
+            except PhotoError:
+                continue
+        return found
 
-    subject = photos(SUBJECT)
+    subject = described(SUBJECT)
     require(len(subject) >= 8, f"8 photos of {SUBJECT}")
-    return People(subject[:2], [vector(p) for p in subject[2:8]],
-                  [vector(p) for p in photos(OTHER)[:4]])
+    return People([p for p, _ in subject[:2]], [v for _, v in subject[2:8]],
+                  [v for _, v in described(OTHER)[:4]], [v for _, v in subject[:2]])

@@ -21,8 +21,10 @@ from conftest import require
 from custodes.audit.log import AuditLog, Entry
 from custodes.auth.roles import Actor, Role
 from custodes.auth.users import Users
+from custodes.commands import parse_time as parse_iso
 from custodes.commands.case import case_app
 from custodes.config import load_config
+from custodes.faces.calibration import MatchLevel
 from custodes.faces.descriptors import FaceDescriptors
 from custodes.faces.photos import describe_photo, read_image
 from custodes.keys import NodeKeys
@@ -217,12 +219,14 @@ def test_search_returns_the_subject_inside_the_scope_and_nothing_outside(
         env: Env, people: People) -> None:
     cases = env.cases(Profile.MUNICIPAL)
     same, other = people.same, people.other
+    match, possible = people.same_at(MatchLevel.MATCH), people.same_at(MatchLevel.POSSIBLE)
     t0, t1 = SCOPE
-    inside = {
-        env.add_face("cam1", t0 + HOUR, same[0], snapshot="cam1/a.jpg"),
-        env.add_face("cam2", t0 + 5 * HOUR, same[1], snapshot="cam2/b.jpg"),
-        env.add_face("cam2", t1 - 10, same[2], length=5),
+    matched = {
+        env.add_face("cam1", t0 + HOUR, match[0], snapshot="cam1/a.jpg"),
+        env.add_face("cam2", t1 - 10, match[1], length=5),
     }
+    possibly = env.add_face("cam2", t0 + 5 * HOUR, possible[0], snapshot="cam2/b.jpg")
+    inside = matched | {possibly}
     outside = {
         env.add_face("cam3", t0 + HOUR, same[0]),  # a camera not in scope
         env.add_face("cam1", t0 - HOUR, same[1]),  # before the window
@@ -244,12 +248,17 @@ def test_search_returns_the_subject_inside_the_scope_and_nothing_outside(
     assert {h.snapshot for h in result.hits} == {"cam1/a.jpg", "cam2/b.jpg", None}
     assert {h.subject_id for h in result.hits} <= {s.id for s in case.subjects}
     assert all(h.event_id is not None for h in result.hits)
+    # Every hit is ranked; only those under the calibrated distance are matches.
+    assert {h.face_id: h.level for h in result.hits} == {
+        **dict.fromkeys(matched, MatchLevel.MATCH), possibly: MatchLevel.POSSIBLE}
+    assert all(h.meaning.startswith("Possible match only") for h in result.hits
+               if h.level is MatchLevel.POSSIBLE)
 
     entry = env.entries("face.search")[-1]
     assert entry.target == f"case {case.id}"
     assert entry.actor == "alice"
     assert entry.detail == {"cameras": ["cam1", "cam2"], "searched": ["cam1", "cam2"],
-                            "start": t0, "end": t1, "k": 50, "hits": 3}
+                            "start": t0, "end": t1, "k": 50, "hits": 3, "matches": 2}
 
 
 def test_a_narrower_request_is_honoured_and_a_wider_one_refused(env: Env,
@@ -391,7 +400,8 @@ def test_subjects_are_added_only_by_the_opener_while_pending(env: Env, people: P
 # -- the command line ----------------------------------------------------------------------------
 
 
-def test_the_command_line_acts_as_a_signed_in_user(tmp_path: Path, people: People) -> None:
+def test_the_command_line_acts_as_a_signed_in_user(tmp_path: Path, people: People,
+                                                   embedder: FaceEmbedder) -> None:
     def config(profile: str) -> Path:
         path = tmp_path / f"{profile}.yaml"
         cameras = "".join(
@@ -434,10 +444,31 @@ def test_the_command_line_acts_as_a_signed_in_user(tmp_path: Path, people: Peopl
     result = run(municipal, "alice", "alice-password-1", "search", "1")
     assert result.exit_code == 0, result.output
     assert "0 hits in cam1" in result.output
+    # Two recorded faces of the subject: one a match, one only possible (shown unnamed).
+    cfg = load_config(municipal)
+    with Store(Layout(cfg.storage.path).database) as store:
+        keys = NodeKeys.load_or_create(cfg.key_dir)
+        recorded = Env(store, keys, AuditLog(store, keys), FaceDescriptors(store, keys),
+                       embedder)
+        at = parse_iso("2026-11-01T12:00:00Z")
+        # This case holds one photo of the subject.
+        recorded.add_face("cam1", at, people.same_at(MatchLevel.MATCH, photos=1)[0])
+        recorded.add_face("cam1", at + 60, people.same_at(MatchLevel.POSSIBLE, photos=1)[0])
+    result = run(municipal, "alice", "alice-password-1", "search", "1")
+    assert result.exit_code == 0, result.output
+    assert "2 hits in cam1" in result.output
+    rows = [line for line in result.output.splitlines() if line.startswith("│")]
+    (match_row,) = [row for row in rows if " match " in row]
+    (possible_row,) = [row for row in rows if " possible " in row]
+    assert "not named" in possible_row
+    assert "not named" not in match_row
+    assert "Match (distance below 0.40)." in result.output
+    assert "Possible match only" in result.output
     with Store(Layout(load_config(municipal).storage.path).database) as store, \
             store.read() as conn:
         logged = [(r.actor, r.action, r.outcome) for r in conn.execute(
             select(schema.audit_log).order_by(schema.audit_log.c.seq))]
     assert logged == [("alice", "case.open", "refused"), ("alice", "case.open", "ok"),
                       ("bob", "login", "failed"), ("bob", "case.approve", "ok"),
-                      ("alice", "face.search", "refused"), ("alice", "face.search", "ok")]
+                      ("alice", "face.search", "refused"), ("alice", "face.search", "ok"),
+                      ("alice", "face.search", "ok")]

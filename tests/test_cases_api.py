@@ -26,6 +26,7 @@ from custodes.api.deps import route_table
 from custodes.app import Node
 from custodes.auth.roles import Role
 from custodes.config import parse_config
+from custodes.faces.calibration import MatchLevel
 from custodes.faces.watchlist import Watchlist
 from custodes.media import ffmpeg_exe
 from custodes.privacy.cases import Cases
@@ -129,8 +130,9 @@ def test_open_approve_search_close(app: FastAPI, node: Node, people: People) -> 
     t0 = SCOPE[0]
     ok, snapshot = cv2.imencode(".jpg", np.zeros((90, 160, 3), np.uint8))  # a stand-in
     assert ok
-    inside = {add_face(node, "cam1", t0 + HOUR, people.same[0], snapshot=snapshot.tobytes()),
-              add_face(node, "cam2", t0 + 5 * HOUR, people.same[1])}
+    match, possible = people.same_at(MatchLevel.MATCH), people.same_at(MatchLevel.POSSIBLE)
+    inside = {add_face(node, "cam1", t0 + HOUR, match[0], snapshot=snapshot.tobytes()),
+              add_face(node, "cam2", t0 + 5 * HOUR, possible[0])}
     outside = add_face(node, "cam1", t0 - HOUR, people.same[2])  # before the scope
     stranger = add_face(node, "cam1", t0 + 2 * HOUR, people.other[0])
 
@@ -172,6 +174,14 @@ def test_open_approve_search_close(app: FastAPI, node: Node, people: People) -> 
     assert first["timeline_url"] == f"/timeline?camera=cam1&at={t0 + HOUR:.0f}"
     shot = alice.get(first["snapshot_url"])
     assert (shot.status_code, shot.headers["content-type"]) == (200, JPEG)
+    assert first["level"] == "match"
+    assert first["subject_id"] in {s["id"] for s in case["subjects"]}
+    assert first["meaning"].startswith("Match (distance below 0.40).")
+    # A possible hit is ranked but names nobody: no subject, no subject photo.
+    unnamed = next(h for h in hits if h["camera"] == "cam2")
+    assert (unnamed["level"], unnamed["subject_id"], unnamed["subject_crop_url"]) == (
+        "possible", None, None)
+    assert unnamed["meaning"].startswith("Possible match only")
     crop = alice.get(first["subject_crop_url"])
     assert crop.status_code == 200
     assert cv2.imdecode(np.frombuffer(crop.content, np.uint8), cv2.IMREAD_COLOR) is not None
@@ -289,12 +299,21 @@ def test_watchlist_alerts_are_confirmed_by_a_second_person(app: FastAPI, node: N
     case_id = r.json()["id"]
     assert r.json()["watchlist"] is True
     assert bob.post(f"/api/cases/{case_id}/approve", json={}).status_code == 200
-    vector = np.asarray(people.same[0], np.float32).tobytes()
-    face_id = add_face(node, "cam1", NOW, people.same[0])
+    match = people.same_at(MatchLevel.MATCH)[0]
+    vector = np.asarray(match, np.float32).tobytes()
+    face_id = add_face(node, "cam1", NOW, match)
     [alert] = node.watchlist.match(face_id, FaceTrack("cam1", NOW, NOW + 3, 5, (0, 0, 80, 80),
                                                       0.9, vector, None))
+    # An alert raised before the calibration, at a distance now known to be only "possible".
+    old = node.store.write(lambda conn: int(conn.execute(insert(schema.case_alerts).values(
+        case_id=case_id, subject_id=alert.subject_id, face_id=None, camera="cam1",
+        seen_at=NOW - 60, distance=0.55, created_at=NOW - 60, status="candidate",
+    ).returning(schema.case_alerts.c.id)).scalar_one()))
     listed = alice.get(f"/api/cases/{case_id}/alerts").json()
-    assert [(a["id"], a["status"]) for a in listed["alerts"]] == [(alert.id, "candidate")]
+    assert [(a["id"], a["status"], a["level"], a["subject_id"]) for a in listed["alerts"]] == [
+        (old, "candidate", "possible", None), (alert.id, "candidate", "match", alert.subject_id)]
+    assert listed["alerts"][1]["meaning"].startswith("Match (distance below 0.40).")
+    assert listed["alerts"][0]["subject_crop_url"] is None
     r = alice.post(f"/api/alerts/{alert.id}/confirm")
     assert (r.status_code, r.json()["detail"]) == (
         403, "an alert must be confirmed by a second person, not the user who opened the case")

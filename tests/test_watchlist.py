@@ -22,6 +22,7 @@ from custodes.auth.roles import Actor, Role
 from custodes.events.bus import EventBus, Subscription
 from custodes.events.maintainer import EventMaintainer
 from custodes.events.types import Event, EventKind
+from custodes.faces.calibration import MATCH_DISTANCE, MatchLevel
 from custodes.faces.descriptors import FaceDescriptors
 from custodes.faces.watchlist import AlertStatus, Watchlist
 from custodes.keys import NodeKeys
@@ -101,17 +102,21 @@ def test_the_subject_on_a_watched_camera_is_a_candidate_until_a_second_person_co
         env: Env, people: People) -> None:
     node = Node(env, Profile.POLICE)
     case = watch_case(node, people)
-    node.face("cam1", people.same[0])
+    match = people.same_at(MatchLevel.MATCH)
+    node.face("cam1", match[0])
 
     (alert,) = node.watchlist.alerts(CAROL, case.id)
     assert alert.status is AlertStatus.CANDIDATE
     assert (alert.case_id, alert.camera, alert.seen_at) == (case.id, "cam1", NOW)
     assert alert.subject_id in {s.id for s in case.subjects}
-    assert alert.distance < 0.6
+    assert alert.distance < MATCH_DISTANCE
+    assert alert.level is MatchLevel.MATCH
+    assert alert.meaning.startswith("Match (distance below 0.40)")
     assert alert.face_id is not None
     (event,) = node.watchlist_events()
     assert (event.camera, event.site, event.snapshot) == ("cam1", "school-1", None)
-    assert event.data == {"alert": alert.id, "case": case.id, "status": "candidate"}
+    assert event.data == {"alert": alert.id, "case": case.id, "status": "candidate",
+                          "level": "match"}
     assert event.to_json()["has_snapshot"] is False
     (entry,) = env.entries("watchlist.alert")
     assert (entry.actor, entry.target) == ("system", f"case {case.id}")
@@ -127,7 +132,7 @@ def test_the_subject_on_a_watched_camera_is_a_candidate_until_a_second_person_co
     with pytest.raises(Refused, match="already confirmed"):
         node.watchlist.dismiss(BOB, alert.id)
 
-    node.face("cam2", people.same[1], at=NOW + 60)
+    node.face("cam2", match[1], at=NOW + 60)
     second = node.watchlist.alerts(BOB, case.id)[0]
     assert node.watchlist.dismiss(BOB, second.id).status is AlertStatus.DISMISSED
     outcomes = [(e.action, e.outcome) for e in env.entries() if e.action.startswith("alert.")]
@@ -139,7 +144,7 @@ def test_the_subject_on_a_watched_camera_is_a_candidate_until_a_second_person_co
 def test_no_alert_ever_happens_outside_an_active_watchlist_case(env: Env,
                                                                 people: People) -> None:
     node = Node(env, Profile.POLICE)
-    subject = people.same[0]
+    subject = people.same_at(MatchLevel.MATCH)[0]  # would raise an alert inside a case
     node.face("cam1", subject)  # no case at all
     pending = open_case(node.cases, people, watchlist=True, **LIVE)
     node.face("cam1", subject)  # a case not yet approved
@@ -163,12 +168,30 @@ def test_no_alert_ever_happens_outside_an_active_watchlist_case(env: Env,
     assert env.entries("watchlist.alert") == []
 
 
+def test_a_face_only_possibly_the_subject_raises_no_alert(env: Env, people: People) -> None:
+    """Within dlib's 0.6 but not a calibrated match: against a few hundred people most
+    strangers come that close, so it must not reach anyone as an alert."""
+    node = Node(env, Profile.POLICE)
+    case = watch_case(node, people)
+    possible = people.same_at(MatchLevel.POSSIBLE)
+    assert all(MATCH_DISTANCE <= people.nearest_subject(v) <= 0.6 for v in possible)
+    for i, vector in enumerate(possible):
+        node.face("cam1", vector, at=NOW + i)
+    node.face("cam1", people.other[0], at=NOW + 30)
+    assert node.alert_rows() == 0
+    assert node.watchlist_events() == []
+    assert env.entries("watchlist.alert") == []
+    # The same case does alert on a match: the silence above is the level, not the case.
+    node.face("cam1", people.same_at(MatchLevel.MATCH)[0], at=NOW + 60)
+    assert [a.level for a in node.watchlist.alerts(BOB, case.id)] == [MatchLevel.MATCH]
+
+
 def test_no_profile_but_police_watches_at_all(env: Env, people: People) -> None:
     node = Node(env, Profile.MUNICIPAL)
     case = open_case(node.cases, people)
     node.cases.approve(BOB, case.id)
     assert not node.watchlist.enabled
-    node.face("cam1", people.same[0], at=case.scope_start + HOUR)
+    node.face("cam1", people.same_at(MatchLevel.MATCH)[0], at=case.scope_start + HOUR)
     assert node.alert_rows() == 0
     assert node.watchlist_events() == []
 
@@ -176,7 +199,7 @@ def test_no_profile_but_police_watches_at_all(env: Env, people: People) -> None:
 def test_alerts_of_an_ended_case_cannot_be_confirmed(env: Env, people: People) -> None:
     node = Node(env, Profile.POLICE)
     case = watch_case(node, people)
-    node.face("cam1", people.same[2])
+    node.face("cam1", people.same_at(MatchLevel.MATCH)[1])
     (alert,) = node.watchlist.alerts(BOB, case.id)
     node.cases.close(BOB, case.id)
     with pytest.raises(Refused, match="the case is closed"):

@@ -31,7 +31,9 @@ from custodes.commands import load as _load
 from custodes.commands.audit import audit_app
 from custodes.commands.case import case_app
 from custodes.commands.export import export_app
+from custodes.commands.faces import faces_app
 from custodes.commands.gallery import gallery_app
+from custodes.commands.redact import redact
 from custodes.commands.user import user_app
 from custodes.privacy.policy import Profile
 from custodes.record.holds import active_holds, add_hold, release_hold
@@ -52,6 +54,8 @@ app.add_typer(export_app, name="export")
 app.add_typer(case_app, name="case")
 app.add_typer(user_app, name="user")
 app.add_typer(gallery_app, name="gallery")
+app.command("redact")(redact)
+app.add_typer(faces_app, name="faces")
 
 
 def _setup_logging(verbose: bool) -> None:

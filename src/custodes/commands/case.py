@@ -162,10 +162,15 @@ def search(
         result = s.cases.search(s.actor, case_id, cameras=camera or None,
                                 start=parse_time(start) if start else None,
                                 end=parse_time(end) if end else None, k=k)
-    table = Table("distance", "camera", "seen", "event", "snapshot (redacted)", "subject")
+    table = Table("distance", "level", "camera", "seen", "event", "snapshot (redacted)",
+                  "subject")
     for hit in result.hits:
-        table.add_row(f"{hit.distance:.3f}", hit.camera, fmt_time(hit.start),
-                      str(hit.event_id or "—"), hit.snapshot or "—", str(hit.subject_id))
+        # A possible hit is ranked but names nobody (custodes.faces.calibration).
+        table.add_row(f"{hit.distance:.3f}", hit.level.value, hit.camera, fmt_time(hit.start),
+                      str(hit.event_id or "—"), hit.snapshot or "—",
+                      str(hit.subject_id) if hit.level.names_subject else "not named")
     console.print(table)
     console.print(f"{len(result.hits)} hits in {', '.join(result.cameras)}, "
                   f"{fmt_time(result.start)} to {fmt_time(result.end)}")
+    for meaning in dict.fromkeys(hit.meaning for hit in result.hits):
+        console.print(meaning, markup=False, highlight=False)

@@ -4,7 +4,9 @@
     index.add(ids, vectors)                     # int64 (n,), float32 (n, 128)
     hits = index.search(queries, k=10, allowed=case_ids)   # per query [(id, distance), ...]
 
-Distances are Euclidean, dlib's metric (same person ≈ 0.1-0.5, others ≥ 0.7).
+Distances are Euclidean, dlib's metric (same person mostly 0.3-0.55, different people mostly
+0.7 and more, but down to ~0.44 among 200k pairs). What a distance may be shown as (match,
+possible) is custodes.faces.calibration's call, not this module's.
 
 Two regimes, measured by bench/face_search.py (2 shared cores, heavily loaded; synthetic
 descriptors spread like dlib's):

@@ -3,10 +3,17 @@
 The event maintainer hands every stored face track to `Watchlist.on_face`. A track is compared
 only with the subjects of approved, unexpired watchlist cases whose scope holds the track's
 camera and time; outside such a case nothing is compared at all, and under any other profile
-the call returns at once. A match within the threshold becomes an alert row with status
-"candidate", an event on the bus (ids only: no picture, no descriptor) and an audit entry. A
-candidate stays a candidate until a second person, not the case's opener, confirms or
-dismisses it.
+the call returns at once. Only a calibrated match (custodes.faces.calibration: a stranger named
+in at most ~0.1 % of searches against 1000 people) becomes an alert row with status
+"candidate", an event on the bus (ids only: no picture, no descriptor) and an audit entry; a
+"possible" face (up to the old 0.6) raises nothing, since at that level most strangers would be
+named once a case holds a few hundred people. A candidate stays a candidate until a second
+person, not the case's opener, confirms or dismisses it.
+
+A stored face track carries one descriptor (the worker keeps its best-quality face), so a
+track's level is that one face's: the strict match distance is calibrated on exactly such
+one-photo comparisons. Should the worker come to keep several, `calibration.track_level`
+already asks them to agree.
 
 The subjects' descriptors are decrypted once per case and kept in memory while the case is
 active; which cases are active is read from the database on every track (a few rows), so an
@@ -31,11 +38,11 @@ from custodes.audit.log import SYSTEM, AuditLog, Outcome
 from custodes.auth.roles import Actor, Permission
 from custodes.events.bus import EventBus
 from custodes.events.types import Event, EventKind
+from custodes.faces.calibration import MatchLevel, level, meaning, track_level
 from custodes.privacy.cases import Case, Cases, CaseStatus
 from custodes.privacy.policy import Action, Refused, allows
 from custodes.store import schema
 from custodes.store.db import Store
-from custodes.vision.embedding import MATCH_THRESHOLD
 
 log = logging.getLogger(__name__)
 
@@ -62,6 +69,16 @@ class Alert:
     decided_by: str | None
     decided_at: float | None
 
+    @property
+    def level(self) -> MatchLevel:
+        """Judged from the distance when read, so an alert raised under an older, looser
+        threshold shows as the "possible" it is now known to be."""
+        return level(self.distance)
+
+    @property
+    def meaning(self) -> str:
+        return meaning(self.level)
+
 
 @dataclass(frozen=True)
 class _Subjects:
@@ -73,14 +90,12 @@ class Watchlist:
     """Matches live face tracks against active watchlist cases; confirms and dismisses."""
 
     def __init__(self, cases: Cases, store: Store, audit: AuditLog, bus: EventBus, *,
-                 sites: Mapping[str, str] | None = None,
-                 threshold: float = MATCH_THRESHOLD) -> None:
+                 sites: Mapping[str, str] | None = None) -> None:
         self.cases = cases
         self.store = store
         self.audit = audit
         self.bus = bus
         self.sites = dict(sites or {})
-        self.threshold = threshold
         self._subjects: dict[int, _Subjects] = {}
         self._lock = threading.Lock()
 
@@ -113,7 +128,8 @@ class Watchlist:
                 continue
             distances = np.linalg.norm(subjects.vectors - vector, axis=1)
             nearest = int(np.argmin(distances))
-            if float(distances[nearest]) <= self.threshold:
+            # One descriptor per stored track (see the module doc): its level is the track's.
+            if track_level([float(distances[nearest])]) is MatchLevel.MATCH:
                 alerts.append(self._alert(case, subjects.ids[nearest],
                                           float(distances[nearest]), face_id, track))
         return alerts
@@ -146,11 +162,13 @@ class Watchlist:
         self.audit.record(SYSTEM, "watchlist.alert", f"case {case.id}", detail={
             "alert": alert_id, "subject": subject_id, "face": face_id, "camera": track.camera,
             "seen_at": track.start, "distance": round(distance, 4),
+            "level": MatchLevel.MATCH.value,
         })
         self.bus.publish(Event(
             track.camera, self.sites.get(track.camera, ""), EventKind.WATCHLIST, track.start,
             end=track.end, data={"alert": alert_id, "case": case.id,
-                                 "status": AlertStatus.CANDIDATE.value},
+                                 "status": AlertStatus.CANDIDATE.value,
+                                 "level": MatchLevel.MATCH.value},
         ))
         log.info("case %d: watchlist candidate %d on %s", case.id, alert_id, track.camera)
         return self._load(alert_id)

@@ -30,6 +30,7 @@ from sqlalchemy import Connection, Row, and_, insert, select, update
 
 from custodes.audit.log import SYSTEM, AuditLog, Outcome
 from custodes.auth.roles import Actor, Permission
+from custodes.faces.calibration import MatchLevel, meaning, track_level
 from custodes.faces.descriptors import FaceDescriptors, FaceHit
 from custodes.faces.photos import PhotoError, describe_photo, read_image
 from custodes.keys import NodeKeys
@@ -118,6 +119,17 @@ class Case:
 @dataclass(frozen=True)
 class CaseHit(FaceHit):
     subject_id: int  # the case subject it is nearest to (its crop: Cases.subject_crop)
+
+    @property
+    def level(self) -> MatchLevel:
+        """Match or possible. A stored face track has one descriptor (its best face), so the
+        track's level is that one comparison's, the kind the match distance is calibrated on.
+        Only a match may be shown as the subject: a possible hit is ranked, unnamed."""
+        return track_level([self.distance])
+
+    @property
+    def meaning(self) -> str:
+        return meaning(self.level)
 
 
 @dataclass(frozen=True)
@@ -483,6 +495,7 @@ class Cases:
         self.audit.record(actor.name, action, target, address=actor.address, detail={
             "cameras": list(wanted), "searched": visible, "start": t0, "end": t1, "k": k,
             "hits": len(hits),
+            "matches": sum(h.level is MatchLevel.MATCH for h in hits),
         })
         return CaseSearchResult(case.id, tuple(wanted), t0, t1, k, hits)
 

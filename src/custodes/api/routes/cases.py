@@ -106,25 +106,35 @@ def case_json(case: Case) -> dict[str, Any]:
 
 def hit_json(case_id: int, hit: CaseHit) -> dict[str, Any]:
     at = hit.start
+    # A possible hit names nobody (custodes.faces.calibration): no subject, no subject photo.
+    named = hit.level.names_subject
     return {
         "face_id": hit.face_id, "camera": hit.camera, "start": hit.start, "end": hit.end,
-        "distance": round(hit.distance, 4), "event_id": hit.event_id, "subject_id": hit.subject_id,
+        "distance": round(hit.distance, 4), "event_id": hit.event_id,
+        "level": hit.level.value, "meaning": hit.meaning,
+        "subject_id": hit.subject_id if named else None,
         # The event's snapshot was redacted when it was taken: every face in it is blurred.
         "snapshot_url": (f"/api/events/{hit.event_id}/snapshot.jpg"
                          if hit.event_id is not None and hit.snapshot else None),
-        "subject_crop_url": f"/api/cases/{case_id}/subjects/{hit.subject_id}/crop.jpg",
+        "subject_crop_url": (f"/api/cases/{case_id}/subjects/{hit.subject_id}/crop.jpg"
+                             if named else None),
         "timeline_url": "/timeline?" + urlencode({"camera": hit.camera, "at": f"{at:.0f}"}),
     }
 
 
 def alert_json(alert: Alert) -> dict[str, Any]:
+    # Alerts are raised at match level only; one raised under the old 0.6 reads as possible.
+    named = alert.level.names_subject
     return {
-        "id": alert.id, "case_id": alert.case_id, "subject_id": alert.subject_id,
+        "id": alert.id, "case_id": alert.case_id,
+        "subject_id": alert.subject_id if named else None,
         "face_id": alert.face_id, "camera": alert.camera, "seen_at": alert.seen_at,
         "distance": round(alert.distance, 4), "created_at": alert.created_at,
+        "level": alert.level.value, "meaning": alert.meaning,
         "status": alert.status.value, "decided_by": alert.decided_by,
         "decided_at": alert.decided_at,
-        "subject_crop_url": f"/api/cases/{alert.case_id}/subjects/{alert.subject_id}/crop.jpg",
+        "subject_crop_url": (f"/api/cases/{alert.case_id}/subjects/{alert.subject_id}/crop.jpg"
+                             if named else None),
         "timeline_url": "/timeline?" + urlencode({"camera": alert.camera,
                                                    "at": f"{alert.seen_at:.0f}"}),
     }

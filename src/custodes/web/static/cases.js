@@ -235,6 +235,15 @@
       } catch (err) { custodes.message(msg, "Refused: " + err.message, "bad"); }
     });
 
+    // A match shows its subject and the calibrated sentence; a possible hit is ranked but
+    // names nobody (the API sends no subject for it), so its subject cell says so.
+    const levelCell = (x) => el("td", { class: "level" },
+      el("span", { class: "badge " + (x.level === "match" ? "ok" : "busy"), title: x.meaning }, x.level),
+      el("div", { class: "muted", style: "max-width:320px;font-size:11px" }, x.meaning));
+    const subjectCell = (x) => el("td", {}, x.subject_crop_url
+      ? crop(x.subject_crop_url, `subject ${x.subject_id}`)
+      : el("span", { class: "muted" }, "not named"));
+
     function hitRow(h, n) {
       const shot = h.snapshot_url && data.can_snapshots
         ? el("img", { class: "thumb", src: h.snapshot_url, alt: "redacted snapshot", loading: "lazy" })
@@ -243,8 +252,8 @@
       return el("tr", { "data-face": h.face_id },
         el("td", { class: "num" }, String(n)), el("td", {}, h.camera),
         el("td", { class: "mono" }, custodes.utc(h.start), el("div", { class: "muted" }, custodes.duration(h.end - h.start))),
-        el("td", { class: "num mono" }, h.distance.toFixed(3)),
-        el("td", {}, shot), el("td", {}, crop(h.subject_crop_url, `subject ${h.subject_id}`)),
+        el("td", { class: "num mono" }, h.distance.toFixed(3)), levelCell(h),
+        el("td", {}, shot), subjectCell(h),
         el("td", {}, play));
     }
 
@@ -284,8 +293,8 @@
         };
         document.getElementById("alerts").replaceChildren(...r.alerts.map((a) => el("tr", { "data-alert": a.id },
           el("td", {}, `#${a.id}`), el("td", {}, a.camera), el("td", { class: "mono" }, custodes.utc(a.seen_at)),
-          el("td", { class: "num mono" }, a.distance.toFixed(3)),
-          el("td", {}, crop(a.subject_crop_url, `subject ${a.subject_id}`)),
+          el("td", { class: "num mono" }, a.distance.toFixed(3)), levelCell(a),
+          subjectCell(a),
           el("td", {}, el("span", { class: "badge " + (a.status === "confirmed" ? "ok" : a.status === "candidate" ? "busy" : "") }, a.status),
              a.decided_by ? el("div", { class: "muted" }, a.decided_by) : null),
           el("td", {}, a.status === "candidate"
@@ -293,7 +302,7 @@
                  el("button", { type: "button", class: "dismiss", onclick: decide(a, "dismiss") }, "Dismiss"))
             : null,
             data.can_timeline ? el("a", { href: a.timeline_url, style: "margin-left:6px" }, "play") : null))));
-        if (!r.alerts.length) document.getElementById("alerts").append(el("tr", {}, el("td", { colspan: "7", class: "muted" }, "No alerts.")));
+        if (!r.alerts.length) document.getElementById("alerts").append(el("tr", {}, el("td", { colspan: "8", class: "muted" }, "No alerts.")));
       } catch (err) { custodes.message(amsg, err.message, "bad"); }
     }
     load();

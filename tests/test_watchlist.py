@@ -64,10 +64,14 @@ class Node:
                                           descriptors=env.descriptors,
                                           on_face=self.watchlist.on_face)
 
-    def face(self, camera: str, vector: Any, at: float = NOW) -> None:
+    def face(self, camera: str, vector: Any, at: float = NOW,
+             samples: list[Any] | None = None) -> None:
+        """A track seen on `camera`: its stored descriptor, and the descriptors of its best
+        faces (`samples`, the stored one first) when the worker sent several."""
         embedding = np.asarray(vector, dtype=np.float32).tobytes()
+        several = None if samples is None else np.stack(samples).astype(np.float32).tobytes()
         self.maintainer.handle(FaceTrack(camera, at, at + 3.0, 6, (10, 10, 90, 90), 0.9,
-                                         embedding, f"{camera}/face.jpg"))
+                                         embedding, f"{camera}/face.jpg", several))
 
     def watchlist_events(self) -> list[Event]:
         found = []
@@ -206,3 +210,22 @@ def test_alerts_of_an_ended_case_cannot_be_confirmed(env: Env, people: People) -
         node.watchlist.confirm(CAROL, alert.id)
     erin = Actor("erin", Role.INVESTIGATOR, cameras=frozenset({"cam2"}))
     assert node.watchlist.alerts(erin, case.id) == []
+
+
+def test_a_track_names_the_subject_only_when_several_of_its_faces_agree(
+        env: Env, people: People) -> None:
+    """Per track, not per frame: one face at match level among strangers' faces is a lucky
+    frame, not an identification."""
+    node = Node(env, Profile.POLICE)
+    case = watch_case(node, people)
+    match = people.same_at(MatchLevel.MATCH)
+    assert len(match) >= 2, "two photos of the subject at match level"
+    # The best face looks like the subject, the track's two other faces are someone else's.
+    node.face("cam1", match[0], samples=[match[0], people.other[0], people.other[1]])
+    assert node.watchlist.alerts(CAROL, case.id) == []
+    assert node.alert_rows() == 0
+    # Two of three faces agree: the track is the subject's.
+    node.face("cam1", match[0], at=NOW + 60, samples=[match[0], match[1], people.other[0]])
+    (alert,) = node.watchlist.alerts(CAROL, case.id)
+    assert alert.level is MatchLevel.MATCH
+    assert alert.seen_at == NOW + 60

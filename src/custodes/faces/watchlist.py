@@ -10,10 +10,11 @@ in at most ~0.1 % of searches against 1000 people) becomes an alert row with sta
 named once a case holds a few hundred people. A candidate stays a candidate until a second
 person, not the case's opener, confirms or dismisses it.
 
-A stored face track carries one descriptor (the worker keeps its best-quality face), so a
-track's level is that one face's: the strict match distance is calibrated on exactly such
-one-photo comparisons. Should the worker come to keep several, `calibration.track_level`
-already asks them to agree.
+The decision is per track, not per frame: the worker sends the descriptors of a track's best
+faces (up to three, `FaceTrack.samples`; only the best one is stored), and
+`calibration.track_level` names a subject only when at least two of them, and most, are at
+match level. A track with a single face (seen once) is judged on it alone: the strict match
+distance is calibrated on exactly such one-photo comparisons.
 
 The subjects' descriptors are decrypted once per case and kept in memory while the case is
 active; which cases are active is read from the database on every track (a few rows), so an
@@ -120,18 +121,22 @@ class Watchlist:
                 del self._subjects[gone]
         if not watching:
             return []
-        vector = np.frombuffer(track.embedding, dtype=np.float32)
+        # The track's best faces (several when the worker sent them), the stored one first.
+        vectors = np.frombuffer(track.samples or track.embedding,
+                                dtype=np.float32).reshape(-1, 128)
         alerts = []
         for case in watching:
             subjects = self._case_subjects(case.id)
             if not subjects.ids:
                 continue
-            distances = np.linalg.norm(subjects.vectors - vector, axis=1)
-            nearest = int(np.argmin(distances))
-            # One descriptor per stored track (see the module doc): its level is the track's.
-            if track_level([float(distances[nearest])]) is MatchLevel.MATCH:
-                alerts.append(self._alert(case, subjects.ids[nearest],
-                                          float(distances[nearest]), face_id, track))
+            # (faces, subjects): the subject nearest to most of the track's faces is the
+            # candidate; the track names them only if several of its faces agree.
+            distances = np.linalg.norm(vectors[:, None, :] - subjects.vectors[None], axis=2)
+            nearest = int(np.argmin(np.median(distances, axis=0)))
+            column = [float(d) for d in distances[:, nearest]]
+            if track_level(column) is MatchLevel.MATCH:
+                alerts.append(self._alert(case, subjects.ids[nearest], min(column), face_id,
+                                          track))
         return alerts
 
     def _case_subjects(self, case_id: int) -> _Subjects:

@@ -1,4 +1,4 @@
-"""Joins per-frame face detections into tracks, and keeps each track's best face.
+"""Joins per-frame face detections into tracks, and keeps each track's best faces.
 
     tracker = Tracker(max_age=1.0)
     for t, grey, frame in frames:                      # t in seconds, increasing
@@ -13,10 +13,11 @@ velocity) with the detections, then, for what is left, by center distance relati
 size, which catches fast movers whose boxes no longer overlap. A track that has not been
 matched for more than `max_age` seconds ends and is returned once, as a FinishedTrack.
 
-For each track only the best face so far is kept (highest `Face.quality`): a small RGB crop
-around it, large enough for dlib's 150x150 face chip with padding 0.25, and its landmarks
-relative to that crop, so no frame needs to be kept. The RGB frame is asked for (converting it
-costs time) only when a detection beats its track's best face.
+For each track its SAMPLES best faces so far are kept (highest `Face.quality`, from different
+frames): a small RGB crop around each, large enough for dlib's 150x150 face chip with padding
+0.25, and its landmarks relative to that crop, so no frame needs to be kept. Several, because a
+track is identified only when several of its faces agree (`custodes.faces.calibration`). The
+RGB frame is asked for (converting it costs time) only when a detection earns a place.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from __future__ import annotations
 import itertools
 import logging
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Final
 
 import numpy as np
@@ -41,6 +42,7 @@ RgbProvider = Callable[[], U8]
 # (padding 0.25) spans ~1.5x the aligned face; a head rolled by 45 degrees needs ~1.5 x 1.41 =
 # 2.1x: 0.6 per side gives 2.2x, so the chip comes out the same as one cut from the whole frame.
 CROP_MARGIN: Final = 0.6
+SAMPLES: Final = 3  # best faces kept per track
 # Weight of the newest velocity measurement; the rest is the previous estimate (detector boxes
 # jitter by a few pixels from frame to frame).
 VELOCITY_SMOOTHING: Final = 0.5
@@ -67,6 +69,7 @@ class FinishedTrack:
     last_box: Box
     detections: int
     best: BestFace
+    samples: tuple[BestFace, ...]  # the best faces, best first (`best` is the first)
 
     @property
     def duration(self) -> float:
@@ -81,6 +84,7 @@ class _Track:
     first_box: Box
     last_box: Box
     best: BestFace
+    samples: list[BestFace] = field(default_factory=list)  # best first, at most SAMPLES
     detections: int = 1
     vx: float = 0.0  # velocity of the box center, pixels per second
     vy: float = 0.0
@@ -103,7 +107,17 @@ class _Track:
     def finished(self) -> FinishedTrack:
         return FinishedTrack(id=self.id, first_seen=self.first_seen, last_seen=self.last_seen,
                              first_box=self.first_box, last_box=self.last_box,
-                             detections=self.detections, best=self.best)
+                             detections=self.detections, best=self.best,
+                             samples=tuple(self.samples))
+
+    def offer(self, t: float, quality: float, face: Face, rgb: _Lazy) -> None:
+        """Keep this face if it is among the track's SAMPLES best."""
+        if len(self.samples) == SAMPLES and quality <= self.samples[-1].quality:
+            return
+        self.samples.append(_best_face(t, quality, face, rgb()))
+        self.samples.sort(key=lambda sample: -sample.quality)
+        del self.samples[SAMPLES:]
+        self.best = self.samples[0]
 
 
 class Tracker:
@@ -139,7 +153,7 @@ class Tracker:
 
         Call it for every analysed frame, also one without faces: that is how tracks age.
         `frame_rgb_provider` returns the frame as RGB (H, W, 3) uint8. It is called at most
-        once, and only when a face starts a track or beats its track's best face so far.
+        once, and only when a face starts a track or earns a place among its best faces.
         """
         if t < self._now:
             raise ValueError(f"time went backwards: {t} after {self._now}")
@@ -150,13 +164,11 @@ class Tracker:
         matches, unmatched = self._match(t, faces)
         for track, face in matches:
             track.observe(t, face.box)
-            quality = face.quality(frame_grey)
-            if quality > track.best.quality:
-                track.best = _best_face(t, quality, face, rgb())
+            track.offer(t, face.quality(frame_grey), face, rgb)
         for face in unmatched:
+            best = _best_face(t, face.quality(frame_grey), face, rgb())
             track = _Track(id=next(self._ids), first_seen=t, last_seen=t, first_box=face.box,
-                           last_box=face.box,
-                           best=_best_face(t, face.quality(frame_grey), face, rgb()))
+                           last_box=face.box, best=best, samples=[best])
             self._tracks.append(track)
             log.debug("track %d starts at %.2f s: %s", track.id, t, face.box)
         return finished

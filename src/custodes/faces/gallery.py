@@ -29,13 +29,14 @@ from sqlalchemy import Connection, Row, delete, func, insert, select, update
 
 from custodes.audit.log import SYSTEM, AuditLog, Outcome
 from custodes.auth.roles import Actor, Permission
+from custodes.faces.calibration import MATCH_DISTANCE
 from custodes.faces.index import DIM, VectorIndex
 from custodes.faces.photos import DescribedFace, PhotoError, describe_photo, read_image
 from custodes.keys import NodeKeys
 from custodes.privacy.policy import Action, Profile, Refused, require
 from custodes.store import schema
 from custodes.store.db import Store
-from custodes.vision.embedding import MATCH_THRESHOLD, FaceEmbedder
+from custodes.vision.embedding import FaceEmbedder
 
 F32 = npt.NDArray[np.float32]
 
@@ -214,8 +215,10 @@ class Gallery:
         return tuple(self.keys.open(blob, crop_context(person_id)) for blob in sealed)
 
     def match(self, vector: npt.ArrayLike, *,
-              max_distance: float = MATCH_THRESHOLD) -> tuple[Person, float] | None:
-        """The enrolled (unexpired) person nearest to ``vector`` if within ``max_distance``.
+              max_distance: float = MATCH_DISTANCE) -> tuple[Person, float] | None:
+        """The enrolled (unexpired) person nearest to ``vector`` if within ``max_distance``:
+        by default a calibrated match (`custodes.faces.calibration`), the only level that may
+        name someone; dlib's 0.6 would name most strangers against a gallery of hundreds.
 
         Not audited here: the caller (a watchlist alert, a search) records what it does with a
         match.

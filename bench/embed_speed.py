@@ -1,6 +1,7 @@
 """Face-embedding speed and agreement: dlib-bin vs the numpy and ONNX Runtime ports.
 
     python bench/embed_speed.py [--limit 0] [--runs 15]
+    python bench/embed_speed.py --quick     # smoke test: 16 photos, 3 rounds (~15 s)
 
 Faces: the labelled photos in ../shared/data/faces, the largest face of each found by dlib's
 HOG detector (upsampled once) with 5-point landmarks. Reference: dlib's
@@ -81,7 +82,11 @@ def main() -> None:
     parser.add_argument("--limit", type=int, default=0, help="photos to use (0: all)")
     parser.add_argument("--runs", type=int, default=15,
                         help="timed rounds (each: every backend, batch 1 and 8)")
+    parser.add_argument("--quick", action="store_true",
+                        help="smoke test: 16 photos, 3 rounds; its numbers are not the bench's")
     args = parser.parse_args()
+    if args.quick:
+        args.limit, args.runs = args.limit or 16, 3
 
     t0 = time.perf_counter()
     images, shapes, paths = find_faces(args.limit)

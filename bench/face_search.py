@@ -1,6 +1,7 @@
 """Face search at scale: brute force vs HNSW top-10 latency, recall, build time, memory.
 
     python bench/face_search.py [--sizes 100000 1000000] [--queries 200] [--decrypt 100000]
+    python bench/face_search.py --quick     # smoke test: 20,000 faces, 50 queries (~15 s)
 
 Vectors are synthetic but spread like dlib's descriptors: identities are centers around a common
 mean, each stored face a sample of its identity, with the spreads set so that two faces of one
@@ -168,7 +169,11 @@ def main() -> None:
     parser.add_argument("--queries", type=int, default=200)
     parser.add_argument("--decrypt", type=int, default=100_000,
                         help="rows for the decrypt-all measurement (0: skip)")
+    parser.add_argument("--quick", action="store_true",
+                        help="smoke test: 20,000 faces, 50 queries, 5,000 sealed rows")
     args = parser.parse_args()
+    if args.quick:
+        args.sizes, args.queries, args.decrypt = [20_000], 50, 5_000
     between, within = sigmas()
     check, _ = faces(20 * 50, 0, seed=3)
     same = np.linalg.norm(check[0] - check[1:], axis=1)

@@ -74,7 +74,8 @@ class Node:
                        live=self.layout.live, zones=cam.privacy_zones)
             for name, cam in config.cameras.items()
             if cam.enabled and cam.analytics.enabled
-        ])
+        ], workers=config.analytics.workers, keyframes=config.analytics.main_stream == "keyframes",
+            min_fps=config.analytics.min_fps)
         sites = {name: cam.site for name, cam in config.cameras.items()}
         # Biometric data: descriptors sealed at rest, searched only through a case; the
         # watchlist acts only in the police profile, inside an approved case.
@@ -143,12 +144,18 @@ class Node:
                  len(self.supervisors), len(self.analytics.specs))
 
     def stop(self) -> None:
+        begun = time.monotonic()
         self.stop_event.set()
+        # Analysis winds down while the recorders close their last segments: the two waits
+        # overlap instead of adding up (the node must stop within 10 s).
+        self.analytics.request_stop()
         for sup in self.supervisors.values():
             sup.request_stop()
         for sup in self.supervisors.values():
             sup.join()
+        recorders = time.monotonic() - begun
         self.analytics.stop()
+        analysis = time.monotonic() - begun
         self.events.stop()
         if self.mqtt is not None:
             self.mqtt.stop()
@@ -160,7 +167,9 @@ class Node:
         self.audit.record(SYSTEM, "node.stop", self.config.node.name)
         self.audit.checkpoint()
         self.store.close()
-        log.info("node %s stopped", self.config.node.name)
+        # What a slow stop waited for, from the stop request: the recorders, then analysis.
+        log.info("node %s stopped in %.1f s (recorders done at %.1f s, analysis at %.1f s)",
+                 self.config.node.name, time.monotonic() - begun, recorders, analysis)
 
     def _audit_start(self) -> None:
         """Record the start, and what changed in the configuration since the last one: the

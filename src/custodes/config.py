@@ -16,7 +16,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit, urlunsplit
 
 import yaml
@@ -184,6 +184,28 @@ class AnalyticsConfig(Strict):
     faces: FacesConfig = Field(default_factory=FacesConfig)
 
 
+class AnalysisPoolConfig(Strict):
+    """The node's analysis processes, shared by all cameras (each camera's `analytics` says
+    what to analyse; this says with what)."""
+
+    workers: int | None = Field(
+        None, ge=1, le=256,
+        description="Analysis processes, each analysing several cameras in turn; default: "
+        "one per core but one, fewer when memory is short",
+    )
+    main_stream: Literal["keyframes", "all"] = Field(
+        "keyframes",
+        description="How a camera without a sub stream is decoded for analysis: keyframes "
+        "only (analysed at the keyframe rate, ~2 % of a core per 5 MP camera) or every frame "
+        "(the configured rate, ~18 % of a core per 5 MP camera)",
+    )
+    min_fps: float = Field(
+        0.2, gt=0, le=30,
+        description="Least analysis rate per camera when the node is overloaded and "
+        "analysis is shed (recording never is)",
+    )
+
+
 class CameraConfig(Strict):
     site: Name = Field(description="Id of the site (from `sites`) where the camera is installed")
     location: LocationType = Field(description="What kind of place the camera looks at")
@@ -320,6 +342,7 @@ class Config(Strict):
     server: ServerConfig = Field(default_factory=ServerConfig)
     mqtt: MqttConfig | None = Field(None, description="Publish events to an MQTT broker")
     security: SecurityConfig = Field(default_factory=SecurityConfig)
+    analytics: AnalysisPoolConfig = Field(default_factory=AnalysisPoolConfig)
 
     @model_validator(mode="after")
     def _cross_checks(self) -> Config:

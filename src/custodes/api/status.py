@@ -50,6 +50,9 @@ def node_status(node: Node, actor: Actor | None = None) -> dict[str, Any]:
             "analytics": None if stats is None else {
                 "online": stats.online, "reason": stats.reason, "fps": round(stats.fps, 2),
                 "lag_p95": round(stats.lag_p95, 3), "dropped": stats.dropped,
+                # The rate aimed at, and whether it is below the configured one because the
+                # node cannot keep up (analysis is shed; recording never is).
+                "analysis_fps": round(stats.analysis_fps, 2), "shed": stats.shed,
             },
         })
     return {

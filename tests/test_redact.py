@@ -17,10 +17,9 @@ from custodes.redaction.blur import (
     blur_regions,
     encode_jpeg,
     redact_snapshot,
-    snapshot_upsample,
 )
-from custodes.redaction.detect import RedactionDetector
-from custodes.vision.faces import Box, FaceDetector
+from custodes.redaction.detect import NODE_SETTINGS, blur_boxes, snapshot_scale
+from custodes.vision.faces import DETECT_THRESHOLD, SMALLEST_FACE, Box, FaceDetector
 from custodes.vision.weights import face_model_files
 
 U8 = npt.NDArray[np.uint8]
@@ -94,7 +93,7 @@ def test_blur_regions_obscures_the_boxes_and_nothing_else(shared_data: Path) -> 
 def test_a_redacted_face_is_no_longer_recognised(shared_data: Path,
                                                   detector: FaceDetector) -> None:
     frame = video_frame(shared_data / "video" / HAMILTON, 6.0)  # Miranda facing the camera
-    (face,) = detector.detect(grey(frame))
+    (face,) = detector.detect(frame)
     model = dlib.face_recognition_model_v1(str(face_model_files().resnet))
 
     def distance_to_reference(image: U8) -> float:
@@ -103,7 +102,7 @@ def test_a_redacted_face_is_no_longer_recognised(shared_data: Path,
 
     photo = rgb_photo(shared_data / "faces" / "face_recognition" / "Lin-Manuel_Miranda" /
                       "lin-manuel-miranda.png")
-    shot = max(detector.detect(grey(photo), upsample=1), key=lambda f: f.box.area)
+    shot = max(detector.detect(photo), key=lambda f: f.box.area)
     reference = np.asarray(model.compute_face_descriptor(photo, shot.dlib_shape()))
     # dlib's threshold: under 0.6 is the same person. Measured 0.43 before, 0.72 after.
     assert distance_to_reference(frame) < 0.6
@@ -125,18 +124,26 @@ def test_redact_snapshot_leaves_no_face_to_find(shared_data: Path, detector: Fac
     path, _, at = picture.partition("@")
     image = (video_frame(shared_data / path, float(at)) if at
              else rgb_photo(shared_data / path))
-    before = grey(image)
-    assert detector.detect(before, upsample=2, min_size=0), "the picture should show faces"
+    # Looked at by the same network at twice the size (finer than the redactor looks, at most
+    # 720 lines): every face it is sure of (the analysis threshold) must lie in what was
+    # blurred. A re-scan of the redacted picture would tell nothing: the network still finds
+    # blurred heads (it learnt faces from WIDER FACE, where many faces are blurred). The
+    # independent auditor is in test_redaction_recall. Faces below SMALLEST_FACE, which only
+    # twice the size shows, are too small to recognise.
+    finer = FaceDetector(threshold=DETECT_THRESHOLD, min_size=SMALLEST_FACE)
+    faces = [f.box for f in finer.detect(image, scale=2.0)]
+    assert faces, "the picture should show faces"
 
-    redactor = RedactionDetector()
+    redactor = NODE_SETTINGS.detector()
     redacted = redact_snapshot(image, redactor)
 
-    after = grey(redacted)
-    assert detector.detect(after, upsample=1, min_size=0) == []
-    assert detector.detect(after, upsample=2, min_size=0) == []
-    # Only the faces changed: what redact_snapshot found (the same call, deterministic).
-    up = snapshot_upsample(*before.shape)
-    found = redactor.boxes(before, up)
+    # What redact_snapshot found (the same call, deterministic), with blur_regions' margin.
+    found = blur_boxes(redactor.detect(image, scale=snapshot_scale(*image.shape[:2])))
+    blurred = [box.expand(0.25) for box in found]
+    for face in faces:
+        inner = face.expand(-0.15)
+        assert any(inner.intersection(b) >= 0.9 * inner.area for b in blurred), face
+    # Only the faces changed.
     assert changed_outside(image, redacted, found) == 0
     if path.startswith("crowds/dlib_voc"):
         # Checked against the hand-drawn boxes too, not only against the detector itself:
@@ -150,9 +157,9 @@ def test_known_boxes_are_blurred_even_without_a_detection(shared_data: Path,
                                                           detector: FaceDetector) -> None:
     image = rgb_photo(shared_data / "crowds" / "dlib_dogs.jpg")  # no human face
     known = Box(100, 100, 80, 80)
-    # HOG alone at dlib's threshold: nothing found, so only the known box may change.
-    redacted = redact_snapshot(image, RedactionDetector(threshold=0.0, haar=False), [known],
-                               upsample=0)
+    # The analysis threshold finds no face among the dogs, so only the known box may change.
+    assert detector.detect(image) == []
+    redacted = redact_snapshot(image, detector, [known])
     assert changed_outside(image, redacted, [known]) == 0
     assert detail(redacted, known) < 0.05 * detail(image, known)
 
@@ -181,7 +188,8 @@ def test_encode_jpeg_keeps_the_colours() -> None:
     assert decoded[..., :2].max() < 60
 
 
-def test_snapshot_upsample_finds_faces_of_a_fraction_of_the_picture() -> None:
-    assert snapshot_upsample(360, 640) == 2  # sub stream: 20 px faces
-    assert snapshot_upsample(1080, 1920) == 1
-    assert snapshot_upsample(1944, 2592) == 0  # 5 MP main stream
+def test_snapshots_are_searched_at_up_to_720_lines() -> None:
+    assert snapshot_scale(360, 640) == 1.0  # sub stream: as it is
+    assert snapshot_scale(720, 1280) == 1.0
+    assert snapshot_scale(1080, 1920) == pytest.approx(2 / 3)
+    assert snapshot_scale(1944, 2592) == pytest.approx(720 / 1944)  # 5 MP main stream

@@ -1,6 +1,6 @@
 """Redaction blurs faces turned away from the camera too, checked by a detector of another
-kind: dlib's CNN (MMOD) face detector, which finds the profiles and turned faces that the
-redaction's own HOG detector does not, so it sees what a re-scan with HOG is blind to."""
+kind: dlib's CNN (MMOD) face detector, trained on other data than the redactor's CenterFace,
+so it sees what a re-scan with the redactor's own network would be blind to."""
 
 from __future__ import annotations
 
@@ -17,14 +17,14 @@ import pytest
 
 from custodes.media import ffmpeg_exe
 from custodes.redaction.blur import redact_snapshot
-from custodes.redaction.detect import RedactionDetector
+from custodes.redaction.detect import NODE_SETTINGS
 from custodes.redaction.video import redact_file
 from custodes.vision.faces import Box
 
 U8 = npt.NDArray[np.uint8]
 HAMILTON = "video/face_recognition_short_hamilton_clip.mp4"
 # 7.6-9.6 s: the audience (the Obamas and their neighbours), laughing, faces turned towards
-# the stage at the side, ~70-100 px. HOG finds one or two of the four faces there.
+# the stage at the side, ~70-100 px (dlib's HOG found one or two of the four faces there).
 AUDIENCE = 7.6
 FPS = 5
 
@@ -76,7 +76,7 @@ def test_an_export_blurs_the_turned_audience(audience: Path, auditor: Any,
         assert audit(auditor, after[i]) == [], f"a face left visible in frame {i}"
     detector = info["detector"]
     assert isinstance(detector, dict)
-    assert detector["name"] == "dlib-hog+haar"
+    assert detector["name"] == "centerface"
 
 
 def test_a_snapshot_blurs_faces_in_profile(shared_data: Path, auditor: Any) -> None:
@@ -86,6 +86,6 @@ def test_a_snapshot_blurs_faces_in_profile(shared_data: Path, auditor: Any) -> N
     before = audit(auditor, image)
     assert len(before) >= 3, "the audience, turned to the stage, should be found"
 
-    redacted = redact_snapshot(image, RedactionDetector())
+    redacted = redact_snapshot(image, NODE_SETTINGS.detector())
 
     assert audit(auditor, redacted) == []

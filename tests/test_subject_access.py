@@ -14,7 +14,6 @@ import pytest
 from custodes.media import ffmpeg_exe
 from custodes.redaction.subject_access import NoFaceInPhoto, subject_keep
 from custodes.redaction.video import redact_file
-from custodes.vision.decode import luma
 from custodes.vision.embedding import MATCH_THRESHOLD, FaceEmbedder
 from custodes.vision.faces import Box, FaceDetector
 
@@ -50,10 +49,12 @@ def embedder() -> FaceEmbedder:
     return FaceEmbedder("onnx", threads=1)
 
 
-def identities(path: Path, miranda: F32, embedder: FaceEmbedder
-               ) -> list[list[tuple[Box, str]]]:
-    """Per frame, every face found (as finely as the redactor looks: upsample 2, any size,
-    threshold -0.3), named "miranda" when within dlib's threshold of his photo, "someone"
+Seen = list[list[tuple[Box, str, F32]]]  # per frame: box, name, descriptor
+
+
+def identities(path: Path, miranda: F32, embedder: FaceEmbedder) -> Seen:
+    """Per frame, every face the network is sure of (the analysis threshold, any size) with
+    its descriptor, named "miranda" when within dlib's threshold of his photo, "someone"
     otherwise."""
     detector = FaceDetector(min_size=0)
     seen = []
@@ -61,32 +62,33 @@ def identities(path: Path, miranda: F32, embedder: FaceEmbedder
         for video in container.decode(video=0):
             rgb = np.asarray(video.to_ndarray(format="rgb24"), dtype=np.uint8)
             faces = []
-            for face in detector.detect(luma(video, video.width), upsample=2, min_size=0,
-                                        threshold=-0.3):
+            for face in detector.detect(rgb):
                 vector = embedder.embed(rgb, [face.dlib_shape()])[0]
                 close = np.linalg.norm(vector - miranda) < MATCH_THRESHOLD
-                faces.append((face.box, "miranda" if close else "someone"))
+                faces.append((face.box, "miranda" if close else "someone", vector))
             seen.append(faces)
     return seen
 
 
-def who(frames: list[list[tuple[Box, str]]], name: str) -> list[int]:
+def who(frames: Seen, name: str) -> list[int]:
     """The frames where someone of that name is found."""
-    return [i for i, faces in enumerate(frames) if any(n == name for _, n in faces)]
+    return [i for i, faces in enumerate(frames) if any(n == name for _, n, _ in faces)]
 
 
 def reference(photo: U8, embedder: FaceEmbedder) -> F32:
-    grey = np.asarray(cv2.cvtColor(photo, cv2.COLOR_RGB2GRAY), dtype=np.uint8)
-    face = max(FaceDetector().detect(grey, upsample=1), key=lambda f: f.box.area)
+    face = max(FaceDetector().detect(photo), key=lambda f: f.box.area)
     vector: F32 = embedder.embed(photo, [face.dlib_shape()])[0]
     return vector
 
 
-def uncovered(before: list[list[tuple[Box, str]]], after: list[list[tuple[Box, str]]],
-              name: str) -> list[tuple[int, Box]]:
-    """Faces not called `name` found after redaction where the original had a face."""
+def recognisable(before: Seen, after: Seen, name: str) -> list[tuple[int, Box]]:
+    """Faces not called `name` in the original that are found after redaction at the same
+    place and still within dlib's threshold of themselves: not hidden. (The network still
+    finds blurred heads; what matters is that they can no longer be told apart.)"""
     return [(i, box) for i, (old, new) in enumerate(zip(before, after, strict=True))
-            for box, n in new if n != name and any(box.iou(o) >= 0.3 for o, _ in old)]
+            for box, n, vector in old if n != name
+            for other, _, again in new
+            if box.iou(other) >= 0.3 and np.linalg.norm(again - vector) < MATCH_THRESHOLD]
 
 
 @pytest.mark.slow
@@ -107,10 +109,8 @@ def test_subject_access_shows_the_subject_and_blurs_the_others(
     assert info["faces_kept"] == 1
     # Miranda is as visible as before: found in the same frames, as himself.
     assert who(after, "miranda") == who(before, "miranda")
-    # Nobody else is: no face of the original is found again. (HOG may take a blurred blob
-    # for a face where there was none: rare, and not a person.)
-    assert uncovered(before, after, "miranda") == []
-    assert len(who(after, "someone")) <= len(after) // 20
+    # Nobody else is: no other face of the original can be recognised in the copy.
+    assert recognisable(before, after, "miranda") == []
 
 
 def test_a_photo_without_a_face_is_refused(shared_data: Path, embedder: FaceEmbedder) -> None:

@@ -1,13 +1,14 @@
-"""The analysis of one camera, in a process of its own.
+"""The analysis of cameras: one camera's pipeline, and the worker process that runs several.
 
     frames (decode.py) -> motion (motion.py) -> faces in the moving regions (faces.py)
-    -> tracks (tracker.py) -> per finished track: one descriptor, if allowed (embedding.py)
+    -> tracks (tracker.py) -> per finished track: descriptors of its best faces, if allowed
     -> messages to the node: motion spans, face tracks, redacted snapshots, statistics
     -> while someone watches: a redacted live picture of the newest frame (live.py)
 
 The worker never touches the database: it sends plain messages on a queue and the node's
 event maintainer stores and publishes them. A stream that fails ends the open motion span
-and tracks, waits (1 s doubling to 60 s) and reconnects.
+and tracks, waits (1 s doubling to 60 s) and reconnects, while the worker's other cameras go
+on. A worker that cannot keep up lowers its cameras' analysis rates (load shedding).
 """
 
 from __future__ import annotations
@@ -17,12 +18,13 @@ import logging
 import multiprocessing.synchronize
 import os
 import queue
+import signal
 import statistics
 import threading
 import time
 from collections import deque
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Protocol
@@ -33,7 +35,7 @@ from custodes.analytics.motion import MotionDetector, MotionResult, MotionSpan, 
 from custodes.config import AnalyticsConfig, FacesConfig
 from custodes.process import backoff, die_with_parent
 from custodes.redaction.blur import Polygon, encode_jpeg, redact_snapshot
-from custodes.redaction.detect import RedactionDetector
+from custodes.redaction.detect import NODE_SETTINGS
 from custodes.redaction.live import LiveWriter
 from custodes.vision.decode import Frame, FrameSource, StreamError
 from custodes.vision.embedding import FaceEmbedder
@@ -93,8 +95,11 @@ class FaceTrack:
     detections: int
     box: tuple[int, int, int, int]
     quality: float
-    embedding: bytes | None  # 128 float32; None unless descriptors are allowed
+    embedding: bytes | None  # 128 float32 of the best face; None unless descriptors are allowed
     snapshot: str | None
+    # (n, 128) float32 of the track's best faces (the best first), for deciding per track: a
+    # watchlist names someone only when several agree. Never stored: only `embedding` is.
+    samples: bytes | None = None
 
 
 @dataclass(frozen=True)
@@ -107,7 +112,9 @@ class Stats:
     dropped: int  # frames skipped deliberately so far
     width: int
     height: int
-    stream_fps: float = 0.0  # frames the camera sent per second (all decoded, most skipped)
+    stream_fps: float = 0.0  # frames the camera sent per second (not all decoded)
+    analysis_fps: float = 0.0  # the rate aimed at now: the configured one unless shed
+    shed: bool = False  # the rate is below the configured one: the worker is overloaded
 
 
 Message = MotionStarted | MotionEnded | FaceTrack | Stats
@@ -123,9 +130,9 @@ class Outbox(Protocol):
 class SnapshotWriter:
     """Redacts and writes event pictures in a thread of its own.
 
-    Redaction scans the whole picture finely (HOG and the Haar cascades, ~0.7 s at
-    640x360) and dlib and OpenCV release the GIL while they do, so doing it here keeps the
-    analysis loop on time. The path is decided at once, so the event that names it can leave
+    Redaction scans the whole picture with redaction's detector (~0.1 s at 640x360), and
+    onnxruntime releases the GIL while it does, so doing it here keeps the analysis loop on
+    time. The path is decided at once, so the event that names it can leave
     before the file is written. When too many are waiting, a snapshot is skipped (and logged)
     rather than delaying or growing without bound.
     """
@@ -134,10 +141,9 @@ class SnapshotWriter:
                  zones: Sequence[Polygon] = ()) -> None:
         self.folder = folder
         self.zones = list(zones)
-        # A detector of its own: dlib's and OpenCV's detectors are not to be shared between
-        # threads. It finds faces of any size, turned ones too, whatever `faces` says: the
-        # analysis settings are for recognition, not for redaction.
-        self.detector = RedactionDetector()
+        # Redaction's own detector: faces of any size at REDACT_THRESHOLD, whatever `faces`
+        # says: the analysis settings are for recognition, not for redaction.
+        self.detector = NODE_SETTINGS.detector()
         self._jobs: queue.Queue[tuple[Frame, list[Box], Path] | None] = queue.Queue(maxsize)
         self._names = itertools.count(1)
         self._thread = threading.Thread(target=self._run, name="snapshots", daemon=True)
@@ -263,16 +269,18 @@ class CameraAnalysis:
 
     def _finish_track(self, track: FinishedTrack) -> None:
         best = track.best
-        embedding = None
+        embedding = samples = None
         if self.config.faces.embeddings and self.embedder is not None:
-            vector = self.embedder.embed(best.image, [best.face.dlib_shape()])[0]
-            embedding = vector.astype(np.float32).tobytes()
+            vectors = np.concatenate([self.embedder.embed(sample.image,
+                                                          [sample.face.dlib_shape()])
+                                      for sample in track.samples]).astype(np.float32)
+            embedding, samples = vectors[0].tobytes(), vectors.tobytes()
         frame = next((f for f in self._colour if f.t == best.time), None)
         snapshot = self._snapshot(frame, "face", [best.box]) if frame is not None else None
         b = best.box
         self.outbox.put(FaceTrack(
             self.spec.camera, track.first_seen, track.last_seen, track.detections,
-            (b.x, b.y, b.w, b.h), best.quality, embedding, snapshot,
+            (b.x, b.y, b.w, b.h), best.quality, embedding, snapshot, samples,
         ))
 
     def _snapshot(self, frame: Frame, kind: str, known: list[Box] | None = None) -> str | None:
@@ -284,62 +292,234 @@ class CameraAnalysis:
 
 # -- the process ----------------------------------------------------------------------------
 
+# Load shedding: the share of wall time the analysis thread spent analysing decides. Above
+# SHED_HIGH every camera's rate is cut at once to what would bring it to SHED_TARGET; below
+# SHED_LOW it is raised a quarter at a time back to the configured rate. The band between
+# them keeps the rates from see-sawing. Wall time, not CPU time: analysis runs at a lower
+# priority than recording, so a CPU busy with recording shows as slower analysis and is shed.
+SHED_HIGH = 0.85
+SHED_TARGET = 0.7
+SHED_LOW = 0.6
+SHED_RAISE = 1.25
+# However loaded, a camera is analysed once every 5 s: motion is still noticed.
+MIN_FPS = 0.2
+# Analysis yields the CPU to recording and the web server: a late analysed frame costs a
+# little accuracy, a late recorded packet costs footage.
+NICENESS = 10
+# Seconds a stopping worker waits for its cameras' last snapshots; less than the supervisor's
+# STOP_GRACE, so that the worker exits by itself, its messages handed over, before it is killed.
+FLUSH_WAIT = 2.0
 
-def run_worker(spec: WorkerSpec, outbox: Outbox,
-               stop: multiprocessing.synchronize.Event) -> None:
-    """Process entry point: analyse the camera until ``stop`` is set."""
+
+class Shedder:
+    """One worker's load shedding: a factor on every camera's configured rate."""
+
+    def __init__(self, min_fps: float = MIN_FPS) -> None:
+        self.min_fps = min_fps
+        self.factor = 1.0
+
+    def update(self, busy: float) -> float:
+        """Take the share of the last interval spent analysing; the new factor."""
+        if busy > SHED_HIGH:
+            self.factor = max(0.001, self.factor * SHED_TARGET / busy)
+        elif busy < SHED_LOW:
+            self.factor = min(1.0, self.factor * SHED_RAISE)
+        return self.factor
+
+    def rate(self, configured: float) -> float:
+        """The rate a camera configured for ``configured`` fps is analysed at now."""
+        return max(min(configured, self.min_fps), configured * self.factor)
+
+
+@dataclass
+class _Camera:
+    """One camera of a worker: its analysis, its stream (None while waiting to reconnect),
+    and what its next statistics message needs."""
+
+    spec: WorkerSpec
+    analysis: CameraAnalysis
+    source: FrameSource | None = None
+    failures: int = 0
+    retry_at: float = 0.0
+    rate: float = 0.0
+    seen_frame: bool = False
+    analysed: int = 0
+    packets: int = 0
+    counted_since: float = 0.0  # monotonic start of what `analysed` and `packets` count
+    size: tuple[int, int] = (0, 0)
+    lags: list[float] = field(default_factory=list)
+
+    def watched(self) -> bool:
+        live = self.analysis.live
+        return live is not None and live.watched()
+
+
+def run_worker(specs: Sequence[WorkerSpec], outbox: Outbox,
+               stop: multiprocessing.synchronize.Event, *, keyframes: bool = True,
+               min_fps: float = MIN_FPS) -> None:
+    """Process entry point: analyse ``specs`` round-robin until ``stop`` is set.
+
+    ``keyframes``: decode only the keyframes of a main stream (see vision/decode.py).
+    """
     # If the recorder dies, even by SIGKILL, its analysis processes go with it instead of
     # analysing on as orphans.
     parent = os.getppid()
     die_with_parent()
     if os.getppid() != parent:  # the parent died before prctl took effect
         return
+    # Ctrl-C in a terminal reaches the whole process group; the node stops its workers itself,
+    # in order, after the recorders have closed their segments.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    os.nice(NICENESS)
     logging.basicConfig(level=logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    analysis = CameraAnalysis(spec, outbox)
-    failures = 0
-    while not stop.is_set():
-        reason = _analyse_stream(spec, analysis, outbox, stop)
-        analysis.flush()
-        if stop.is_set():
-            break
-        failures = failures + 1 if reason else 0
-        outbox.put(Stats(spec.camera, False, reason or "stream ended", 0.0, 0.0, 0, 0, 0))
-        stop.wait(backoff(failures))
+    analyses = []
+    for spec in specs:
+        if stop.is_set():  # loading a camera's models takes ~0.5 s: a stop may come meanwhile
+            return
+        analyses.append(CameraAnalysis(spec, outbox))
+    analyse_cameras(analyses, outbox, stop, keyframes=keyframes, min_fps=min_fps)
 
 
-def _analyse_stream(spec: WorkerSpec, analysis: CameraAnalysis, outbox: Outbox,
-                    stop: multiprocessing.synchronize.Event) -> str:
-    """Analyse until the stream fails (return why) or ``stop`` (return "")."""
-    lags: list[float] = []
-    analysed = decoded = 0
-    last_report: float | None = None  # from the first frame: opening the stream takes time
+def analyse_cameras(analyses: Sequence[CameraAnalysis], outbox: Outbox,
+                    stop: multiprocessing.synchronize.Event, *, keyframes: bool = True,
+                    min_fps: float = MIN_FPS) -> None:
+    """Analyse the cameras round-robin, each from its own stream, until ``stop`` is set;
+    then end their motion spans and tracks."""
+    cameras = [_Camera(a.spec, a, rate=a.spec.config.fps) for a in analyses]
     try:
-        with FrameSource(spec.url, spec.config.fps, spec.config.width) as source:
-            for frame in source:
-                if stop.is_set():
-                    return ""
-                analysis.process(frame)
-                analysed += 1
-                lags.append(time.time() - frame.t)
-                now = time.monotonic()
-                if last_report is None:
-                    last_report, analysed = now, 0
-                    decoded = source.stats.decoded
-                elif now - last_report >= STATS_INTERVAL:
-                    height, width = frame.grey.shape
-                    elapsed = now - last_report
-                    outbox.put(Stats(
-                        spec.camera, True, "", analysed / elapsed,
-                        _p95(lags), source.stats.dropped, width, height,
-                        stream_fps=(source.stats.decoded - decoded) / elapsed,
-                    ))
-                    lags.clear()
-                    analysed, last_report = 0, now
-                    decoded = source.stats.decoded
-    except StreamError as exc:
-        return str(exc)
-    return "stream ended"
+        _analyse(cameras, outbox, stop, Shedder(min_fps), keyframes)
+    finally:
+        for cam in cameras:
+            if cam.source is not None:
+                cam.source.request_stop()  # all at once: each may take a read timeout to end
+        _flush_all(cameras)
+
+
+def _flush_all(cameras: list[_Camera]) -> None:
+    """End every camera's motion span and tracks, side by side, for at most FLUSH_WAIT.
+
+    A flush sends its messages first and then waits for its snapshots to be redacted; one
+    after the other, 64 cameras' waits would add up past the node's stop time and the last
+    cameras' messages would be lost with the killed process. Side by side, every camera's
+    messages leave at once, and snapshots not written by FLUSH_WAIT are given up.
+    """
+    threads = [threading.Thread(target=cam.analysis.flush, name=f"flush-{cam.spec.camera}",
+                                daemon=True) for cam in cameras]
+    for thread in threads:
+        thread.start()
+    deadline = time.monotonic() + FLUSH_WAIT
+    for thread in threads:
+        thread.join(max(0.0, deadline - time.monotonic()))
+
+
+def _analyse(cameras: list[_Camera], outbox: Outbox, stop: multiprocessing.synchronize.Event,
+             shedder: Shedder, keyframes: bool) -> None:
+    """Take each camera's newest frame in turn, until ``stop``."""
+    ready = threading.Event()  # set by any decoder thread with a new frame
+    busy = 0.0
+    last_report = time.monotonic()
+    while not stop.is_set():
+        now = time.monotonic()
+        ready.clear()  # before looking: a frame arriving while we look wakes the next wait
+        worked = False
+        for cam in cameras:
+            if stop.is_set():  # a pass over many busy cameras takes seconds: stop within one
+                return
+            if cam.source is None:
+                if now >= cam.retry_at:
+                    cam.source = FrameSource(cam.spec.url, cam.rate, cam.spec.config.width,
+                                             keyframes=keyframes, on_frame=ready.set)
+                    cam.source.start()
+                continue
+            try:
+                frame = cam.source.take()
+            except StreamError as exc:
+                _offline(cam, outbox, str(exc) or "stream failed")
+                continue
+            if frame is None:
+                if cam.source.done:
+                    _offline(cam, outbox, "stream ended")
+                continue
+            started = time.monotonic()
+            try:
+                cam.analysis.process(frame)
+            except Exception as exc:  # one camera's failure must not stop the worker's others
+                log.exception("%s: analysis failed", cam.spec.camera)
+                _offline(cam, outbox, f"analysis failed: {exc}")
+                continue
+            finally:
+                busy += time.monotonic() - started
+            worked = True
+            _analysed(cam, frame, cam.source.stats.packets)
+        now = time.monotonic()
+        if now - last_report >= STATS_INTERVAL:
+            _report(cameras, outbox, shedder, busy / (now - last_report))
+            busy, last_report = 0.0, now
+        if not worked:
+            ready.wait(0.5)
+
+
+def _analysed(cam: _Camera, frame: Frame, packets: int) -> None:
+    height, width = frame.grey.shape
+    cam.size = (width, height)
+    if not cam.seen_frame:
+        # Counting starts with the first frame: opening a stream takes time. A stream that
+        # gives frames has recovered: the next failure waits from 1 s again.
+        cam.seen_frame, cam.failures, cam.analysed, cam.packets = True, 0, 0, packets
+        cam.counted_since = time.monotonic()
+        return
+    cam.analysed += 1
+    cam.lags.append(time.time() - frame.t)
+
+
+def _report(cameras: list[_Camera], outbox: Outbox, shedder: Shedder, busy: float) -> None:
+    """Statistics of every streaming camera, then the rates for the next interval."""
+    before = shedder.factor
+    factor = shedder.update(busy)
+    # Logged once when shedding starts and once when it ends, not every interval.
+    if factor < 1.0 <= before:
+        log.warning("analysis of %s cannot keep up (busy %.0f%% of the time): rates lowered",
+                    ", ".join(c.spec.camera for c in cameras), 100 * busy)
+    elif before < 1.0 <= factor:
+        log.info("analysis of %s keeps up again: configured rates restored",
+                 ", ".join(c.spec.camera for c in cameras))
+    for cam in cameras:
+        configured = cam.spec.config.fps
+        # Someone watching the live picture sees analysed frames: that camera keeps its rate.
+        rate = configured if cam.watched() else shedder.rate(configured)
+        now = time.monotonic()
+        elapsed = now - cam.counted_since
+        # A camera whose first frame came within the interval waits for the next report: a
+        # rate over a fraction of a second says little.
+        if cam.source is not None and cam.seen_frame and elapsed >= STATS_INTERVAL / 2:
+            packets = cam.source.stats.packets
+            outbox.put(Stats(
+                cam.spec.camera, True, "", cam.analysed / elapsed, _p95(cam.lags),
+                cam.source.stats.dropped, *cam.size,
+                stream_fps=(packets - cam.packets) / elapsed,
+                analysis_fps=cam.rate, shed=cam.rate < configured,
+            ))
+            cam.packets, cam.analysed, cam.counted_since = packets, 0, now
+            cam.lags.clear()
+        if rate != cam.rate:
+            cam.rate = rate
+            if cam.source is not None:
+                cam.source.set_fps(rate)
+
+
+def _offline(cam: _Camera, outbox: Outbox, reason: str) -> None:
+    """The stream failed or ended: close what was open and retry after a backoff."""
+    assert cam.source is not None
+    cam.source.close(timeout=0)  # its thread has ended or is about to; nobody waits for it
+    cam.source = None
+    cam.seen_frame = False
+    cam.lags.clear()
+    cam.analysis.flush()
+    cam.failures += 1
+    cam.retry_at = time.monotonic() + backoff(cam.failures)
+    outbox.put(Stats(cam.spec.camera, False, reason, 0.0, 0.0, 0, 0, 0,
+                     analysis_fps=cam.rate, shed=cam.rate < cam.spec.config.fps))
 
 
 def _p95(values: list[float]) -> float:

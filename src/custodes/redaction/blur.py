@@ -8,9 +8,9 @@ it only hides the block edges, so the result does not look like a mosaic that in
 All functions return a new image and leave their input unchanged.
 
 Costs on the 2-core box: `blur_regions` ~2 ms for a 640x360 picture with one face;
-`redact_snapshot` is dominated by its face detection (`custodes.redaction.detect`), which scans
-the whole picture finely enough for small faces (HOG ~0.2-0.25 s for 640x360 at upsample 2,
-plus ~0.5 s for the Haar cascades that find turned faces); `encode_jpeg` ~0.4 ms.
+`redact_snapshot` is dominated by its face detection (`custodes.redaction.detect`: CenterFace
+on the whole picture, ~0.1 s for 640x360, ~0.35 s for 720p and above, which it sees at 720
+lines); `encode_jpeg` ~0.4 ms.
 """
 
 from __future__ import annotations
@@ -24,8 +24,8 @@ import cv2
 import numpy as np
 import numpy.typing as npt
 
-from custodes.redaction.detect import RedactionDetector
-from custodes.vision.faces import Box
+from custodes.redaction.detect import blur_boxes, snapshot_scale
+from custodes.vision.faces import Box, FaceDetector
 
 log = logging.getLogger(__name__)
 
@@ -34,9 +34,11 @@ Polygon = Sequence[tuple[float, float]]
 
 PIXELS_ACROSS_FACE: Final = 6  # blocks across a face: identity is gone, a face is still seen
 ZONE_BLOCKS_ACROSS: Final = 32  # blocks across the image in a privacy zone
+FACE_MARGIN: Final = 0.25  # a face box grows by this on each side before its blur
+BLOCK_DRAWN: Final = 8  # pixels a block is drawn at for its blur (see _obscure)
 
 
-def blur_regions(image: U8, boxes: Iterable[Box], *, margin: float = 0.25,
+def blur_regions(image: U8, boxes: Iterable[Box], *, margin: float = FACE_MARGIN,
                  ellipse: bool = True) -> U8:
     """A copy of an RGB (or grey) image with each box pixelated, then blurred.
 
@@ -49,17 +51,22 @@ def blur_regions(image: U8, boxes: Iterable[Box], *, margin: float = 0.25,
     out = image.copy()
     height, width = image.shape[:2]
     for box in boxes:
-        region = box.expand(margin).clip(width, height)
+        grown = box.expand(margin)
+        region = grown.clip(width, height)
         if region.area == 0:
             continue
         block = max(2, math.ceil(max(box.w, box.h) / PIXELS_ACROSS_FACE))
         patch = out[region.y:region.bottom, region.x:region.right]
         obscured = _obscure(patch, block)
         if ellipse:
+            # The whole box's ellipse, also where the picture's edge cuts the box: an ellipse
+            # of the cut part would leave the face's corners at the edge.
             mask = np.zeros(patch.shape[:2], dtype=np.uint8)
-            cv2.ellipse(mask, (region.w // 2, region.h // 2), (region.w // 2, region.h // 2),
-                        0, 0, 360, 255, thickness=-1)
-            patch[mask > 0] = obscured[mask > 0]
+            cx, cy = grown.center
+            cv2.ellipse(mask, (round(cx) - region.x, round(cy) - region.y),
+                        (grown.w // 2, grown.h // 2), 0, 0, 360, 255, thickness=-1)
+            # copyTo with a mask: several times faster than numpy's boolean indexing.
+            cv2.copyTo(obscured, mask, patch)
         else:
             patch[...] = obscured
     return out
@@ -86,35 +93,21 @@ def blur_polygons(image: U8, polygons: Iterable[Polygon]) -> U8:
     return out
 
 
-def redact_snapshot(image_rgb: U8, detector: RedactionDetector, known: Iterable[Box] = (), *,
-                    upsample: int | None = None, zones: Sequence[Polygon] = ()) -> U8:
+def redact_snapshot(image_rgb: U8, detector: FaceDetector, known: Iterable[Box] = (), *,
+                    zones: Sequence[Polygon] = ()) -> U8:
     """A copy of an RGB snapshot with every face the detector finds blurred, plus `known`,
     and the privacy `zones` (see `blur_polygons`).
 
-    The whole picture is scanned by the redaction detector (HOG, frontal faces, with the Haar
-    cascades for turned ones and profiles), HOG by default (`upsample` None) at the upsample
-    that finds faces down to ~1/18 of its height (see `snapshot_upsample`). `known` adds boxes
-    the caller already has (the tracker's predicted boxes), which covers faces the detector
-    misses in this one picture. Faces of any size are blurred.
+    `detector` is redaction's (`RedactionSettings.detector`: REDACT_THRESHOLD, faces of any
+    size); it sees the picture at up to SNAPSHOT_LINES lines, and an unsure face is blurred
+    wider (`custodes.redaction.detect.blur_boxes`). `known` adds boxes the caller already has
+    (the tracker's predicted boxes), which covers a face the detector misses in this picture.
     """
-    grey = np.asarray(cv2.cvtColor(image_rgb, cv2.COLOR_RGB2GRAY), dtype=np.uint8)
-    up = snapshot_upsample(grey.shape[0], grey.shape[1]) if upsample is None else upsample
-    found = detector.boxes(grey, up)
-    boxes = [*found, *known]
-    log.debug("redacting %d faces (%d detected)", len(boxes), len(found))
+    faces = detector.detect(image_rgb, scale=snapshot_scale(*image_rgb.shape[:2]))
+    boxes = [*blur_boxes(faces), *known]
+    log.debug("redacting %d faces (%d detected)", len(boxes), len(faces))
     redacted = blur_regions(image_rgb, boxes)
     return blur_polygons(redacted, zones) if zones else redacted
-
-
-def snapshot_upsample(height: int, width: int) -> int:
-    """The upsample that finds faces down to ~1/18 of a picture's shorter side.
-
-    A 20 px face in a 640x360 sub-stream picture (a class photo, an audience) needs upsample 2
-    (~0.25 s); the same scene in a 1080p picture has 60 px faces (upsample 1), and in a 4-5 MP
-    main-stream picture 80 px and more (upsample 0). The cost stays within ~0.2-0.5 s.
-    """
-    side = min(height, width)
-    return 2 if side <= 480 else 1 if side <= 1080 else 0
 
 
 def encode_jpeg(image_rgb: U8, quality: int = 80) -> bytes:
@@ -131,6 +124,13 @@ def _obscure(patch: U8, block: int) -> U8:
     h, w = patch.shape[:2]
     small = cv2.resize(patch, (max(1, round(w / block)), max(1, round(h / block))),
                        interpolation=cv2.INTER_AREA)
-    coarse = cv2.resize(small, (w, h), interpolation=cv2.INTER_NEAREST)
+    # The blocks are drawn BLOCK_DRAWN px wide and blurred there, then enlarged smoothly: a
+    # blur at full size costs in proportion to the block (seconds for a box grown to the whole
+    # picture, as fail-closed boxes can be); this costs the same for any block.
+    side = min(block, BLOCK_DRAWN)
+    coarse = cv2.resize(small, (small.shape[1] * side, small.shape[0] * side),
+                        interpolation=cv2.INTER_NEAREST)
     # Sigma of half a block smooths the steps between blocks; it adds no information back.
-    return np.asarray(cv2.GaussianBlur(coarse, (0, 0), sigmaX=block / 2), dtype=np.uint8)
+    smooth = cv2.GaussianBlur(coarse, (0, 0), sigmaX=side / 2)
+    return np.asarray(cv2.resize(smooth, (w, h), interpolation=cv2.INTER_LINEAR),
+                      dtype=np.uint8)

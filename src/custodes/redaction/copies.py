@@ -1,27 +1,41 @@
 """Redacted copies of recorded segments, for people who may only see redacted video.
 
-A copy is made on first request (faces and privacy zones blurred, re-encoded), shared by
-every viewer, and never outlives its segment: retention's deletions are followed by a prune.
+    <storage>/redacted/<camera>/<id>-<digest>.boxes.json   where to blur: the search's result
+    <storage>/redacted/<camera>/<id>-<digest>.mp4          the copy a viewer is sent
+
+A segment is searched for faces once (the expensive part: `custodes.redaction.video.plan_boxes`)
+and its boxes are kept beside the copies; every copy, every viewer and every export of the
+segment reuses them. The boxes' digest covers the redaction settings and the segment's file, so
+changed settings search again rather than reuse; a copy's digest covers the boxes' and the
+camera's privacy zones (zones are drawn at encoding, they do not change where the faces are).
+
+Copies are made by a small pool of threads, as many as the machine has cores, one segment each
+(the detector runs on one thread: a segment is a core's work, so viewers and prefetches share
+the cores rather than each getting a thread of their own). A viewer's request goes ahead of
+prefetches. A copy is at most PLAYBACK_LINES lines: a browser's picture, not the original's.
+Nothing outlives its segment: retention's deletions are followed by a prune of both files.
 """
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
+import itertools
 import json
 import logging
+import os
 import queue
 import re
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Final
 
 from sqlalchemy import select
 
 from custodes.record.playback import Segment
-from custodes.redaction.video import redact_file
+from custodes.redaction.detect import NODE_SETTINGS, RedactionSettings
+from custodes.redaction.video import BoxPlan, plan_boxes, redact_file
 from custodes.store import schema
 
 if TYPE_CHECKING:
@@ -29,123 +43,176 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-REDACTED_KEEP = 24 * 3600.0  # seconds a redacted copy is kept after it was made
+REDACTED_KEEP: Final = 24 * 3600.0  # seconds a redacted copy is kept after it was made
+PLAYBACK_LINES: Final = 720  # copies for viewers are at most this tall
+# Prefetches waiting beyond this many per worker are dropped: the viewer's own request makes
+# the copy if it is still wanted.
+PREFETCH_PER_WORKER: Final = 4
+VIEWER, PREFETCH = 0, 1  # queue priorities: a viewer waiting goes first
 
-_COPY_NAME = re.compile(r"^(\d+)-[0-9a-f]{12}\.mp4$")
+_FILE_NAME = re.compile(r"^(\d+)-[0-9a-f]{12}\.(mp4|boxes\.json)$")
 
 
-@dataclass
+@dataclass(eq=False)
 class _Job:
-    done: threading.Event
+    node: Node
+    segment: Segment
+    target: Path
+    done: threading.Event = field(default_factory=threading.Event)
+    started: bool = False
     error: BaseException | None = None
 
 
 class RedactedCopies:
     """Redacted copies of segments, made once and shared by every viewer who asks.
 
-    The file name carries the segment id and a digest of the camera's privacy zones and the
-    segment's file, so a change of zones makes new copies rather than serving old ones.
     Copies go when their segment is gone from the index (retention deleted it) or after
-    ``keep`` seconds: a redacted copy must not outlive the footage it was made from.
+    ``keep`` seconds: a redacted copy must not outlive the footage it was made from. Box files
+    go with their segment.
     """
 
-    def __init__(self, keep: float = REDACTED_KEEP) -> None:
+    def __init__(self, keep: float = REDACTED_KEEP,
+                 settings: RedactionSettings = NODE_SETTINGS,
+                 workers: int | None = None) -> None:
         self.keep = keep
+        self.settings = settings
+        self.workers = max(1, workers or os.cpu_count() or 1)
         self._jobs: dict[int, _Job] = {}
         self._lock = threading.Lock()
-        self._queue: queue.Queue[tuple[Node, Segment]] = queue.Queue(maxsize=8)
-        self._worker: threading.Thread | None = None
+        self._queue: queue.PriorityQueue[tuple[int, int, _Job]] = queue.PriorityQueue()
+        self._order = itertools.count()  # FIFO within a priority; jobs are never compared
+        self._threads: list[threading.Thread] = []
 
     def folder(self, node: Node, camera: str) -> Path:
         return node.layout.root / "redacted" / camera
 
-    def path(self, node: Node, segment: Segment) -> Path:
+    def boxes_path(self, node: Node, segment: Segment) -> Path:
         # The segment's path and start too: SQLite may reuse the id of a deleted last row.
+        what = json.dumps([self.settings.digest(), segment.path, segment.start])
+        digest = hashlib.sha256(what.encode()).hexdigest()[:12]
+        return self.folder(node, segment.camera) / f"{segment.id}-{digest}.boxes.json"
+
+    def path(self, node: Node, segment: Segment) -> Path:
         zones = node.config.cameras[segment.camera].privacy_zones
-        what = json.dumps([zones, segment.path, segment.start])
+        what = json.dumps([self.boxes_path(node, segment).name, zones, PLAYBACK_LINES])
         digest = hashlib.sha256(what.encode()).hexdigest()[:12]
         return self.folder(node, segment.camera) / f"{segment.id}-{digest}.mp4"
+
+    def boxes(self, node: Node, segment: Segment) -> BoxPlan:
+        """Where to blur in ``segment``: from its box file, or searched now and saved."""
+        path = self.boxes_path(node, segment)
+        plan = BoxPlan.load(path, self.settings)
+        if plan is not None:
+            log.debug("segment %d: boxes reused", segment.id)
+            return plan
+        started = time.monotonic()
+        plan = plan_boxes(self._source(node, segment), self.settings)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        plan.save(path)
+        log.info("segment %d (%s): %d frames searched for faces in %.1f s", segment.id,
+                 segment.camera, plan.frames, time.monotonic() - started)
+        return plan
 
     def get(self, node: Node, segment: Segment) -> Path:
         """The redacted copy of ``segment``, made now if needed (one maker per segment)."""
         target = self.path(node, segment)
         if target.is_file():
             return target
-        with self._lock:
-            job = self._jobs.get(segment.id)
-            mine = job is None
-            if job is None:
-                job = self._jobs[segment.id] = _Job(threading.Event())
-        if not mine:
-            job.done.wait()
-            if job.error is not None:
-                raise job.error
-            return target
-        try:
-            self._make(node, segment, target)
-        except BaseException as exc:
-            job.error = exc
-            raise
-        finally:
-            job.done.set()
-            with self._lock:
-                self._jobs.pop(segment.id, None)
+        job = self._submit(node, segment, target, VIEWER)
+        job.done.wait()
+        if job.error is not None:
+            raise job.error
         return target
 
     def prefetch(self, node: Node, segment: Segment) -> None:
         """Make the copy in the background, so it is ready when playback reaches it."""
-        if self.path(node, segment).is_file():
+        target = self.path(node, segment)
+        if target.is_file():
             return
+        if self._queue.qsize() >= PREFETCH_PER_WORKER * self.workers:
+            return
+        self._submit(node, segment, target, PREFETCH)
+
+    def _submit(self, node: Node, segment: Segment, target: Path, priority: int) -> _Job:
         with self._lock:
-            if self._worker is None:
-                self._worker = threading.Thread(target=self._run, name="redact-prefetch",
-                                                daemon=True)
-                self._worker.start()
-        with contextlib.suppress(queue.Full):  # if full, the viewer's own request makes it
-            self._queue.put_nowait((node, segment))
+            job = self._jobs.get(segment.id)
+            if job is None or job.target != target:
+                job = self._jobs[segment.id] = _Job(node, segment, target)
+                self._queue.put((priority, next(self._order), job))
+            elif priority == VIEWER and not job.started:
+                # Queued as a prefetch: queue it again ahead; whichever entry comes first
+                # makes it, the other is skipped.
+                self._queue.put((priority, next(self._order), job))
+            while len(self._threads) < self.workers:
+                thread = threading.Thread(target=self._run, daemon=True,
+                                          name=f"redact-{len(self._threads) + 1}")
+                self._threads.append(thread)
+                thread.start()
+        return job
 
     def _run(self) -> None:
         while True:
-            node, segment = self._queue.get()
+            _, _, job = self._queue.get()
+            with self._lock:
+                if job.started:
+                    continue
+                job.started = True
             try:
-                self.get(node, segment)
-            except Exception:
-                log.exception("could not make the redacted copy of segment %d", segment.id)
+                self._make(job.node, job.segment, job.target)
+            except BaseException as exc:
+                job.error = exc
+                if not isinstance(exc, FileNotFoundError):
+                    log.exception("could not make the redacted copy of segment %d",
+                                  job.segment.id)
+            finally:
+                with self._lock:
+                    if self._jobs.get(job.segment.id) is job:
+                        del self._jobs[job.segment.id]
+                job.done.set()
 
-    def _make(self, node: Node, segment: Segment, target: Path) -> None:
+    def _source(self, node: Node, segment: Segment) -> Path:
         base = node.layout.recordings.resolve()
         source = (base / segment.path).resolve()
         if not source.is_relative_to(base) or not source.is_file():
             raise FileNotFoundError(source)
-        target.parent.mkdir(parents=True, exist_ok=True)
+        return source
+
+    def _make(self, node: Node, segment: Segment, target: Path) -> None:
+        if target.is_file():  # made while this job waited in the queue
+            return
         started = time.monotonic()
-        redact_file(source, target, zones=node.config.cameras[segment.camera].privacy_zones)
+        plan = self.boxes(node, segment)
+        redact_file(self._source(node, segment), target, settings=self.settings, plan=plan,
+                    zones=node.config.cameras[segment.camera].privacy_zones,
+                    max_lines=PLAYBACK_LINES)
         log.info("redacted copy of segment %d (%s, %.1f s of video) made in %.1f s",
                  segment.id, segment.camera, segment.duration, time.monotonic() - started)
         self.prune(node)
 
     def prune(self, node: Node) -> int:
-        """Delete copies whose segment is gone or that are older than ``keep``."""
+        """Delete copies and box files whose segment is gone, and copies older than
+        ``keep``."""
         root = node.layout.root / "redacted"
         if not root.is_dir():
             return 0
-        copies: dict[int, list[Path]] = {}
-        for path in root.glob("*/*.mp4"):
-            m = _COPY_NAME.match(path.name)
+        files: dict[int, list[Path]] = {}
+        for path in root.glob("*/*"):
+            m = _FILE_NAME.match(path.name)
             if m:
-                copies.setdefault(int(m.group(1)), []).append(path)
-        if not copies:
+                files.setdefault(int(m.group(1)), []).append(path)
+        if not files:
             return 0
         with node.store.read() as conn:
             alive = set(conn.execute(
-                select(schema.segments.c.id).where(schema.segments.c.id.in_(sorted(copies)))
+                select(schema.segments.c.id).where(schema.segments.c.id.in_(sorted(files)))
             ).scalars())
         now = time.time()
         removed = 0
-        for segment_id, paths in copies.items():
+        for segment_id, paths in files.items():
             for path in paths:
                 try:
-                    if segment_id not in alive or now - path.stat().st_mtime > self.keep:
+                    expired = path.suffix == ".mp4" and now - path.stat().st_mtime > self.keep
+                    if segment_id not in alive or expired:
                         path.unlink()
                         removed += 1
                 except FileNotFoundError:

@@ -1,193 +1,105 @@
-"""Finding the faces to blur in whatever leaves the box: exports, playback copies, snapshots
-and live pictures all ask this one detector.
+"""How redaction looks for faces: one CNN detector (`custodes.vision.faces.FaceDetector`, the
+one analytics uses) at REDACT_THRESHOLD, for every picture that leaves the node, and the
+settings that say how finely and how often it looks.
 
-    detector = RedactionDetector()                 # one per thread
-    found = detector.detect(grey, upsample=2)      # [Found(box, face, by), ...]
-    boxes = detector.boxes(grey, upsample=2)       # just where to blur
+    settings = NODE_SETTINGS                       # what the node uses
+    detector = settings.detector()
+    boxes = blur_boxes(detector.detect(rgb, scale=settings.scale(360, 640)))
 
-dlib's HOG detector (`custodes.vision.faces.FaceDetector`) is trained on frontal faces: a
-face turned a quarter away (an audience watching a stage) or in profile is not found, and
-so was not blurred. Here three detectors look at the same grey picture and their boxes are
-joined:
+Fail closed: a face the detector is unsure of (score below DETECT_THRESHOLD, the cut for
+analytics) is blurred over a larger box than a sure one, because an unsure box is the one most
+likely to be misplaced or too small. The settings' digest names a box cache or a redacted copy:
+any change of the settings gives new names, so nothing made under old settings is served.
 
-- HOG, as before: threshold -0.3 (below dlib's 0: for redaction a missed face is a leak, a
-  false one a blurred patch), any size, at the upsample the caller's rule gives.
-- OpenCV's Haar profile cascade (`haarcascade_profileface.xml`), on the picture and on its
-  mirror image, because it only knows faces turned to one side.
-- OpenCV's Haar frontal cascade (`haarcascade_frontalface_alt2.xml`), which finds some
-  frontal and three-quarter faces HOG misses (dark, small, tilted).
-
-Boxes that overlap (IOU >= MERGE_IOU, or one mostly inside the other) become one box, their
-union; the caller grows it by its usual margins. A HOG face keeps its landmarks (`Found.face`),
-which subject access needs to recognise the subject; a face only a cascade found has none, so
-it can never be matched to anyone and is always blurred (fails closed).
-
-The cascades scan a copy of the picture whose shorter side is at most `haar_side` (pixels), so
-their cost is bounded whatever the camera: HAAR_SIDE (360, a sub-stream picture) for live
-pictures and snapshots; exports ask for more (`redact_video.EXPORT_HAAR_SIDE`). Faces are
-found from MIN_SIZE pixels of that copy: 18 px at 360 lines, ~54 px in a 1080p picture at
-360, ~36 px at 540.
-
-Cost on the 2-core box (`python bench/redaction.py --cost`, one thread, per picture): 640x360,
-HOG at upsample 2 ~0.21 s, with the cascades ~0.7 s; 1920x1080, HOG at upsample 1 ~0.45 s,
-with the cascades at 360 lines ~1.1 s, at 540 lines (exports) ~2.0 s. The cascades cost more
-than HOG: the fine scale step (SCALE_FACTOR) is what finds the turned faces. What they add:
-see `bench/redaction.py` (the Hamilton clip's audience: 7 of 15 faces left visible by HOG
-alone, none by the union).
+The detector's cost grows with the pixels it is fed (~100 ms for 640x360 on one thread of the
+2-core box), so it sees every picture shrunk to at most `detect_lines` lines: the cost per
+picture is bounded whatever the camera. Faces from ~10 px of the shrunk picture are found,
+i.e. ~30 px of a 720p picture at 240 lines. 240 rather than 270 lines: a quarter less search
+(16.6 against 22.6 ms per frame of a 720p 15 fps stream, searching every 3rd frame) for 305
+detections on the shared 720p stream against 309.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from dataclasses import dataclass
-from pathlib import Path
+import hashlib
+import json
+from collections.abc import Iterable
+from dataclasses import asdict, dataclass
+from fractions import Fraction
 from typing import Final
 
-import cv2
-import numpy as np
-import numpy.typing as npt
+from custodes.vision.faces import DETECT_THRESHOLD, REDACT_THRESHOLD, Box, Face, FaceDetector
 
-from custodes.vision.faces import Box, Face, FaceDetector
-from custodes.vision.weights import FaceModelFiles
-
-U8 = npt.NDArray[np.uint8]
-
-HOG_THRESHOLD: Final = -0.3
-PROFILE_CASCADE: Final = "haarcascade_profileface.xml"
-FRONTAL_CASCADE: Final = "haarcascade_frontalface_alt2.xml"
-HAAR_SIDE: Final = 360  # the cascades scan a copy whose shorter side is at most this (pixels)
-# Cascade settings, tuned on frames of the real clips (every 10th of the Hamilton clip: 41
-# faces) against dlib's CNN detector: HOG alone covers 19 of the 41, the union with these
-# settings 38 (the 3 left: a close-up profile cut by the frame's edge), with ~0.5 boxes a
-# frame where the CNN sees no face. A scale step of 1.2 misses much of the turned audience
-# (30 of 41); at 1.1 the cascade loses Barack Obama's three-quarter face in some frames unless
-# the neighbour count drops to 2, which adds more false boxes than the finer 1.05 step with 5
-# (that costs ~+0.2 s at 640x360). Equalizing the histogram first (as OpenCV's sample does)
-# adds false boxes and finds nothing more.
-SCALE_FACTOR: Final = 1.05
-MIN_NEIGHBOURS: Final = 5
-MIN_SIZE: Final = 18  # pixels in the scanned copy; the cascades' own window is 20x20
-MERGE_IOU: Final = 0.3
-MERGE_INSIDE: Final = 0.6  # share of the smaller box inside the larger that merges them too
+# An unsure face's box grows by this much of its size on each side, before the blur's margin.
+UNSURE_GROWTH: Final = 0.2
+# Lines the detector sees of a snapshot or live picture: one picture, not a stream, so it can
+# afford the finest look (faces from ~10 px of a 720p picture, ~0.4 s at 720p).
+SNAPSHOT_LINES: Final = 720
+# Bumped when what the same settings produce changes (a fix in linking or planning), so that
+# box caches and copies made by older code are not reused.
+_ALGORITHM: Final = 1
 
 
-@dataclass(frozen=True, slots=True)
-class Found:
-    """A face to blur: its box, HOG's face (with landmarks) when HOG found it, and which
-    detectors found it ("hog", "profile", "frontal")."""
+@dataclass(frozen=True)
+class RedactionSettings:
+    """How a video is searched for faces and how boxes are carried between searches.
 
-    box: Box
-    face: Face | None
-    by: tuple[str, ...]
-
-
-class RedactionDetector:
-    """HOG + Haar profile (both ways) + Haar frontal, merged. Not to be shared between threads
-    (dlib's and OpenCV's detector objects are not documented as thread-safe): one per thread.
-
-    `haar` False leaves HOG alone, as redaction was before (for comparison in the bench).
+    Defaults chosen with `bench/redaction.py` (see `custodes.redaction.video`).
     """
 
-    def __init__(self, *, threshold: float = HOG_THRESHOLD, haar: bool = True,
-                 haar_side: int = HAAR_SIDE, model_files: FaceModelFiles | None = None) -> None:
-        if haar_side < 2 * MIN_SIZE:
-            raise ValueError(f"haar_side must be at least {2 * MIN_SIZE}, got {haar_side}")
-        self.threshold = threshold
-        self.haar = haar
-        self.haar_side = haar_side
-        self.hog = FaceDetector(min_size=0, model_files=model_files)
-        self._profile = _cascade(PROFILE_CASCADE)
-        self._frontal = _cascade(FRONTAL_CASCADE)
+    threshold: float = REDACT_THRESHOLD
+    detect_lines: int = 240  # the detector sees each searched frame shrunk to this many lines
+    detect_fps: float = 5.0  # searched frames per second of video (every 3rd frame at 15 fps)
+    hold: float = 0.5  # seconds a face stays blurred before its first / after its last sighting
+    # Between searches a face's box grows by this many face sizes per second away from the
+    # nearest search, on each side: a face that moves ~1.5 face widths a second (a walker
+    # crossing the picture) stays covered in the frames the detector did not see.
+    spread: float = 1.5
 
-    def describe(self, upsample: int) -> dict[str, object]:
+    def __post_init__(self) -> None:
+        if not 0 < self.threshold < 1:
+            raise ValueError(f"threshold must be in (0, 1), got {self.threshold}")
+        if self.detect_lines < 64 or self.detect_fps <= 0 or self.hold < 0 or self.spread < 0:
+            raise ValueError(f"invalid redaction settings: {self}")
+
+    def detector(self) -> FaceDetector:
+        """A detector for these settings: faces of every size, one onnxruntime thread
+        (parallelism comes from redacting several segments at once)."""
+        return FaceDetector(threshold=self.threshold, min_size=0, threads=1)
+
+    def scale(self, height: int, width: int) -> float:
+        """How much a picture is shrunk before the detector sees it (never enlarged)."""
+        return min(1.0, self.detect_lines / min(height, width))
+
+    def stride(self, rate: Fraction) -> int:
+        """Search every stride-th frame of a video at `rate` frames per second."""
+        return max(1, round(float(rate) / self.detect_fps))
+
+    def describe(self) -> dict[str, object]:
         """The settings, for an export's manifest."""
-        return describe(upsample, threshold=self.threshold, haar=self.haar,
-                        haar_side=self.haar_side)
+        return {"name": "centerface", "landmarks": "dlib-5-point", **asdict(self),
+                "unsure_below": DETECT_THRESHOLD, "unsure_growth": UNSURE_GROWTH,
+                "algorithm": _ALGORITHM}
 
-    def detect(self, grey: U8, upsample: int) -> list[Found]:
-        """Every face found in a grey (H, W) uint8 picture, HOG's first."""
-        faces = self.hog.detect(grey, upsample=upsample, min_size=0, threshold=self.threshold)
-        found = [Found(face.box, face, ("hog",)) for face in faces]
-        if self.haar:
-            found += [Found(box, None, (name,)) for name, box in self._cascades(grey)]
-        return _merge(found)
-
-    def boxes(self, grey: U8, upsample: int) -> list[Box]:
-        """Where the faces are, nothing more."""
-        return [f.box for f in self.detect(grey, upsample)]
-
-    def _cascades(self, grey: U8) -> list[tuple[str, Box]]:
-        height, width = grey.shape
-        scale = min(1.0, self.haar_side / min(height, width))
-        small = grey if scale == 1.0 else cv2.resize(
-            grey, (round(width * scale), round(height * scale)), interpolation=cv2.INTER_AREA)
-        mirrored = cv2.flip(small, 1)
-        side = small.shape[1]
-        found: list[tuple[str, Box]] = []
-        for name, cascade, image, flipped in (("profile", self._profile, small, False),
-                                              ("profile", self._profile, mirrored, True),
-                                              ("frontal", self._frontal, small, False)):
-            rects = cascade.detectMultiScale(image, scaleFactor=SCALE_FACTOR,
-                                             minNeighbors=MIN_NEIGHBOURS,
-                                             minSize=(MIN_SIZE, MIN_SIZE))
-            for x, y, w, h in np.asarray(rects, dtype=np.int64).reshape(-1, 4).tolist():
-                left = side - x - w if flipped else x
-                found.append((name, Box.from_corners(left / scale, y / scale,
-                                                     (left + w) / scale, (y + h) / scale)))
-        return found
+    def digest(self) -> str:
+        """12 hex digits that change whenever the settings (or the algorithm) do."""
+        text = json.dumps(self.describe(), sort_keys=True)
+        return hashlib.sha256(text.encode()).hexdigest()[:12]
 
 
-def describe(upsample: int, *, threshold: float = HOG_THRESHOLD, haar: bool = True,
-             haar_side: int = HAAR_SIDE) -> dict[str, object]:
-    """What a RedactionDetector with these settings does, for an export's manifest."""
-    hog: dict[str, object] = {"name": "dlib-hog", "upsample": upsample, "threshold": threshold}
-    if not haar:
-        return hog
-    return {**hog, "name": "dlib-hog+haar", "haar": [PROFILE_CASCADE, FRONTAL_CASCADE],
-            "haar_side": haar_side, "haar_min_size": MIN_SIZE,
-            "haar_scale_factor": SCALE_FACTOR, "haar_min_neighbours": MIN_NEIGHBOURS}
+def grown(box: Box, score: float) -> Box:
+    """Where to blur a face detected with `score`: unsure faces over a larger box."""
+    return box if score >= DETECT_THRESHOLD else box.expand(UNSURE_GROWTH)
 
 
-def _cascade(name: str) -> cv2.CascadeClassifier:
-    # OpenCV's type stubs leave out cv2.data, the folder of the cascades it ships.
-    path = Path(cv2.data.haarcascades) / name  # type: ignore[attr-defined]
-    cascade = cv2.CascadeClassifier(str(path))
-    if cascade.empty():
-        raise RuntimeError(f"cannot load OpenCV's cascade {path}")
-    return cascade
+def blur_boxes(faces: Iterable[Face]) -> list[Box]:
+    """Where to blur these detected faces (`grown`)."""
+    return [grown(face.box, face.score) for face in faces]
 
 
-def _overlap(a: Box, b: Box) -> bool:
-    inter = a.intersection(b)
-    if inter == 0:
-        return False
-    return a.iou(b) >= MERGE_IOU or inter >= MERGE_INSIDE * min(a.area, b.area)
+def snapshot_scale(height: int, width: int) -> float:
+    """How much a snapshot or live picture is shrunk for the detector (SNAPSHOT_LINES)."""
+    return min(1.0, SNAPSHOT_LINES / min(height, width))
 
 
-def _merge(found: Sequence[Found]) -> list[Found]:
-    """Join overlapping finds into one, the union of their boxes, until none overlap. HOG's
-    face (the best-scoring one) is kept where a group has one."""
-    merged: list[Found] = []
-    for item in found:
-        current = item
-        changed = True
-        while changed:
-            changed = False
-            for other in merged:
-                # Two HOG faces stay apart: each is its own person (HOG already dropped its
-                # duplicates), and subject access must not hide a neighbour inside the
-                # subject's box.
-                both = current.face is not None and other.face is not None
-                if not both and _overlap(current.box, other.box):
-                    merged.remove(other)
-                    current = _join(current, other)
-                    changed = True
-                    break
-        merged.append(current)
-    return merged
-
-
-def _join(a: Found, b: Found) -> Found:
-    faces = [f for f in (a.face, b.face) if f is not None]
-    face = max(faces, key=lambda f: f.score) if faces else None
-    return Found(a.box.union(b.box), face, tuple(sorted({*a.by, *b.by})))
+NODE_SETTINGS: Final = RedactionSettings()  # every redaction the node does, unless a test asks

@@ -5,15 +5,15 @@
 
 The analysis worker already decodes the camera at the analysis rate, so the live picture costs
 no second decoder: the worker offers each analysed frame with the boxes its tracker follows,
-and a thread of its own redacts it (a fresh fine face scan with the redaction detector, HOG
-and the Haar cascades for turned faces, those boxes, the privacy zones)
-and replaces the JPEG atomically (temporary file, then os.replace: a reader never sees half a
-picture). Nothing is done unless someone watched within WATCH_SECONDS, and at most
-`fps` pictures a second are made; a frame that arrives while the previous one is still being
-redacted replaces the waiting one (newest wins), so the picture never lags behind the camera
-by more than one redaction. The JPEG's modification time is the frame's capture time.
-A redaction takes ~0.7 s at 640x360 on the 2-core box (HOG ~0.2 s, the Haar cascades that
-find turned faces ~0.5 s), so in practice ~1.4 pictures a second are made, not LIVE_FPS.
+and a thread of its own redacts it (a fresh face scan with redaction's detector, CenterFace at
+REDACT_THRESHOLD, plus those boxes and the privacy zones) and replaces the JPEG atomically
+(temporary file, then os.replace: a reader never sees half a picture). Nothing is done unless
+someone watched within WATCH_SECONDS, and at most `fps` pictures a second are made; a frame
+that arrives while the previous one is still being redacted replaces the waiting one (newest
+wins), so the picture never lags behind the camera by more than one redaction. The JPEG's
+modification time is the frame's capture time. A redaction takes ~0.1 s at 640x360 on one
+core of the 2-core box (the detector's scan; the blur and the JPEG ~3 ms), so LIVE_FPS
+pictures a second cost ~0.3 s of CPU a second per watched camera.
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ from typing import Final
 
 from custodes.record.layout import Layout
 from custodes.redaction.blur import Polygon, encode_jpeg, redact_snapshot
-from custodes.redaction.detect import RedactionDetector
+from custodes.redaction.detect import NODE_SETTINGS, RedactionSettings
 from custodes.vision.decode import Frame
 from custodes.vision.faces import Box
 
@@ -76,18 +76,18 @@ class LiveWriter:
     """Redacts and writes one camera's live picture in a thread of its own, while watched."""
 
     def __init__(self, folder: Path, camera: str, zones: Sequence[Polygon] = (), *,
-                 fps: float = LIVE_FPS, upsample: int | None = None) -> None:
+                 fps: float = LIVE_FPS,
+                 settings: RedactionSettings = NODE_SETTINGS) -> None:
         self.folder = folder
         self.camera = camera
         self.zones = list(zones)
         self.interval = 1.0 / fps
-        self.upsample = upsample  # None: fine enough for faces of 1/18 of the picture
         self.check_every = WATCH_CHECK
         self.ages: deque[float] = deque(maxlen=100)  # capture-to-written seconds, newest last
-        # A detector of its own: dlib's and OpenCV's detectors are not to be shared between
-        # threads. Its cascades scan at most a sub-stream's resolution (HAAR_SIDE), and the
-        # frames come at the analysis width anyway, so a picture costs the same on any camera.
-        self.detector = RedactionDetector()
+        # Redaction's own detector (REDACT_THRESHOLD, any size), not the analysis one: the
+        # analysis settings are for recognition. Frames come at the analysis width, so a
+        # picture costs the same on any camera.
+        self.detector = settings.detector()
         self._lock = threading.Condition()
         self._waiting: tuple[Frame, list[Box]] | None = None
         self._busy = False
@@ -159,8 +159,7 @@ class LiveWriter:
                     self._lock.notify_all()
 
     def _write(self, frame: Frame, known: list[Box]) -> None:
-        redacted = redact_snapshot(frame.rgb(), self.detector, known, upsample=self.upsample,
-                                   zones=self.zones)
+        redacted = redact_snapshot(frame.rgb(), self.detector, known, zones=self.zones)
         target = picture_path(self.folder, self.camera)
         tmp = target.with_name(f".{target.name}.partial")
         tmp.write_bytes(encode_jpeg(redacted))

@@ -37,6 +37,7 @@ from custodes.process import backoff, die_with_parent
 from custodes.redaction.blur import Polygon, encode_jpeg, redact_snapshot
 from custodes.redaction.detect import NODE_SETTINGS
 from custodes.redaction.live import LiveWriter
+from custodes.vision.cuts import Thumbnail
 from custodes.vision.decode import Frame, FrameSource, StreamError
 from custodes.vision.embedding import FaceEmbedder
 from custodes.vision.faces import Box, FaceDetector
@@ -206,6 +207,7 @@ class CameraAnalysis:
         self.live = (LiveWriter(spec.live, spec.camera, spec.zones)
                      if spec.live is not None else None)
         self._frames = 0
+        self._thumbnail: Thumbnail | None = None  # of the last frame, while faces are followed
 
     def process(self, frame: Frame) -> None:
         grey = frame.grey
@@ -232,11 +234,29 @@ class CameraAnalysis:
             self._colour.append(frame)
             return frame.rgb()
 
+        thumbnail = self._end_tracks_at_cut(frame)
         for track in self.tracker.update(frame.t, faces, grey, colour):
             self._finish_track(track)
+        if self.tracker.active:
+            self._thumbnail = thumbnail or Thumbnail.of(frame.rgb())
+        else:
+            self._thumbnail = None
         if self.live is not None:
             # The faces of this frame and those the tracker follows through a missed frame.
             self.live.offer(frame, self.tracker.predict(frame.t))
+
+    def _end_tracks_at_cut(self, frame: Frame) -> Thumbnail | None:
+        """End every track if the picture cut to another (the camera moved, was masked, its
+        lights switched), so that a face of the new picture is not joined to someone else's
+        record. Looked for only while faces are followed: a thumbnail needs the frame in
+        colour (~1 ms). Returns the frame's thumbnail, if it was made."""
+        if not self.tracker.active:
+            return None
+        thumbnail = Thumbnail.of(frame.rgb())
+        if self._thumbnail is not None and thumbnail.cut_from(self._thumbnail):
+            for track in self.tracker.flush():
+                self._finish_track(track)
+        return thumbnail
 
     def _search_regions(self, t: float, motion: MotionResult | None) -> list[Box] | None:
         """Where to look for faces in this frame: [] nowhere, None the whole frame."""

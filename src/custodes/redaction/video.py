@@ -72,6 +72,8 @@ from custodes.media import ffmpeg_exe
 from custodes.record.playback import ExportError
 from custodes.redaction.blur import FACE_MARGIN, Polygon, blur_polygons, blur_regions
 from custodes.redaction.detect import NODE_SETTINGS, RedactionSettings, grown
+from custodes.vision.cuts import SIZE as CUT_SIZE
+from custodes.vision.cuts import Thumbnail
 from custodes.vision.faces import Box, Face, FaceDetector
 from custodes.vision.tracker import CROP_MARGIN, BestFace
 
@@ -97,15 +99,6 @@ MAX_SIZE_RATIO: Final = 1.5
 # was seen and where its motion carries it, grown by this much more per side: the motion
 # estimate from two detections is rough.
 HOLD_GROWTH: Final = 0.25
-# A cut to another shot ends every track, so that a face of the new shot is not joined to
-# someone else's track (in subject access it would be shown as the subject). Between two
-# searched frames' CUT_SIZE thumbnails, a cut changes both the picture (mean difference over
-# CUT_DIFF grey levels) and its colours (L1 distance of 64-bin colour histograms over
-# CUT_COLOURS). On the shared clips a cut gives 24 and 0.17; a fast pan 15-17 but 0.08; the
-# night crowd's flicker up to 0.39 but 7.
-CUT_DIFF: Final = 15.0
-CUT_COLOURS: Final = 0.12
-CUT_SIZE: Final = (64, 36)
 # libx264's fastest preset: at 720p ~7 ms a frame against ~20 ms for veryfast (one core), for
 # files ~2.5x larger at the same quality; encoding would otherwise cost more than the search.
 PRESET: Final = "ultrafast"
@@ -410,7 +403,7 @@ def _scan(src: Path, settings: RedactionSettings, *, with_samples: bool,
     detector = _detector(settings)
     total = frame_count(src) if progress is not None else 0
     scale, small = 1.0, (0, 0)
-    thumbnail: tuple[npt.NDArray[np.float32], npt.NDArray[np.float64]] | None = None
+    thumbnail: Thumbnail | None = None
 
     def search(index: int, video: av.VideoFrame) -> None:
         nonlocal thumbnail
@@ -418,7 +411,7 @@ def _scan(src: Path, settings: RedactionSettings, *, with_samples: bool,
         rgb = np.asarray(video.to_ndarray(width=small[0], height=small[1], format="rgb24"),
                          dtype=np.uint8)
         previous, thumbnail = thumbnail, _thumbnail(video)
-        if previous is not None and _is_cut(previous, thumbnail):
+        if previous is not None and thumbnail.cut_from(previous):
             linker.cut(index)
         found = detector.detect(rgb)
         scan.detections += len(found)
@@ -463,21 +456,11 @@ def _detector(settings: RedactionSettings) -> FaceDetector:
     return settings.detector()
 
 
-def _thumbnail(video: av.VideoFrame
-               ) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.float64]]:
-    """A tiny grey picture and the colour histogram of a frame, to tell cuts (CUT_SIZE)."""
-    rgb = np.asarray(video.to_ndarray(width=CUT_SIZE[0], height=CUT_SIZE[1], format="rgb24"),
-                     dtype=np.uint8)
-    grey = rgb.astype(np.float32).mean(axis=2)
-    levels = (rgb // 64).reshape(-1, 3).astype(np.int64)  # 4 levels a channel
-    counts = np.bincount(levels[:, 0] * 16 + levels[:, 1] * 4 + levels[:, 2], minlength=64)
-    return grey, counts / len(levels)
-
-
-def _is_cut(a: tuple[npt.NDArray[np.float32], npt.NDArray[np.float64]],
-            b: tuple[npt.NDArray[np.float32], npt.NDArray[np.float64]]) -> bool:
-    return (float(np.abs(a[0] - b[0]).mean()) > CUT_DIFF
-            and float(np.abs(a[1] - b[1]).sum()) > CUT_COLOURS)
+def _thumbnail(video: av.VideoFrame) -> Thumbnail:
+    """The frame's thumbnail for telling cuts (`custodes.vision.cuts`), shrunk by the decoder's
+    scaler: far cheaper than converting the whole frame first."""
+    return Thumbnail.of(np.asarray(video.to_ndarray(width=CUT_SIZE[0], height=CUT_SIZE[1],
+                                                    format="rgb24"), dtype=np.uint8))
 
 
 def _sample(video: av.VideoFrame, detector: FaceDetector, t: float,

@@ -218,3 +218,19 @@ def test_the_redact_command_blurs_a_clip(excerpts: dict[str, Path], tmp_path: Pa
     again = CliRunner().invoke(app, ["redact", str(excerpts["arcade"]), str(out)])
     assert again.exit_code == 1
     assert "exists already" in again.output
+
+
+def test_small_pictures_are_searched_at_their_own_size(shared_data: Path) -> None:
+    """Shrinking a sub-stream picture loses its small faces: the store-aisle clip (480x270)
+    shows faces at its own size that 240 lines miss."""
+    settings = RedactionSettings()
+    assert settings.scale(270, 480) == 1.0
+    assert settings.scale(360, 640) == 1.0
+    assert settings.scale(720, 1280) == pytest.approx(240 / 720)
+    with av.open(str(shared_data / "video" / "intel_store-aisle-detection_from-gif.mp4")) as c:
+        frames = [np.asarray(f.to_ndarray(format="rgb24"), dtype=np.uint8)
+                  for i, f in enumerate(c.decode(video=0)) if i % 10 == 0]
+    detector = settings.detector()
+    native = sum(len(detector.detect(rgb, scale=settings.scale(270, 480))) for rgb in frames)
+    shrunk = sum(len(detector.detect(rgb, scale=240 / 270)) for rgb in frames)
+    assert native > shrunk

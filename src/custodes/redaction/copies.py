@@ -4,10 +4,11 @@
     <storage>/redacted/<camera>/<id>-<digest>.mp4          the copy a viewer is sent
 
 A segment is searched for faces once (the expensive part: `custodes.redaction.video.plan_boxes`)
-and its boxes are kept beside the copies; every copy, every viewer and every export of the
-segment reuses them. The boxes' digest covers the redaction settings and the segment's file, so
-changed settings search again rather than reuse; a copy's digest covers the boxes' and the
-camera's privacy zones (zones are drawn at encoding, they do not change where the faces are).
+and its boxes are kept beside the copies; every copy and every viewer of the segment reuses
+them (exports do not yet: they join the range's segments into one file first, and search
+that). The boxes' digest covers the redaction settings and the segment's file, so changed
+settings search again rather than reuse; a copy's digest covers the boxes' and the camera's
+privacy zones (zones are drawn at encoding, they do not change where the faces are).
 
 Copies are made by a small pool of threads, as many as the machine has cores, one segment each
 (the detector runs on one thread: a segment is a core's work, so viewers and prefetches share

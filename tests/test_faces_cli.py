@@ -19,7 +19,8 @@ import pytest
 from typer.testing import CliRunner, Result
 
 from custodes.cli import app
-from custodes.commands.faces import ImageError, header_size
+from custodes.commands.faces import ImageError
+from custodes.faces.photos import image_size as header_size
 
 runner = CliRunner()
 

@@ -291,9 +291,10 @@ class CameraAnalysis:
         best = track.best
         embedding = samples = None
         if self.config.faces.embeddings and self.embedder is not None:
-            vectors = np.concatenate([self.embedder.embed(sample.image,
-                                                          [sample.face.dlib_shape()])
-                                      for sample in track.samples]).astype(np.float32)
+            # Each sample is its own crop; their chips go through the network in one batch.
+            chips = np.concatenate([self.embedder.extract_chips(s.image, [s.face.dlib_shape()])
+                                    for s in track.samples])
+            vectors = self.embedder.embed_chips(chips).astype(np.float32)
             embedding, samples = vectors[0].tobytes(), vectors.tobytes()
         frame = next((f for f in self._colour if f.t == best.time), None)
         snapshot = self._snapshot(frame, "face", [best.box]) if frame is not None else None

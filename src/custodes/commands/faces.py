@@ -22,7 +22,6 @@ from __future__ import annotations
 import csv
 import functools
 import json
-import struct
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, Final
@@ -34,6 +33,7 @@ import typer
 
 from custodes.commands import EXIT_INVALID, err
 from custodes.faces.calibration import describe
+from custodes.faces.photos import PhotoError, image_size, reduced, unscaled
 from custodes.vision.embedding import FaceEmbedder
 from custodes.vision.faces import Box, Face, FaceDetector
 
@@ -42,77 +42,17 @@ F32 = npt.NDArray[np.float32]
 
 MAX_PIXELS: Final = 50_000_000  # ~50 Mpx: larger than any camera frame or phone photo
 MAX_FILE_BYTES: Final = 200 * 1024 * 1024
-# Detection runs on the picture shrunk to this side (as reference photos are): the faces that
-# matter are far larger than the 150 px chip there, and the detector's cost grows with pixels.
-WORK_SIDE: Final = 1600
 
 faces_app = typer.Typer(help="Compare and detect faces in image files (no node, no sign-in).",
                         no_args_is_help=True)
 
 
-class ImageError(ValueError):
-    """A file that cannot be used: unreadable, too large, or (where one is needed) no face."""
+# A file that cannot be used: unreadable, too large, or (where one is needed) no face. The
+# same error as a reference photo's: the header check that raises it lives with the photos.
+ImageError = PhotoError
 
 
 # -- reading images safely ----------------------------------------------------------------------
-
-
-def header_size(data: bytes) -> tuple[int, int]:
-    """(width, height) from the file's header alone; ImageError for formats not known here."""
-    if data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) >= 24:
-        width, height = struct.unpack(">II", data[16:24])
-        return int(width), int(height)
-    if data[:2] == b"\xff\xd8":
-        return _jpeg_size(data)
-    if data[:4] == b"RIFF" and data[8:12] == b"WEBP" and len(data) >= 30:
-        return _webp_size(data)
-    if data[:2] == b"BM" and len(data) >= 26:
-        width, height = struct.unpack("<ii", data[18:26])
-        return abs(int(width)), abs(int(height))
-    if data[:6] in (b"GIF87a", b"GIF89a") and len(data) >= 10:
-        width, height = struct.unpack("<HH", data[6:10])
-        return int(width), int(height)
-    raise ImageError("not a JPEG, PNG, WebP, BMP or GIF image")
-
-
-# JPEG start-of-frame markers (C0-CF) except DHT (C4), JPG (C8) and DAC (CC), which are not frames.
-_SOF: Final = frozenset(range(0xC0, 0xD0)) - {0xC4, 0xC8, 0xCC}
-
-
-def _jpeg_size(data: bytes) -> tuple[int, int]:
-    i = 2
-    while i + 4 <= len(data):
-        if data[i] != 0xFF:
-            raise ImageError("a damaged JPEG header")
-        marker = data[i + 1]
-        if marker == 0xFF:  # fill byte
-            i += 1
-            continue
-        if marker in (0x01, *range(0xD0, 0xD8)):  # markers without a length
-            i += 2
-            continue
-        (length,) = struct.unpack(">H", data[i + 2:i + 4])
-        if marker in _SOF and i + 9 <= len(data):
-            height, width = struct.unpack(">HH", data[i + 5:i + 9])
-            return int(width), int(height)
-        if marker == 0xDA:  # image data began before any frame header
-            break
-        i += 2 + length
-    raise ImageError("a JPEG without a frame header")
-
-
-def _webp_size(data: bytes) -> tuple[int, int]:
-    chunk = data[12:16]
-    if chunk == b"VP8 ":
-        width, height = struct.unpack("<HH", data[26:30])
-        return int(width) & 0x3FFF, int(height) & 0x3FFF
-    if chunk == b"VP8L":
-        b = data[21:25]
-        return 1 + (((b[1] & 0x3F) << 8) | b[0]), \
-            1 + (((b[3] & 0x0F) << 10) | (b[2] << 2) | ((b[1] & 0xC0) >> 6))
-    if chunk == b"VP8X":
-        return 1 + int.from_bytes(data[24:27], "little"), 1 + int.from_bytes(data[27:30], "little")
-    raise ImageError("a WebP of a kind not known here")
 
 
 def read_rgb(path: Path) -> U8:
@@ -123,7 +63,7 @@ def read_rgb(path: Path) -> U8:
         data = path.read_bytes()
     except OSError as exc:
         raise ImageError(f"cannot read it ({exc.strerror or exc})") from None
-    width, height = header_size(data)
+    width, height = image_size(data)
     if width * height > MAX_PIXELS:
         raise ImageError(f"{width}x{height} is {width * height / 1e6:.0f} Mpx, over the "
                          f"{MAX_PIXELS / 1e6:.0f} Mpx this command decodes")
@@ -166,16 +106,12 @@ def picture(path: Path) -> Picture:
     """Faces and descriptors of one file, once per run (pairs files repeat photos)."""
     rgb = read_rgb(path)
     height, width = rgb.shape[:2]
-    scale = min(1.0, WORK_SIDE / max(height, width))
-    work: U8 = rgb if scale == 1.0 else np.ascontiguousarray(cv2.resize(
-        rgb, (round(width * scale), round(height * scale)), interpolation=cv2.INTER_AREA),
-        dtype=np.uint8)
+    work, scale = reduced(rgb)  # as reference photos are
     detector, embedder = _tools()
     faces: list[Face] = detector.detect(work)
     vectors = embedder.embed(work, [f.dlib_shape() for f in faces])
     return Picture(width, height, tuple(
-        FoundFace(Box.from_corners(f.box.x / scale, f.box.y / scale, f.box.right / scale,
-                                   f.box.bottom / scale), f.score, v)
+        FoundFace(unscaled(f.box, scale), f.score, v)
         for f, v in zip(faces, vectors, strict=True)))
 
 

@@ -86,6 +86,7 @@ BENCHES = (
     ), timeout=600, data=False),
     Bench("redaction.py", (
         "x real time",
+        "export from kept boxes",
         "old HOG + Haar detector, 640x360",
         "Hamilton audience",
     )),

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
@@ -18,11 +19,14 @@ from custodes.media import ffmpeg_exe, probe
 from custodes.redaction.detect import NODE_SETTINGS, RedactionSettings
 from custodes.redaction.video import (
     HOLD_GROWTH,
+    MAX_GAP,
     BoxPlan,
+    BoxStream,
     RedactionError,
     _Track,
     plan_boxes,
     redact_file,
+    redact_stream,
 )
 from custodes.vision.faces import DETECT_THRESHOLD, SMALLEST_FACE, Box, Face, FaceDetector
 
@@ -184,6 +188,65 @@ def test_a_copy_for_viewers_is_shrunk_and_reuses_the_boxes(excerpts: dict[str, P
     with pytest.raises(ValueError, match="same settings"):
         redact_file(source, tmp_path / "other.mp4", plan=reused,
                     settings=RedactionSettings(detect_fps=2.0))
+
+
+@pytest.mark.parametrize("clip", ["stage", "arcade"])
+def test_streamed_boxes_cover_the_whole_files_plan_frame_by_frame(
+        excerpts: dict[str, Path], clip: str, tmp_path: Path) -> None:
+    """A viewer's copy is blurred while the file is searched (BoxStream): each frame must get
+    at least the boxes the two-pass plan gives it, though it leaves long before the search
+    ends. Real clips: faces come, go, and are missed between sightings; the stage has cuts."""
+    source = excerpts[clip]
+    whole = plan_boxes(source)
+    stream = BoxStream(source)
+    decoded = []  # frames decoded when each frame was handed out
+    streamed: dict[int, list[Box]] = {}
+    for index, _, boxes in stream:
+        streamed[index] = boxes
+        decoded.append(stream._scan.frames if not stream._scan.finished else None)
+
+    assert list(streamed) == list(range(whole.frames))
+    missed = [(i, box) for i, boxes in whole.boxes.items() for box in boxes
+              if not any(s.intersection(box) == box.area for s in streamed[i])]
+    assert missed == []
+    # Nor more: a frame waits until its boxes are final (BoxStream), they are not guessed.
+    assert streamed == {i: whole.boxes.get(i, []) for i in range(whole.frames)}
+    assert sum(map(len, whole.boxes.values())) >= 20, "the excerpt should show faces"
+    # Handed out early: at most hold + MAX_GAP frames (and a stride) after it is decoded.
+    scan = stream._scan
+    bound = scan.hold + math.ceil(MAX_GAP * float(scan.rate)) + scan.stride
+    early = [n - i for i, n in enumerate(decoded) if n is not None]
+    assert early, "no frame left before the file was decoded to its end"
+    assert max(early) <= bound
+    # The streamed search's plan is the segment's plan: kept, it serves later copies.
+    assert stream.plan == whole
+    with (tmp_path / "copy.mp4").open("wb") as out:
+        again = redact_stream(source, out, plan=stream.plan)
+    assert again is stream.plan
+
+
+def test_a_streamed_copy_is_fragmented_mp4_with_every_frame(excerpts: dict[str, Path],
+                                                             tmp_path: Path) -> None:
+    source = excerpts["arcade"]
+    target = tmp_path / "streamed.mp4"
+    with target.open("wb") as out:
+        plan = redact_stream(source, out, zones=[TOP_RIGHT], max_lines=240)
+
+    head = target.read_bytes()[:4096]
+    # An index without samples first, then fragments: a player can start on the first bytes.
+    assert head[4:8] == b"ftyp"
+    assert head.index(b"moov") < head.index(b"moof")
+    with av.open(str(target)) as container:
+        stream = container.streams.video[0]
+        assert (stream.codec_context.width, stream.codec_context.height) == (426, 240)
+        assert sum(1 for _ in container.decode(stream)) == plan.frames
+    assert plan.frames == sum(1 for _ in frames(source))
+    assert plan.boxes, "the arcade shows faces"
+    # A failed redaction says why; what it wrote is the caller's to throw away.
+    junk = tmp_path / "junk.mp4"
+    junk.write_bytes(b"not a video" * 100)
+    with (tmp_path / "out.mp4").open("wb") as out, pytest.raises(RedactionError):
+        redact_stream(junk, out)
 
 
 def test_frames_between_searches_are_blurred_wider_the_further_they_are() -> None:

@@ -1,21 +1,34 @@
-"""Redacted copies for viewers: a segment searched for faces once, its boxes reused."""
+"""Redacted copies for viewers: a segment searched for faces once, its boxes reused; a copy
+in the making sent as it is written, to every viewer who asks, from one redaction."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import asyncio
+import logging
+import os
+import subprocess
+import threading
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Iterator
 from pathlib import Path
 
+import av
+import httpx
 import pytest
+import uvicorn
 from sqlalchemy import select
 
+from custodes.api.app import create_app
+from custodes.api.deps import SESSION_COOKIE
 from custodes.app import Node
-from custodes.media import probe
+from custodes.auth.roles import Role
+from custodes.media import ffmpeg_exe
 from custodes.record.playback import Segment
 from custodes.redaction.copies import RedactedCopies
 from custodes.redaction.detect import RedactionSettings
+from custodes.redaction.video import BoxPlan, RedactionError
 from custodes.store import schema
 from footage import add_segments, encode_clips
-from test_auth import open_node
+from test_auth import add_user, open_node
 
 T0 = 1_714_557_600.0
 
@@ -40,7 +53,7 @@ def test_a_segment_is_searched_once_and_its_boxes_go_with_it(
     boxes = copies.boxes_path(node, seg)
     assert copy.is_file()
     assert boxes.is_file()
-    assert probe(copy).frames == probe(node.layout.recordings / seg.path).frames
+    assert decoded(copy) == decoded(node.layout.recordings / seg.path)
     searched = boxes.stat().st_mtime_ns
     # The copy expires (or zones change): the next viewer gets a new one from the same boxes.
     copy.unlink()
@@ -57,3 +70,147 @@ def test_a_segment_is_searched_once_and_its_boxes_go_with_it(
     assert copies.prune(node) == 2
     assert not copy.exists()
     assert not boxes.exists()
+
+
+def decoded(path: Path) -> int:
+    """Frames in a file, decoded: a fragmented copy's header does not count them."""
+    with av.open(str(path)) as container:
+        return sum(1 for _ in container.decode(video=0))
+
+
+def made_files(node: Node) -> list[str]:
+    folder = node.layout.root / "redacted"
+    return sorted(p.name for p in folder.rglob("*") if p.is_file()) if folder.is_dir() else []
+
+
+async def read_all(chunks: Path | AsyncIterator[bytes]) -> bytes:
+    assert not isinstance(chunks, Path), "the copy should still be in the making"
+    return b"".join([chunk async for chunk in chunks])
+
+
+def test_two_viewers_of_a_copy_in_the_making_get_it_from_one_redaction(
+        segment: tuple[Node, Segment], caplog: pytest.LogCaptureFixture) -> None:
+    node, seg = segment
+    copies = RedactedCopies(workers=2)
+    caplog.set_level(logging.INFO, logger="custodes.redaction.copies")
+
+    async def two_viewers() -> tuple[bytes, bytes]:
+        return await asyncio.gather(read_all(copies.open(node, seg)),
+                                    read_all(copies.open(node, seg)))
+
+    first, second = asyncio.run(two_viewers())
+
+    copy = copies.path(node, seg)
+    assert first == second == copy.read_bytes()
+    assert decoded(copy) == decoded(node.layout.recordings / seg.path)
+    made = [r for r in caplog.records if r.getMessage().startswith("redacted copy of segment")]
+    assert len(made) == 1
+    # The search's boxes are kept, as plan_boxes would have made them.
+    kept = BoxPlan.load(copies.boxes_path(node, seg), copies.settings)
+    assert kept is not None
+    assert kept.frames == decoded(copy)
+    assert not [name for name in made_files(node) if name.endswith(".partial")]
+    # Whole now: a later viewer gets the file (with byte ranges).
+    assert copies.open(node, seg) == copy
+
+
+@pytest.fixture
+def long_segment(segment: tuple[Node, Segment], shared_data: Path) -> tuple[Node, Segment]:
+    """The segment's file replaced by 10 s of real 640x360 footage with faces: a copy that
+    takes seconds to make, so that a viewer can leave long before it is done."""
+    node, seg = segment
+    subprocess.run([
+        ffmpeg_exe(), "-hide_banner", "-nostdin", "-loglevel", "error", "-y",
+        "-i", str(shared_data / "video" / "face_recognition_short_hamilton_clip.mp4"),
+        "-t", "10", "-vf", "scale=640:-2,fps=15", "-c:v", "libx264", "-preset", "ultrafast",
+        "-an", str(node.layout.recordings / seg.path),
+    ], check=True)
+    return node, seg
+
+
+def test_a_copy_whose_viewer_left_is_given_up_and_made_again_for_the_next(
+        long_segment: tuple[Node, Segment]) -> None:
+    node, seg = long_segment
+    copies = RedactedCopies(workers=1)
+
+    async def look_and_leave() -> bytes:
+        chunks = copies.open(node, seg)
+        assert isinstance(chunks, AsyncGenerator)
+        first: bytes = await anext(chunks)
+        await chunks.aclose()  # what the server does when the browser goes
+        return first
+
+    first = asyncio.run(look_and_leave())
+    assert first[4:8] == b"ftyp"
+    # The thread gives it up at its next frame: nothing of it is kept, not even its boxes.
+    assert asyncio.run(wait_for(lambda: not made_files(node))), "not given up"
+    assert not copies._jobs
+
+    copy = copies.get(node, seg)
+    assert copy.is_file()
+    assert decoded(copy) == decoded(node.layout.recordings / seg.path)
+
+
+async def wait_for(condition: Callable[[], bool], seconds: float = 60.0) -> bool:
+    """Whether ``condition`` came true within ``seconds`` (not a timing check: a copy of the
+    whole segment takes far longer than giving it up)."""
+    for _ in range(int(seconds / 0.05)):
+        if condition():
+            return True
+        await asyncio.sleep(0.05)
+    return False
+
+
+def test_a_browser_that_goes_away_stops_its_redaction(
+        long_segment: tuple[Node, Segment]) -> None:
+    """Over real HTTP (uvicorn): the server notices the closed connection, the copy is given
+    up, and no ffmpeg or file is left of it."""
+    node, seg = long_segment
+    app = create_app(node)
+    session = app.state.sessions.create(add_user(app, "viktor", Role.VIEWER), "127.0.0.1")
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    try:
+        assert asyncio.run(wait_for(lambda: server.started, 30))
+        port = server.servers[0].sockets[0].getsockname()[1]
+        with httpx.Client(base_url=f"http://127.0.0.1:{port}",
+                          cookies={SESSION_COOKIE: session.token}) as c, \
+                c.stream("GET", f"/api/segments/{seg.id}/redacted") as answer:
+            assert answer.status_code == 200
+            assert "content-length" not in answer.headers  # sent as it is made
+            assert next(answer.iter_raw())[4:8] == b"ftyp"
+        assert asyncio.run(wait_for(lambda: not made_files(node))), "not given up"
+        assert not node.redacted_copies._jobs
+        assert not ffmpegs_of(os.getpid())
+    finally:
+        server.should_exit = True
+        thread.join(30)
+
+
+def ffmpegs_of(pid: int) -> list[int]:
+    """ffmpeg processes started by process ``pid`` (any of its threads) still running."""
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            parent = int(stat.read_text().rsplit(")", 1)[1].split()[1])
+            command = (stat.parent / "cmdline").read_bytes()
+        except (OSError, IndexError, ValueError):
+            continue  # gone meanwhile
+        if parent == pid and b"ffmpeg" in command:
+            found.append(int(stat.parent.name))
+    return found
+
+
+def test_a_failed_redaction_leaves_no_copy(segment: tuple[Node, Segment]) -> None:
+    node, seg = segment
+    (node.layout.recordings / seg.path).write_bytes(b"not a video" * 1000)
+    copies = RedactedCopies(workers=1)
+
+    with pytest.raises(RedactionError):
+        asyncio.run(read_all(copies.open(node, seg)))
+
+    assert made_files(node) == []
+    (node.layout.recordings / seg.path).unlink()
+    with pytest.raises(FileNotFoundError):
+        copies.open(node, seg)

@@ -1,4 +1,5 @@
-"""Subject access exports: the requester stays visible, everybody else is blurred."""
+"""Subject access exports: the requester stays visible when his faces reach the calibrated match
+level, everybody else is blurred."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ import numpy as np
 import numpy.typing as npt
 import pytest
 
+from custodes.faces.calibration import MatchLevel, level
 from custodes.media import ffmpeg_exe
 from custodes.redaction.subject_access import NoFaceInPhoto, subject_keep
 from custodes.redaction.video import redact_file
@@ -22,6 +24,11 @@ F32 = npt.NDArray[np.float32]
 HAMILTON = "video/face_recognition_short_hamilton_clip.mp4"
 MIRANDA = "faces/face_recognition/Lin-Manuel_Miranda/lin-manuel-miranda.png"
 SPLIT = 1.5  # seconds into the excerpt: Miranda before, the audience after
+# LFW photos (tests/test_subject_access.py's pair): the requester's reference photo, his photo
+# in the footage (distance 0.27 between them), and a stranger at 0.57 from the reference.
+REQUESTER_PHOTO = "Edmund_Stoiber_0001"
+REQUESTER_SEEN = "Edmund_Stoiber_0003"
+LOOKALIKE = "Dave_Tucker_0001"
 
 
 def rgb_photo(path: Path) -> U8:
@@ -91,9 +98,74 @@ def recognisable(before: Seen, after: Seen, name: str) -> list[tuple[int, Box]]:
             if box.iou(other) >= 0.3 and np.linalg.norm(again - vector) < MATCH_THRESHOLD]
 
 
+def lfw(shared_data: Path, name: str) -> U8:
+    person = name.rsplit("_", 1)[0]
+    return rgb_photo(shared_data / "faces" / "lfw" / person / f"{name}.jpg")
+
+
+@pytest.fixture(scope="module")
+def pair(shared_data: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """2 s at 10 fps of two real press photos side by side, enlarged 2x (faces ~200 px):
+    Edmund Stoiber (left) and Dave Tucker, whose face is close to Stoiber's (right)."""
+    target = tmp_path_factory.mktemp("pair") / "pair.mp4"
+    photos = [shared_data / "faces" / "lfw" / n.rsplit("_", 1)[0] / f"{n}.jpg"
+              for n in (REQUESTER_SEEN, LOOKALIKE)]
+    subprocess.run([
+        ffmpeg_exe(), "-hide_banner", "-nostdin", "-loglevel", "error",
+        *[arg for photo in photos for arg in ("-loop", "1", "-t", "2", "-i", str(photo))],
+        "-filter_complex", "[0:v][1:v]hstack,scale=1000:500,fps=10", "-c:v", "libx264",
+        "-preset", "veryfast", "-pix_fmt", "yuv420p", str(target),
+    ], check=True)
+    return target
+
+
+def faces_in(path: Path, embedder: FaceEmbedder) -> list[list[tuple[Box, F32]]]:
+    """Per frame, every face found (any size, the analysis threshold) and its descriptor."""
+    detector = FaceDetector(min_size=0)
+    found = []
+    with av.open(str(path)) as container:
+        for video in container.decode(video=0):
+            rgb = np.asarray(video.to_ndarray(format="rgb24"), dtype=np.uint8)
+            found.append([(face.box, embedder.embed(rgb, [face.dlib_shape()])[0])
+                          for face in detector.detect(rgb)])
+    return found
+
+
 @pytest.mark.slow
-def test_subject_access_shows_the_subject_and_blurs_the_others(
+def test_the_requester_is_shown_and_a_lookalike_stays_blurred(
+        shared_data: Path, pair: Path, embedder: FaceEmbedder, tmp_path: Path) -> None:
+    photo = lfw(shared_data, REQUESTER_PHOTO)
+    requester = reference(photo, embedder)
+    lookalike = reference(lfw(shared_data, LOOKALIKE), embedder)
+    # The photos: the requester's other photo is a match; the lookalike only "possible",
+    # which dlib's 0.6 (the old rule) would have taken for the requester.
+    assert level(float(np.linalg.norm(reference(lfw(shared_data, REQUESTER_SEEN), embedder)
+                                      - requester))) is MatchLevel.MATCH
+    assert level(float(np.linalg.norm(lookalike - requester))) is MatchLevel.POSSIBLE
+    before = faces_in(pair, embedder)
+    assert all(len(faces) == 2 for faces in before)
+    out = tmp_path / "requester.mp4"
+
+    info = redact_file(pair, out, keep=subject_keep(photo, embedder=embedder))
+
+    after = faces_in(out, embedder)
+    assert (info["faces_kept"], info["faces_blurred"]) == (1, 1)
+    middle = 500  # the requester on the left, the lookalike on the right
+    for faces in after:
+        # The requester, as himself, at the match level, in every frame.
+        assert any(box.center[0] < middle
+                   and level(float(np.linalg.norm(vector - requester))) is MatchLevel.MATCH
+                   for box, vector in faces)
+        # The lookalike cannot be recognised: no face on his side is even close to him.
+        assert all(np.linalg.norm(vector - lookalike) >= MATCH_THRESHOLD
+                   for box, vector in faces if box.center[0] >= middle)
+
+
+@pytest.mark.slow
+def test_a_requester_only_possibly_matched_stays_blurred(
         shared_data: Path, stage: Path, embedder: FaceEmbedder, tmp_path: Path) -> None:
+    """Miranda's close-up against his one reference photo: distances 0.40-0.51, "possible"
+    only. Fail closed: he is blurred like everybody else, and nobody is recognisable."""
     photo = rgb_photo(shared_data / MIRANDA)
     miranda = reference(photo, embedder)
     before = identities(stage, miranda, embedder)
@@ -106,10 +178,8 @@ def test_subject_access_shows_the_subject_and_blurs_the_others(
 
     after = identities(out, miranda, embedder)
     assert info["keep"] == "subject"
-    assert info["faces_kept"] == 1
-    # Miranda is as visible as before: found in the same frames, as himself.
-    assert who(after, "miranda") == who(before, "miranda")
-    # Nobody else is: no other face of the original can be recognised in the copy.
+    assert info["faces_kept"] == 0
+    assert who(after, "miranda") == []
     assert recognisable(before, after, "miranda") == []
 
 

@@ -2,33 +2,58 @@
 
     <storage>/redacted/<camera>/<id>-<digest>.boxes.json   where to blur: the search's result
     <storage>/redacted/<camera>/<id>-<digest>.mp4          the copy a viewer is sent
+    <storage>/redacted/<camera>/.<id>-<digest>.mp4.<pid>.<n>.partial   the copy being made
 
-A segment is searched for faces once (the expensive part: `custodes.redaction.video.plan_boxes`)
-and its boxes are kept beside the copies; every copy and every viewer of the segment reuses
-them (exports do not yet: they join the range's segments into one file first, and search
-that). The boxes' digest covers the redaction settings and the segment's file, so changed
-settings search again rather than reuse; a copy's digest covers the boxes' and the camera's
-privacy zones (zones are drawn at encoding, they do not change where the faces are).
+A copy is made in one pass (`custodes.redaction.video.redact_stream`): the segment is decoded,
+searched for faces and blurred frame by frame, and ffmpeg writes fragmented MP4, a fragment a
+frame, to the partial file. A viewer is sent the partial file as it grows (`open`), so the
+first picture leaves when its frame is encoded, not when the segment is: a frame waits only
+until no later search can change its boxes (`hold`, 0.5 s of video, after it; up to 1.5 s
+when a face has just come or gone). When the copy is whole it is renamed to its name and
+served from there (with byte ranges) to whoever asks later; a failed one is deleted, and a
+viewer who was being sent it gets a truncated answer, never one that looks complete.
 
-Copies are made by a small pool of threads, as many as the machine has cores, one segment each
-(the detector runs on one thread: a segment is a core's work, so viewers and prefetches share
-the cores rather than each getting a thread of their own). A viewer's request goes ahead of
-prefetches. A copy is at most PLAYBACK_LINES lines: a browser's picture, not the original's.
+The search's boxes are kept beside the copies: a later copy of the segment (a new digest after
+a zone change, or after the copy expired) only blurs and encodes, and exports use them for the
+segments they join (`custodes.redaction.exports`, via `boxes`). The boxes' digest covers the
+redaction settings and the segment's file, so changed settings search again rather than reuse;
+a copy's digest covers the boxes' and the camera's privacy zones (zones are drawn at encoding,
+they do not change where the faces are).
+
+One maker per segment: every viewer of a copy in the making follows the same partial file.
+Viewers' copies are made by as many threads as the machine has cores, one segment each (the
+detector runs on one thread: a segment is a core's work). Prefetches (the segments after the
+one watched) are made by one more thread, at a lower priority (PREFETCH_NICE, its ffmpeg too),
+and only while no viewer waits and fewer viewers' copies than cores are in the making. So a
+viewer never waits behind a prefetch nor lands on the low-priority thread (but one who asks for
+a copy a prefetch has begun follows it there), and at most cores + 1 copies are made at once,
+the one over only when viewers came while a prefetch was running. A copy whose last viewer
+went away (a seek elsewhere, a closed tab) before it was whole is given up within a frame: its
+thread goes to the next request, and the next viewer of that segment starts it again.
+
+Costs, 2-core box (`custodes.redaction.video`): a 2 s 480x270 15 fps segment (the browser
+test's) takes ~0.75 CPU-s, 0.25 of them before its first frame is out; 720p ~34 CPU-ms a
+frame, 20 from kept boxes. A viewer who starts in the middle of a segment waits for the search
+up to there and `hold` beyond: at 480x270 ~0.6 CPU-s for a click 1 s in. A copy is at most
+PLAYBACK_LINES lines: a browser's picture, not the original's.
 Nothing outlives its segment: retention's deletions are followed by a prune of both files.
 """
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import itertools
 import json
 import logging
 import os
-import queue
 import re
 import threading
 import time
+from collections import deque
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
+from io import BufferedReader
 from pathlib import Path
 from typing import TYPE_CHECKING, Final
 
@@ -36,7 +61,7 @@ from sqlalchemy import select
 
 from custodes.record.playback import Segment
 from custodes.redaction.detect import NODE_SETTINGS, RedactionSettings
-from custodes.redaction.video import BoxPlan, plan_boxes, redact_file
+from custodes.redaction.video import BoxPlan, Stage, plan_boxes, redact_stream
 from custodes.store import schema
 
 if TYPE_CHECKING:
@@ -46,12 +71,23 @@ log = logging.getLogger(__name__)
 
 REDACTED_KEEP: Final = 24 * 3600.0  # seconds a redacted copy is kept after it was made
 PLAYBACK_LINES: Final = 720  # copies for viewers are at most this tall
-# Prefetches waiting beyond this many per worker are dropped: the viewer's own request makes
-# the copy if it is still wanted.
+# In a copy's digest: players take copies as fragmented MP4 (Media Source Extensions), so a
+# copy made in another layout by older code must not be served.
+COPY_FORMAT: Final = "fmp4"
+# Prefetches waiting beyond this many per worker are dropped, the oldest first: the viewer's
+# own request makes the copy if it is still wanted.
 PREFETCH_PER_WORKER: Final = 4
-VIEWER, PREFETCH = 0, 1  # queue priorities: a viewer waiting goes first
+VIEWER, PREFETCH = 0, 1  # priorities: a viewer waiting goes first
+PREFETCH_NICE: Final = 10  # added to the niceness of the thread that makes prefetches
+FOLLOW_EVERY: Final = 0.02  # seconds between looks at a partial copy for new bytes
+CHUNK: Final = 256 * 1024  # bytes read from a copy at a time
+STALE_PARTIAL: Final = 3600.0  # seconds: a partial copy not written for this long is debris
 
 _FILE_NAME = re.compile(r"^(\d+)-[0-9a-f]{12}\.(mp4|boxes\.json)$")
+
+
+class Abandoned(Exception):
+    """A copy given up because nobody who asked for it is waiting any more."""
 
 
 @dataclass(eq=False)
@@ -59,9 +95,13 @@ class _Job:
     node: Node
     segment: Segment
     target: Path
+    partial: Path  # written while made, renamed to target when whole
+    priority: int
     done: threading.Event = field(default_factory=threading.Event)
     started: bool = False
     error: BaseException | None = None
+    readers: int = 0  # viewers following it (`open`, `get`)
+    left: bool = False  # the last reader went away: give it up at the next frame
 
 
 class RedactedCopies:
@@ -79,10 +119,12 @@ class RedactedCopies:
         self.settings = settings
         self.workers = max(1, workers or os.cpu_count() or 1)
         self._jobs: dict[int, _Job] = {}
-        self._lock = threading.Lock()
-        self._queue: queue.PriorityQueue[tuple[int, int, _Job]] = queue.PriorityQueue()
-        self._order = itertools.count()  # FIFO within a priority; jobs are never compared
+        self._lock = threading.Condition()
+        self._viewers: deque[_Job] = deque()
+        self._prefetches: deque[_Job] = deque()  # newest first
+        self._partials = itertools.count(1)
         self._threads: list[threading.Thread] = []
+        self._running = 0  # viewers' copies being made
 
     def folder(self, node: Node, camera: str) -> Path:
         return node.layout.root / "redacted" / camera
@@ -95,7 +137,8 @@ class RedactedCopies:
 
     def path(self, node: Node, segment: Segment) -> Path:
         zones = node.config.cameras[segment.camera].privacy_zones
-        what = json.dumps([self.boxes_path(node, segment).name, zones, PLAYBACK_LINES])
+        what = json.dumps([self.boxes_path(node, segment).name, zones, PLAYBACK_LINES,
+                           COPY_FORMAT])
         digest = hashlib.sha256(what.encode()).hexdigest()[:12]
         return self.folder(node, segment.camera) / f"{segment.id}-{digest}.mp4"
 
@@ -115,61 +158,170 @@ class RedactedCopies:
         return plan
 
     def get(self, node: Node, segment: Segment) -> Path:
-        """The redacted copy of ``segment``, made now if needed (one maker per segment)."""
+        """The redacted copy of ``segment``, made now if needed (one maker per segment),
+        once it is whole."""
         target = self.path(node, segment)
         if target.is_file():
             return target
-        job = self._submit(node, segment, target, VIEWER)
-        job.done.wait()
+        job = self._attach(node, segment, target)
+        try:
+            job.done.wait()
+        finally:
+            self._detach(job)
         if job.error is not None:
             raise job.error
         return target
 
+    def open(self, node: Node, segment: Segment) -> Path | AsyncIterator[bytes]:
+        """The copy of ``segment``: its path when it is whole, else its bytes as they are made
+        (the copy is started at a viewer's priority, if nobody has, when the first are asked
+        for). The bytes end with the copy; an error (RedactionError, FileNotFoundError) is
+        raised in their place, also after some were given: they are then not the whole copy.
+        Raises FileNotFoundError at once when the segment's file is missing."""
+        target = self.path(node, segment)
+        if target.is_file():
+            return target
+        self._source(node, segment)
+        return self._follow(node, segment, target)
+
+    def start(self, node: Node, segment: Segment) -> None:
+        """A viewer is about to ask for ``segment``: start its copy now, as the viewer would."""
+        target = self.path(node, segment)
+        if not target.is_file():
+            self._submit(node, segment, target, VIEWER)
+
     def prefetch(self, node: Node, segment: Segment) -> None:
         """Make the copy in the background, so it is ready when playback reaches it."""
         target = self.path(node, segment)
-        if target.is_file():
-            return
-        if self._queue.qsize() >= PREFETCH_PER_WORKER * self.workers:
-            return
-        self._submit(node, segment, target, PREFETCH)
+        if not target.is_file():
+            self._submit(node, segment, target, PREFETCH)
+
+    async def _follow(self, node: Node, segment: Segment, target: Path
+                      ) -> AsyncIterator[bytes]:
+        job = self._attach(node, segment, target)
+        try:
+            async for chunk in self._tail(job):
+                yield chunk
+        finally:
+            self._detach(job)
+
+    async def _tail(self, job: _Job) -> AsyncIterator[bytes]:
+        """The job's file as it grows, until the job is done; its error if it fails."""
+        with await self._open_partial(job) as copy:
+            while True:
+                finished = job.done.is_set()  # before reading: the last bytes are then in
+                chunk = copy.read(CHUNK)
+                if chunk:
+                    yield chunk
+                elif finished:
+                    if job.error is not None:
+                        raise job.error
+                    return
+                else:
+                    await asyncio.sleep(FOLLOW_EVERY)
+
+    async def _open_partial(self, job: _Job) -> BufferedReader:
+        while True:
+            finished = job.done.is_set()
+            try:
+                return job.partial.open("rb")
+            except FileNotFoundError:
+                pass
+            if finished:  # renamed (or deleted) before we looked
+                if job.error is not None:
+                    raise job.error
+                return job.target.open("rb")
+            await asyncio.sleep(FOLLOW_EVERY)
+
+    def _attach(self, node: Node, segment: Segment, target: Path) -> _Job:
+        with self._lock:
+            job = self._submit(node, segment, target, VIEWER)
+            job.readers += 1
+            return job
+
+    def _detach(self, job: _Job) -> None:
+        with self._lock:
+            job.readers -= 1
+            if job.readers == 0 and not job.done.is_set():
+                job.left = True
 
     def _submit(self, node: Node, segment: Segment, target: Path, priority: int) -> _Job:
         with self._lock:
             job = self._jobs.get(segment.id)
             if job is None or job.target != target:
-                job = self._jobs[segment.id] = _Job(node, segment, target)
-                self._queue.put((priority, next(self._order), job))
-            elif priority == VIEWER and not job.started:
-                # Queued as a prefetch: queue it again ahead; whichever entry comes first
-                # makes it, the other is skipped.
-                self._queue.put((priority, next(self._order), job))
-            while len(self._threads) < self.workers:
-                thread = threading.Thread(target=self._run, daemon=True,
-                                          name=f"redact-{len(self._threads) + 1}")
-                self._threads.append(thread)
-                thread.start()
+                partial = target.with_name(
+                    f".{target.name}.{os.getpid()}.{next(self._partials)}.partial")
+                job = self._jobs[segment.id] = _Job(node, segment, target, partial, priority)
+                if priority == VIEWER:
+                    self._viewers.append(job)
+                else:
+                    self._prefetches.appendleft(job)
+                    if len(self._prefetches) > PREFETCH_PER_WORKER * self.workers:
+                        dropped = self._prefetches.pop()
+                        del self._jobs[dropped.segment.id]
+                        dropped.error = Abandoned("dropped from the prefetch queue")
+                        dropped.done.set()
+            elif priority == VIEWER and job.priority == PREFETCH and not job.started:
+                self._prefetches.remove(job)
+                job.priority = VIEWER
+                self._viewers.append(job)
+            if not self._threads:
+                for n in range(self.workers):
+                    self._thread(f"redact-{n + 1}", prefetch=False)
+                self._thread("redact-prefetch", prefetch=True)
+            self._lock.notify_all()
         return job
 
-    def _run(self) -> None:
-        while True:
-            _, _, job = self._queue.get()
-            with self._lock:
-                if job.started:
+    def _thread(self, name: str, *, prefetch: bool) -> None:
+        thread = threading.Thread(target=self._run, args=(prefetch,), daemon=True, name=name)
+        self._threads.append(thread)
+        thread.start()
+
+    def _next(self, prefetch: bool) -> _Job:
+        with self._lock:
+            while True:
+                if not prefetch and self._viewers:
+                    job = self._viewers.popleft()
+                    self._running += 1
+                elif (prefetch and self._prefetches and not self._viewers
+                      and self._running < self.workers):
+                    job = self._prefetches.popleft()
+                else:
+                    self._lock.wait()
                     continue
                 job.started = True
+                return job
+
+    def _run(self, prefetch: bool) -> None:
+        if prefetch:
+            _lower_priority(PREFETCH_NICE)
+        while True:
+            job = self._next(prefetch)
             try:
-                self._make(job.node, job.segment, job.target)
+                self._make(job)
             except BaseException as exc:
                 job.error = exc
-                if not isinstance(exc, FileNotFoundError):
+                if isinstance(exc, Abandoned):
+                    log.info("redacted copy of segment %d given up: %s", job.segment.id, exc)
+                elif not isinstance(exc, FileNotFoundError):
                     log.exception("could not make the redacted copy of segment %d",
                                   job.segment.id)
             finally:
                 with self._lock:
                     if self._jobs.get(job.segment.id) is job:
                         del self._jobs[job.segment.id]
+                    if not prefetch:
+                        self._running -= 1
+                    self._lock.notify_all()  # the prefetch thread may go on
                 job.done.set()
+
+    def _check(self, job: _Job) -> None:
+        with self._lock:
+            if job.left and job.readers == 0:
+                # Out of _jobs before anyone else can attach: whoever asks next starts anew.
+                if self._jobs.get(job.segment.id) is job:
+                    del self._jobs[job.segment.id]
+                raise Abandoned(f"segment {job.segment.id}: nobody is waiting for the copy")
 
     def _source(self, node: Node, segment: Segment) -> Path:
         base = node.layout.recordings.resolve()
@@ -178,37 +330,60 @@ class RedactedCopies:
             raise FileNotFoundError(source)
         return source
 
-    def _make(self, node: Node, segment: Segment, target: Path) -> None:
+    def _make(self, job: _Job) -> None:
+        node, segment, target = job.node, job.segment, job.target
         if target.is_file():  # made while this job waited in the queue
             return
         started = time.monotonic()
-        plan = self.boxes(node, segment)
-        redact_file(self._source(node, segment), target, settings=self.settings, plan=plan,
-                    zones=node.config.cameras[segment.camera].privacy_zones,
-                    max_lines=PLAYBACK_LINES)
-        log.info("redacted copy of segment %d (%s, %.1f s of video) made in %.1f s",
-                 segment.id, segment.camera, segment.duration, time.monotonic() - started)
+        source = self._source(node, segment)
+        boxes_path = self.boxes_path(node, segment)
+        kept = BoxPlan.load(boxes_path, self.settings)
+
+        def progress(_stage: Stage, _done: int, _total: int) -> None:
+            self._check(job)
+
+        target.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            with job.partial.open("wb") as out:
+                plan = redact_stream(source, out, settings=self.settings, plan=kept,
+                                     zones=node.config.cameras[segment.camera].privacy_zones,
+                                     max_lines=PLAYBACK_LINES, progress=progress)
+            if kept is None:
+                plan.save(boxes_path)
+            os.replace(job.partial, target)
+        finally:
+            job.partial.unlink(missing_ok=True)
+        log.info("redacted copy of segment %d (%s, %.1f s of video) made in %.1f s%s",
+                 segment.id, segment.camera, segment.duration, time.monotonic() - started,
+                 " (boxes reused)" if kept is not None else "")
         self.prune(node)
 
     def prune(self, node: Node) -> int:
-        """Delete copies and box files whose segment is gone, and copies older than
-        ``keep``."""
+        """Delete copies and box files whose segment is gone, copies older than ``keep``, and
+        partial copies left by a process that stopped while making them."""
         root = node.layout.root / "redacted"
         if not root.is_dir():
             return 0
+        now = time.time()
+        removed = 0
         files: dict[int, list[Path]] = {}
         for path in root.glob("*/*"):
             m = _FILE_NAME.match(path.name)
             if m:
                 files.setdefault(int(m.group(1)), []).append(path)
+            elif path.name.endswith(".partial"):
+                try:
+                    if now - path.stat().st_mtime > STALE_PARTIAL:
+                        path.unlink()
+                        removed += 1
+                except FileNotFoundError:
+                    continue
         if not files:
-            return 0
+            return removed
         with node.store.read() as conn:
             alive = set(conn.execute(
                 select(schema.segments.c.id).where(schema.segments.c.id.in_(sorted(files)))
             ).scalars())
-        now = time.time()
-        removed = 0
         for segment_id, paths in files.items():
             for path in paths:
                 try:
@@ -219,3 +394,12 @@ class RedactedCopies:
                 except FileNotFoundError:
                     continue
         return removed
+
+
+def _lower_priority(nice: int) -> None:
+    """Make the calling thread (and the processes it starts) yield the CPU to others: on
+    Linux niceness is per thread."""
+    try:
+        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), nice)
+    except (AttributeError, OSError) as exc:  # not Linux, or not allowed
+        log.debug("prefetch priority unchanged: %s", exc)

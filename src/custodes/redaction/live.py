@@ -1,44 +1,65 @@
-"""Live view pictures: a redacted JPEG of a camera's newest analysed frame, while watched.
+"""Live view pictures: how one is redacted, and how it travels from the live picture service
+(custodes.live) to the web server.
 
-    <storage>/live/<camera>.watch    touched by the API on every live request (request_live)
-    <storage>/live/<camera>.jpg      written by the camera's analysis worker (LiveWriter)
+    <storage>/live/<camera>.watch    rewritten by the API on every live request (request_live):
+                                     its time says someone watches, its text the tile's width
+    <storage>/live/<camera>.jpg      the newest redacted picture (write_picture); its
+                                     modification time is the frame's capture time
+    <storage>/live/<camera>.state    JSON: what the service is doing for that camera (LiveState)
 
-The analysis worker already decodes the camera at the analysis rate, so the live picture costs
-no second decoder: the worker offers each analysed frame with the boxes its tracker follows,
-and a thread of its own redacts it (a fresh face scan with redaction's detector, CenterFace at
-REDACT_THRESHOLD, plus those boxes and the privacy zones) and replaces the JPEG atomically
-(temporary file, then os.replace: a reader never sees half a picture). Nothing is done unless
-someone watched within WATCH_SECONDS, and at most `fps` pictures a second are made; a frame
-that arrives while the previous one is still being redacted replaces the waiting one (newest
-wins), so the picture never lags behind the camera by more than one redaction. The JPEG's
-modification time is the frame's capture time. A redaction takes ~0.1 s at 640x360 on one
-core of the 2-core box (the detector's scan; the blur and the JPEG ~3 ms), so LIVE_FPS
-pictures a second cost ~0.3 s of CPU a second per watched camera.
+Files, not a pipe: the service is a process of its own (a crash in a decoder or the detector
+must not take the recorder down) and the web server may restart; both just look again. Every
+file is replaced atomically (temporary file, then os.replace): a reader never sees half one.
+
+Redaction (LiveRedactor) searches the picture at the size it is served: a face too small for
+the detector there is too small to recognise there. It fails closed: a picture whose search
+fails is served fully obscured, never as it is.
 """
 
 from __future__ import annotations
 
+import json
 import logging
+import math
 import os
-import threading
 import time
 from collections import deque
 from collections.abc import Sequence
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Final
 
+import numpy as np
+import numpy.typing as npt
+
 from custodes.record.layout import Layout
-from custodes.redaction.blur import Polygon, encode_jpeg, redact_snapshot
-from custodes.redaction.detect import NODE_SETTINGS, RedactionSettings
-from custodes.vision.decode import Frame
-from custodes.vision.faces import Box
+from custodes.redaction.blur import Polygon, blur_polygons, blur_regions, encode_jpeg
+from custodes.redaction.detect import NODE_SETTINGS, RedactionSettings, blur_boxes
+from custodes.vision.faces import Box, FaceDetector
 
 log = logging.getLogger(__name__)
 
+U8 = npt.NDArray[np.uint8]
+
 WATCH_SECONDS: Final = 5.0  # a request keeps the live picture coming this long
-LIVE_FPS: Final = 3.0  # most pictures per second per camera
-WATCH_CHECK: Final = 0.5  # seconds between looks at the watch file (a stat per frame is waste)
 MAX_AGE: Final = 10.0  # latest_live ignores a picture captured longer ago than this
+STATE_MAX_AGE: Final = 3.0  # read_state ignores a state older than this (the service writes
+# one a second for every watched camera: an older one is from a service that stopped)
+# Widths a picture is made at. A tile gets the narrowest that it shows enlarged at most
+# MAX_ENLARGEMENT times: the detector's cost grows with the pixels (on one core of the 2-core
+# box ~23 ms at 320x180, 48 ms at 480x270, 80 ms at 640x360), so a 9-tile grid on a 1400 px
+# screen costs 320 px pictures, a 4-tile grid 480, one tile 640.
+LIVE_WIDTHS: Final = (320, 480, 640)
+MAX_ENLARGEMENT: Final = 1.5
+
+
+class State:
+    """What a watched camera's live picture is doing (LiveState.state)."""
+
+    STARTING: Final = "starting"  # the stream is being opened
+    LIVE: Final = "live"  # pictures come at least at the service's least rate
+    BUSY: Final = "busy"  # the server cannot keep up, or too many cameras are watched
+    DOWN: Final = "down"  # the camera's stream failed; retried with a backoff
 
 
 def picture_path(folder: Path, camera: str) -> Path:
@@ -49,11 +70,40 @@ def watch_path(folder: Path, camera: str) -> Path:
     return folder / f"{camera}.watch"
 
 
-def request_live(layout: Layout, camera: str) -> None:
-    """Someone watches `camera`: have its worker write live pictures for WATCH_SECONDS."""
+def state_path(folder: Path, camera: str) -> Path:
+    return folder / f"{camera}.state"
+
+
+def live_width(requested: int | None) -> int:
+    """The picture width for a tile `requested` pixels wide (None: the smallest)."""
+    if requested is None:
+        return LIVE_WIDTHS[0]
+    return min([w for w in LIVE_WIDTHS if w * MAX_ENLARGEMENT >= requested],
+               default=LIVE_WIDTHS[-1])
+
+
+def request_live(layout: Layout, camera: str, width: int = LIVE_WIDTHS[0]) -> None:
+    """Someone watches `camera` at `width` (one of LIVE_WIDTHS, see live_width): have the live
+    picture service make its pictures for WATCH_SECONDS."""
     path = watch_path(layout.live, camera)
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.touch()
+    # Written in place, not replaced: a reader that catches it empty takes the default width
+    # for one look, which is harmless, and a rename per request would be two syscalls more.
+    path.write_text(str(width))
+
+
+def read_watch(folder: Path, camera: str, now: float | None = None) -> int | None:
+    """The width asked for `camera` within WATCH_SECONDS, or None when nobody watches."""
+    path = watch_path(folder, camera)
+    try:
+        touched = path.stat().st_mtime
+        if (now if now is not None else time.time()) - touched > WATCH_SECONDS:
+            return None
+        text = path.read_text().strip()
+    except FileNotFoundError:
+        return None
+    width = int(text) if text.isdigit() else 0
+    return width if width in LIVE_WIDTHS else LIVE_WIDTHS[0]
 
 
 def latest_live(layout: Layout, camera: str, max_age: float = MAX_AGE
@@ -72,97 +122,97 @@ def latest_live(layout: Layout, camera: str, max_age: float = MAX_AGE
     return data, captured
 
 
-class LiveWriter:
-    """Redacts and writes one camera's live picture in a thread of its own, while watched."""
+def _replace(target: Path, data: bytes, mtime: float | None = None) -> None:
+    tmp = target.with_name(f".{target.name}.partial")
+    tmp.write_bytes(data)
+    if mtime is not None:
+        os.utime(tmp, (mtime, mtime))
+    os.replace(tmp, target)
 
-    def __init__(self, folder: Path, camera: str, zones: Sequence[Polygon] = (), *,
-                 fps: float = LIVE_FPS,
-                 settings: RedactionSettings = NODE_SETTINGS) -> None:
-        self.folder = folder
-        self.camera = camera
+
+def write_picture(folder: Path, camera: str, jpeg: bytes, captured: float) -> None:
+    """Replace `camera`'s live picture; its modification time carries the capture time."""
+    _replace(picture_path(folder, camera), jpeg, captured)
+
+
+@dataclass(frozen=True)
+class LiveState:
+    state: str  # a State value
+    detail: str  # for the viewer: why, in a few words
+    fps: float  # pictures written per second lately
+    width: int  # of the pictures
+    cost_ms: float  # CPU per picture lately (search, blur, JPEG)
+    at: float  # UTC epoch seconds when written
+
+
+def write_state(folder: Path, camera: str, state: LiveState) -> None:
+    _replace(state_path(folder, camera), json.dumps(asdict(state)).encode())
+
+
+def read_state(folder: Path, camera: str, max_age: float = STATE_MAX_AGE) -> LiveState | None:
+    """What the service last said about `camera`, if it said it within `max_age` seconds."""
+    try:
+        fields = json.loads(state_path(folder, camera).read_bytes())
+        state = LiveState(**fields)
+    except (FileNotFoundError, ValueError, TypeError):
+        return None  # none yet, or written by another version: as good as none
+    return state if time.time() - state.at <= max_age else None
+
+
+class LiveRedactor:
+    """Redacts one camera's live pictures, one after the other.
+
+    Each picture is searched whole with redaction's detector at its own size, and a face
+    found in the last `settings.hold` seconds stays blurred, its box grown by `settings.spread`
+    face sizes a second (as redacted copies do between searches): a face the detector misses
+    in one picture, turning or blurred by motion, is still covered from the pictures before.
+    """
+
+    def __init__(self, zones: Sequence[Polygon] = (), *,
+                 settings: RedactionSettings = NODE_SETTINGS,
+                 detector: FaceDetector | None = None) -> None:
         self.zones = list(zones)
-        self.interval = 1.0 / fps
-        self.check_every = WATCH_CHECK
-        self.ages: deque[float] = deque(maxlen=100)  # capture-to-written seconds, newest last
-        # Redaction's own detector (REDACT_THRESHOLD, any size), not the analysis one: the
-        # analysis settings are for recognition. Frames come at the analysis width, so a
-        # picture costs the same on any camera.
-        self.detector = settings.detector()
-        self._lock = threading.Condition()
-        self._waiting: tuple[Frame, list[Box]] | None = None
-        self._busy = False
-        self._closed = False
-        self._last_offer = float("-inf")  # capture time of the last frame taken
-        self._watched = False
-        self._checked = float("-inf")  # monotonic time of the last look at the watch file
-        folder.mkdir(parents=True, exist_ok=True)
-        self._thread = threading.Thread(target=self._run, name=f"live-{camera}", daemon=True)
-        self._thread.start()
+        self.settings = settings
+        self.detector = detector or settings.detector()
+        # (capture time, picture width, blur boxes) of recent pictures, oldest first.
+        self._held: deque[tuple[float, int, list[Box]]] = deque()
+        self.failures = 0
 
-    def watched(self) -> bool:
-        """Whether someone asked for the picture within WATCH_SECONDS (looked up at most every
-        `check_every` seconds)."""
-        now = time.monotonic()
-        if now - self._checked >= self.check_every:
-            self._checked = now
-            try:
-                touched = watch_path(self.folder, self.camera).stat().st_mtime
-                self._watched = time.time() - touched <= WATCH_SECONDS
-            except FileNotFoundError:
-                self._watched = False
-        return self._watched
+    def redact(self, rgb: U8, t: float) -> U8:
+        """A copy of the RGB picture captured at `t` with faces and privacy zones obscured;
+        the whole picture obscured if the search fails."""
+        height, width = rgb.shape[:2]
+        try:
+            found = blur_boxes(self.detector.detect(rgb, scale=1.0))
+        except Exception:
+            # Fail closed: without a search nothing in the picture is known to be safe.
+            if self.failures == 0:
+                log.exception("live picture search failed: serving obscured pictures")
+            self.failures += 1
+            return blur_regions(rgb, [Box(0, 0, width, height)], margin=0, ellipse=False)
+        if self.failures:
+            log.info("live picture search works again after %d failures", self.failures)
+            self.failures = 0
+        boxes = [*found, *self._held_boxes(t, width)]
+        while self._held and t - self._held[0][0] > self.settings.hold:
+            self._held.popleft()
+        self._held.append((t, width, found))
+        redacted = blur_regions(rgb, boxes)
+        return blur_polygons(redacted, self.zones) if self.zones else redacted
 
-    def offer(self, frame: Frame, known: list[Box]) -> bool:
-        """Hand over an analysed frame and the face boxes known in it; True if taken.
+    def jpeg(self, rgb: U8, t: float) -> bytes:
+        return encode_jpeg(self.redact(rgb, t))
 
-        Cheap when nobody watches: no colour conversion, no copy.
-        """
-        if frame.t - self._last_offer < self.interval or not self.watched():
-            return False
-        self._last_offer = frame.t
-        # Converted here, in the analysis thread (~1 ms at 640x360): the frame's decoder-side
-        # converter is not to be used from two threads, and the tracker may want it too.
-        frame.rgb()
-        with self._lock:
-            self._waiting = (frame, list(known))
-            self._lock.notify_all()
-        return True
-
-    def drain(self) -> None:
-        """Wait until the picture of the last frame taken is written."""
-        with self._lock:
-            while self._waiting is not None or self._busy:
-                self._lock.wait()
-
-    def close(self) -> None:
-        with self._lock:
-            self._closed = True
-            self._lock.notify_all()
-        self._thread.join(timeout=5)
-
-    def _run(self) -> None:
-        while True:
-            with self._lock:
-                while self._waiting is None and not self._closed:
-                    self._lock.wait()
-                if self._closed or self._waiting is None:
-                    return
-                (frame, known), self._waiting = self._waiting, None
-                self._busy = True
-            try:
-                self._write(frame, known)
-            except Exception:
-                log.exception("%s: could not write the live picture", self.camera)
-            finally:
-                with self._lock:
-                    self._busy = False
-                    self._lock.notify_all()
-
-    def _write(self, frame: Frame, known: list[Box]) -> None:
-        redacted = redact_snapshot(frame.rgb(), self.detector, known, zones=self.zones)
-        target = picture_path(self.folder, self.camera)
-        tmp = target.with_name(f".{target.name}.partial")
-        tmp.write_bytes(encode_jpeg(redacted))
-        os.utime(tmp, (frame.t, frame.t))  # the capture time travels with the picture
-        os.replace(tmp, target)
-        self.ages.append(time.time() - frame.t)
+    def _held_boxes(self, t: float, width: int) -> list[Box]:
+        out = []
+        for seen, seen_width, boxes in self._held:
+            if not 0 <= t - seen <= self.settings.hold:
+                continue
+            ratio = width / seen_width  # the tile may have changed size since
+            grow = self.settings.spread * (t - seen)
+            for box in boxes:
+                scaled = box if ratio == 1 else Box(
+                    math.floor(box.x * ratio), math.floor(box.y * ratio),
+                    math.ceil(box.w * ratio), math.ceil(box.h * ratio))
+                out.append(scaled.expand(grow))
+        return out

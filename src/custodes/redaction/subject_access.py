@@ -4,16 +4,20 @@
     info = redact_file(src, dst, keep=keep)        # only the requester's face stays visible
 
 The photo's face is described once (dlib's 128-d descriptor through FaceEmbedder); each track
-of the export is then judged on its SAMPLES_PER_TRACK best faces (sharpest, most frontal).
-A track is the requester's only if at least MIN_MATCHES of them, and at least half, are within
-`threshold` of the photo: a stranger who resembles the requester in one frame stays blurred,
-and the requester is shown or blurred as a whole, not frame by frame. Anything in doubt is
-blurred (fail closed): a track with one usable face, faces too small to describe, no match.
+of the export is then judged on its SAMPLES_PER_TRACK best faces (sharpest, most frontal), at
+the calibrated levels of `custodes.faces.calibration`: a track is the requester's only if its
+faces reach "match" by the track rule (`track_level`: at least MIN_AGREEING of them below
+MATCH_DISTANCE, and most of them). Showing a face to the requester discloses it, and the
+question asked is the one the calibration answers ("is this face one of the people asked
+about?"), not dlib's 0.6 "are these two photos one person?", at which a stranger resembling the
+requester would often pass. Anything weaker stays blurred (fail closed): a "possible" track, a
+track with fewer than MIN_AGREEING faces large enough to describe, no match.
 
-`threshold` is dlib's 0.6 for "same person"; the per-track rule, not a stricter threshold,
-is what keeps strangers out. Measured on the Hamilton clip (5.5-8.5 s at 10 fps, faces found
-by CenterFace, tests/test_subject_access.py) against his reference photo: Lin-Manuel Miranda's
-track 0.40-0.54 (close-up); the audience's tracks 0.66 and more.
+The price is the calibration's: from one photo only ~39 % of true matches reach "match", so the
+requester is often blurred too and must bring a better photo (frontal, sharp) or be shown by a
+person. Measured on the Hamilton clip (5.5-8.5 s at 10 fps, faces found by CenterFace,
+tests/test_subject_access.py) against his reference photo: Lin-Manuel Miranda's track
+0.40-0.51 (close-up, "possible": blurred); the audience's tracks 0.68 and more.
 Nothing is stored: the photo's descriptor lives as long as the returned function.
 """
 
@@ -26,7 +30,8 @@ from typing import Final
 import numpy as np
 import numpy.typing as npt
 
-from custodes.vision.embedding import MATCH_THRESHOLD, FaceEmbedder
+from custodes.faces.calibration import MIN_AGREEING, MatchLevel, track_level
+from custodes.vision.embedding import FaceEmbedder
 from custodes.vision.faces import FaceDetector
 from custodes.vision.tracker import BestFace
 
@@ -34,8 +39,6 @@ log = logging.getLogger(__name__)
 
 U8 = npt.NDArray[np.uint8]
 
-THRESHOLD: Final = MATCH_THRESHOLD
-MIN_MATCHES: Final = 2
 # Faces smaller than this (pixels, smaller side) are not compared: their descriptors are too
 # poor to tell people apart, so they count as "not the requester".
 MIN_FACE: Final = 40
@@ -45,8 +48,7 @@ class NoFaceInPhoto(ValueError):
     """The requester's photo shows no face that can be described."""
 
 
-def subject_keep(photo_rgb: U8, threshold: float = THRESHOLD, *,
-                 embedder: FaceEmbedder | None = None,
+def subject_keep(photo_rgb: U8, *, embedder: FaceEmbedder | None = None,
                  detector: FaceDetector | None = None) -> Callable[[Sequence[BestFace]], bool]:
     """A `keep` for `redact_file`: True for a track whose faces are the photo's person.
 
@@ -58,14 +60,15 @@ def subject_keep(photo_rgb: U8, threshold: float = THRESHOLD, *,
 
     def keep(samples: Sequence[BestFace]) -> bool:
         usable = [s for s in samples if min(s.face.box.w, s.face.box.h) >= MIN_FACE]
-        if len(usable) < MIN_MATCHES:
+        # track_level judges a single face on its own; a disclosure needs faces that agree.
+        if len(usable) < MIN_AGREEING:
             return False
         chips = np.concatenate([embedder.extract_chips(s.image, [s.face.dlib_shape()])
                                 for s in usable])
         distances = np.linalg.norm(embedder.embed_chips(chips) - reference, axis=1)
-        matches = int((distances < threshold).sum())
-        log.debug("track: distances %s", np.round(distances, 2).tolist())
-        return matches >= MIN_MATCHES and 2 * matches >= len(usable)
+        found = track_level([float(d) for d in distances])
+        log.debug("track: distances %s, %s", np.round(distances, 2).tolist(), found)
+        return found is MatchLevel.MATCH
 
     return keep
 

@@ -4,9 +4,11 @@
     info = redact_file(src, dst, keep=subject_keep(photo))              # a subject access export
     plan = plan_boxes(src)                                              # the boxes alone, to
     info = redact_file(src, dst, plan=plan, max_lines=720)              # reuse (box cache)
+    plan = redact_stream(src, open_file, max_lines=720)                 # one pass, streamed
 
-Two passes over the file, because a face must be blurred in frames where the detector did not
-look or missed it, before its first detection as well as after its last:
+What is blurred is decided over the whole file, because a face must be blurred in frames where
+the detector did not look or missed it, before its first detection as well as after its last.
+`redact_file` makes two passes:
 
 1. Search every `stride`-th frame (`RedactionSettings.detect_fps` searches a second: every 3rd
    frame at 15 fps) and the last one, shrunk to `detect_lines` lines, with redaction's
@@ -19,6 +21,14 @@ look or missed it, before its first detection as well as after its last:
    where the box is carried along the track's motion. Privacy zones are blurred in every
    frame. The frames go raw to ffmpeg (libx264 ultrafast), no audio, optionally shrunk to
    `max_lines` (playback copies: the viewer's picture, not the original's).
+
+`redact_stream` (a viewer's copy, `custodes.redaction.copies`) does both in one pass and writes
+fragmented MP4 as it goes (`BoxStream`): a frame is blurred and encoded as soon as no search
+still to come can change its boxes, i.e. once the frames `hold` after it are searched, and
+longer while a track seen before it may still be extended (MAX_GAP) or a track first seen after
+it has only one sighting (its held box follows the motion the second gives). Its boxes are then
+exactly the two-pass plan's, not a guess, and the search's plan, returned at the end, is kept
+for later copies. `keep` needs every track whole before anything is shown: two passes only.
 
 Fail closed: a frame the detector did not see gets each track's box grown in proportion to
 the time to the nearest search (`spread` face sizes per second on each side), so a face that
@@ -36,7 +46,7 @@ full-resolution crops around the face with landmarks, sharpest and most frontal 
 it keeps is left unblurred in all its frames, every other face is blurred. So one person is not
 visible in some frames and blurred in others, and a stranger is not shown because one frame
 looked alike. Anything `keep` is not asked about stays blurred: it fails closed. Where the
-subject's face is detected, another track's held box (a guess) is not drawn over it (`_plan`).
+subject's face is detected, another track's held box (a guess) is not drawn over it (`_Boxes`).
 
 Costs, one core of the 2-core box, a 720p 15 fps stream (`python bench/redaction.py`), CPU
 seconds of this process and ffmpeg per frame (load average ~3.5; the old detector measured
@@ -44,12 +54,16 @@ seconds of this process and ffmpeg per frame (load average ~3.5; the old detecto
 16 ms, the blur and encoding (YUV planes, libx264 ultrafast) 18 ms; a first copy 35 ms a
 frame, 1.9x real time; a copy from cached boxes 18 ms (3.7x), at 360 lines 10 ms (7x). The
 old HOG + Haar redaction took 216 CPU-s per 10 s of 720p; this takes 5.2 (2.7 from cached
-boxes).
+boxes). In one pass (`redact_stream`, 4 s of 720p 15 fps, load average ~8): 34 CPU-ms a frame
+against 40 for two passes (one decoding less), 20 from kept boxes; 0.27 CPU-s before the first
+frame is out. So a viewer who starts t seconds into a segment waits for ~0.3 + 0.5 t CPU-s of
+redaction at 720p (0.25 + 0.37 t at 480x270, where the search is at full size).
 """
 
 from __future__ import annotations
 
 import bisect
+import contextlib
 import functools
 import json
 import logging
@@ -58,11 +72,12 @@ import os
 import subprocess
 import tempfile
 import time
+from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from fractions import Fraction
 from pathlib import Path
-from typing import Final, Literal
+from typing import BinaryIO, Final, Literal
 
 import av
 import numpy as np
@@ -103,6 +118,7 @@ HOLD_GROWTH: Final = 0.25
 # files ~2.5x larger at the same quality; encoding would otherwise cost more than the search.
 PRESET: Final = "ultrafast"
 CRF: Final = 23
+GOP_SECONDS: Final = 2  # streamed copies: a keyframe this often
 PLAN_VERSION: Final = 1
 _STDERR_LINES = 8
 
@@ -260,17 +276,169 @@ class _Linker:
         return result
 
 
-@dataclass
 class _Scan:
-    """What the first pass learnt about a file."""
+    """Pass 1, fed the decoded frames in order: faces in every stride-th frame and in the
+    last one, linked into tracks, and which frames' boxes are final (`ready`)."""
 
-    frames: int = 0
-    width: int = 0
-    height: int = 0
-    rate: Fraction = Fraction(25)
-    stride: int = 1
-    detections: int = 0
-    tracks: list[_Track] = field(default_factory=list)
+    def __init__(self, src: Path, settings: RedactionSettings, *, with_samples: bool) -> None:
+        self.name = src.name
+        self.settings = settings
+        self.rate, self.size = _header(src)
+        self.stride = settings.stride(self.rate)
+        # Frames a track is blurred before its first and after its last detection: at least
+        # up to the searches next to them.
+        self.hold = max(math.ceil(settings.hold * float(self.rate)), self.stride)
+        self.spread = settings.spread / float(self.rate)  # per frame: see _Track.box_at
+        self.linker = _Linker(max_gap=math.ceil(MAX_GAP * float(self.rate)))
+        self.detector = _detector(settings)
+        self.with_samples = with_samples
+        self.frames = 0
+        self.width = self.height = 0
+        self.detections = 0
+        self.searched = -1  # the last frame searched so far
+        self.finished = False
+        self._scale, self._small = 1.0, (0, 0)
+        self._thumbnail: Thumbnail | None = None
+        self._last: av.VideoFrame | None = None
+        self._open: list[_Track] = []  # tracks a later search may still extend
+
+    @property
+    def tracks(self) -> list[_Track]:
+        return self.linker.tracks
+
+    def add(self, video: av.VideoFrame) -> None:
+        """The next frame of the file; searched if it is a stride-th one."""
+        index = self.frames
+        if index == 0:
+            self.width, self.height = video.width, video.height
+            self._scale = self.settings.scale(video.height, video.width)
+            self._small = (max(1, round(video.width * self._scale)),
+                           max(1, round(video.height * self._scale)))
+        elif (video.width, video.height) != (self.width, self.height):
+            raise RedactionError(f"{self.name} changes picture size at frame {index}")
+        self.frames += 1
+        self._last = video
+        if index % self.stride == 0:
+            self._search(index, video)
+
+    def finish(self) -> None:
+        """The file has no more frames. Raises RedactionError if it had none."""
+        if self._last is None:
+            raise RedactionError(f"{self.name} has no frames")
+        if not self.finished and (self.frames - 1) % self.stride:
+            # A face that comes in after the last stride-th frame has no later search to be
+            # interpolated or held from: the last frame is searched too.
+            self._search(self.frames - 1, self._last)
+        self.finished = True
+        self._last = None
+
+    def ready(self, index: int) -> bool:
+        """Whether frame `index`'s boxes are final: no search still to come can change them
+        (the boxes `_Boxes.at` gives then are those of the whole file's plan).
+
+        Searches still to come are of frames after `searched`. One of them can change frame
+        `index` by (a) finding a face first that is held back to `index` (first - hold <=
+        index), (b) extending a track last seen at or before `index` (its boxes between the two
+        sightings are interpolated, no longer held), or (c) giving the second sighting of a
+        track first seen after `index` (the motion its box is held back along). A track can be
+        extended only by a sighting at most max_gap frames after its last, in the same shot.
+        """
+        if self.finished:
+            return True
+        if index + self.hold > self.searched:  # (a)
+            return False
+        return all(index <= t.frames[-1]  # (b)
+                   and (len(t.frames) > 1 or index >= t.frames[0]  # (c)
+                        or index < t.frames[0] - self.hold)
+                   for t in self._open)
+
+    def plan(self, keep: Keep | None) -> BoxPlan:
+        """The boxes of every frame, once finished. With `keep` (subject access) the tracks it
+        keeps are left out."""
+        assert self.finished, "plan() before finish()"
+        # A track without samples (its faces too poor to compare) is never asked about:
+        # blurred.
+        kept = {track.id for track in self.tracks
+                if keep is not None and track.samples and keep(track.samples)}
+        blurred = [track for track in self.tracks if track.id not in kept]
+        shown = _seen((t for t in self.tracks if t.id in kept), self.stride)
+        boxes = _Boxes(blurred, self.hold, self.spread, shown)
+        return BoxPlan(settings=self.settings.digest(), frames=self.frames, width=self.width,
+                       height=self.height, rate=self.rate, stride=self.stride,
+                       detections=self.detections, faces_blurred=len(blurred),
+                       faces_kept=len(kept),
+                       boxes={i: found for i in range(self.frames) if (found := boxes.at(i))})
+
+    def _search(self, index: int, video: av.VideoFrame) -> None:
+        # libswscale shrinks and converts in one step: far cheaper than RGB at full size.
+        rgb = np.asarray(video.to_ndarray(width=self._small[0], height=self._small[1],
+                                          format="rgb24"), dtype=np.uint8)
+        previous, self._thumbnail = self._thumbnail, _thumbnail(video)
+        if previous is not None and self._thumbnail.cut_from(previous):
+            self.linker.cut(index)
+        found = self.detector.detect(rgb)
+        self.detections += len(found)
+        seen = [_scaled(face.box, 1 / self._scale) for face in found]
+        tracks = self.linker.add(index, seen)
+        for face, box, track in zip(found, seen, tracks, strict=True):
+            track.frames.append(index)
+            track.seen.append(box)
+            track.boxes.append(grown(box, face.score))
+        if self.with_samples and found:
+            _sample(video, self.detector, float(index / self.rate),
+                    zip(found, seen, tracks, strict=True))
+        self.searched = index
+        # Open: may still be extended by a sighting after this search (see `ready`). A track
+        # is extended only while open, so the open ones are those open before and the new.
+        self._open += [t for t in tracks if t not in self._open]
+        self._open = [t for t in self._open
+                      if t.frames[-1] + self.linker.max_gap > index
+                      and t.frames[-1] >= self.linker.since]
+
+
+class _Boxes:
+    """The boxes to blur in each frame, asked for in frame order: each track over its life,
+    +- hold frames.
+
+    `tracks` in the order of their first detection (the linker's), and it may grow between
+    calls (streaming: `_Scan.ready` says when a frame's tracks are known). `shown`: where a
+    kept track's face (subject access) is, per frame (`_seen`). Another track's held box (a
+    guess where its face went before it was first or after it was last seen) is dropped where
+    its blur would touch such a face: the subject is seen there, and a guess (grown with time,
+    carried along a rough motion estimate, across a cut to the next shot) must not blur part of
+    him, which would make him unrecognisable to whoever checks the copy. Detected and
+    interpolated boxes always count.
+    """
+
+    def __init__(self, tracks: list[_Track], hold: int, spread: float,
+                 shown: dict[int, list[Box]] | None = None) -> None:
+        self.tracks = tracks
+        self.hold = hold
+        self.spread = spread
+        self.shown = shown or {}
+        self._next = 0  # tracks[:_next] have been taken into _live
+        self._live: list[_Track] = []
+
+    def at(self, index: int) -> list[Box]:
+        hold = self.hold
+        while self._next < len(self.tracks) and self.tracks[self._next].frames[0] - hold <= index:
+            self._live.append(self.tracks[self._next])
+            self._next += 1
+        # A track past its hold is done for good: by the time a frame is asked for, no later
+        # sighting can extend a track last seen more than `hold` frames before it (`ready`).
+        self._live = [t for t in self._live if t.frames[-1] + hold >= index]
+        boxes = []
+        for track in self._live:
+            box = track.box_at(index, hold, self.spread)
+            if box is None:
+                continue
+            first, last = track.frames[0], track.frames[-1]
+            if (index < first or index > last) and any(
+                    box.expand(FACE_MARGIN).intersection(face)
+                    for face in self.shown.get(index, ())):
+                continue
+            boxes.append(box)
+        return boxes
 
 
 def plan_boxes(src: Path, settings: RedactionSettings = NODE_SETTINGS, *,
@@ -280,19 +448,88 @@ def plan_boxes(src: Path, settings: RedactionSettings = NODE_SETTINGS, *,
     With `keep` (subject access) the tracks it keeps are left out of the plan. Raises
     RedactionError.
     """
-    scan = _scan(src, settings, with_samples=keep is not None, progress=progress)
-    # A track without samples (its faces too poor to compare) is never asked about: blurred.
-    kept = {track.id for track in scan.tracks
-            if keep is not None and track.samples and keep(track.samples)}
-    blurred = [track for track in scan.tracks if track.id not in kept]
-    hold = max(math.ceil(settings.hold * float(scan.rate)), scan.stride)
-    spread = settings.spread / float(scan.rate)
-    shown = _seen((t for t in scan.tracks if t.id in kept), scan.stride)
-    boxes = _plan(scan, blurred, hold, spread, shown)
-    return BoxPlan(settings=settings.digest(), frames=scan.frames, width=scan.width,
-                   height=scan.height, rate=scan.rate, stride=scan.stride,
-                   detections=scan.detections, faces_blurred=len(blurred),
-                   faces_kept=len(kept), boxes=boxes)
+    scan = _Scan(src, settings, with_samples=keep is not None)
+    total = frame_count(src) if progress is not None else 0
+    for video in _frames(src):
+        scan.add(video)
+        if progress is not None:
+            progress("search", scan.frames, total)
+    scan.finish()
+    return scan.plan(keep)
+
+
+class BoxStream:
+    """Pass 1 in step with the decoding: each frame of `src` with its boxes, handed out as
+    soon as no search still to come can change them (`_Scan.ready`).
+
+        stream = BoxStream(src)
+        for index, video, boxes in stream: ...     # boxes == plan_boxes(src).boxes[index]
+        stream.plan                                # the whole file's plan, afterwards
+
+    The boxes are those of `plan_boxes(src, settings)`, frame by frame, not a guess: a frame
+    waits until every search that could still change it is done. That is `hold` frames after it
+    (a face first found later is held back that far), longer while a track seen before it
+    could still be extended (up to MAX_GAP after its last sighting) or a track first seen
+    after it has no second sighting yet (its motion, which its held box follows).
+    """
+
+    def __init__(self, src: Path, settings: RedactionSettings = NODE_SETTINGS, *,
+                 progress: Progress | None = None) -> None:
+        self.src = src
+        self.settings = settings
+        self.progress = progress
+        self.total = frame_count(src) if progress is not None else 0  # for `progress`
+        self._scan = _Scan(src, settings, with_samples=False)
+        self.rate = self._scan.rate
+        # The header's (None if it does not say): the frames may still differ.
+        self.size = self._scan.size if min(self._scan.size) > 0 else None
+        self.plan: BoxPlan | None = None
+
+    def __iter__(self) -> Iterator[tuple[int, av.VideoFrame, list[Box]]]:
+        scan = self._scan
+        boxes = _Boxes(scan.tracks, scan.hold, scan.spread)
+        pending: deque[tuple[int, av.VideoFrame]] = deque()
+        for video in _frames(self.src):
+            scan.add(video)
+            if self.progress is not None:
+                self.progress("search", scan.frames, self.total)
+            pending.append((scan.frames - 1, video))
+            while pending and scan.ready(pending[0][0]):
+                index, ready = pending.popleft()
+                yield index, ready, boxes.at(index)
+        scan.finish()
+        while pending:
+            index, ready = pending.popleft()
+            yield index, ready, boxes.at(index)
+        self.plan = scan.plan(None)
+
+
+def redact_stream(src: Path, out: BinaryIO, *, zones: Sequence[Polygon] = (),
+                  settings: RedactionSettings = NODE_SETTINGS, plan: BoxPlan | None = None,
+                  max_lines: int | None = None,
+                  progress: Progress | None = None) -> BoxPlan:
+    """`src` redacted as by `redact_file` (no `keep`), written to `out` while it is made:
+    fragmented MP4, a fragment a frame, each written as soon as the frame is encoded, so that
+    a player can start before the end (`custodes.redaction.copies`).
+
+    Without `plan`, one pass: the frames are searched and blurred as they are decoded
+    (`BoxStream`), and the search's plan is returned, to be kept for later copies. With `plan`
+    (the same settings) its boxes are used, and it is returned. `out` is an open file: ffmpeg
+    writes to its descriptor. Raises RedactionError; whatever was written to `out` is then
+    to be thrown away.
+    """
+    if plan is not None:
+        if plan.settings != settings.digest():
+            raise ValueError("a reused plan must be made with the same settings")
+        _encode(src.name, _planned(src, plan), out, rate=plan.rate, zones=zones,
+                max_lines=max_lines, total=plan.frames, progress=progress,
+                size=(plan.width, plan.height))
+        return plan
+    stream = BoxStream(src, settings, progress=progress)
+    _encode(src.name, iter(stream), out, rate=stream.rate, zones=zones, max_lines=max_lines,
+            total=stream.total, progress=progress, size=stream.size)
+    assert stream.plan is not None  # set when the frames are all out
+    return stream.plan
 
 
 def redact_file(src: Path, dst: Path, *, zones: Sequence[Polygon] = (),
@@ -322,7 +559,8 @@ def redact_file(src: Path, dst: Path, *, zones: Sequence[Polygon] = (),
         plan = plan_boxes(src, settings, keep=keep, progress=progress)
     tmp = dst.with_name(f".{dst.name}.{os.getpid()}.partial")
     try:
-        width, height = _encode(src, tmp, plan, zones=zones, max_lines=max_lines,
+        width, height = _encode(src.name, _planned(src, plan), tmp, rate=plan.rate,
+                                zones=zones, max_lines=max_lines, total=plan.frames,
                                 progress=progress)
         tmp.rename(dst)
     finally:
@@ -384,69 +622,16 @@ def _frames(src: Path) -> Iterator[av.VideoFrame]:
         container.close()
 
 
-def _rate(src: Path) -> Fraction:
+def _header(src: Path) -> tuple[Fraction, tuple[int, int]]:
+    """The frame rate (25 if unknown) and picture size that `src`'s header announces."""
     container = _open(src)
     try:
         stream = container.streams.video[0]
         rate = stream.guessed_rate or stream.average_rate
+        size = (stream.codec_context.width, stream.codec_context.height)
     finally:
         container.close()
-    return Fraction(rate) if rate else Fraction(25)
-
-
-def _scan(src: Path, settings: RedactionSettings, *, with_samples: bool,
-          progress: Progress | None) -> _Scan:
-    """Pass 1: faces in every stride-th frame and in the last one, linked into tracks."""
-    scan = _Scan(rate=_rate(src))
-    scan.stride = settings.stride(scan.rate)
-    linker = _Linker(max_gap=math.ceil(MAX_GAP * float(scan.rate)))
-    detector = _detector(settings)
-    total = frame_count(src) if progress is not None else 0
-    scale, small = 1.0, (0, 0)
-    thumbnail: Thumbnail | None = None
-
-    def search(index: int, video: av.VideoFrame) -> None:
-        nonlocal thumbnail
-        # libswscale shrinks and converts in one step: far cheaper than RGB at full size.
-        rgb = np.asarray(video.to_ndarray(width=small[0], height=small[1], format="rgb24"),
-                         dtype=np.uint8)
-        previous, thumbnail = thumbnail, _thumbnail(video)
-        if previous is not None and thumbnail.cut_from(previous):
-            linker.cut(index)
-        found = detector.detect(rgb)
-        scan.detections += len(found)
-        seen = [_scaled(face.box, 1 / scale) for face in found]
-        tracks = linker.add(index, seen)
-        for face, box, track in zip(found, seen, tracks, strict=True):
-            track.frames.append(index)
-            track.seen.append(box)
-            track.boxes.append(grown(box, face.score))
-        if with_samples and found:
-            _sample(video, detector, float(index / scan.rate),
-                    zip(found, seen, tracks, strict=True))
-
-    last: av.VideoFrame | None = None
-    for index, video in enumerate(_frames(src)):
-        if index == 0:
-            scan.width, scan.height = video.width, video.height
-            scale = settings.scale(video.height, video.width)
-            small = (max(1, round(video.width * scale)), max(1, round(video.height * scale)))
-        elif (video.width, video.height) != (scan.width, scan.height):
-            raise RedactionError(f"{src.name} changes picture size at frame {index}")
-        scan.frames += 1
-        if progress is not None:
-            progress("search", scan.frames, total)
-        last = video
-        if index % scan.stride == 0:
-            search(index, video)
-    if last is None:
-        raise RedactionError(f"{src.name} has no frames")
-    if (scan.frames - 1) % scan.stride:
-        # A face that comes in after the last stride-th frame has no later search to be
-        # interpolated or held from: the last frame is searched too.
-        search(scan.frames - 1, last)
-    scan.tracks = linker.tracks
-    return scan
+    return Fraction(rate) if rate else Fraction(25), size
 
 
 @functools.cache
@@ -454,6 +639,15 @@ def _detector(settings: RedactionSettings) -> FaceDetector:
     """One detector per settings for the whole process: loading one takes ~0.3 s, and it
     may be used from several threads at once (the pool of `custodes.redaction.copies`)."""
     return settings.detector()
+
+
+def warm(settings: RedactionSettings = NODE_SETTINGS) -> None:
+    """Load redaction's detector and run it once on a blank picture of the size it searches.
+    The first search of a process otherwise pays for loading the network and onnxruntime's
+    first run (0.7-4.8 s measured under load), and the first viewer of a redacted copy waits
+    for it."""
+    lines = settings.detect_lines
+    _detector(settings).detect(np.zeros((lines, lines * 16 // 9, 3), np.uint8))
 
 
 def _thumbnail(video: av.VideoFrame) -> Thumbnail:
@@ -501,32 +695,6 @@ def _seen(tracks: Iterable[_Track], stride: int) -> dict[int, list[Box]]:
     return seen
 
 
-def _plan(scan: _Scan, tracks: list[_Track], hold: int, spread: float,
-          shown: dict[int, list[Box]]) -> dict[int, list[Box]]:
-    """Frame index -> the boxes to blur in it: each track over its life, +- hold frames.
-
-    `shown`: where a kept track's face (subject access) is, per frame (`_seen`). Another
-    track's held box (a guess where its face went before it was first or after it was last
-    seen) is dropped where its blur would touch such a face: the subject is seen there, and a guess
-    (grown with time, carried along a rough motion estimate, across a cut to the next shot)
-    must not blur part of him, which would make him unrecognisable to whoever checks the
-    copy. Detected and interpolated boxes always count.
-    """
-    boxes: dict[int, list[Box]] = {}
-    for track in tracks:
-        first, last = track.frames[0], track.frames[-1]
-        for index in range(max(0, first - hold), min(scan.frames, last + hold + 1)):
-            box = track.box_at(index, hold, spread)
-            if box is None:
-                continue
-            held = index < first or index > last
-            if held and any(box.expand(FACE_MARGIN).intersection(face)
-                            for face in shown.get(index, ())):
-                continue
-            boxes.setdefault(index, []).append(box)
-    return boxes
-
-
 def _output_size(width: int, height: int, max_lines: int | None) -> tuple[int, int]:
     """Even sides (yuv420p needs them), shrunk to `max_lines` lines if taller."""
     if max_lines is not None and height > max_lines:
@@ -534,60 +702,145 @@ def _output_size(width: int, height: int, max_lines: int | None) -> tuple[int, i
     return max(2, width // 2 * 2), max(2, height // 2 * 2)
 
 
-def _encode(src: Path, target: Path, plan: BoxPlan, *, zones: Sequence[Polygon],
-            max_lines: int | None, progress: Progress | None) -> tuple[int, int]:
-    """Pass 2: blur (the plan's boxes and the zones) and pipe every frame to ffmpeg.
-    Returns the output's size.
+def _planned(src: Path, plan: BoxPlan) -> Iterator[tuple[int, av.VideoFrame, list[Box]]]:
+    """The frames of `src` with the plan's boxes. Raises RedactionError when they do not
+    match (another file, or one that changed)."""
+    count = 0
+    for index, video in enumerate(_frames(src)):
+        if index >= plan.frames:
+            break
+        if (video.width, video.height) != (plan.width, plan.height):
+            raise RedactionError(f"{src.name} changes picture size at frame {index}")
+        count += 1
+        yield index, video, plan.boxes.get(index, [])
+    if count != plan.frames:
+        raise RedactionError(f"{src.name}: {count} frames on the second pass, "
+                             f"{plan.frames} on the first")
 
-    The frames stay in YUV 4:2:0, as decoded and as encoded, and each plane is blurred on its
-    own: converting a 720p frame to RGB and back would cost more than the blur and the
-    encoding together (~13 ms of ~30 ms a frame).
+
+def _encode(name: str, frames: Iterable[tuple[int, av.VideoFrame, Sequence[Box]]],
+            target: Path | BinaryIO, *, rate: Fraction, zones: Sequence[Polygon],
+            max_lines: int | None, total: int, progress: Progress | None,
+            size: tuple[int, int] | None = None) -> tuple[int, int]:
+    """Blur (each frame's boxes and the zones) and pipe every frame to ffmpeg. Returns the
+    output's size.
+
+    To a path: an ordinary MP4, its index first (players that download it can start at
+    once). To an open file: fragmented MP4 (`redact_stream`). With `size` (the source's, from
+    its header), ffmpeg is started before the first frame is there: while the first frames are
+    searched, not after (~0.1 s less before a streamed copy's first bytes).
     """
-    width, height = _output_size(plan.width, plan.height, max_lines)
-    factor = height / plan.height
+    with tempfile.TemporaryFile() as errors:
+        encoder = _Encoder(target, rate, max_lines, errors)
+        try:
+            if size is not None:
+                encoder.start(size)
+            written = 0
+            for index, video, boxes in frames:
+                if (video.width, video.height) != encoder.source:
+                    if written:
+                        raise RedactionError(f"{name} changes picture size at frame {index}")
+                    encoder.start((video.width, video.height))  # the header was wrong
+                encoder.write(video, boxes, zones)
+                written += 1
+                if progress is not None:
+                    progress("blur", written, total)
+            if not written:
+                raise RedactionError(f"{name} has no frames")
+            encoder.close()
+        except BaseException:
+            encoder.kill()
+            raise
+    return encoder.width, encoder.height
+
+
+class _Encoder:
+    """ffmpeg (libx264) fed raw frames on its stdin."""
+
+    def __init__(self, target: Path | BinaryIO, rate: Fraction, max_lines: int | None,
+                 errors: BinaryIO) -> None:
+        self.target = target
+        self.rate = rate
+        self.max_lines = max_lines
+        self.errors = errors
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.source = (0, 0)  # the frames' size
+        self.width = self.height = 0  # the output's
+        self.factor = 1.0
+
+    def start(self, source: tuple[int, int]) -> None:
+        self.kill()
+        self.source = source
+        self.width, self.height = _output_size(*source, self.max_lines)
+        self.factor = self.height / source[1]
+        self.proc = subprocess.Popen(
+            _ffmpeg_argv(self.width, self.height, self.rate, self.target),
+            stdin=subprocess.PIPE, stderr=self.errors,
+            stdout=subprocess.DEVNULL if isinstance(self.target, Path) else self.target)
+
+    def write(self, video: av.VideoFrame, boxes: Sequence[Box],
+              zones: Sequence[Polygon]) -> None:
+        """Blurred, in YUV 4:2:0 as decoded and as encoded, each plane on its own: converting
+        a 720p frame to RGB and back would cost more than the blur and the encoding together
+        (~13 ms of ~30 ms a frame)."""
+        assert self.proc is not None
+        assert self.proc.stdin is not None  # Popen with stdin=PIPE always sets it
+        # Y at full size, U and V at half.
+        scales = (self.factor, self.factor / 2, self.factor / 2)
+        try:
+            for plane, scale in zip(_planes(video, self.width, self.height), scales,
+                                    strict=True):
+                done = _blurred(plane, [_scaled(b, scale) for b in boxes], zones)
+                self.proc.stdin.write(done.tobytes())
+        except BrokenPipeError:
+            self._failed()  # ffmpeg stopped: its exit status and message say why
+            raise RedactionError("ffmpeg stopped reading its input") from None
+
+    def close(self) -> None:
+        """Wait for ffmpeg to finish. Raises RedactionError if it failed."""
+        assert self.proc is not None
+        assert self.proc.stdin is not None
+        with contextlib.suppress(BrokenPipeError):  # ffmpeg stopped: _failed says why
+            self.proc.stdin.close()
+        self._failed()
+
+    def kill(self) -> None:
+        if self.proc is None:
+            return
+        self.proc.kill()
+        self.proc.wait()
+        assert self.proc.stdin is not None
+        with contextlib.suppress(OSError):  # unflushed bytes for a killed process
+            self.proc.stdin.close()
+        self.proc = None
+
+    def _failed(self) -> None:
+        assert self.proc is not None
+        code = self.proc.wait()
+        if code != 0:
+            self.errors.seek(0)
+            tail = "\n".join(self.errors.read().decode(errors="replace").strip()
+                             .splitlines()[-_STDERR_LINES:])
+            self.proc = None
+            raise RedactionError(f"ffmpeg failed (exit status {code}):\n{tail}")
+        self.proc = None
+
+
+def _ffmpeg_argv(width: int, height: int, rate: Fraction, target: Path | BinaryIO) -> list[str]:
     argv = [
         ffmpeg_exe(), "-hide_banner", "-nostdin", "-loglevel", "error",
         "-f", "rawvideo", "-pix_fmt", "yuv420p", "-s", f"{width}x{height}",
-        "-framerate", f"{plan.rate.numerator}/{plan.rate.denominator}", "-i", "-", "-an",
+        "-framerate", f"{rate.numerator}/{rate.denominator}", "-i", "-", "-an",
         "-c:v", "libx264", "-preset", PRESET, "-crf", str(CRF), "-pix_fmt", "yuv420p",
-        "-movflags", "+faststart", "-f", "mp4", str(target),
     ]
-    with tempfile.TemporaryFile() as errors:
-        proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stderr=errors)
-        assert proc.stdin is not None  # Popen with stdin=PIPE always sets it
-        written = 0
-        try:
-            for index, video in enumerate(_frames(src)):
-                if index >= plan.frames:
-                    break
-                if (video.width, video.height) != (plan.width, plan.height):
-                    raise RedactionError(f"{src.name} changes picture size at frame {index}")
-                boxes = plan.boxes.get(index, [])
-                # Y at full size, U and V at half.
-                scales = (factor, factor / 2, factor / 2)
-                for plane, scale in zip(_planes(video, width, height), scales, strict=True):
-                    done = _blurred(plane, [_scaled(b, scale) for b in boxes], zones)
-                    proc.stdin.write(done.tobytes())
-                written += 1
-                if progress is not None:
-                    progress("blur", written, plan.frames)
-            proc.stdin.close()
-        except BrokenPipeError:
-            pass  # ffmpeg stopped: its exit status and message say why
-        except BaseException:
-            proc.kill()
-            proc.wait()
-            raise
-        code = proc.wait()
-        if code != 0:
-            errors.seek(0)
-            tail = "\n".join(errors.read().decode(errors="replace").strip()
-                             .splitlines()[-_STDERR_LINES:])
-            raise RedactionError(f"ffmpeg failed (exit status {code}):\n{tail}")
-    if written != plan.frames:
-        raise RedactionError(f"{src.name}: {written} frames on the second pass, "
-                             f"{plan.frames} on the first")
-    return width, height
+    if isinstance(target, Path):
+        return [*argv, "-movflags", "+faststart", "-f", "mp4", str(target)]
+    # Streamed: every frame leaves the encoder at once (zerolatency: no frame threads, no
+    # look-ahead) in a fragment of its own, flushed at once, after an index without samples.
+    # A keyframe every GOP_SECONDS: where a player that fetches byte ranges can start.
+    return [*argv, "-tune", "zerolatency", "-g", str(max(1, round(GOP_SECONDS * rate))),
+            "-movflags", "empty_moov+default_base_moof+frag_every_frame",
+            "-flush_packets", "1", "-f", "mp4", "pipe:1"]
 
 
 def _planes(video: av.VideoFrame, width: int, height: int) -> list[U8]:

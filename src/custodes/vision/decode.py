@@ -145,6 +145,11 @@ class FrameSource:
         """Sample at ``fps`` from now on (load shedding lowers it)."""
         self.interval = 1.0 / fps
 
+    def set_width(self, width: int) -> None:
+        """Scale frames to at most ``width`` from the next one on (a live tile was resized).
+        Whether a main stream is decoded keyframes only stays as decided when it opened."""
+        self.width = width
+
     def request_stop(self) -> None:
         """Have the decoder thread end at its next packet; returns at once."""
         self._stop.set()

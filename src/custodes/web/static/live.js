@@ -1,4 +1,5 @@
-// Live grid: each visible tile polls its camera's newest redacted picture and shows its age.
+// Live grid: each visible tile polls its camera's newest redacted picture and shows its age
+// and state (live, starting, server busy, camera down, no permission).
 "use strict";
 (() => {
   const { cameras, canPlayback } = JSON.parse(document.getElementById("page-data").textContent);
@@ -13,18 +14,26 @@
     history.replaceState(null, "", "?" + p);
   }
 
+  // What a tile says besides its picture (the server's X-Live-State, and the client's own).
+  const STATES = {
+    live: "live", starting: "starting", busy: "server busy", down: "camera down",
+    forbidden: "no permission", offline: "no connection to the recorder",
+  };
+
   function tile(cam, gen) {
     const img = custodes.el("img", { alt: "live picture of " + cam.name });
     const badge = custodes.el("span", { class: "badge " + cam.state }, cam.state);
     const latency = custodes.el("span", { class: "latency hidden" });
+    const state = custodes.el("span", { class: "state" }, "connecting…");
     const note = custodes.el("div", { class: "note" }, "connecting…");
     const box = custodes.el("div", { class: "tile", "data-camera": cam.name,
+      "data-state": "starting",
       title: canPlayback ? "Click: this camera alone · double-click: its timeline" : "" },
       img, note,
       custodes.el("div", { class: "label" },
         custodes.el("span", { class: "name" }, cam.name),
         custodes.el("span", { class: "where" }, cam.location + " · " + cam.site), badge),
-      latency);
+      state, latency);
     box.addEventListener("click", () => {
       if (layout === 1) return;
       first = cameras.indexOf(cam); layout = 1; render();
@@ -36,28 +45,73 @@
     let url = null;
     let frames = 0;
     let last = 0; // capture time of the picture shown
+    let served = 0, arrived = 0; // its age when sent, and when it arrived (our clock)
+    let fps = "";
+
+    // The tile's state: a picture that stops coming stays on screen, dimmed, with its age and
+    // the reason, rather than the tile going dark while its badge says online.
+    function say(kind, why, fresh) {
+      box.dataset.state = kind;
+      box.classList.toggle("stale", !fresh || kind === "down"); // down: the last one it sent
+      const words = STATES[kind] || kind;
+      let text = why && !why.startsWith(words) ? `${words}: ${why}` : (why || words);
+      if (fresh && fps && kind === "live") text += ` · ${fps}/s`; // busy says its rate itself
+      state.textContent = text;
+      state.title = why || "";
+      if (!last) {
+        note.textContent = state.textContent; note.classList.remove("hidden");
+      }
+    }
+
+    // Age of the picture on screen, now: its age when sent (server clock) plus the time since
+    // it arrived (ours), so the two clocks need not agree.
+    function age() { return served + (performance.now() - arrived) / 1000; }
+    function showAge() {
+      if (!last) return;
+      const a = age();
+      img.dataset.age = a.toFixed(3);
+      latency.textContent = a < 10 ? (a * 1000).toFixed(0) + " ms" : a.toFixed(0) + " s old";
+      latency.style.color = a > 1 ? "var(--warn)" : "";
+    }
+    const ticker = setInterval(() => {
+      if (gen !== generation) clearInterval(ticker); else showAge();
+    }, 250);
+
     async function loop() {
       while (gen === generation) {
         if (document.hidden) { await sleep(500); continue; }
         try {
           // "after": the server answers as soon as a newer picture exists (or after 2 s), so
           // asking again at once gets each picture when it is made, without busy polling.
-          const q = last ? "?after=" + last.toFixed(3) : "";
-          const r = await fetch(`/api/cameras/${encodeURIComponent(cam.name)}/live.jpg${q}`,
+          // "width": pictures no wider than the tile (the server searches each for faces, at
+          // a cost that grows with its pixels).
+          const width = Math.round(box.clientWidth * (window.devicePixelRatio || 1));
+          const q = new URLSearchParams({ width: String(Math.max(1, width)) });
+          if (last) q.set("after", last.toFixed(3));
+          const r = await fetch(`/api/cameras/${encodeURIComponent(cam.name)}/live.jpg?${q}`,
                                 { cache: "no-store", credentials: "same-origin" });
-          const arrived = performance.now();
+          const got = performance.now();
           if (r.status === 401) { location.href = "/login"; return; }
+          if (r.status === 403) {
+            // What the viewer may no longer see is taken off the screen, not left dimmed.
+            if (url) { img.removeAttribute("src"); URL.revokeObjectURL(url); url = null; }
+            last = 0; latency.classList.add("hidden");
+            say("forbidden", "you may not watch this camera", false);
+            await sleep(10000); // a role or camera grant may change; no need to ask often
+            continue;
+          }
           if (!r.ok) {
             let why = r.statusText;
             try { why = (await r.json()).detail || why; } catch { /* not JSON */ }
-            note.textContent = why; note.classList.remove("hidden");
-            latency.classList.add("hidden");
-            last = 0;
+            say(r.headers.get("X-Live-State") || "starting",
+                why.replace(/^no live picture yet: /, ""), false);
             await sleep(1000);
             continue;
           }
           const capture = Number(r.headers.get("X-Capture-Time") || "0");
+          fps = r.headers.get("X-Live-Fps") || "";
           const blob = await r.blob();
+          say(r.headers.get("X-Live-State") || "live", r.headers.get("X-Live-Detail") || "", true);
           if (capture <= last) continue; // no newer picture within the wait: ask again
           const next = URL.createObjectURL(blob);
           img.src = next;
@@ -66,27 +120,25 @@
           url = next;
           last = capture;
           frames += 1;
-          // Age when shown = age when sent (server clock) + body transfer and decode (ours),
-          // so the two clocks need not agree. (The time the server waited for the picture
-          // is before it was sent and not part of its age.)
-          const served = Number(r.headers.get("X-Frame-Age") || "0");
-          const age = served + (performance.now() - arrived) / 1000;
+          served = Number(r.headers.get("X-Frame-Age") || "0");
+          arrived = got;
+          const shown = age(); // body transfer and decode included
           img.dataset.capture = String(capture);
           img.dataset.frames = String(frames);
           img.dataset.served = served.toFixed(3);
-          img.dataset.latency = age.toFixed(3);
-          latency.textContent = (age * 1000).toFixed(0) + " ms";
+          img.dataset.latency = shown.toFixed(3);
           latency.title = `taken ${custodes.utc(capture)} UTC; ${(served * 1000).toFixed(0)} ms old when sent`;
           latency.classList.remove("hidden");
-          latency.style.color = age > 1 ? "var(--warn)" : "";
+          showAge();
           note.classList.add("hidden");
         } catch (err) {
-          note.textContent = "no connection to the recorder"; note.classList.remove("hidden");
+          say("offline", "", false);
           await sleep(1000);
           continue;
         }
         await sleep(20);
       }
+      clearInterval(ticker);
       if (url) URL.revokeObjectURL(url);
     }
     loop();

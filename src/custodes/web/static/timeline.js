@@ -1,6 +1,7 @@
 // Timeline of one camera and day: coverage, gaps, motion and faces; click to play from there.
 // Playback chains the recorded segment files in two <video> elements, the next one loading
-// while the current one plays, so a segment boundary does not stall.
+// while the current one plays, so a segment boundary does not stall. Redacted copies go
+// through Media Source Extensions (see `stream`).
 "use strict";
 (() => {
   const data = JSON.parse(document.getElementById("page-data").textContent);
@@ -158,8 +159,81 @@
 
   function reset(v) {
     v.pause();
+    detach(v);
     v.removeAttribute("src");
+    delete v.dataset.url;
     v.load();
+  }
+
+  // What a <video> plays: the segment's file, or for a redacted copy its bytes as they come.
+  function setSource(v, seg) {
+    detach(v);
+    v.dataset.url = seg.url;
+    if (!seg.redacted || !window.MediaSource) { v.src = seg.url; return; }
+    const source = new MediaSource();
+    const abort = new AbortController();
+    v.feed = { abort, url: URL.createObjectURL(source) };
+    source.addEventListener("sourceopen", () => stream(source, seg, abort.signal), { once: true });
+    v.src = v.feed.url;
+  }
+
+  // Stops the fetch of a redacted copy: the server gives up a copy nobody waits for.
+  function detach(v) {
+    if (!v.feed) return;
+    v.feed.abort.abort();
+    URL.revokeObjectURL(v.feed.url);
+    v.feed = null;
+  }
+
+  // A redacted copy not yet made is sent while it is made, as fragmented MP4 without a
+  // length. Given to <video src>, chromium shows nothing before it has read ~1.7 s of it and
+  // cannot start at an offset of a file still arriving; appended to a SourceBuffer, each
+  // fragment plays as it comes and the start position is reached as soon as it is there.
+  async function stream(source, seg, signal) {
+    try {
+      const r = await fetch(seg.url, { signal });
+      if (!r.ok) throw new Error(`${r.status} ${r.statusText}`);
+      source.duration = seg.duration;
+      const reader = r.body.getReader();
+      let buffer = null, head = new Uint8Array(0);
+      for (;;) {
+        const { done, value } = await reader.read();
+        if (done) break;
+        let bytes = value;
+        if (!buffer) {
+          // The codec string (profile and level) is in the index's avcC box.
+          head = concat(head, value);
+          const codec = avcCodec(head);
+          if (!codec) continue;
+          buffer = source.addSourceBuffer(`video/mp4; codecs="${codec}"`);
+          bytes = head;
+        }
+        buffer.appendBuffer(bytes);
+        await new Promise((ok) => buffer.addEventListener("updateend", ok, { once: true }));
+      }
+      if (!buffer) throw new Error("no video in the answer");
+      if (source.readyState === "open") source.endOfStream();
+    } catch (err) {
+      if (signal.aborted) return;
+      // A copy cut short (its redaction failed) is an error, never a shorter video.
+      if (source.readyState === "open") source.endOfStream("network");
+    }
+  }
+
+  function concat(a, b) {
+    const out = new Uint8Array(a.length + b.length);
+    out.set(a); out.set(b, a.length);
+    return out;
+  }
+
+  function avcCodec(b) {
+    for (let i = 4; i + 8 <= b.length; i++) {
+      if (b[i] === 0x61 && b[i + 1] === 0x76 && b[i + 2] === 0x63 && b[i + 3] === 0x43) {
+        const hex = (x) => x.toString(16).padStart(2, "0");
+        return "avc1." + hex(b[i + 5]) + hex(b[i + 6]) + hex(b[i + 7]);
+      }
+    }
+    return null;
   }
 
   async function playAt(t) {
@@ -190,7 +264,7 @@
   }
 
   function start(v, seg, offset, seq, clicked) {
-    v.src = seg.url;
+    setSource(v, seg);
     // Set before the metadata arrives, this is the default start position: the first frame
     // shown is the asked-for moment, not the start of the segment.
     v.currentTime = offset;
@@ -245,9 +319,8 @@
     if (idx + 1 >= queue.length) { fetchMore(); return; }
     if (preloaded !== idx + 1 && v.duration - v.currentTime < 4) {
       const other = videos[1 - active];
-      other.src = queue[idx + 1].url;
+      setSource(other, queue[idx + 1]);  // setting the source loads it
       other.currentTime = 0;
-      other.load();
       preloaded = idx + 1;
     }
   }
@@ -380,5 +453,8 @@
   if (data.at !== null && data.at !== undefined) playAt(data.at);
 
   // For the browser tests and for anyone curious: what plays and how fast it started.
-  window.custodesPlayer = { playAt, playing, firstFrames, video: () => videos[active] };
+  window.custodesPlayer = {
+    playAt, playing, firstFrames, video: () => videos[active],
+    source: () => videos[active].dataset.url || null,  // the segment's URL (src may be a blob:)
+  };
 })();

@@ -25,6 +25,7 @@ from custodes.api.deps import (
     route_table,
 )
 from custodes.app import Node
+from custodes.audit.actions import Action
 from custodes.auth.roles import PERMISSIONS, Permission, Role
 from custodes.auth.users import User
 from test_auth import (
@@ -303,7 +304,7 @@ def test_clients_outside_the_allowed_networks_are_refused_and_audited(tmp_path: 
             assert "not among the networks" in r.json()["detail"]
         # Refused again: still refused, but audited once per address (no flooding).
         assert client(app, ("192.168.1.5", 1)).get("/").status_code == 403
-        refused = audit_entries(node, "client.refused")
+        refused = audit_entries(node, Action.CLIENT_REFUSED)
         assert [e["address"] for e in refused] == [
             "127.0.0.1", "192.168.1.5", "::ffff:192.168.1.5", "testclient",
         ]

@@ -15,8 +15,10 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 import pytest
+from sqlalchemy import select
 from typer.testing import CliRunner
 
+from custodes.audit.actions import Action
 from custodes.audit.exchange import LogFileError, export_log, read_log, verify_file
 from custodes.audit.log import AuditLog, Checkpoint, Entry
 from custodes.audit.verify import Kind, VerifyReport, verify_entries, verify_store
@@ -25,6 +27,7 @@ from custodes.config import Config
 from custodes.keys import NodeKeys
 from custodes.record.cleanup import Retention
 from custodes.record.layout import Layout
+from custodes.store import schema
 from custodes.store.db import Store
 from footage import SEGMENT_SECONDS, add_segments, encode_clips, open_node
 
@@ -73,7 +76,7 @@ class Node:
 
 def write_entries(audit: AuditLog, count: int) -> None:
     for n in range(1, count + 1):
-        audit.record(f"user{n % 3}", "playback", "cam01", detail={"from": n, "to": n + 60},
+        audit.record(f"user{n % 3}", Action.PLAYBACK, "cam01", detail={"from": n, "to": n + 60},
                      address="192.0.2.7")
 
 
@@ -257,12 +260,48 @@ def test_lines_out_of_order_in_a_file_are_named(node: Node) -> None:
     assert messages(report) == ["entry 7: out of order (it comes after entry 8)"]
 
 
+# Every value the node has ever stored: the hash chain covers them, so renaming one would make
+# the logs written before it unreadable by name (and a new action only adds to this list).
+STORED_ACTIONS = frozenset({
+    "access", "alert.confirm", "alert.dismiss", "audit.export", "audit.sign", "audit.verify",
+    "biometric.wipe", "camera.access", "case.add_subject", "case.approve", "case.close",
+    "case.expire", "case.list", "case.open", "case.reject", "case.subject_crop", "case.view",
+    "client.refused", "config.change", "export", "export.download", "export.expire",
+    "face.search", "gallery.approve", "gallery.delete", "gallery.enroll", "gallery.expire",
+    "gallery.list", "gallery.update", "gallery.view", "hold.add", "hold.release",
+    "inspection.report", "live.view", "login", "logout", "node.start", "node.stop", "playback",
+    "profile.change", "profile.pin", "retention.delete", "segment.original",
+    "subject_access.approve", "subject_access.expire", "subject_access.export",
+    "subject_access.list", "subject_access.photo", "subject_access.record",
+    "subject_access.reject", "subject_access.request", "subject_access.view", "token.create",
+    "token.revoke", "user.add", "user.grant_cancel", "user.grant_confirm", "user.grant_request",
+    "user.password", "user.reset_password", "user.update", "watchlist.alert",
+})
+
+
+def test_no_stored_action_name_changes() -> None:
+    assert not STORED_ACTIONS - {a.value for a in Action}
+
+
+def test_an_entry_stores_the_actions_plain_name(tmp_path: Path) -> None:
+    keys = NodeKeys.load_or_create(tmp_path / "keys")
+    with Store(tmp_path / "db.sqlite") as store:
+        audit = AuditLog(store, keys)
+        audit.record_refusal("u", Action.CAMERA_ACCESS, "cam01", "not among the user's cameras",
+                             detail={"n": 1})
+        with store.read() as conn:
+            row = conn.execute(select(schema.audit_log)).one()
+        assert (row.action, row.outcome) == ("camera.access", "refused")
+        assert json.loads(row.detail) == {"n": 1, "reason": "not among the user's cameras"}
+        assert verify_store(store, keys.public_pem).ok
+
+
 def test_detail_with_number_keys_verifies(tmp_path: Path) -> None:
     # JSON turns the keys into strings, which sort differently ("10" < "9").
     keys = NodeKeys.load_or_create(tmp_path / "keys")
     with Store(tmp_path / "db.sqlite") as store:
         audit = AuditLog(store, keys)
-        audit.record("u", "x", detail={"per_hour": {9: 3, 10: 1}})
+        audit.record("u", Action.PLAYBACK, detail={"per_hour": {9: 3, 10: 1}})
         assert verify_store(store, keys.public_pem).ok
 
 

@@ -2,8 +2,9 @@
 an investigator opens a case with a subject's photo, an approver approves it in another
 browser, the investigator searches and sees the hits. The recorded faces are real descriptors
 of other photos of the same person (and of a stranger), stored sealed as the event maintainer
-stores them. The school profile's page explains why there are no cases. Screenshots go to
-test-artifacts/screenshots/cases-*.png.
+stores them. The school profile's page explains why there are no cases, and two officers answer
+a subject access request there (one records it, a second decides it, the first exports it).
+Screenshots go to test-artifacts/screenshots/cases-*.png.
 
 No camera runs (they are configured but disabled): the pages need the node's cases, users and
 web server, not live video.
@@ -12,12 +13,15 @@ web server, not live video.
 from __future__ import annotations
 
 import time
+import zipfile
 from collections.abc import Iterator
 from pathlib import Path
 
+import numpy as np
 import pytest
 import yaml
 from playwright.sync_api import Browser, Page, expect, sync_playwright
+from sqlalchemy import select
 
 from browser_env import CHROMIUM, PASSWORD, SCREENSHOTS, chromium_available
 from custodes.app import Node
@@ -26,6 +30,8 @@ from custodes.auth.users import Users
 from custodes.config import parse_config
 from custodes.faces.photos import describe_photo, read_image
 from custodes.redaction.blur import blur_regions, encode_jpeg
+from custodes.store import schema
+from footage import add_segments, encode_clips
 from people import People
 from test_cases_api import add_face
 
@@ -100,6 +106,14 @@ def utc_input(t: float) -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(t))
 
 
+def audited(node: Node, actor: str) -> list[tuple[str, str]]:
+    """(action, outcome) of every audit entry by ``actor``, oldest first."""
+    a = schema.audit_log.c
+    with node.store.read() as conn:
+        return [(r.action, r.outcome) for r in conn.execute(
+            select(a.action, a.outcome).where(a.actor == actor).order_by(a.seq))]
+
+
 def test_open_approve_and_search_a_case(browser: Browser, people: People, shots: Path,
                                         tmp_path: Path) -> None:
     for node, url in start_node(tmp_path, "police"):
@@ -149,16 +163,9 @@ def test_open_approve_and_search_a_case(browser: Browser, people: People, shots:
 
         dora = sign_in(browser, url, "dora")
         expect(dora.locator("#rows tr[data-case]")).to_have_count(1)
-        expect(dora.locator("#access-rows")).to_contain_text("No requests yet.")
+        expect(dora.locator("#access-requests")).to_contain_text("No requests yet.")
+        expect(dora.locator("#access-rows")).to_contain_text("No exports yet.")
         dora.screenshot(path=shots / "cases-04-list-approver.png")
-        # A subject access request over footage that does not exist says so.
-        dora.click("#new-access")
-        dora.fill("#a-reference", "access request 2026/3")
-        dora.set_input_files("#a-photo", str(photo))
-        dora.click("#access-start")
-        expect(dora.locator("#a-message")).to_contain_text("no recordings of cam01 between")
-        dora.screenshot(path=shots / "cases-04b-subject-access-no-footage.png")
-        dora.click("#access-cancel")
         dora.click("#rows a >> nth=0")
         dora.fill("#note", "order checked")
         dora.click("#approve")
@@ -200,3 +207,123 @@ def test_the_school_profile_explains_that_there_is_no_identification(
         dora = sign_in(browser, url, "dora")
         expect(dora.locator("#not-available")).to_be_visible()
         expect(dora.locator("#new-access")).to_be_visible()
+
+
+def test_a_subject_access_request_is_recorded_decided_by_a_second_officer_and_exported(
+        browser: Browser, people: People, shots: Path, tmp_path: Path) -> None:
+    """Issue 10, item 6, in the page: dora records a request (its refusals shown with their
+    reasons) and may not decide it herself; erin looks at the photo and approves it; dora
+    starts its one export (first over a span without footage, which leaves it approved) and
+    downloads it. Fred, a third officer, sees it but may neither export nor download it."""
+    for node, url in start_node(tmp_path, "school"):
+        users = Users(node.store)
+        for name in ("erin", "fred"):
+            users.add(name, Role.APPROVER, PASSWORD)
+        t0 = float(int(time.time() - HOUR))
+        photo = tmp_path / "requester.jpg"
+        photo.write_bytes(people.subject_photos[0])
+        no_face = tmp_path / "no-face.jpg"
+        no_face.write_bytes(encode_jpeg(np.full((240, 320, 3), 128, np.uint8)))
+
+        dora = sign_in(browser, url, "dora")
+        expect(dora.locator("#access-requests")).to_contain_text("No requests yet.")
+        expect(dora.locator("#access-rows")).to_contain_text("No exports yet.")
+        dora.click("#new-access")
+        expect(dora.locator("#access-dialog")).to_contain_text(
+            "at most 2 hours of one camera")
+        expect(dora.locator("#a-checked-by")).to_have_value("dora")
+        dora.fill("#a-reference", "SAR 2026/3")
+        dora.fill("#a-requester", "Pat Pupil")
+        dora.fill("#a-identity-check", "passport seen in person")
+        dora.fill("#a-checked-by", "nobody")
+        dora.select_option("#a-camera", "cam01")
+        dora.fill("#a-start", utc_input(t0))
+        dora.fill("#a-end", utc_input(t0 + 6))
+        dora.set_input_files("#a-photo", str(no_face))
+        dora.click("#access-record")
+        a_message = dora.locator("#a-message")
+        expect(a_message).to_have_text(
+            "the requester's photo: no face of at least 40 px found in the photo")
+        dora.set_input_files("#a-photo", str(photo))
+        dora.click("#access-record")
+        expect(a_message).to_have_text(
+            "Refused: nobody is not an enabled user: the identity check is signed by a named "
+            "user")
+        dora.screenshot(path=shots / "cases-09-subject-access-record-refused.png")
+        dora.fill("#a-checked-by", "dora")
+        dora.click("#access-record")
+        expect(dora.locator("#access-dialog")).to_be_hidden()
+        request = dora.locator("#access-requests tr[data-request]")
+        expect(request).to_have_count(1)
+        request_id = request.get_attribute("data-request")
+        expect(dora.locator("#access-message")).to_have_text(
+            f"Request #{request_id} (SAR 2026/3) recorded: a second officer must now decide it.")
+        expect(request).to_have_attribute("data-status", "pending")
+        # The recorder is told why she cannot decide it, and is offered nothing to click.
+        expect(request.locator(".why")).to_have_text(
+            "You recorded this request: a second officer must decide it.")
+        assert request.locator("button").count() == 0
+        dora.screenshot(path=shots / "cases-10-subject-access-pending-recorder.png")
+
+        erin = sign_in(browser, url, "erin")
+        erin_request = erin.locator(f"#access-requests tr[data-request='{request_id}']")
+        expect(erin_request).to_have_attribute("data-status", "pending")
+        erin_request.locator("button.decide").click()
+        expect(erin.locator("#d-facts")).to_contain_text("passport seen in person")
+        expect(erin.locator("#d-facts")).to_contain_text("Pat Pupil")
+        expect(erin.locator("#d-photo")).to_be_hidden()  # shown (and audited) only on request
+        erin.click("#d-show-photo")
+        erin.wait_for_function("() => document.querySelector('#d-photo').naturalWidth > 0")
+        assert ("subject_access.photo", "ok") in audited(node, "erin")
+        erin.fill("#d-note", "photo matches the passport")
+        erin.screenshot(path=shots / "cases-11-subject-access-decide.png")
+        erin.click("#d-approve")
+        expect(erin.locator("#decide-dialog")).to_be_hidden()
+        expect(erin.locator("#access-message")).to_have_text(
+            f"Request #{request_id} approved: dora or you may now start its export.")
+        expect(erin_request).to_have_attribute("data-status", "approved")
+        expect(erin_request).to_contain_text("photo matches the passport")
+        expect(erin_request.locator("button.export")).to_be_visible()  # the decider may too
+
+        fred = sign_in(browser, url, "fred")
+        fred_request = fred.locator(f"#access-requests tr[data-request='{request_id}']")
+        expect(fred_request.locator(".why")).to_have_text(
+            "Only dora and erin, who answered it, may export it.")
+
+        # No footage in the span yet: the refusal is shown and the request stays approved.
+        dora.reload()
+        expect(request).to_have_attribute("data-status", "approved")
+        request.locator("button.export").click()
+        expect(dora.locator("#access-message")).to_contain_text(
+            "no recordings of cam01 between")
+        expect(request).to_have_attribute("data-status", "approved")
+        dora.screenshot(path=shots / "cases-12-subject-access-no-footage.png")
+
+        clips = encode_clips(tmp_path / "clips", count=3)
+        add_segments(node.store, node.layout, "cam01", [t0, t0 + 2, t0 + 4], clips)
+        request.locator("button.export").click()
+        expect(dora.locator("#access-message")).to_contain_text(
+            f"started for request #{request_id}")
+        expect(request).to_have_attribute("data-status", "exported")
+        assert request.locator("button").count() == 0  # one export per request
+        export = dora.locator("#access-rows tr[data-export]")
+        expect(export).to_have_count(1)
+        expect(export).to_contain_text("SAR 2026/3")
+        download = export.locator("a.download")
+        expect(download).to_be_visible(timeout=120_000)
+        dora.screenshot(path=shots / "cases-13-subject-access-exported.png")
+        with dora.expect_download() as got:
+            download.click()
+        saved = tmp_path / "download.zip"
+        got.value.save_as(saved)
+        with zipfile.ZipFile(saved) as bundle:
+            assert any(n.endswith(".mp4") for n in bundle.namelist()), bundle.namelist()
+        assert ("export.download", "ok") in audited(node, "dora")
+
+        erin.reload()
+        expect(erin.locator("#access-rows tr[data-export] a.download")).to_be_visible()
+        fred.reload()
+        fred_export = fred.locator("#access-rows tr[data-export]")
+        expect(fred_export.locator(".why")).to_have_text(
+            "Only dora and erin may download it.")
+        assert fred_export.locator("a.download").count() == 0

@@ -7,6 +7,9 @@ maintainer stores them.
 
 from __future__ import annotations
 
+import json
+import re
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,9 +21,11 @@ from sqlalchemy import insert, select
 from typer.testing import CliRunner
 
 from conftest import require
+from custodes.audit.actions import Action
 from custodes.audit.log import AuditLog, Entry
 from custodes.auth.roles import Actor, Role
 from custodes.auth.users import Users
+from custodes.commands import cli_actor
 from custodes.commands import parse_time as parse_iso
 from custodes.commands.case import case_app
 from custodes.config import load_config
@@ -89,7 +94,7 @@ class Env:
 
         return self.store.write(write)
 
-    def entries(self, action: str | None = None) -> list[Entry]:
+    def entries(self, action: Action | None = None) -> list[Entry]:
         with self.store.read() as conn:
             rows = conn.execute(select(schema.audit_log).order_by(schema.audit_log.c.seq))
             found = [Entry.from_row(r) for r in rows]
@@ -102,10 +107,23 @@ def no_vectors_in(entries: list[Entry]) -> bool:
                    for entry in entries for value in entry.detail.values())
 
 
+def add_users(store: Store, *people: Actor) -> None:
+    """Accounts for the test's actors: a case's members must be enabled users."""
+    def write(conn: Any) -> None:
+        for actor in people:
+            conn.execute(insert(schema.users).values(
+                name=actor.name, role=actor.role.value,
+                cameras=None if actor.cameras is None else json.dumps(sorted(actor.cameras)),
+                password_hash="-", disabled=0, created_at=0.0, password_changed_at=0.0))
+
+    store.write(write)
+
+
 @pytest.fixture
 def env(tmp_path: Path, embedder: FaceEmbedder) -> Iterator[Env]:
     keys = NodeKeys.load_or_create(tmp_path / "keys")
     with Store(tmp_path / "node.db") as store:
+        add_users(store, ALICE, CAROL, BOB, VIEWER)
         yield Env(store, keys, AuditLog(store, keys), FaceDescriptors(store, keys), embedder)
 
 
@@ -115,6 +133,7 @@ def open_case(cases: Cases, people: People, actor: Actor = ALICE, **changes: Any
         "purpose": "find the missing person", "cameras": ["cam1", "cam2"],
         "start": SCOPE[0], "end": SCOPE[1], "expires_at": NOW + 7 * DAY,
         "photos": [SubjectPhoto("missing person", p) for p in people.subject_photos],
+        "members": ["carol"],  # alice's colleague works the case with her
     }
     return cases.open(actor, **{**fields, **changes})
 
@@ -139,7 +158,7 @@ def test_the_school_profile_refuses_cases_and_search_and_audits_it(env: Env,
 def test_watchlists_need_the_police_profile(env: Env, people: People) -> None:
     with pytest.raises(Refused, match="municipal profile does not allow live watchlist"):
         open_case(env.cases(Profile.MUNICIPAL), people, watchlist=True)
-    assert env.entries("case.open")[-1].outcome == "refused"
+    assert env.entries(Action.CASE_OPEN)[-1].outcome == "refused"
     assert open_case(env.cases(Profile.POLICE), people, watchlist=True).watchlist
 
 
@@ -164,7 +183,7 @@ def test_only_investigators_open_cases_and_only_approvers_decide(env: Env,
     assert outcomes == [("case.open", "refused"), ("case.open", "ok"),
                         ("case.approve", "refused"), ("case.approve", "refused"),
                         ("case.approve", "ok"), ("case.reject", "refused")]
-    assert env.entries("case.approve")[1].detail["reason"] == (
+    assert env.entries(Action.CASE_APPROVE)[1].detail["reason"] == (
         "a case cannot be approved by the user who opened it")
 
 
@@ -207,7 +226,7 @@ def test_no_search_outside_an_approved_unexpired_open_case(env: Env, people: Peo
         cases.search(BOB, approved.id)
     with pytest.raises(Refused, match="there is no case 99"):
         cases.search(ALICE, 99)
-    searches = env.entries("face.search")
+    searches = env.entries(Action.FACE_SEARCH)
     assert [e.outcome for e in searches] == ["ok"] + ["refused"] * 6
     assert searches[0].detail["hits"] == 1
 
@@ -254,7 +273,7 @@ def test_search_returns_the_subject_inside_the_scope_and_nothing_outside(
     assert all(h.meaning.startswith("Possible match only") for h in result.hits
                if h.level is MatchLevel.POSSIBLE)
 
-    entry = env.entries("face.search")[-1]
+    entry = env.entries(Action.FACE_SEARCH)[-1]
     assert entry.target == f"case {case.id}"
     assert entry.actor == "alice"
     assert entry.detail == {"cameras": ["cam1", "cam2"], "searched": ["cam1", "cam2"],
@@ -282,20 +301,91 @@ def test_a_narrower_request_is_honoured_and_a_wider_one_refused(env: Env,
         cases.search(ALICE, case.id, start=t0 - 1)
     with pytest.raises(Refused, match="outside the case's scope"):
         cases.search(ALICE, case.id, end=t1 + DAY)
-    refused = [e for e in env.entries("face.search") if e.outcome == "refused"]
+    refused = [e for e in env.entries(Action.FACE_SEARCH) if e.outcome == "refused"]
     assert refused[0].detail["cameras"] == ["cam1", "cam3"]
 
 
-def test_an_investigator_sees_only_hits_on_cameras_they_may_see(env: Env,
-                                                                people: People) -> None:
+def test_a_case_needs_every_one_of_its_cameras(env: Env, people: People) -> None:
+    """Per-camera limits hold for cases: a user limited to cam2 neither approves, sees,
+    lists, searches nor reads the subject crops of a case that also covers cam1, and cannot
+    be made a member of one."""
     cases = env.cases(Profile.MUNICIPAL)
     env.add_face("cam1", SCOPE[0] + HOUR, people.same[0])
-    on_cam2 = env.add_face("cam2", SCOPE[0] + HOUR, people.same[1])
-    case = open_case(cases, people)
-    cases.approve(BOB, case.id)
     erin = Actor("erin", Role.INVESTIGATOR, cameras=frozenset({"cam2"}))
-    assert [h.face_id for h in cases.search(erin, case.id).hits] == [on_cam2]
-    assert env.entries("face.search")[-1].detail["searched"] == ["cam2"]
+    bert = Actor("bert", Role.APPROVER, cameras=frozenset({"cam2"}))
+    add_users(env.store, erin, bert)
+    with pytest.raises(Refused, match="erin has no access to every camera of the case"):
+        open_case(cases, people, members=["erin"])
+    case = open_case(cases, people)
+    hidden = "has no access to camera[(]s[)] cam1 of case"
+    with pytest.raises(Refused, match=f"bert {hidden}"):
+        cases.approve(bert, case.id)
+    assert cases.list_cases(bert) == []
+    cases.approve(BOB, case.id)
+    subject = case.subjects[0].id
+    for attempt in (lambda: cases.search(erin, case.id), lambda: cases.get(erin, case.id),
+                    lambda: cases.subject_crop(erin, case.id, subject),
+                    lambda: cases.subject_crop(bert, case.id, subject)):
+        with pytest.raises(Refused, match=hidden):
+            attempt()
+    assert cases.list_cases(erin) == []
+    assert [c.id for c in cases.list_cases(BOB)] == [case.id]
+    assert cases.subject_crop(CAROL, case.id, subject)  # a member seeing every camera
+
+
+def test_only_a_case_s_own_people_and_oversight_see_it(env: Env, people: People) -> None:
+    """An investigator who is not a member neither lists, reads, searches nor sees the
+    subjects of a colleague's case; a member decides nothing in it."""
+    cases = env.cases(Profile.MUNICIPAL)
+    dave = Actor("dave", Role.INVESTIGATOR)
+    ines = Actor("ines", Role.INSPECTOR)
+    member_approver = Actor("mona", Role.APPROVER)
+    add_users(env.store, dave, ines, member_approver)
+    case = open_case(cases, people, members=["carol", "mona"])
+    assert case.members == ("carol", "mona")
+    with pytest.raises(Refused, match="cannot be decided by one of its own members"):
+        cases.approve(member_approver, case.id)
+    cases.approve(BOB, case.id)
+    assert cases.list_cases(dave) == []
+    for attempt in (lambda: cases.get(dave, case.id), lambda: cases.search(dave, case.id),
+                    lambda: cases.subject_crop(dave, case.id, case.subjects[0].id)):
+        with pytest.raises(Refused, match="dave is not a member of case"):
+            attempt()
+    assert [c.id for c in cases.list_cases(ines)] == [case.id]
+    assert [c.id for c in cases.list_cases(CAROL)] == [case.id]
+    with pytest.raises(Refused, match="ghost is not an enabled user"):
+        open_case(cases, people, members=["ghost"])
+    with pytest.raises(Refused, match=re.escape("victor (role viewer) cannot work cases")):
+        open_case(cases, people, members=["victor"])
+
+
+def test_a_case_s_lifetime_and_scope_are_limited_by_the_profile(env: Env,
+                                                                people: People) -> None:
+    """A five-year case (and its five-year holds) is refused, at opening and at approval."""
+    municipal, police = env.cases(Profile.MUNICIPAL), env.cases(Profile.POLICE)
+    five_years = NOW + 5 * 365 * DAY
+    with pytest.raises(Refused, match="a case may run at most 90 days under the municipal"):
+        open_case(municipal, people, expires_at=five_years)
+    with pytest.raises(Refused, match="at most 180 days under the police profile"):
+        open_case(police, people, expires_at=five_years)
+    with pytest.raises(Refused, match="at most 31 days of footage under the municipal"):
+        open_case(municipal, people, start=NOW - 60 * DAY, end=NOW - DAY)
+    with pytest.raises(Refused, match="at most 16 cameras"):
+        Cases(env.store, env.keys, env.audit, Profile.MUNICIPAL, env.clock,
+              embedder=env.embedder, descriptors=env.descriptors).open(
+            ALICE, reference="r", legal_basis="b", purpose="p",
+            cameras=[f"cam{i}" for i in range(17)], start=SCOPE[0], end=SCOPE[1],
+            expires_at=NOW + DAY, photos=[])
+    assert [e.outcome for e in env.entries(Action.CASE_OPEN)] == ["refused"] * 4
+    # A case opened within the limit, still pending later, is approved only within it too.
+    case = open_case(municipal, people, expires_at=NOW + 90 * DAY)
+    env.clock.now = NOW - DAY  # (as if opened a day earlier, the limit then runs from now)
+    with pytest.raises(Refused, match="at most 90 days"):
+        municipal.approve(BOB, case.id)
+    approved = municipal.approve(BOB, case.id, expires_at=NOW + 30 * DAY)
+    assert approved.expires_at == NOW + 30 * DAY
+    with env.store.read() as conn:
+        assert {h.expires_at for h in active_holds(conn, env.clock())} == {NOW + 30 * DAY}
 
 
 # -- holds ---------------------------------------------------------------------------------------
@@ -317,7 +407,7 @@ def test_approval_holds_the_footage_in_scope_until_the_case_closes(env: Env,
     assert len(approved.hold_ids) == 2
     reason = "case court order 2026/17"
     assert _active_holds(env) == [("cam1", *SCOPE, reason), ("cam2", *SCOPE, reason)]
-    assert env.entries("case.approve")[-1].detail["holds"] == list(approved.hold_ids)
+    assert env.entries(Action.CASE_APPROVE)[-1].detail["holds"] == list(approved.hold_ids)
     with pytest.raises(Refused, match="only the case's opener or an approver"):
         cases.close(CAROL, case.id)
     closed = cases.close(ALICE, case.id, note="found")
@@ -345,7 +435,7 @@ def test_expiry_lifts_the_holds_and_is_audited_as_the_system(env: Env, people: P
         released = conn.execute(select(schema.holds.c.released_by).where(
             schema.holds.c.id.in_(holds))).scalars().all()
     assert released == ["system", "system"]
-    (entry,) = env.entries("case.expire")
+    (entry,) = env.entries(Action.CASE_EXPIRE)
     assert (entry.actor, entry.target) == ("system", f"case {case.id}")
 
 
@@ -381,7 +471,7 @@ def test_subject_data_is_sealed_shown_only_in_the_case_and_wiped_when_it_ends(
         sealed = conn.execute(select(schema.case_subjects.c.descriptor,
                                      schema.case_subjects.c.crop)).all()
     assert sealed == [(None, None), (None, None)]
-    crops = env.entries("case.subject_crop")
+    crops = env.entries(Action.CASE_SUBJECT_CROP)
     assert [e.outcome for e in crops] == ["refused", "ok", "refused", "ok", "refused"]
 
 
@@ -432,6 +522,12 @@ def test_the_command_line_acts_as_a_signed_in_user(tmp_path: Path, people: Peopl
     assert result.exit_code == 3
     assert "refused: the school profile does not allow face search" in result.output
     result = run(municipal, "alice", "alice-password-1", *opening)
+    assert result.exit_code == 3
+    assert "refused: a case may run at most 90 days under the municipal profile" in \
+        result.output
+    in_a_month = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(time.time() + 30 * DAY))
+    opening = (*opening[:-3], in_a_month, *opening[-2:])
+    result = run(municipal, "alice", "alice-password-1", *opening)
     assert result.exit_code == 0, result.output
     assert "case 1 opened" in result.output
     assert run(municipal, "bob", "wrong-password!", "approve", "1").exit_code == 3
@@ -468,7 +564,21 @@ def test_the_command_line_acts_as_a_signed_in_user(tmp_path: Path, people: Peopl
             store.read() as conn:
         logged = [(r.actor, r.action, r.outcome) for r in conn.execute(
             select(schema.audit_log).order_by(schema.audit_log.c.seq))]
-    assert logged == [("alice", "case.open", "refused"), ("alice", "case.open", "ok"),
-                      ("bob", "login", "failed"), ("bob", "case.approve", "ok"),
+    assert logged == [("alice", "case.open", "refused"), ("alice", "case.open", "refused"),
+                      ("alice", "case.open", "ok"),
+                      # A failed sign-in is the local account's, not the claimed user's.
+                      (cli_actor().name, "login", "failed"), ("bob", "case.approve", "ok"),
                       ("alice", "face.search", "refused"), ("alice", "face.search", "ok"),
                       ("alice", "face.search", "ok")]
+
+
+def test_the_person_who_decided_a_case_never_works_it(env: Env, people: People) -> None:
+    """Issue 10, item 7: one name never holds both sides of one case, even once a role change
+    (confirmed by a second administrator) has made the approver an investigator."""
+    cases = env.cases(Profile.MUNICIPAL)
+    case = open_case(cases, people)
+    cases.approve(BOB, case.id)
+    bob_investigating = Actor("bob", Role.INVESTIGATOR)
+    with pytest.raises(Refused, match="bob decided this case and cannot also work it"):
+        cases.search(bob_investigating, case.id)
+    assert env.entries(Action.FACE_SEARCH)[-1].outcome == "refused"

@@ -2,13 +2,31 @@
 
 from __future__ import annotations
 
+import json
+import os
+import secrets
+import subprocess
+import sys
+import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import av
 import pytest
+import yaml
+from fastapi import FastAPI
+from sqlalchemy import insert, update
 
+from custodes.app import Node
+from custodes.audit.actions import Action
+from custodes.auth.roles import Actor, Role
+from custodes.config import parse_config
 from custodes.media import probe
+from custodes.privacy.exports import prune
+from custodes.privacy.policy import Profile
+from custodes.record.export_jobs import INTERRUPTED, ExportRecord, JobState, new_export_id
 from custodes.record.layout import Layout
 from custodes.record.playback import (
     ExportError,
@@ -17,8 +35,11 @@ from custodes.record.playback import (
     export_range,
     segments_in_range,
 )
+from custodes.store import schema
 from custodes.store.db import Store
 from footage import SEGMENT_SECONDS, add_segments, encode_clips, open_node
+from test_auth import add_user, audit_entries, make_app, node_config, signed_in
+from test_auth import open_node as open_api_node
 
 T0 = 1_700_000_000.0  # 2023-11-14 22:13:20 UTC
 GOP = 1.0  # seconds between keyframes in the clips
@@ -158,3 +179,274 @@ def test_coverage_finds_holes_inside_and_at_the_ends(
     assert spans == [Span(T0, T0 + 4.5), Span(T0 + 7.5, T0 + 9.5)]
     assert gaps == [Span(T0 - 5, T0), Span(T0 + 4.5, T0 + 7.5), Span(T0 + 9.5, T0 + 20)]
     assert strict == [Span(T0 + 2, T0 + 2.5), Span(T0 + 4.5, T0 + 7.5)]
+
+
+# -- exports that belong to a case, and how long any export lives (through the API) ----------
+
+NOW = time.time()
+INVESTIGATOR = "ivan"
+
+
+@pytest.fixture
+def recorder(tmp_path: Path, clips: list[Path]) -> Iterator[Node]:
+    """A node (database only) with cam1 recorded from T0 to T0 + 8 s."""
+    for opened in open_api_node(tmp_path):
+        add_segments(opened.store, opened.layout, "cam1",
+                     [T0 + n * SEGMENT_SECONDS for n in range(4)], clips)
+        yield opened
+
+
+@pytest.fixture
+def api(recorder: Node) -> FastAPI:
+    return make_app(recorder)
+
+
+def add_case(node: Node, status: str, *, opened_by: str = INVESTIGATOR,
+             members: tuple[str, ...] = (), closed: bool = False) -> int:
+    """A case row as custodes.privacy.cases leaves it, covering cam1 around T0."""
+    values = {"reference": "R-1", "legal_basis": "court order", "purpose": "test",
+              "cameras": json.dumps(["cam1"]), "scope_start": T0 - 60, "scope_end": T0 + 60,
+              "opened_by": opened_by, "opened_at": NOW - 3600, "status": status,
+              "expires_at": NOW + 3600, "closed_at": NOW if closed else None}
+
+    def write(conn: Any) -> int:
+        case_id = int(conn.execute(insert(schema.cases).values(values)
+                                   .returning(schema.cases.c.id)).scalar_one())
+        for name in members:
+            conn.execute(insert(schema.case_members).values(
+                case_id=case_id, name=name, added_by=opened_by, added_at=NOW))
+        return case_id
+
+    return node.store.write(write)
+
+
+def fake_export(node: Node, *, redacted: bool, case: int | None, created_at: float = NOW,
+                state: str = "done", **extra: Any) -> str:
+    """An export folder as the export job leaves it (a one-file bundle will do here)."""
+    export_id = time.strftime("%Y%m%d-%H%M%S", time.gmtime(created_at)) + "-" + \
+        secrets.token_hex(4)
+    folder = node.layout.root / "exports" / export_id
+    (folder / "bundle").mkdir(parents=True)
+    (folder / "bundle" / "video.mp4").write_bytes(b"footage")
+    (folder / "export.json").write_text(json.dumps({
+        "id": export_id, "camera": "cam1", "start": T0, "end": T0 + 4, "redacted": redacted,
+        "case": case, "allow_gaps": False, "created_by": INVESTIGATOR, "created_at": created_at,
+        "state": state, "error": None, "bytes": 7, "duration": 4.0, "audit_seq": None, **extra,
+    }))
+    return export_id
+
+
+def wait_done(c: Any, export_id: str, timeout: float = 120) -> dict[str, Any]:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        [x] = [x for x in c.get("/api/exports").json()["exports"] if x["id"] == export_id]
+        if x["state"] in ("done", "failed"):
+            return dict(x)
+        time.sleep(0.2)
+    raise AssertionError(f"export {export_id} not done in {timeout} s")
+
+
+def test_an_export_names_only_an_active_case_its_user_works_on(api: FastAPI,
+                                                              recorder: Node) -> None:
+    """Issue 10, item 20: a redacted export filed under a closed, rejected or someone else's
+    case is refused, as an unredacted one is."""
+    ivan = signed_in(api, add_user(api, INVESTIGATOR, Role.INVESTIGATOR))
+    ask = {"camera": "cam1", "start": T0, "end": T0 + 2}
+    for status, closed, reason in (("rejected", False, "not approved and active (rejected)"),
+                                   ("approved", True, "not approved and active"),
+                                   ("pending", False, "not approved and active")):
+        case = add_case(recorder, status, closed=closed)
+        r = ivan.post("/api/exports", json={**ask, "case": case})
+        assert r.status_code == 403, r.text
+        assert reason in r.json()["detail"]
+    others = add_case(recorder, "approved", opened_by="someone")
+    for redact in (True, False):
+        r = ivan.post("/api/exports", json={**ask, "case": others, "redact": redact})
+        assert (r.status_code, r.json()["detail"]) == (
+            403, f"{INVESTIGATOR} is not a member of case {others}")
+    assert ivan.post("/api/exports", json={**ask, "case": 2**62}).status_code == 403
+    refused = [e for e in audit_entries(recorder, Action.EXPORT) if e["outcome"] == "refused"]
+    assert len(refused) == 6
+    assert not (recorder.layout.root / "exports").exists()  # nothing was made
+
+    mine = add_case(recorder, "approved")
+    r = ivan.post("/api/exports", json={**ask, "case": mine, "redact": False})
+    assert r.status_code == 202, r.text
+    assert wait_done(ivan, r.json()["id"])["state"] == "done"
+
+
+def test_an_unredacted_export_dies_with_its_case(api: FastAPI, recorder: Node) -> None:
+    """Issue 10, item 8: only the case's own people download its unredacted export, only
+    while the case is active; then the privacy upkeep deletes it."""
+    ivan = signed_in(api, add_user(api, INVESTIGATOR, Role.INVESTIGATOR))
+    mia = signed_in(api, add_user(api, "mia", Role.INVESTIGATOR))
+    nina = signed_in(api, add_user(api, "nina", Role.INVESTIGATOR))  # not on the case
+    case = add_case(recorder, "approved", members=("mia",))
+    export_id = fake_export(recorder, redacted=False, case=case)
+    url = f"/api/exports/{export_id}/download"
+    assert ivan.get(url).status_code == 200
+    assert mia.get(url).status_code == 200
+    r = nina.get(url)
+    assert (r.status_code, r.json()["detail"]) == (403, f"nina is not a member of case {case}")
+
+    recorder.store.write(lambda conn: conn.execute(
+        update(schema.cases).where(schema.cases.c.id == case)
+        .values(status="closed", closed_at=NOW, closed_by=INVESTIGATOR)))
+    r = ivan.get(url)
+    assert r.status_code == 403
+    assert "can no longer be downloaded" in r.json()["detail"]
+    [pruned] = prune(recorder.store, recorder.audit, recorder.layout.root / "exports",
+                     ceiling_days=30, profile=Profile.POLICE)
+    assert (pruned.export_id, pruned.reason) == (
+        export_id, f"case {case} is not approved and active (closed)")
+    assert not (recorder.layout.root / "exports" / export_id).exists()
+    [expired] = audit_entries(recorder, Action.EXPORT_EXPIRE)
+    assert (expired["actor"], expired["target"]) == ("system", export_id)
+    assert ivan.get(url).status_code == 404
+
+
+def test_nothing_under_exports_outlives_the_retention_ceiling(recorder: Node) -> None:
+    """Issue 10, item 8: every export older than the ceiling goes, redacted or not, and so
+    do failed exports, unreadable folders and forgotten download zips; the rest stays."""
+    root = recorder.layout.root / "exports"
+    live = add_case(recorder, "approved")
+    day = 86400.0
+    keep = [fake_export(recorder, redacted=True, case=None, created_at=NOW - 29 * day),
+            fake_export(recorder, redacted=False, case=live, created_at=NOW - day),
+            fake_export(recorder, redacted=True, case=None, state="running")]
+    old = fake_export(recorder, redacted=True, case=None, created_at=NOW - 31 * day)
+    failed = fake_export(recorder, redacted=True, case=None, state="failed",
+                         created_at=NOW - 2 * day)
+    access = fake_export(recorder, redacted=False, case=None, created_at=NOW - 20 * day,
+                         subject_access={"reference": "SAR-1", "request": 1})
+    junk = root / "20200101-000000-00000000"
+    junk.mkdir()
+    zipped = root / ".download-abc.zip"
+    zipped.write_bytes(b"zip")
+    for path in (junk, zipped):
+        os.utime(path, (NOW - 2 * day, NOW - 2 * day))
+
+    pruned = prune(recorder.store, recorder.audit, root, ceiling_days=30,
+                   profile=Profile.SCHOOL, now=NOW)
+
+    assert {p.export_id: p.reason for p in pruned} == {
+        old: "older than the retention ceiling",
+        failed: "failed more than a day ago",
+        access: "subject access export older than 14 days",
+        junk.name: "no readable record",
+    }
+    assert sorted(p.name for p in root.iterdir()) == sorted(keep)
+    assert len(audit_entries(recorder, Action.EXPORT_EXPIRE)) == 4
+
+
+# -- export jobs across a stop and a restart (issue 10) ----------------------------------------
+
+# A node process that queues two exports and is killed while making the first: its transform
+# runs once the unredacted source and the bundle's work folder exist, and ends the process.
+KILLED_MID_EXPORT = """
+import os, sys, threading, time
+from custodes.app import Node
+from custodes.auth.roles import Actor, Role
+from custodes.config import parse_config
+from custodes.record.export_jobs import ExportRecord, new_export_id
+
+node = Node(parse_config(open(sys.argv[1]).read()))
+node.store.open()
+
+all_queued = threading.Event()
+
+def killed(src, dst):
+    all_queued.wait(60)
+    os._exit(9)
+
+for _ in range(2):
+    node.exports.submit(ExportRecord(
+        id=new_export_id(), camera="cam1", start=float(sys.argv[2]),
+        end=float(sys.argv[2]) + 4, redacted=True, case=None, allow_gaps=False,
+        created_by="ivan", created_at=time.time()), Actor("ivan", Role.INVESTIGATOR), killed)
+all_queued.set()
+time.sleep(120)
+"""
+
+
+def test_exports_cut_short_by_a_killed_node_fail_at_the_next_start(
+        tmp_path: Path, clips: list[Path]) -> None:
+    config = tmp_path / "node.yaml"
+    config.write_text(yaml.safe_dump(node_config(tmp_path)))
+    for first in open_api_node(tmp_path):
+        add_segments(first.store, first.layout, "cam1",
+                     [T0 + n * SEGMENT_SECONDS for n in range(4)], clips)
+    killed = subprocess.run([sys.executable, "-c", KILLED_MID_EXPORT, str(config), str(T0)],
+                            capture_output=True, text=True, timeout=300, check=False)
+    assert killed.returncode == 9, killed.stderr
+    root = tmp_path / "var" / "exports"
+    records = {p.name: json.loads((p / "export.json").read_text()) for p in root.iterdir()}
+    assert sorted(r["state"] for r in records.values()) == ["queued", "running"]
+    [running] = [name for name, r in records.items() if r["state"] == "running"]
+    assert [p for p in (root / running).iterdir() if p.name.startswith(".")]  # half made
+
+    node = Node(parse_config(config.read_text()))
+    # Also stopped between the bundle's completion and its record's update: that one is done.
+    finished = fake_export(node, redacted=True, case=None, state="running")
+    (root / finished / "bundle" / "manifest.sig").write_bytes(b"signature")
+    umask = os.umask(0o022)
+    os.umask(umask)
+    try:
+        node.prepare()  # the next start
+    finally:
+        os.umask(umask)
+    try:
+        after = {p.name: json.loads((p / "export.json").read_text()) for p in root.iterdir()}
+        assert after[finished]["state"] == "done"
+        assert after[finished]["bytes"] == len(b"footage") + len(b"signature")
+        for export_id in records:
+            assert (after[export_id]["state"], after[export_id]["error"]) == (
+                "failed", INTERRUPTED)
+            assert sorted(p.name for p in (root / export_id).iterdir()) == ["export.json"]
+        failures = [json.loads(e["detail"]) for e in audit_entries(node, Action.EXPORT)
+                    if e["outcome"] == "failed" and e["actor"] == "system"]
+        assert sorted((f["export"], f["was"]) for f in failures) == sorted(
+            (name, r["state"]) for name, r in records.items())
+        app = make_app(node)
+        ivan = signed_in(app, add_user(app, INVESTIGATOR, Role.INVESTIGATOR))
+        listed = {x["id"]: x for x in ivan.get("/api/exports").json()["exports"]}
+        assert {k: x["state"] for k, x in listed.items()} == {
+            **{k: "failed" for k in records}, finished: "done"}
+        assert listed[running]["download_url"] is None
+    finally:
+        node.store.close()
+
+
+def test_a_stop_fails_the_queued_exports_and_takes_no_new_one(recorder: Node) -> None:
+    release = threading.Event()
+    running = threading.Event()
+
+    def held(src: Path, dst: Path) -> dict[str, Any]:
+        running.set()
+        release.wait(60)
+        raise RuntimeError("ffmpeg was stopped by the signal")
+
+    actor = Actor(INVESTIGATOR, Role.INVESTIGATOR)
+
+    def submit() -> ExportRecord:
+        return recorder.exports.submit(ExportRecord(
+            id=new_export_id(), camera="cam1", start=T0, end=T0 + 2, redacted=True, case=None,
+            allow_gaps=False, created_by=INVESTIGATOR, created_at=time.time()), actor, held)
+
+    first, second = submit(), submit()
+    assert running.wait(60)
+    assert recorder.exports.get(first.id).state is JobState.RUNNING  # type: ignore[union-attr]
+    recorder.exports.stop()
+    queued = recorder.exports.get(second.id)
+    assert queued is not None
+    assert (queued.state, queued.error) == (JobState.FAILED, INTERRUPTED)
+    with pytest.raises(RuntimeError, match="stopping"):
+        submit()
+    release.set()
+    deadline = time.monotonic() + 60
+    while (made := recorder.exports.get(first.id)) is None or not made.state.finished:
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    assert (made.state, made.error) == (JobState.FAILED, INTERRUPTED)
+    assert not [p for p in (recorder.layout.exports / first.id).iterdir()
+                if p.name.startswith(".")]

@@ -4,8 +4,10 @@ to them named by verification."""
 from __future__ import annotations
 
 import json
+import sqlite3
 import subprocess
 from collections.abc import Iterator
+from contextlib import closing
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -14,6 +16,7 @@ import pytest
 from sqlalchemy import select
 from typer.testing import CliRunner
 
+from custodes.audit.actions import Action
 from custodes.audit.log import AuditLog, Entry
 from custodes.auth.roles import Actor, Role
 from custodes.cli import app
@@ -261,3 +264,25 @@ def test_cli_exports_are_redacted_unless_asked_otherwise(tmp_path: Path, clips: 
     redaction = json.loads((out / MANIFEST).read_text())["redaction"]
     assert (redaction["applied"], redaction["zones"]) == (True, 1)
     assert verify_bundle(out).ok
+
+
+def test_an_export_carries_the_anchor_and_is_refused_over_a_cut_back_log(
+    recorder: Recorder, tmp_path: Path
+) -> None:
+    for n in range(10):
+        recorder.audit.record("alice", Action.PLAYBACK, "cam01", detail={"n": n})
+    first = recorder.export(tmp_path / "first")
+    anchor = first.manifest["audit_anchor"]
+    assert anchor["seq"] == 10  # the log as signed just before the export, outside the db
+    assert verify_bundle(first.folder, recorder.keys.public_pem).verified
+
+    # Someone with the database file cuts the log back, checkpoints and all.
+    with closing(sqlite3.connect(recorder.store.path)) as db:
+        db.executescript("DROP TRIGGER audit_log_no_delete;"
+                         "DROP TRIGGER audit_checkpoints_no_delete;"
+                         "DELETE FROM audit_log WHERE seq > 5; DELETE FROM audit_checkpoints;")
+    with pytest.raises(ExportError, match="refuses to sign the audit log at entry 5"):
+        recorder.export(tmp_path / "second")
+    assert not (tmp_path / "second").exists()
+    refused = [e for e in recorder.audit_entries() if e.action == "audit.sign"]
+    assert [e.outcome for e in refused] == ["refused"]

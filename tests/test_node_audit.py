@@ -31,7 +31,11 @@ def run_once(config: Config) -> list[tuple[str, dict[str, Any]]]:
     node.stop()
     node.store.open()
     try:
-        assert verify_store(node.store, node.keys.public_pem).ok
+        # The node signs its head at start and stop, and keeps each signature beside its keys.
+        report = verify_store(node.store, node.keys.public_pem, anchors=node.audit.anchors)
+        assert report.ok, [str(p) for p in report.problems]
+        assert report.unsigned == 0
+        assert report.anchored_through == report.last_seq
         with node.store.read() as conn:
             rows = conn.exec_driver_sql("SELECT action, detail FROM audit_log ORDER BY seq")
             return [(action, json.loads(detail)) for action, detail in rows]
@@ -43,14 +47,14 @@ def test_a_changed_configuration_is_audited_at_the_start_that_applies_it(
     tmp_path: Path,
 ) -> None:
     first = run_once(config_of(tmp_path, "Front door"))
-    assert [a for a, _ in first] == ["node.start", "user.add", "node.stop"]
+    assert [a for a, _ in first] == ["profile.pin", "node.start", "user.add", "node.stop"]
     assert "s3cret" not in json.dumps(first)
 
     again = run_once(config_of(tmp_path, "Front door"))
-    assert [a for a, _ in again][3:] == ["node.start", "node.stop"]  # nothing changed
+    assert [a for a, _ in again][4:] == ["node.start", "node.stop"]  # nothing changed
 
     changed = run_once(config_of(tmp_path, "Front door and hall", extra_camera=True))
-    entries = changed[5:]
+    entries = changed[6:]
     assert [a for a, _ in entries] == ["config.change", "node.start", "node.stop"]
     assert entries[0][1] == {"changed": ["cameras.door"], "added": ["cameras.yard"],
                              "removed": []}

@@ -8,17 +8,26 @@ import time
 from contextlib import closing
 from pathlib import Path
 
+import pytest
+from sqlalchemy import Connection, insert, select
 from typer.testing import CliRunner
 
-from custodes.audit.log import SYSTEM, AuditLog
+from custodes.audit.actions import Action
+from custodes.audit.log import SYSTEM, AuditLog, Outcome
 from custodes.audit.report import write_pack
-from custodes.auth.users import ensure_admin
+from custodes.auth.grants import Accounts
+from custodes.auth.roles import Actor, Role
+from custodes.auth.users import Users, ensure_admin
 from custodes.cli import app
 from custodes.config import Config, load_config
 from custodes.keys import NodeKeys
+from custodes.privacy.pinning import pin_profile
+from custodes.privacy.policy import Profile, Refused
+from custodes.privacy.subject_access import SubjectAccess
 from custodes.record.holds import add_hold
 from custodes.record.layout import Layout
 from custodes.record.manifest import verify_bundle
+from custodes.store import schema
 from custodes.store.db import Store
 
 CONFIG = """\
@@ -54,9 +63,9 @@ def test_the_pack_states_the_facts_and_verifies(tmp_path: Path) -> None:
     with Store(Layout(config.storage.path).database) as store:
         audit = AuditLog(store, keys)
         ensure_admin(store, audit)
-        audit.record("dora", "face.search", "case 1", outcome="refused",
-                     detail={"reason": "the school profile does not allow face search"})
-        audit.record("eve", "login", "eve", outcome="failed", address="127.0.0.1")
+        audit.record_refusal("dora", Action.FACE_SEARCH, "case 1",
+                             "the school profile does not allow face search")
+        audit.record("eve", Action.LOGIN, "eve", outcome=Outcome.FAILED, address="127.0.0.1")
         now = time.time()
         add_hold(store, camera="hall", start=now - 3600, end=now, reason="complaint 17",
                  created_by="dpo", expires_at=None)
@@ -97,7 +106,7 @@ def test_a_broken_audit_chain_is_reported_and_the_command_fails(tmp_path: Path) 
     with Store(Layout(config.storage.path).database) as store:
         audit = AuditLog(store, keys)
         for i in range(3):
-            audit.record(SYSTEM, "test", str(i))
+            audit.record(SYSTEM, Action.NODE_START, str(i))
     ok = CliRunner().invoke(app, ["report", "-c", str(path), str(tmp_path / "first")])
     assert ok.exit_code == 0, ok.output
     assert "audit log: 5 entries (entries 1..5), 1 checkpoints, signed through entry 5" in (
@@ -116,3 +125,94 @@ def test_a_broken_audit_chain_is_reported_and_the_command_fails(tmp_path: Path) 
     again = CliRunner().invoke(app, ["report", "-c", str(path), str(tmp_path / "second")])
     assert again.exit_code == 1
     assert "exists already" in again.output
+
+
+def test_subject_access_requests_are_in_the_pack_and_lapse_with_their_photo(
+        tmp_path: Path) -> None:
+    """Issue 10, item 6: each request is listed for the inspector (reference, identity check,
+    recorder, decider), never the requester's name; a request not exported in time lapses
+    and its sealed photo is wiped."""
+    _, config = make_node(tmp_path)
+    keys = NodeKeys.load_or_create(config.key_dir)
+    with Store(Layout(config.storage.path).database) as store:
+        audit = AuditLog(store, keys)
+        store.write(lambda conn: conn.execute(insert(schema.users), [
+            {"name": name, "role": "approver", "cameras": None, "password_hash": "-",
+             "disabled": 0, "created_at": 0.0, "password_changed_at": 0.0}
+            for name in ("dora", "eve")]))
+        now = time.time()
+        clock = [now]
+        access = SubjectAccess(store, keys, audit, Profile.SCHOOL, lambda: clock[0],
+                               known_cameras=["hall"])
+        dora, eve = Actor("dora", Role.APPROVER), Actor("eve", Role.APPROVER)
+        answered = access.record(dora, reference="SAR-11", requester="Pat Pupil",
+                                 identity_check="school card and parent present",
+                                 identity_checked_by="dora", identity_checked_at=now,
+                                 camera="hall", start=now - 3600, end=now - 1800,
+                                 photo=b"a photo")
+        access.approve(eve, answered.id, note="card matches")
+        forgotten = access.record(dora, reference="SAR-12", requester="Sam Pupil",
+                                  identity_check="passport", identity_checked_by="dora",
+                                  identity_checked_at=now, camera="hall", start=now - 600,
+                                  end=now, photo=b"another photo")
+        assert access.expire_due(now + 13 * 86400) == []
+        clock[0] = now + 15 * 86400
+        assert access.expire_due() == [answered.id, forgotten.id]  # approved, not exported
+        with store.read() as conn:
+            photos = conn.execute(select(schema.subject_access_requests.c.photo)).scalars()
+            assert list(photos) == [None, None]
+        with pytest.raises(Refused, match="the request is expired"):
+            access.spend(eve, answered.id, "20260101-000000-0123abcd")
+        pack = write_pack(config, store, keys, audit, tmp_path / "pack", actor="inspector",
+                          since=now - 86400, now=now + 15 * 86400)
+
+    listed = [(x["reference"], x["identity_check"], x["recorded_by"], x["decided_by"],
+               x["status"]) for x in pack.facts["subject_access"]]
+    assert listed == [("SAR-11", "school card and parent present", "dora", "eve", "expired"),
+                      ("SAR-12", "passport", "dora", None, "expired")]
+    text = (pack.folder / "report.md").read_text()
+    assert "## Subject access requests" in text
+    assert "| SAR-11 | hall |" in text
+    assert "Pupil" not in text
+    assert "Pupil" not in (pack.folder / "report.json").read_text()
+
+
+def test_the_pack_flags_what_separation_of_duties_depends_on(tmp_path: Path) -> None:
+    """Issue 10, items 7, 10, 15: pending grants, privileged accounts no second administrator
+    confirmed, a case decided by its opener (only an edited database has one), unapproved
+    gallery entries and the pinned profile are in the pack."""
+    _, config = make_node(tmp_path)
+    keys = NodeKeys.load_or_create(config.key_dir)
+    now = time.time()
+    with Store(Layout(config.storage.path).database) as store:
+        audit = AuditLog(store, keys)
+        ensure_admin(store, audit)  # the first-run administrator: not a finding
+        pin_profile(store, audit, Profile.SCHOOL)
+        users = Users(store)
+        users.add("mallory", Role.APPROVER, "mallory-password")  # written past the grants
+        Accounts(users, audit).add(Actor("admin", Role.ADMIN), "ivan", Role.INVESTIGATOR)
+
+        def tamper(conn: Connection) -> None:
+            conn.execute(insert(schema.cases).values(
+                reference="r", legal_basis="b", purpose="p", cameras='["hall"]',
+                scope_start=now - 60, scope_end=now, watchlist=0, opened_by="mallory",
+                opened_at=now, status="approved", decided_by="mallory", decided_at=now,
+                expires_at=now + 60))
+
+        store.write(tamper)
+        pack = write_pack(config, store, keys, audit, tmp_path / "pack", actor="inspector",
+                          since=now - 86400)
+    duties = pack.facts["separation_of_duties"]
+    assert duties["profile_pinned"]["profile"] == "school"
+    assert [(g["user"], g["status"]) for g in duties["grants"]] == [("ivan", "pending")]
+    assert duties["flags"] == [
+        "grant 1 (add ivan as investigator) asked by admin is waiting for a second "
+        "administrator",
+        "mallory holds the approver role without a grant a second administrator confirmed "
+        "(given before grants existed, or written into the database)",
+        "case 1 was decided by the user who opened it (mallory)",
+    ]
+    markdown = (pack.folder / "report.md").read_text()
+    assert "## Separation of duties" in markdown
+    assert "Pinned profile: school" in markdown
+    assert "- **case 1 was decided by the user who opened it (mallory)**" in markdown

@@ -17,6 +17,7 @@ import pytest
 from sqlalchemy import func, select
 
 from custodes.analytics.worker import FaceTrack, Message
+from custodes.audit.actions import Action
 from custodes.audit.log import AuditLog
 from custodes.auth.roles import Actor, Role
 from custodes.events.bus import EventBus, Subscription
@@ -24,7 +25,7 @@ from custodes.events.maintainer import EventMaintainer
 from custodes.events.types import Event, EventKind
 from custodes.faces.calibration import MATCH_DISTANCE, MatchLevel
 from custodes.faces.descriptors import FaceDescriptors
-from custodes.faces.watchlist import AlertStatus, Watchlist
+from custodes.faces.watchlist import DEDUP_SECONDS, AlertStatus, Watchlist
 from custodes.keys import NodeKeys
 from custodes.privacy.cases import Case
 from custodes.privacy.policy import Profile, Refused
@@ -41,6 +42,7 @@ from test_cases import (
     NOW,
     VIEWER,
     Env,
+    add_users,
     no_vectors_in,
     open_case,
 )
@@ -91,6 +93,7 @@ def env(tmp_path: Path, embedder: FaceEmbedder,
         caplog: pytest.LogCaptureFixture) -> Iterator[Env]:
     keys = NodeKeys.load_or_create(tmp_path / "keys")
     with Store(tmp_path / "node.db") as store:
+        add_users(store, ALICE, CAROL, BOB, VIEWER)
         yield Env(store, keys, AuditLog(store, keys), FaceDescriptors(store, keys), embedder)
     # The maintainer logs and swallows what a face listener raises: a broken watchlist would
     # look like one that found nothing.
@@ -122,7 +125,7 @@ def test_the_subject_on_a_watched_camera_is_a_candidate_until_a_second_person_co
     assert event.data == {"alert": alert.id, "case": case.id, "status": "candidate",
                           "level": "match"}
     assert event.to_json()["has_snapshot"] is False
-    (entry,) = env.entries("watchlist.alert")
+    (entry,) = env.entries(Action.WATCHLIST_ALERT)
     assert (entry.actor, entry.target) == ("system", f"case {case.id}")
     assert no_vectors_in(env.entries())
 
@@ -169,7 +172,7 @@ def test_no_alert_ever_happens_outside_an_active_watchlist_case(env: Env,
 
     assert node.alert_rows() == 0
     assert node.watchlist_events() == []
-    assert env.entries("watchlist.alert") == []
+    assert env.entries(Action.WATCHLIST_ALERT) == []
 
 
 def test_a_face_only_possibly_the_subject_raises_no_alert(env: Env, people: People) -> None:
@@ -184,7 +187,7 @@ def test_a_face_only_possibly_the_subject_raises_no_alert(env: Env, people: Peop
     node.face("cam1", people.other[0], at=NOW + 30)
     assert node.alert_rows() == 0
     assert node.watchlist_events() == []
-    assert env.entries("watchlist.alert") == []
+    assert env.entries(Action.WATCHLIST_ALERT) == []
     # The same case does alert on a match: the silence above is the level, not the case.
     node.face("cam1", people.same_at(MatchLevel.MATCH)[0], at=NOW + 60)
     assert [a.level for a in node.watchlist.alerts(BOB, case.id)] == [MatchLevel.MATCH]
@@ -209,7 +212,27 @@ def test_alerts_of_an_ended_case_cannot_be_confirmed(env: Env, people: People) -
     with pytest.raises(Refused, match="the case is closed"):
         node.watchlist.confirm(CAROL, alert.id)
     erin = Actor("erin", Role.INVESTIGATOR, cameras=frozenset({"cam2"}))
-    assert node.watchlist.alerts(erin, case.id) == []
+    with pytest.raises(Refused, match="erin has no access to camera"):
+        node.watchlist.alerts(erin, case.id)
+
+
+def test_a_subject_who_stays_in_view_raises_one_alert_per_camera(env: Env,
+                                                                 people: People) -> None:
+    """A person standing at a door is many tracks: one candidate per subject and camera
+    within DEDUP_SECONDS, not one per track for the people checking them to wade through."""
+    node = Node(env, Profile.POLICE)
+    case = watch_case(node, people)
+    match = people.same_at(MatchLevel.MATCH)
+    for i in range(5):
+        node.face("cam1", match[i % len(match)], at=NOW + 20 * i)
+    assert node.alert_rows() == 1
+    node.face("cam2", match[0], at=NOW + 30)  # another camera: another alert
+    node.face("cam1", match[0], at=NOW + DEDUP_SECONDS + 100)  # back much later: another
+    alerts = node.watchlist.alerts(BOB, case.id)
+    assert sorted((a.camera, a.seen_at) for a in alerts) == [
+        ("cam1", NOW), ("cam1", NOW + DEDUP_SECONDS + 100), ("cam2", NOW + 30)]
+    assert len(env.entries(Action.WATCHLIST_ALERT)) == 3
+    assert len(node.watchlist_events()) == 3
 
 
 def test_a_track_names_the_subject_only_when_several_of_its_faces_agree(

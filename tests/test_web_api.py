@@ -25,6 +25,7 @@ from sqlalchemy import insert
 
 from custodes.api.app import create_app
 from custodes.app import Node
+from custodes.audit.actions import Action
 from custodes.auth.roles import Role
 from custodes.record.manifest import verify_bundle
 from custodes.record.playback import Segment
@@ -114,7 +115,7 @@ def test_live_picture_is_the_newest_redacted_jpeg_and_watching_is_audited_once(
     assert 0.25 <= float(got.headers["x-frame-age"]) < 5
     assert viewer.get("/api/cameras/cam1/live.jpg").status_code == 200
 
-    watched = [e for e in audit_entries(node, "live.view") if e["outcome"] == "ok"]
+    watched = [e for e in audit_entries(node, Action.LIVE_VIEW) if e["outcome"] == "ok"]
     assert [(e["actor"], e["target"]) for e in watched] == [("viewer", "cam1")]
 
     # Asked for a newer picture than the one it has, the client gets it as soon as it is
@@ -225,7 +226,7 @@ def test_playback_gives_originals_from_the_moment_asked_and_serves_byte_ranges(
     part = operator.get(first["url"], headers={"Range": "bytes=100-199"})
     assert part.status_code == 206
     assert part.content == whole.content[100:200]
-    [entry] = audit_entries(node, "playback")
+    [entry] = audit_entries(node, Action.PLAYBACK)
     assert (entry["actor"], entry["target"]) == ("operator", "cam1")
     detail = json.loads(entry["detail"])
     assert detail["start"] == pytest.approx(T0 + 3.5)
@@ -250,7 +251,7 @@ def test_a_viewer_gets_redacted_copies_and_never_the_original(app: FastAPI, node
     refused = viewer.get(f"/api/segments/{seg['id']}/video")
     assert refused.status_code == 403
     assert "playback.unredacted" in refused.json()["detail"]
-    assert any(e["outcome"] == "refused" for e in audit_entries(node, "access"))
+    assert any(e["outcome"] == "refused" for e in audit_entries(node, Action.ACCESS))
 
     copy = viewer.get(seg["url"])
     assert copy.status_code == 200
@@ -384,7 +385,7 @@ def test_a_redacted_export_is_made_downloaded_and_verifies(
     assert report.ok, report.problems
     assert report.manifest is not None
     assert report.manifest["redaction"]["applied"] is True
-    [entry] = audit_entries(node, "export.download")
+    [entry] = audit_entries(node, Action.EXPORT_DOWNLOAD)
     assert json.loads(entry["detail"])["export"] == done["id"]
     assert not list((node.layout.root / "exports").glob(".download-*"))  # temp zip removed
     assert as_role(app, Role.VIEWER).get("/api/exports").status_code == 403
@@ -404,7 +405,7 @@ def test_unredacted_exports_need_the_permission_and_an_approved_case(
     def add_case(status: str, cameras: list[str]) -> int:
         values = {"reference": "R-1", "legal_basis": "court order", "purpose": "test",
                   "cameras": json.dumps(cameras), "scope_start": T0 - 60,
-                  "scope_end": T0 + 60, "opened_by": "someone", "opened_at": T0,
+                  "scope_end": T0 + 60, "opened_by": "investigator", "opened_at": T0,
                   "status": status, "expires_at": time.time() + 3600}
         return int(node.store.write(lambda conn: conn.execute(
             insert(schema.cases).values(values).returning(schema.cases.c.id)).scalar_one()))
@@ -415,7 +416,7 @@ def test_unredacted_exports_need_the_permission_and_an_approved_case(
     elsewhere = add_case("approved", ["cam2"])
     assert "does not cover" in investigator.post(
         "/api/exports", json={**ask, "case": elsewhere}).json()["detail"]
-    refusals = [e for e in audit_entries(node, "export") if e["outcome"] == "refused"]
+    refusals = [e for e in audit_entries(node, Action.EXPORT) if e["outcome"] == "refused"]
     assert len(refusals) == 4
 
     approved = add_case("approved", ["cam1"])

@@ -2,14 +2,15 @@
 
 Start order follows the data: database, repair of the index, the maintainer that indexes
 segments, one capture supervisor per camera, the analysis processes and the event maintainer
-(with MQTT), retention, then the web server. Stop runs in reverse, so that the segments ffmpeg
-closes on its way out are still indexed.
+(with MQTT), the live picture process, retention, then the web server. Stop runs in reverse,
+so that the segments ffmpeg closes on its way out are still indexed.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import os
 import signal
 import threading
 import time
@@ -23,7 +24,8 @@ from sqlalchemy import insert, select
 from custodes.analytics.supervisor import AnalyticsSupervisor
 from custodes.analytics.worker import WorkerSpec
 from custodes.api.server import WebServer
-from custodes.audit.log import SYSTEM, AuditLog
+from custodes.audit.actions import Action
+from custodes.audit.log import SYSTEM, AuditLog, SigningRefused
 from custodes.auth.users import ensure_admin
 from custodes.capture.supervisor import CaptureSupervisor, Health, State
 from custodes.config import Config, RecordMode
@@ -34,12 +36,19 @@ from custodes.faces.descriptors import FaceDescriptors
 from custodes.faces.gallery import Gallery
 from custodes.faces.watchlist import Watchlist
 from custodes.keys import NodeKeys
+from custodes.live.service import LiveCamera
+from custodes.live.supervisor import LiveSupervisor
+from custodes.privacy import exports as export_rules
 from custodes.privacy.cases import Cases
+from custodes.privacy.pinning import ProfileMismatch, check_profile, pin_profile, wipe_for
+from custodes.privacy.subject_access import SubjectAccess
 from custodes.record.cleanup import Retention
+from custodes.record.export_jobs import ExportJobs
 from custodes.record.forget import forget_without_footage
-from custodes.record.layout import Layout
+from custodes.record.layout import DATA_UMASK, Layout
 from custodes.record.maintainer import Maintainer, ReconcileReport
 from custodes.redaction.copies import RedactedCopies
+from custodes.redaction.video import warm as warm_redaction
 from custodes.store import schema
 from custodes.store.db import Store
 
@@ -71,11 +80,16 @@ class Node:
         self.bus = EventBus()
         self.analytics = AnalyticsSupervisor([
             WorkerSpec(name, cam.sub_url or cam.main_url, cam.analytics, self.layout.snapshots,
-                       live=self.layout.live, zones=cam.privacy_zones)
+                       zones=cam.privacy_zones)
             for name, cam in config.cameras.items()
             if cam.enabled and cam.analytics.enabled
         ], workers=config.analytics.workers, keyframes=config.analytics.main_stream == "keyframes",
             min_fps=config.analytics.min_fps)
+        # Live pictures for every enabled camera, analysed or not: a viewer may watch any.
+        self.live = LiveSupervisor(self.layout.live, [
+            LiveCamera(name, cam.sub_url or cam.main_url, tuple(cam.privacy_zones))
+            for name, cam in config.cameras.items() if cam.enabled
+        ])
         sites = {name: cam.site for name, cam in config.cameras.items()}
         # Biometric data: descriptors sealed at rest, searched only through a case; the
         # watchlist acts only in the police profile, inside an approved case.
@@ -83,8 +97,13 @@ class Node:
         self.cases = Cases(self.store, self.keys, self.audit, config.profile,
                            known_cameras=config.cameras, descriptors=self.descriptors)
         self.gallery = Gallery(self.store, self.keys, self.audit, config.profile)
+        self.subject_access = SubjectAccess(self.store, self.keys, self.audit, config.profile,
+                                            known_cameras=config.cameras)
         self.watchlist = Watchlist(self.cases, self.store, self.audit, self.bus, sites=sites)
         self.redacted_copies = RedactedCopies()
+        # Signed exports made in the background, for the exports and subject access routes.
+        self.exports = ExportJobs(self.store, self.layout, self.keys, self.audit,
+                                  node=config.node.name)
         self.events = EventMaintainer(
             self.store, self.bus, sites, self.analytics.queue,
             descriptors=self.descriptors, on_face=self.watchlist.on_face,
@@ -97,15 +116,52 @@ class Node:
         self._threads: list[threading.Thread] = []
         self.web: WebServer | None = None
 
-    def start(self, *, web: bool = True) -> None:
+    def prepare(self) -> None:
+        """What a start does before any worker runs: storage with safe modes, the database,
+        the pinned profile (and what it does not allow wiped), the first administrator.
+        Raises ProfileMismatch (the store closed again) when the config names another
+        profile than the one this storage is pinned to."""
+        # Before anything is written, and inherited by the ffmpeg processes started later: no
+        # footage, picture, export or database is readable by other accounts on the machine.
+        os.umask(DATA_UMASK)
         self.layout.create()
         applied = self.store.open()
         if applied:
             log.info("database ready (%s)", ", ".join(applied))
+        self.layout.restrict_modes()
+        try:
+            # Pinned before the start is recorded: a refused start leaves the refusal, not a
+            # node.start under a profile that never ran.
+            pin_profile(self.store, self.audit, self.config.profile)
+        except ProfileMismatch:
+            self.store.close()
+            raise
         self._audit_start()
+        try:
+            # Signed at once: a log cut back while the node was down is refused (and the
+            # refusal recorded) now, not at the next export.
+            self.audit.checkpoint("start")
+        except SigningRefused as exc:
+            log.error("%s", exc)
+        # A profile keeps only the biometric data it allows: a storage that ran under a wider
+        # one (or a database copied in) loses the rest here, with a deletion record.
+        wiped = wipe_for(self.store, self.audit, self.config.profile,
+                         reason="not allowed by the profile at start")
+        if any(wiped.values()):
+            log.warning("deleted biometric data the %s profile does not allow: %s",
+                        self.config.profile.value, wiped)
         # No default credentials: the first start creates "admin" with a random password,
         # which the command line prints once.
         self.first_admin_password = ensure_admin(self.store, self.audit)
+        # Exports the last run was making when it stopped (or was killed) are failed, with
+        # their half-made files deleted, before anyone can ask for a new one.
+        interrupted = self.exports.recover()
+        if interrupted:
+            log.warning("%d exports were cut short by the last stop: %s", len(interrupted),
+                        ", ".join(f"{r.id} {r.state.value}" for r in interrupted))
+
+    def start(self, *, web: bool = True) -> None:
+        self.prepare()
         self.reconcile_report = self.maintainer.reconcile()
         sealed = self.descriptors.seal_legacy()
         if sealed:
@@ -129,6 +185,8 @@ class Node:
             self.mqtt.attach(self.bus)
             self.mqtt.start()
         self.analytics.start()
+        if web:  # live pictures are asked for through the web server only
+            self.live.start()
         retention = threading.Thread(
             target=self.retention.run, args=(self.stop_event,), name="retention", daemon=True
         )
@@ -138,6 +196,8 @@ class Node:
         privacy.start()
         self._threads.append(privacy)
         if web:
+            # Viewers of redacted video should not wait for the detector to load.
+            threading.Thread(target=warm_redaction, name="redaction-warm", daemon=True).start()
             self.web = WebServer(self)
             self.web.start()
         log.info("node %s started: %d cameras recording, %d analysed", self.config.node.name,
@@ -149,12 +209,14 @@ class Node:
         # Analysis winds down while the recorders close their last segments: the two waits
         # overlap instead of adding up (the node must stop within 10 s).
         self.analytics.request_stop()
+        self.live.request_stop()
         for sup in self.supervisors.values():
             sup.request_stop()
         for sup in self.supervisors.values():
             sup.join()
         recorders = time.monotonic() - begun
         self.analytics.stop()
+        self.live.stop()
         analysis = time.monotonic() - begun
         self.events.stop()
         if self.mqtt is not None:
@@ -164,8 +226,14 @@ class Node:
             thread.join(timeout=10)
         if self.web is not None:
             self.web.stop()
-        self.audit.record(SYSTEM, "node.stop", self.config.node.name)
-        self.audit.checkpoint()
+        # After the web server: no new export can be asked for. Queued exports fail now.
+        self.exports.stop()
+        self.audit.record(SYSTEM, Action.NODE_STOP, self.config.node.name)
+        try:
+            self.audit.checkpoint("stop")
+        except SigningRefused as exc:
+            # The refusal is in the log and the stop goes on: footage is already safe on disk.
+            log.error("%s", exc)
         self.store.close()
         # What a slow stop waited for, from the stop request: the recorders, then analysis.
         log.info("node %s stopped in %.1f s (recorders done at %.1f s, analysis at %.1f s)",
@@ -177,18 +245,19 @@ class Node:
         fingerprint = self.config.fingerprint()
         with self.store.read() as conn:
             last = conn.execute(
-                select(schema.audit_log.c.detail).where(schema.audit_log.c.action == "node.start")
+                select(schema.audit_log.c.detail)
+                .where(schema.audit_log.c.action == Action.NODE_START.value)
                 .order_by(schema.audit_log.c.seq.desc()).limit(1)
             ).scalar()
         before: dict[str, str] = json.loads(last).get("config", {}) if last else {}
         if before and before != fingerprint:
-            self.audit.record(SYSTEM, "config.change", self.config.node.name, detail={
+            self.audit.record(SYSTEM, Action.CONFIG_CHANGE, self.config.node.name, detail={
                 "changed": sorted(k for k in fingerprint.keys() & before.keys()
                                   if fingerprint[k] != before[k]),
                 "added": sorted(fingerprint.keys() - before.keys()),
                 "removed": sorted(before.keys() - fingerprint.keys()),
             })
-        self.audit.record(SYSTEM, "node.start", self.config.node.name, detail={
+        self.audit.record(SYSTEM, Action.NODE_START, self.config.node.name, detail={
             "profile": self.config.profile.value, "cameras": sorted(self.config.cameras),
             "config": fingerprint,
         })
@@ -197,11 +266,17 @@ class Node:
         """End what has expired: cases (and their holds), gallery entries, orphan descriptors."""
         interval = self.config.retention.interval_seconds
         tasks: dict[str, Callable[[], object]] = {
+            "profile pin": self._check_profile_pin,
             "case expiry": self.cases.expire_due,
             "gallery expiry": self.gallery.purge_expired,
             "faces without footage": self.descriptors.forget_without_footage,
             "events without footage": lambda: forget_without_footage(self.store, self.layout),
             "redacted copies without footage": lambda: self.redacted_copies.prune(self),
+            "subject access expiry": self.subject_access.expire_due,
+            # Exports are copies of footage: none outlives its case or the retention ceiling.
+            "exports past their case or retention": lambda: export_rules.prune(
+                self.store, self.audit, self.layout.root / "exports",
+                ceiling_days=self.config.retention.ceiling_days, profile=self.config.profile),
         }
         while True:
             for name, task in tasks.items():
@@ -211,6 +286,15 @@ class Node:
                     log.exception("privacy upkeep: %s failed", name)
             if self.stop_event.wait(interval):
                 return
+
+    def _check_profile_pin(self) -> None:
+        """Stop when `custodes profile set` pinned another profile under the running node: its
+        parts hold the old profile, and must not go on allowing what the new one forbids."""
+        try:
+            check_profile(self.store, self.config.profile)
+        except ProfileMismatch as exc:
+            log.error("stopping: %s", exc)
+            self.stop_event.set()
 
     def run_until_signalled(self) -> None:
         """Block until SIGINT or SIGTERM, then stop in order."""

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import getpass
 import logging
+import os
 import sys
 import threading
 import time
@@ -16,7 +17,8 @@ from rich.logging import RichHandler
 from rich.table import Table
 
 from custodes.app import Node
-from custodes.audit.log import AuditLog
+from custodes.audit.actions import Action
+from custodes.audit.log import AuditLog, SigningRefused
 from custodes.audit.report import AUDIT_FILE, write_pack
 from custodes.commands import (
     ConfigOption,
@@ -33,11 +35,14 @@ from custodes.commands.case import case_app
 from custodes.commands.export import export_app
 from custodes.commands.faces import faces_app
 from custodes.commands.gallery import gallery_app
+from custodes.commands.profile import profile_app
 from custodes.commands.redact import redact
 from custodes.commands.user import user_app
+from custodes.masking import install_log_filter
+from custodes.privacy.pinning import ProfileMismatch
 from custodes.privacy.policy import Profile
 from custodes.record.holds import active_holds, add_hold, release_hold
-from custodes.record.layout import Layout
+from custodes.record.layout import DATA_UMASK, Layout
 from custodes.sim import SimServer, ensure_sample, run_sim
 from custodes.store.db import Store
 
@@ -54,6 +59,7 @@ app.add_typer(export_app, name="export")
 app.add_typer(case_app, name="case")
 app.add_typer(user_app, name="user")
 app.add_typer(gallery_app, name="gallery")
+app.add_typer(profile_app, name="profile")
 app.command("redact")(redact)
 app.add_typer(faces_app, name="faces")
 
@@ -68,6 +74,8 @@ def _setup_logging(verbose: bool) -> None:
         # One plain line per record for journald and log files; rich would wrap lines.
         logging.basicConfig(level=level, stream=sys.stderr,
                             format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    # Errors of cameras and libraries repeat stream URLs, passwords included.
+    install_log_filter()
 
 
 
@@ -90,7 +98,11 @@ def run(
     _setup_logging(verbose)
 
     node = Node(_load(config))
-    node.start()
+    try:
+        node.start()
+    except ProfileMismatch as exc:
+        err.print(f"[red]{exc}[/red]", highlight=False)
+        raise typer.Exit(2) from None
     if node.web is not None:
         console.print(f"web interface: {node.web.url}")
     _print_first_admin(node)
@@ -138,7 +150,11 @@ def demo(
             yaml.safe_dump(_demo_config(urls, port, profile), sort_keys=False)
         )
         node = Node(_load(config_path))
-        node.start()
+        try:
+            node.start()
+        except ProfileMismatch as exc:  # a demo folder made earlier with another profile
+            err.print(f"[red]{exc}[/red] (or use another --data folder)", highlight=False)
+            raise typer.Exit(2) from None
         console.print(f"[bold]custodes demo[/bold]: {cameras} simulated cameras on RTSP loopback, "
                       f"{profile.value} profile")
         console.print(f"  web interface: {node.web.url if node.web else '—'}")
@@ -218,6 +234,10 @@ def report(
         except FileExistsError as exc:
             err.print(f"[red]report failed:[/red] {exc}", highlight=False)
             raise typer.Exit(1) from None
+        except SigningRefused as exc:
+            # The node signs no pack over a log that was cut back or rewritten.
+            err.print(f"[red]report refused:[/red] {exc}", highlight=False)
+            raise typer.Exit(1) from None
     chain = pack.facts["audit_chain"]
     console.print(f"{pack.folder}: report.md, report.json, {AUDIT_FILE}, signed")
     console.print(f"audit log: {chain['summary']}", markup=False, highlight=False)
@@ -250,7 +270,7 @@ def hold_add(
             err.print(f"[red]{exc}[/red]")
             raise typer.Exit(2) from None
         AuditLog(store, node_keys(cfg)).record(
-            cli_actor().name, "hold.add", camera or "all",
+            cli_actor().name, Action.HOLD_ADD, camera or "all",
             detail={"hold": hold_id, "start": t0, "end": t1, "reason": reason, "by": by},
         )
     console.print(f"hold {hold_id} placed")
@@ -284,12 +304,15 @@ def hold_release(
             err.print(f"[red]{exc}[/red]")
             raise typer.Exit(2) from None
         AuditLog(store, node_keys(cfg)).record(
-            cli_actor().name, "hold.release", str(hold_id), detail={"by": by}
+            cli_actor().name, Action.HOLD_RELEASE, str(hold_id), detail={"by": by}
         )
     console.print(f"hold {hold_id} released")
 
 
 def main() -> None:
+    # What the commands write (databases, exports, packs) is for this account and its group
+    # only, as what the node writes (custodes.record.layout).
+    os.umask(DATA_UMASK)
     try:
         app()
     except KeyboardInterrupt:

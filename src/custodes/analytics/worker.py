@@ -3,7 +3,9 @@
     frames (decode.py) -> motion (motion.py) -> faces in the moving regions (faces.py)
     -> tracks (tracker.py) -> per finished track: descriptors of its best faces, if allowed
     -> messages to the node: motion spans, face tracks, redacted snapshots, statistics
-    -> while someone watches: a redacted live picture of the newest frame (live.py)
+
+Live pictures are not made here (custodes.live has decoders of its own): a worker takes its
+cameras in turn and sheds its rate under load, and a picture must not wait for that.
 
 The worker never touches the database: it sends plain messages on a queue and the node's
 event maintainer stores and publishes them. A stream that fails ends the open motion span
@@ -33,10 +35,10 @@ import numpy as np
 
 from custodes.analytics.motion import MotionDetector, MotionResult, MotionSpan, MotionTracker
 from custodes.config import AnalyticsConfig, FacesConfig
+from custodes.masking import install_log_filter, mask_credentials
 from custodes.process import backoff, die_with_parent
 from custodes.redaction.blur import Polygon, encode_jpeg, redact_snapshot
 from custodes.redaction.detect import NODE_SETTINGS
-from custodes.redaction.live import LiveWriter
 from custodes.vision.cuts import Thumbnail
 from custodes.vision.decode import Frame, FrameSource, StreamError
 from custodes.vision.embedding import FaceEmbedder
@@ -64,7 +66,6 @@ class WorkerSpec:
     url: str
     config: AnalyticsConfig
     snapshots: Path  # the node's snapshot folder
-    live: Path | None = None  # the node's live picture folder; None: no live pictures
     zones: Sequence[Polygon] = ()  # the camera's privacy zones, blurred in every picture
 
 
@@ -204,8 +205,6 @@ class CameraAnalysis:
         self._peak_frame: Frame | None = None
         self._colour: deque[Frame] = deque(maxlen=RGB_FRAMES_KEPT)
         self.snapshots = SnapshotWriter(spec.snapshots, faces, zones=spec.zones)
-        self.live = (LiveWriter(spec.live, spec.camera, spec.zones)
-                     if spec.live is not None else None)
         self._frames = 0
         self._thumbnail: Thumbnail | None = None  # of the last frame, while faces are followed
 
@@ -241,9 +240,6 @@ class CameraAnalysis:
             self._thumbnail = thumbnail or Thumbnail.of(frame.rgb())
         else:
             self._thumbnail = None
-        if self.live is not None:
-            # The faces of this frame and those the tracker follows through a missed frame.
-            self.live.offer(frame, self.tracker.predict(frame.t))
 
     def _end_tracks_at_cut(self, frame: Frame) -> Thumbnail | None:
         """End every track if the picture cut to another (the camera moved, was masked, its
@@ -370,10 +366,6 @@ class _Camera:
     size: tuple[int, int] = (0, 0)
     lags: list[float] = field(default_factory=list)
 
-    def watched(self) -> bool:
-        live = self.analysis.live
-        return live is not None and live.watched()
-
 
 def run_worker(specs: Sequence[WorkerSpec], outbox: Outbox,
                stop: multiprocessing.synchronize.Event, *, keyframes: bool = True,
@@ -394,6 +386,7 @@ def run_worker(specs: Sequence[WorkerSpec], outbox: Outbox,
     os.nice(NICENESS)
     logging.basicConfig(level=logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    install_log_filter()  # a failing stream's exception text holds its URL
     analyses = []
     for spec in specs:
         if stop.is_set():  # loading a camera's models takes ~0.5 s: a stop may come meanwhile
@@ -507,8 +500,7 @@ def _report(cameras: list[_Camera], outbox: Outbox, shedder: Shedder, busy: floa
                  ", ".join(c.spec.camera for c in cameras))
     for cam in cameras:
         configured = cam.spec.config.fps
-        # Someone watching the live picture sees analysed frames: that camera keeps its rate.
-        rate = configured if cam.watched() else shedder.rate(configured)
+        rate = shedder.rate(configured)
         now = time.monotonic()
         elapsed = now - cam.counted_since
         # A camera whose first frame came within the interval waits for the next report: a
@@ -531,6 +523,9 @@ def _report(cameras: list[_Camera], outbox: Outbox, shedder: Shedder, busy: floa
 
 def _offline(cam: _Camera, outbox: Outbox, reason: str) -> None:
     """The stream failed or ended: close what was open and retry after a backoff."""
+    # OpenCV's and ffmpeg's errors repeat the stream URL, password included; the reason
+    # ends up on the status page.
+    reason = mask_credentials(reason, cam.spec.url)
     assert cam.source is not None
     cam.source.close(timeout=0)  # its thread has ended or is about to; nobody waits for it
     cam.source = None

@@ -25,6 +25,8 @@ from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from custodes.api import errors
+from custodes.api.bodies import BodyGuard
+from custodes.audit.actions import Action
 from custodes.audit.log import ANONYMOUS
 from custodes.auth.sessions import Sessions
 from custodes.auth.throttle import LoginThrottle
@@ -49,13 +51,16 @@ def create_app(node: Node) -> FastAPI:
     app.state.node = node
     app.state.users = Users(node.store)
     app.state.sessions = Sessions(node.store, node.config.server.session_hours)
-    app.state.throttle = LoginThrottle.default()
+    # In the database: a restart (which a crash can cause) lifts no lock-out.
+    app.state.throttle = LoginThrottle.stored(node.store)
     app.state.secure_cookies = node.config.server.tls
     errors.install(app)
     for router in _routers():
         app.include_router(router)
     static = resources.files("custodes").joinpath("web/static")
     app.mount("/static", StaticFiles(directory=str(static)), name="static")
+    # Outermost last: the allowlist first, then the headers (on refusals too), then bodies.
+    app.add_middleware(BodyGuard, api=app)
     app.add_middleware(SecurityHeaders)
     app.add_middleware(ClientAllowlist, node=node)
     return app
@@ -134,9 +139,8 @@ class ClientAllowlist:
                 self._last_audit.clear()
         log.warning("refused a client outside the allowed networks: %s", host)
         # Synchronous like every audit write; refusals are rare and once per address.
-        self.node.audit.record(ANONYMOUS, "client.refused", path, outcome="refused",
-                               detail={"reason": "address outside server.allow_networks"},
-                               address=host)
+        self.node.audit.record_refusal(ANONYMOUS, Action.CLIENT_REFUSED, path,
+                                       "address outside server.allow_networks", address=host)
 
 
 class SecurityHeaders:

@@ -16,11 +16,12 @@ from __future__ import annotations
 import hmac
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any, NoReturn
 
 from fastapi import Depends, FastAPI, HTTPException, Request
 from fastapi.routing import APIRoute, iter_route_contexts
 
+from custodes.audit.actions import Action
 from custodes.auth.roles import Actor, Permission
 from custodes.auth.sessions import SessionInfo, Sessions
 from custodes.auth.throttle import LoginThrottle
@@ -84,16 +85,19 @@ def _bearer(request: Request) -> str | None:
 def _authenticate(request: Request) -> User | None:
     """The user behind the request's bearer token or session cookie; None when there is none.
 
-    Sets ``request.state.session`` (the cookie session, or None for a token). Raises 401 for
-    a bearer token that is not valid, and 403 when a cookie session's state-changing request
+    Sets ``request.state.session`` (the cookie session, or None for a token) and
+    ``request.state.token`` (the API token, or None for a cookie session). Raises 401 for a
+    bearer token that is not valid, and 403 when a cookie session's state-changing request
     lacks its CSRF token.
     """
     request.state.session = None
+    request.state.token = None
     token = _bearer(request)
     if token is not None:
-        user = get_sessions(request).token_user(token)
-        if user is None:
+        found = get_sessions(request).token_lookup(token)
+        if found is None:
             raise HTTPException(401, "the API token is not valid (revoked, expired or unknown)")
+        user, request.state.token = found
         return user
     cookie = request.cookies.get(SESSION_COOKIE)
     if not cookie:
@@ -102,12 +106,11 @@ def _authenticate(request: Request) -> User | None:
     if info is None:
         return None
     if request.method not in SAFE_METHODS and not _csrf_ok(request, info):
-        get_node(request).audit.record(
-            info.user.name, "access", request.url.path, outcome="refused",
-            detail={"method": request.method, "reason": "missing or wrong CSRF token"},
-            address=client_address(request),
-        )
-        raise HTTPException(403, f"missing or wrong {CSRF_HEADER} header (CSRF protection)")
+        refuse(get_node(request), info.user.name, Action.ACCESS, request.url.path,
+               "missing or wrong CSRF token", detail={"method": request.method},
+               address=client_address(request),
+               error=HTTPException(403, f"missing or wrong {CSRF_HEADER} header (CSRF "
+                                        "protection)"))
     request.state.session = info
     return info.user
 
@@ -141,6 +144,26 @@ def page_actor(request: Request) -> Actor | None:
     return None if user is None else user.actor(client_address(request))
 
 
+def refuse(
+    node: Node,
+    actor: str,
+    action: Action,
+    target: str,
+    reason: str | None,
+    *,
+    address: str | None,
+    detail: dict[str, Any] | None = None,
+    error: HTTPException | None = None,
+) -> NoReturn:
+    """Refuse a request: on record first (``AuditLog.record_refusal``), then ``error``.
+
+    ``error`` is what the client gets: by default a 403 that gives the reason. Every route
+    that turns a request away with an audited refusal does it through here.
+    """
+    node.audit.record_refusal(actor, action, target, reason, detail=detail, address=address)
+    raise (error if error is not None else HTTPException(403, reason)) from None
+
+
 # -- access declarations ---------------------------------------------------------------------
 
 def declare_access(dep: Callable[..., Any], access: Access) -> Callable[..., Any]:
@@ -158,14 +181,11 @@ def require(permission: Permission) -> Callable[..., Actor]:
     def dependency(request: Request) -> Actor:
         actor = current_actor(request)
         if not actor.can(permission):
-            get_node(request).audit.record(
-                actor.name, "access", request.url.path, outcome="refused",
-                detail={"method": request.method, "permission": permission.value},
-                address=actor.address,
-            )
-            raise HTTPException(
-                403, f"the {actor.role.value} role lacks the permission {permission.value!r}"
-            )
+            refuse(get_node(request), actor.name, Action.ACCESS, request.url.path, None,
+                   detail={"method": request.method, "permission": permission.value},
+                   address=actor.address,
+                   error=HTTPException(403, f"the {actor.role.value} role lacks the "
+                                            f"permission {permission.value!r}"))
         return actor
 
     declare_access(dependency, permission)
@@ -200,10 +220,9 @@ def require_camera(node: Node, actor: Actor, camera: str) -> None:
     if camera not in node.config.cameras:
         raise HTTPException(404, f"no camera named {camera!r}")
     if not actor.sees_camera(camera):
-        node.audit.record(actor.name, "camera.access", camera, outcome="refused",
-                          detail={"reason": "not among the user's cameras"},
-                          address=actor.address)
-        raise HTTPException(403, f"you have no access to camera {camera!r}")
+        refuse(node, actor.name, Action.CAMERA_ACCESS, camera, "not among the user's cameras",
+               address=actor.address,
+               error=HTTPException(403, f"you have no access to camera {camera!r}"))
 
 
 @dataclass(frozen=True)
@@ -219,16 +238,21 @@ def route_table(app: FastAPI) -> list[RouteAccess]:
     for ctx in iter_route_contexts(app.routes):
         if not isinstance(ctx.original_route, APIRoute):
             continue
-        found: set[Access] = set()
-
-        def walk(dependant: Dependant, found: set[Access] = found) -> None:
-            access = getattr(dependant.call, _ACCESS_ATTR, None)
-            if access is not None:
-                found.add(access)
-            for sub in dependant.dependencies:
-                walk(sub)
-
-        walk(ctx.dependant)
         table.append(RouteAccess(str(ctx.path), frozenset(ctx.methods or ()),
-                                 frozenset(found)))
+                                 access_of(ctx.dependant)))
     return table
+
+
+def access_of(dependant: Dependant) -> frozenset[Access]:
+    """The access declarations of a route's dependencies, however deeply nested."""
+    found: set[Access] = set()
+
+    def walk(dependant: Dependant) -> None:
+        access = getattr(dependant.call, _ACCESS_ATTR, None)
+        if access is not None:
+            found.add(access)
+        for sub in dependant.dependencies:
+            walk(sub)
+
+    walk(dependant)
+    return frozenset(found)

@@ -21,13 +21,16 @@ import base64
 import json
 import os
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 from sqlalchemy import Connection, func, select
 
-from custodes.audit.log import CHECKPOINT_EVERY, AuditLog, Checkpoint, Entry
+from custodes.audit.actions import Action
+from custodes.audit.anchor import Anchor, AnchorFile, AnchorFileError
+from custodes.audit.log import CHECKPOINT_EVERY, AuditLog, Checkpoint, Entry, SigningRefused
 from custodes.audit.verify import Kind, Problem, VerifyReport, entries_text, verify_entries
 from custodes.keys import KeyFileError, verify_signature
 from custodes.record.manifest import key_fingerprint
@@ -76,12 +79,14 @@ def export_log(
 
     The export is itself an access to the log and is recorded first; then the head of the
     chain is signed, so that a full export ends on a checkpoint. Raises ``FileExistsError``
-    rather than overwrite, and ``LookupError`` when the range holds no entry.
+    rather than overwrite, ``LookupError`` when the range holds no entry, and
+    ``SigningRefused`` when the log does not extend what the node signed before: the node
+    signs no export of a log that was cut back or rewritten.
     """
     if path.exists():
         raise FileExistsError(f"{path} exists already; choose another name")
-    audit.record(actor, "audit.export", path.name, detail={"since": since, "until": until})
-    audit.checkpoint()
+    audit.record(actor, Action.AUDIT_EXPORT, path.name, detail={"since": since, "until": until})
+    anchor = audit.checkpoint("export")
     with audit.store.read() as conn:
         span = _seq_span(conn, since, until)
         if span is None:
@@ -96,6 +101,10 @@ def export_log(
             .where(schema.audit_checkpoints.c.seq.between(first, last))
             .order_by(schema.audit_checkpoints.c.seq, schema.audit_checkpoints.c.id)
         )]
+    if anchor is not None and any(e.seq == anchor.seq and e.hash != anchor.hash
+                                  for e in entries):
+        # Changed between the signature and this read: only someone with the file does that.
+        raise SigningRefused(anchor.seq, f"entry {anchor.seq} changed after it was signed")
     header: dict[str, Any] = {
         "type": "header",
         "format": FORMAT,
@@ -110,6 +119,7 @@ def export_log(
         "last_seq": entries[-1].seq,
         "last_hash": entries[-1].hash,
         "checkpoint_every": audit.checkpoint_every,
+        "anchor": None if anchor is None else anchor.to_json(),
     }
     header["signature"] = _b64(audit.keys.sign(_header_message(header)))
 
@@ -167,8 +177,14 @@ def read_log(path: Path) -> AuditFile:
     return AuditFile(header, entries, checkpoints)
 
 
-def verify_file(path: Path, public_pem: bytes | None = None) -> VerifyReport:
-    """Verify an exported log with ``public_pem`` (recommended) or the key embedded in it."""
+def verify_file(
+    path: Path, public_pem: bytes | None = None, witnesses: Sequence[tuple[str, Anchor]] = ()
+) -> VerifyReport:
+    """Verify an exported log with ``public_pem`` (recommended) or the key embedded in it.
+
+    ``witnesses``: anchors from other copies (older exports, packs, the node's anchor file);
+    those signed before this export was made must be in it.
+    """
     log = read_log(path)
     header = log.header
     problems: list[Problem] = []
@@ -202,13 +218,42 @@ def verify_file(path: Path, public_pem: bytes | None = None) -> VerifyReport:
                                 "ends of the export were altered, or it was signed by another "
                                 "key"))
     first_seq, last_seq = int(header["first_seq"]), int(header["last_seq"])
+    anchors = _anchors_for(path, header, witnesses, last_seq, notes)
     report = verify_entries(
         log.entries, log.checkpoints, key, first_seq=first_seq,
         first_prev=str(header["first_prev_hash"]),
         checkpoint_every=header.get("checkpoint_every", CHECKPOINT_EVERY),
+        anchors=anchors, reaches_anchors=header.get("until") is None,
     )
     problems.extend(_end_problems(log.entries, last_seq, str(header["last_hash"])))
     return replace(report, problems=problems + report.problems, notes=notes + report.notes)
+
+
+def header_anchor(header: dict[str, Any]) -> Anchor | None:
+    """The anchor an export's header carries (None in files made before anchors)."""
+    raw = header.get("anchor")
+    return None if raw is None else Anchor.from_json(raw)
+
+
+def _anchors_for(
+    path: Path,
+    header: dict[str, Any],
+    witnesses: Sequence[tuple[str, Anchor]],
+    last_seq: int,
+    notes: list[str],
+) -> list[tuple[str, Anchor]]:
+    try:
+        own = header_anchor(header)
+    except AnchorFileError as exc:
+        raise LogFileError(f"{path}: the header's anchor is unreadable ({exc})") from None
+    anchors = [] if own is None else [("the export's header", own)]
+    exported_at = float(header.get("exported_at") or 0)
+    later = [a for _, a in witnesses if a.seq > last_seq and a.at > exported_at]
+    if later:
+        notes.append(f"{len(later)} witness anchors were signed after this export was made "
+                     "and are not expected in it")
+    return anchors + [(w, a) for w, a in witnesses if not (a.seq > last_seq
+                                                           and a.at > exported_at)]
 
 
 def _end_problems(entries: list[Entry], last_seq: int, last_hash: str) -> list[Problem]:
@@ -267,3 +312,42 @@ def _b64(data: bytes) -> str:
     return base64.b64encode(data).decode("ascii")
 
 
+
+
+def witness_anchors(path: Path) -> list[tuple[str, Anchor]]:
+    """The signed (seq, hash) pairs a copy kept elsewhere vouches for, to hold a log against.
+
+    ``path`` is an exported log (its header's anchor and its checkpoints), an export folder
+    or inspection pack (the manifest's ``audit_anchor``, and the pack's log), or a copy of a
+    node's anchor file. Raises ``LogFileError`` when it is none of these.
+    """
+    if path.is_dir():
+        found: list[tuple[str, Anchor]] = []
+        manifest = path / "manifest.json"
+        try:
+            raw = json.loads(manifest.read_text(encoding="utf-8")).get("audit_anchor")
+            if raw is not None:
+                found.append((f"{manifest}", Anchor.from_json(raw)))
+        except (OSError, ValueError, AttributeError, AnchorFileError) as exc:
+            raise LogFileError(f"{manifest}: no readable anchor ({exc})") from None
+        for log_file in sorted(path.glob("*.jsonl")):
+            found.extend(witness_anchors(log_file))
+        return found
+    try:
+        first = path.read_text(encoding="utf-8").split("\n", 1)[0]
+        is_export = json.loads(first).get("type") == "header"
+    except (OSError, UnicodeDecodeError, ValueError, AttributeError) as exc:
+        raise LogFileError(f"{path}: cannot read ({exc})") from None
+    if not is_export:
+        try:
+            return [(str(path), a) for a in AnchorFile(path).read()]
+        except AnchorFileError as exc:
+            raise LogFileError(str(exc)) from None
+    log = read_log(path)
+    try:
+        own = header_anchor(log.header)
+    except AnchorFileError as exc:
+        raise LogFileError(f"{path}: the header's anchor is unreadable ({exc})") from None
+    return ([] if own is None else [(f"{path} (header)", own)]) + [
+        (str(path), Anchor(cp.seq, cp.hash, cp.at, cp.signature)) for cp in log.checkpoints
+    ]

@@ -25,12 +25,15 @@ from typing import Any
 
 from sqlalchemy import Connection, func, select
 
+from custodes.audit.actions import Action
+from custodes.audit.anchor import AnchorFile
 from custodes.audit.exchange import export_log
-from custodes.audit.log import AuditLog
+from custodes.audit.log import SYSTEM, AuditLog, Outcome
 from custodes.audit.verify import verify_store
 from custodes.config import Config
 from custodes.keys import NodeKeys
-from custodes.privacy.policy import Action, allows, placement_problem
+from custodes.privacy import policy
+from custodes.privacy.policy import allows, placement_problem
 from custodes.record.cleanup import DeletionPass, retention_status
 from custodes.record.manifest import FileEntry, iso, key_fingerprint, write_manifest
 from custodes.store import schema
@@ -49,7 +52,7 @@ def _json(text: str | None) -> Any:
 def _profile(config: Config) -> dict[str, Any]:
     return {
         "profile": config.profile.value,
-        "allows": {action.value: allows(config.profile, action) for action in Action},
+        "allows": {action.value: allows(config.profile, action) for action in policy.Action},
         "attribute_inference": "none (custodes has no emotion, age, gender or other attribute "
         "inference in any profile)",
         "audio": "never recorded (capture drops every audio stream)",
@@ -119,7 +122,8 @@ def _cases(conn: Connection, since: float) -> list[dict[str, Any]]:
     searches = Counter(
         row.target for row in conn.execute(
             select(schema.audit_log.c.target).where(
-                schema.audit_log.c.action == "face.search", schema.audit_log.c.outcome == "ok"
+                schema.audit_log.c.action == Action.FACE_SEARCH.value,
+                schema.audit_log.c.outcome == Outcome.OK.value,
             )
         )
     )
@@ -139,6 +143,28 @@ def _cases(conn: Connection, since: float) -> list[dict[str, Any]]:
         "expires_at": iso(row.expires_at), "closed_by": row.closed_by,
         "searches": searches.get(f"case {row.id}", 0),
         "alerts": alerts.get(row.id, 0),
+    } for row in rows]
+
+
+def _subject_access(conn: Connection, since: float) -> list[dict[str, Any]]:
+    """Subject access requests recorded in the period or still open: who recorded and who
+    decided each, how the identity was checked. By reference: the requester's name and photo
+    stay on the node (the officer who holds the reference can name them to the inspector)."""
+    r = schema.subject_access_requests.c
+    rows = conn.execute(
+        select(schema.subject_access_requests)
+        .where((r.recorded_at >= since) | r.status.in_(["pending", "approved"]))
+        .order_by(r.id)
+    )
+    return [{
+        "id": row.id, "reference": row.reference, "camera": row.camera,
+        "span": [iso(row.scope_start), iso(row.scope_end)],
+        "identity_check": row.identity_check, "identity_checked_by": row.identity_checked_by,
+        "identity_checked_at": iso(row.identity_checked_at),
+        "recorded_by": row.recorded_by, "recorded_at": iso(row.recorded_at),
+        "status": row.status, "decided_by": row.decided_by,
+        "decided_at": iso(row.decided_at) if row.decided_at else None,
+        "export": row.export_id,
     } for row in rows]
 
 
@@ -163,7 +189,8 @@ def _access(conn: Connection, since: float) -> dict[str, Any]:
         "seq": row.seq, "at": iso(row.at), "actor": row.actor, "address": row.address,
         "action": row.action, "target": row.target, "reason": _json(row.detail).get("reason"),
     } for row in conn.execute(
-        select(a).where(a.c.at >= since, a.c.outcome == "refused").order_by(a.c.seq.desc())
+        select(a).where(a.c.at >= since, a.c.outcome == Outcome.REFUSED.value)
+        .order_by(a.c.seq.desc())
         .limit(MAX_LISTED)
     )]
     return {"by_action": counts, "refusals": refusals}
@@ -175,6 +202,65 @@ def _users(conn: Connection) -> list[dict[str, Any]]:
         "name": row.name, "role": row.role, "cameras": _json(row.cameras) or "all",
         "disabled": bool(row.disabled), "created_at": iso(row.created_at),
     } for row in conn.execute(select(u).order_by(u.c.name))]
+
+
+_PRIVILEGED = ("admin", "investigator", "approver")  # custodes.auth.grants.PRIVILEGED
+_PROFILE_ACTIONS = (Action.PROFILE_PIN, Action.PROFILE_CHANGE, Action.BIOMETRIC_WIPE)
+
+
+def _duties(conn: Connection, since: float) -> dict[str, Any]:
+    """Separation of duties: the grants of powerful roles, and every sign that one person held
+    two sides (which custodes refuses; found here, it means the database was edited)."""
+    g, u, a = schema.user_grants, schema.users, schema.audit_log
+    grants = [{
+        "id": row.id, "kind": row.kind, "user": row.user_name, "role": row.role,
+        "requested_by": row.requested_by, "requested_at": iso(row.requested_at),
+        "status": row.status, "decided_by": row.decided_by,
+        "decided_at": iso(row.decided_at) if row.decided_at else None,
+    } for row in conn.execute(
+        select(g).where((g.c.requested_at >= since) | (g.c.status == "pending"))
+        .order_by(g.c.id))]
+    flags = [f"grant {x['id']} ({x['kind']} {x['user']} as {x['role']}) asked by "
+             f"{x['requested_by']} is waiting for a second administrator"
+             for x in grants if x["status"] == "pending"]
+    flags += [f"grant {x['id']} was confirmed by the administrator who asked for it"
+              for x in grants if x["status"] == "confirmed"
+              and x["decided_by"] == x["requested_by"]]
+    confirmed = {(row.user_name, row.role) for row in conn.execute(
+        select(g.c.user_name, g.c.role).where(g.c.status == "confirmed",
+                                              g.c.kind.in_(["add", "role"])))}
+    first_run = set(conn.execute(select(a.c.target).where(
+        a.c.actor == SYSTEM, a.c.action == Action.USER_ADD.value)).scalars())
+    for row in conn.execute(select(u).where(u.c.role.in_(_PRIVILEGED), u.c.disabled == 0)
+                            .order_by(u.c.name)):
+        if (row.name, row.role) not in confirmed and row.name not in first_run:
+            flags.append(f"{row.name} holds the {row.role} role without a grant a second "
+                         "administrator confirmed (given before grants existed, or written "
+                         "into the database)")
+    c = schema.cases.c
+    flags += [f"case {row.id} was decided by the user who opened it ({row.opened_by})"
+              for row in conn.execute(select(c.id, c.opened_by).where(
+                  c.decided_by == c.opened_by))]
+    p = schema.gallery_people.c
+    pending_gallery = conn.execute(select(func.count()).where(p.approved_at.is_(None))
+                                   ).scalar_one()
+    flags += [f"gallery entry {row.id} was approved by the user who enrolled it"
+              for row in conn.execute(select(p.id).where(p.approved_by == p.created_by))]
+    pinned = conn.execute(select(schema.node_settings).where(
+        schema.node_settings.c.key == "profile")).first()
+    changes = [{
+        "seq": row.seq, "at": iso(row.at), "by": row.actor, "action": row.action,
+        "detail": _json(row.detail),
+    } for row in conn.execute(select(a).where(
+        a.c.at >= since, a.c.action.in_([action.value for action in _PROFILE_ACTIONS]))
+        .order_by(a.c.seq))]
+    return {
+        "grants": grants, "flags": flags,
+        "gallery_pending_approval": pending_gallery,
+        "profile_pinned": None if pinned is None else {
+            "profile": pinned.value, "since": iso(pinned.set_at), "by": pinned.set_by},
+        "profile_events": changes,
+    }
 
 
 def inspection_facts(
@@ -193,14 +279,21 @@ def inspection_facts(
             "cameras": _cameras(config),
             "retention": _retention(conn, config, now, since),
             "cases": _cases(conn, since),
+            "subject_access": _subject_access(conn, since),
             "gallery": _gallery(conn, now),
             "access": _access(conn, since),
             "users": _users(conn),
+            "separation_of_duties": _duties(conn, since),
         }
-    report = verify_store(store, keys.public_pem)
+    anchors = AnchorFile.in_folder(keys.folder)
+    report = verify_store(store, keys.public_pem, anchors=anchors)
+    latest = anchors.last()
     facts["audit_chain"] = {
         "ok": report.ok, "summary": report.summary(), "problems": [str(p) for p in report.problems],
         "public_key_fingerprint": key_fingerprint(keys.public_pem),
+        # What the node signed last, kept outside the database: whoever holds this pack can
+        # later hold the node's log against it (custodes audit verify --witness PACK).
+        "anchor": None if latest is None else latest.to_json(),
     }
     return facts
 
@@ -259,6 +352,15 @@ def render_markdown(facts: dict[str, Any]) -> str:
                    c["decided_by"], ", ".join(c["cameras"] or []), c["searches"], c["alerts"]]
                   for c in facts["cases"]]) if facts["cases"] else ["No cases."]),
         "",
+        "## Subject access requests",
+        *(_table(["id", "reference", "camera", "span", "identity checked (how, by, when)",
+                  "recorded by", "status", "decided by"],
+                 [[x["id"], x["reference"], x["camera"], " to ".join(x["span"]),
+                   f"{x['identity_check']}, {x['identity_checked_by']}, "
+                   f"{x['identity_checked_at']}", x["recorded_by"], x["status"],
+                   x["decided_by"]] for x in facts.get("subject_access", [])])
+          if facts.get("subject_access") else ["No subject access requests."]),
+        "",
         "## Gallery",
         f"Enrolled people by legal basis: {facts['gallery']['people_by_basis'] or 'none'}; "
         f"expired but not yet deleted: {facts['gallery']['expired_not_yet_deleted']}.",
@@ -278,14 +380,43 @@ def render_markdown(facts: dict[str, Any]) -> str:
                   else ", ".join(u["cameras"]), "yes" if u["disabled"] else "no"]
                  for u in facts["users"]]),
         "",
+        *_duties_markdown(facts["separation_of_duties"]),
         "## Audit log integrity",
         facts["audit_chain"]["summary"],
         *[f"- {p}" for p in facts["audit_chain"]["problems"]],
+        *([] if not facts["audit_chain"].get("anchor") else [
+            f"The node last signed entry {facts['audit_chain']['anchor']['seq']} (hash "
+            f"`{facts['audit_chain']['anchor']['hash']}`); keep this pack: "
+            "`custodes audit verify --witness PACK` holds any later log against it.", ""]),
         f"The entries of the period are in `{AUDIT_FILE}`; "
         "`custodes audit verify --file audit-log.jsonl --key signing.pub` checks them offline.",
         "",
     ]
     return "\n".join(out)
+
+
+def _duties_markdown(duties: dict[str, Any]) -> list[str]:
+    pinned = duties["profile_pinned"]
+    return [
+        "## Separation of duties",
+        "Pinned profile: " + (f"{pinned['profile']} since {pinned['since']} (by {pinned['by']})"
+                              if pinned else "none") + ".",
+        *[f"- #{e['seq']} {e['at']} {e['by']} {e['action']}: {e['detail']}"
+          for e in duties["profile_events"]],
+        "",
+        "Grants of privileged roles and password resets (a second administrator confirms):",
+        *(_table(["grant", "kind", "user", "role", "asked by", "status", "confirmed by"],
+                 [[x["id"], x["kind"], x["user"], x["role"], x["requested_by"], x["status"],
+                   x["decided_by"]] for x in duties["grants"]])
+          if duties["grants"] else ["- none"]),
+        "",
+        f"Gallery entries waiting for a second person's approval (not matched): "
+        f"{duties['gallery_pending_approval']}.",
+        "",
+        "Flags:",
+        *([f"- **{flag}**" for flag in duties["flags"]] or ["- none"]),
+        "",
+    ]
 
 
 @dataclass(frozen=True)
@@ -298,11 +429,15 @@ def write_pack(
     config: Config, store: Store, keys: NodeKeys, audit: AuditLog, out: Path, *,
     actor: str, since: float, now: float | None = None,
 ) -> InspectionPack:
-    """Write the signed pack into the new folder ``out`` (built beside it, then renamed)."""
+    """Write the signed pack into the new folder ``out`` (built beside it, then renamed).
+
+    Raises ``SigningRefused`` (leaving nothing) when the log does not extend what the node
+    signed before.
+    """
     if out.exists():
         raise FileExistsError(f"{out} exists already; choose another name")
     now = time.time() if now is None else now
-    audit.record(actor, "inspection.report", config.node.name,
+    audit.record(actor, Action.INSPECTION_REPORT, config.node.name,
                  detail={"since": since, "until": now})
     work = out.with_name(f".{out.name}.partial")
     work.mkdir(parents=True)
@@ -317,6 +452,7 @@ def write_pack(
             "created_by": actor, "period": facts["period"],
             "files": [FileEntry.of(work, n).__dict__ for n in names],
             "public_key_fingerprint": key_fingerprint(keys.public_pem),
+            "audit_anchor": facts["audit_chain"]["anchor"],
         }, keys)
         os.replace(work, out)
     except BaseException:

@@ -1,6 +1,6 @@
 """Verifying the audit log: is every entry the one that was written, in its place, none missing?
 
-Three things protect the log, and verification checks each:
+Four things protect the log, and verification checks each:
 
 - every entry's ``hash`` covers its content and the hash of the entry before it, so a modified
   entry no longer matches its hash, and a deleted, inserted or moved one breaks a link;
@@ -8,12 +8,16 @@ Three things protect the log, and verification checks each:
   chain from some point on and recomputes every hash is caught at the next checkpoint: they
   cannot sign without the node's key;
 - a checkpoint is due at every multiple of ``checkpoint_every``, so deleting checkpoints to
-  hide such a rewrite is noticed too.
+  hide such a rewrite is noticed too;
+- the anchors (``custodes.audit.anchor``): a copy of every checkpoint the node signed, kept
+  outside the database in its key folder and carried by exports and inspection packs. Who
+  deletes the end of the log together with its checkpoints (which the rules above cannot
+  see: the log is merely shorter) is caught by them, as is any rewrite of an anchored entry.
 
-What no check can see: entries after the last signed checkpoint are protected by the chain
-alone. Someone with write access to the database could delete or rewrite that tail without a
-trace; the report says how many entries that concerns, and ``AuditLog.checkpoint()`` (run at
-shutdown and before every export of the log) keeps it short.
+What no check can see: entries after the last anchor are protected by the chain alone.
+Someone with write access to the database could delete or rewrite that tail without a trace;
+the report says how many entries that concerns, and the node anchors the head at start, at
+stop and before every export, so it stays short.
 
 ``verify_entries`` is a pure function of what it is given, used for the live database and for
 an exported file alike.
@@ -21,15 +25,17 @@ an exported file alike.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field, replace
 from enum import StrEnum
 from itertools import pairwise
 
 from sqlalchemy import select
 
+from custodes.audit.anchor import Anchor, AnchorFile, AnchorFileError
 from custodes.audit.log import CHECKPOINT_EVERY, GENESIS, Checkpoint, Entry
 from custodes.keys import verify_signature
+from custodes.record.manifest import iso
 from custodes.store import schema
 from custodes.store.db import Store
 
@@ -49,6 +55,7 @@ class Kind(StrEnum):
     REWRITTEN = "rewritten"  # a signed checkpoint no longer matches its entry
     TRUNCATED = "truncated"
     CHECKPOINT_MISSING = "checkpoint missing"
+    ANCHOR_MISSING = "anchor file missing"
 
 
 @dataclass(frozen=True)
@@ -70,6 +77,8 @@ class VerifyReport:
     signed_through: int | None  # seq of the last checkpoint that verifies and matches
     problems: list[Problem] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)  # true, but not failures
+    anchors: int | None = None  # anchors that verify and match; None: none were given
+    anchored_through: int | None = None  # seq of the latest of them
 
     @property
     def ok(self) -> bool:
@@ -90,8 +99,12 @@ class VerifyReport:
             "none signed" if self.signed_through is None
             else f"signed through entry {self.signed_through}"
         )
+        anchored = "" if self.anchors is None else (
+            f"; {self.anchors} anchors outside the database" + (
+                "" if self.anchored_through is None
+                else f", the last at entry {self.anchored_through}"))
         return (f"{self.entries} entries{span}, {self.checkpoints} checkpoints, {signed}, "
-                f"{self.unsigned} unsigned after the last checkpoint")
+                f"{self.unsigned} unsigned after the last checkpoint{anchored}")
 
 
 def verify_entries(
@@ -102,12 +115,16 @@ def verify_entries(
     first_seq: int = 1,
     first_prev: str = GENESIS,
     checkpoint_every: int | None = CHECKPOINT_EVERY,
+    anchors: Sequence[tuple[str, Anchor]] | None = None,
+    reaches_anchors: bool = True,
 ) -> VerifyReport:
     """Check ``entries`` (in the order given) and ``checkpoints`` against each other and the key.
 
     ``first_seq`` and ``first_prev`` are where the chain must start: the beginning of the log,
     or, for an excerpt, what the excerpt's signed header says. ``checkpoint_every`` (None: no
-    periodic checkpoints expected) is the writer's interval.
+    periodic checkpoints expected) is the writer's interval. ``anchors`` are (where from,
+    anchor) pairs kept outside the log; ``reaches_anchors``: whether the entries must reach
+    every anchor (the whole log) or only those in their range (an excerpt that stops early).
     """
     given = list(entries)
     problems: list[Problem] = []
@@ -143,6 +160,13 @@ def verify_entries(
         ordered, list(checkpoints), public_pem, first_seq, checkpoint_every
     )
     problems.extend(checkpoint_problems)
+    matched: list[int] = []
+    if anchors is not None:
+        problems, matched = _with_anchor_problems(
+            ordered, list(checkpoints), anchors, public_pem, first_seq, reaches_anchors, problems
+        )
+        signed_through = max([*matched, *([] if signed_through is None else [signed_through])],
+                             default=None)
 
     report = VerifyReport(
         entries=len(ordered),
@@ -151,6 +175,8 @@ def verify_entries(
         last_seq=ordered[-1].seq if ordered else None,
         signed_through=signed_through,
         problems=sorted(problems, key=lambda p: (p.seq is None, p.seq or 0)),
+        anchors=None if anchors is None else len(matched),
+        anchored_through=max(matched, default=None),
     )
     if report.unsigned:
         tail = "" if signed_through is None else f" after entry {signed_through}"
@@ -163,9 +189,15 @@ def verify_entries(
 
 
 def verify_store(
-    store: Store, public_pem: bytes, *, checkpoint_every: int | None = CHECKPOINT_EVERY
+    store: Store,
+    public_pem: bytes,
+    *,
+    checkpoint_every: int | None = CHECKPOINT_EVERY,
+    anchors: AnchorFile | None = None,
+    witnesses: Sequence[tuple[str, Anchor]] = (),
 ) -> VerifyReport:
-    """Verify the node's own database."""
+    """Verify the node's own database, against its anchor file (the node's key folder) and
+    the anchors of copies kept elsewhere (``witnesses``) when given."""
     with store.read() as conn:
         entries = [Entry.from_row(row) for row in conn.execute(
             select(schema.audit_log).order_by(schema.audit_log.c.seq)
@@ -173,7 +205,41 @@ def verify_store(
         checkpoints = [Checkpoint.from_row(row) for row in conn.execute(
             select(schema.audit_checkpoints).order_by(schema.audit_checkpoints.c.id)
         )]
-    return verify_entries(entries, checkpoints, public_pem, checkpoint_every=checkpoint_every)
+    if anchors is None and not witnesses:
+        return verify_entries(entries, checkpoints, public_pem,
+                              checkpoint_every=checkpoint_every)
+    problems: list[Problem] = []
+    given: list[tuple[str, Anchor]] = list(witnesses)
+    if anchors is not None:
+        try:
+            kept = anchors.read()
+        except AnchorFileError as exc:
+            kept = []
+            problems.append(Problem(None, Kind.ANCHOR_MISSING,
+                                    f"the anchor file cannot be read: {exc}"))
+        if not anchors.exists() and checkpoints:
+            # The node writes its anchor with every checkpoint; checkpoints without the file
+            # mean it was deleted (or the log predates anchors and the node has not run since).
+            problems.append(Problem(None, Kind.ANCHOR_MISSING,
+                                    f"{anchors.path}: missing, yet the log holds "
+                                    f"{len(checkpoints)} signed checkpoints: the node's own "
+                                    "record of what it signed was deleted"))
+        problems.extend(_order_problems(kept, anchors))
+        given = [("the anchor file", a) for a in kept] + given
+    report = verify_entries(entries, checkpoints, public_pem, checkpoint_every=checkpoint_every,
+                            anchors=given)
+    return replace(report, problems=problems + report.problems)
+
+
+def _order_problems(kept: list[Anchor], anchors: AnchorFile) -> list[Problem]:
+    """The node appends only newer anchors: any other order is an edited file."""
+    for before, after in pairwise(kept):
+        if after.seq <= before.seq:
+            return [Problem(None, Kind.REORDERED,
+                            f"{anchors.path}: the anchor for entry {after.seq} follows the one "
+                            f"for entry {before.seq}; the node only appends newer anchors, so "
+                            "the file was edited")]
+    return []
 
 
 # -- the parts ----------------------------------------------------------------------------
@@ -360,6 +426,64 @@ def _check_checkpoints(
                                     f"checkpoint at entry {seq}: missing (one is signed every "
                                     f"{checkpoint_every} entries; deleted?)"))
     return signed_through, good, problems
+
+
+def _with_anchor_problems(  # noqa: PLR0917
+    ordered: list[Entry],
+    checkpoints: list[Checkpoint],
+    anchors: Sequence[tuple[str, Anchor]],
+    public_pem: bytes,
+    first_seq: int,
+    reaches_anchors: bool,
+    problems: list[Problem],
+) -> tuple[list[Problem], list[int]]:
+    """``problems`` with what the anchors add; and the seqs of the anchors that match.
+
+    An anchor that is also a checkpoint in the log tells nothing the checkpoint did not; the
+    others are what someone who deleted checkpoints could not delete.
+    """
+    in_log = {(c.seq, c.hash, c.signature) for c in checkpoints}
+    by_seq = {e.seq: e for e in ordered}
+    last = ordered[-1].seq if ordered else first_seq - 1
+    found: list[Problem] = []
+    matched: list[int] = []
+    furthest: Anchor | None = None
+    where_furthest = ""
+    for where, anchor in sorted(anchors, key=lambda pair: pair[1].seq):
+        if not verify_signature(public_pem, anchor.message, anchor.signature):
+            found.append(Problem(anchor.seq, Kind.BAD_SIGNATURE,
+                                 f"anchor for entry {anchor.seq} in {where}: signature does not "
+                                 "verify (forged or altered, or signed with another key)"))
+            continue
+        signed = f"at {iso(anchor.at)} ({where})"
+        entry = by_seq.get(anchor.seq)
+        if entry is None:
+            if anchor.seq > last:
+                if reaches_anchors:
+                    furthest, where_furthest = anchor, where
+            elif anchor.seq >= first_seq and (anchor.seq, anchor.hash, anchor.signature) \
+                    not in in_log:
+                found.append(Problem(anchor.seq, Kind.DELETED,
+                                     f"entry {anchor.seq}: deleted (the node signed it {signed})"))
+            continue
+        if entry.hash != anchor.hash:
+            if (anchor.seq, anchor.hash, anchor.signature) not in in_log:
+                found.append(Problem(anchor.seq, Kind.REWRITTEN,
+                                     f"entry {anchor.seq}: not the one the node signed "
+                                     f"{signed}: the log up to it was rewritten"))
+            continue
+        matched.append(anchor.seq)
+    signed_beyond = max((c.seq for c in checkpoints if c.seq > last
+                         and verify_signature(public_pem, c.message, c.signature)), default=0)
+    if furthest is not None and furthest.seq > signed_beyond:
+        # Only the furthest truncation is worth saying; a checkpoint said less, if anything.
+        problems = [p for p in problems if p.kind != Kind.TRUNCATED]
+        ends = "is empty" if not ordered else f"ends at entry {last}"
+        found.append(Problem(last + 1, Kind.TRUNCATED,
+                             f"{entries_text(last + 1, furthest.seq)}: deleted from the end of "
+                             f"the log (the node signed entry {furthest.seq} at "
+                             f"{iso(furthest.at)}, kept in {where_furthest}; the log {ends})"))
+    return problems + found, matched
 
 
 def entries_text(first: int, last: int) -> str:

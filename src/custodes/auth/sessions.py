@@ -12,8 +12,9 @@ import hashlib
 import secrets
 import time
 from dataclasses import dataclass
+from datetime import UTC, datetime
 
-from sqlalchemy import Connection, delete, insert, select, update
+from sqlalchemy import Connection, delete, insert, literal, select, update
 
 from custodes.auth.users import User, user_from_row
 from custodes.store import schema
@@ -41,6 +42,10 @@ class SessionInfo:
     user: User
 
 
+class TokenError(ValueError):
+    """A token that may not be made (it would outlive the token making it)."""
+
+
 @dataclass(frozen=True)
 class ApiToken:
     id: int
@@ -48,10 +53,12 @@ class ApiToken:
     created_at: float
     expires_at: float | None
     revoked_at: float | None
+    parent_id: int | None = None
 
     def public(self) -> dict[str, object]:
         return {"id": self.id, "name": self.name, "created_at": self.created_at,
-                "expires_at": self.expires_at, "revoked_at": self.revoked_at}
+                "expires_at": self.expires_at, "revoked_at": self.revoked_at,
+                "parent_id": self.parent_id}
 
 
 class Sessions:
@@ -112,12 +119,24 @@ class Sessions:
 
     # -- API tokens -----------------------------------------------------------------------
 
-    def create_token(self, user: User, name: str, days: float | None = None) -> tuple[int, str]:
-        """A new bearer token for ``user``: (id, token); the token is not stored."""
+    def create_token(self, user: User, name: str, days: float | None = None, *,
+                     parent: ApiToken | None = None) -> tuple[int, str]:
+        """A new bearer token for ``user``: (id, token); the token is not stored.
+
+        ``parent``: the token the request was made with. The new one may not outlive it
+        (TokenError) and is revoked with it.
+        """
         token = TOKEN_PREFIX + secrets.token_urlsafe(32)
         now = time.time()
+        expires = None if days is None else now + days * 86400
+        if parent is not None and parent.expires_at is not None and (
+                expires is None or expires > parent.expires_at):
+            left = max(0.0, parent.expires_at - now) / 86400
+            until = datetime.fromtimestamp(parent.expires_at, UTC).strftime("%Y-%m-%d %H:%M:%SZ")
+            raise TokenError(f"the token making this request expires at {until}: a token made "
+                             f"with it must expire by then (days at most {left:.4f})")
         row = {"user_id": user.id, "name": name, "token_hash": digest(token), "created_at": now,
-               "expires_at": None if days is None else now + days * 86400}
+               "expires_at": expires, "parent_id": None if parent is None else parent.id}
 
         def create(conn: Connection) -> int:
             key = conn.execute(insert(schema.api_tokens).values(row)).inserted_primary_key
@@ -127,33 +146,52 @@ class Sessions:
         return self.store.write(create), token
 
     def token_user(self, token: str) -> User | None:
+        found = self.token_lookup(token)
+        return None if found is None else found[0]
+
+    def token_lookup(self, token: str) -> tuple[User, ApiToken] | None:
+        """The enabled user behind a live token, and the token; None when there is none."""
         t, u = schema.api_tokens, schema.users
         now = time.time()
         with self.store.read() as conn:
             row = conn.execute(
-                select(u).join(t, t.c.user_id == u.c.id)
+                select(u, t.c.id.label("token_id"), t.c.name.label("token_name"),
+                       t.c.created_at.label("token_created"), t.c.expires_at.label("token_expires"),
+                       t.c.parent_id)
+                .join(t, t.c.user_id == u.c.id)
                 .where(t.c.token_hash == digest(token), t.c.revoked_at.is_(None),
                        (t.c.expires_at.is_(None)) | (t.c.expires_at > now), u.c.disabled == 0)
             ).first()
-        return None if row is None else user_from_row(row)
+        if row is None:
+            return None
+        return user_from_row(row), ApiToken(row.token_id, row.token_name, row.token_created,
+                                            row.token_expires, None, row.parent_id)
 
     def tokens(self, user: User) -> list[ApiToken]:
         t = schema.api_tokens
         with self.store.read() as conn:
             rows = conn.execute(select(t).where(t.c.user_id == user.id).order_by(t.c.id))
-            return [ApiToken(r.id, r.name, r.created_at, r.expires_at, r.revoked_at)
-                    for r in rows]
+            return [ApiToken(r.id, r.name, r.created_at, r.expires_at, r.revoked_at,
+                             r.parent_id) for r in rows]
 
     def revoke_token(self, user: User, token_id: int) -> bool:
-        """Revoke one of ``user``'s own tokens; False when there is no such live token."""
+        """Revoke one of ``user``'s own tokens and every token made with it (and with those);
+        False when there is no such live token."""
         t = schema.api_tokens
 
         def revoke(conn: Connection) -> bool:
+            now = time.time()
             done = conn.execute(
                 update(t).where(t.c.id == token_id, t.c.user_id == user.id,
                                 t.c.revoked_at.is_(None))
-                .values(revoked_at=time.time())
+                .values(revoked_at=now)
             )
-            return bool(done.rowcount)
+            if not done.rowcount:
+                return False
+            family = select(literal(token_id).label("id")).cte("family", recursive=True)
+            family = family.union(select(t.c.id).join(family, t.c.parent_id == family.c.id))
+            conn.execute(update(t).where(t.c.id.in_(select(family.c.id)),
+                                         t.c.revoked_at.is_(None)).values(revoked_at=now))
+            return True
 
         return self.store.write(revoke)

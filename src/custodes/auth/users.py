@@ -19,6 +19,7 @@ from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError
 from sqlalchemy import Connection, delete, func, insert, select, update
 
+from custodes.audit.actions import Action
 from custodes.audit.log import SYSTEM, AuditLog
 from custodes.auth.roles import Actor, Role
 from custodes.store import schema
@@ -36,6 +37,7 @@ class _Keep(Enum):
 
 
 KEEP = _Keep.KEEP  # "leave this field as it is" where None has a meaning of its own
+Keep = _Keep  # its type, for callers that pass KEEP through (custodes.auth.grants)
 
 
 class UserError(ValueError):
@@ -260,5 +262,6 @@ def ensure_admin(store: Store, audit: AuditLog) -> str | None:
         return None
     password = random_password()
     users.add(ADMIN, Role.ADMIN, password)
-    audit.record(SYSTEM, "user.add", ADMIN, detail={"role": Role.ADMIN.value, "first_run": True})
+    audit.record(SYSTEM, Action.USER_ADD, ADMIN,
+                 detail={"role": Role.ADMIN.value, "first_run": True})
     return password

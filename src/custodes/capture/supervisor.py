@@ -22,7 +22,7 @@ from enum import StrEnum
 from pathlib import Path
 
 from custodes.capture.ffmpeg import parse_list_line, record_argv, record_env
-from custodes.config import redact_url
+from custodes.masking import mask_credentials
 from custodes.process import backoff, die_with_parent
 
 log = logging.getLogger(__name__)
@@ -212,7 +212,7 @@ class CaptureSupervisor:
                 run.produced = True
                 progress_at = now
             elif source == "stderr":
-                run.errors.append(line.replace(self.url, redact_url(self.url)))
+                run.errors.append(mask_credentials(line, self.url))
                 log.debug("%s ffmpeg: %s", self.camera, run.errors[-1])
             if self._stop.is_set():
                 run.interrupt()
@@ -256,6 +256,9 @@ class CaptureSupervisor:
         return anchor
 
     def _set_state(self, state: State, reason: str) -> None:
+        # The reason is shown to every role with status.view and logged: never a password,
+        # whichever of ffmpeg's messages or our own it came from.
+        reason = mask_credentials(reason, self.url)
         previous = self.health
         if previous.state == state:
             return

@@ -20,11 +20,13 @@ from typing import Annotated
 import typer
 from rich.console import Console
 
+from custodes.audit.actions import Action
 from custodes.audit.log import AuditLog, Outcome
 from custodes.auth.roles import Actor, Role
 from custodes.auth.users import Users
 from custodes.config import Config, ConfigError, load_config
 from custodes.keys import KeyFileError, NodeKeys
+from custodes.privacy.pinning import ProfileMismatch, check_profile
 from custodes.privacy.policy import Refused
 from custodes.record.layout import Layout
 from custodes.store.db import Store
@@ -103,6 +105,9 @@ def fmt_time(t: float | None) -> str:
 PASSWORD_ENV = "CUSTODES_PASSWORD"  # noqa: S105 - the variable's name, not a secret
 EXIT_INVALID = 2
 EXIT_REFUSED = 3
+# Nothing wrong was found, but nothing was proven either: checked only against the key that
+# came with the thing checked, which whoever altered it could have replaced.
+EXIT_UNVERIFIED = 4
 
 UserOption = Annotated[str, typer.Option(
     "--user", "-u", envvar="CUSTODES_USER",
@@ -125,16 +130,27 @@ def signed_in(config_path: Path, user: str) -> Iterator[SignedIn]:
 
     Commands that touch biometric data act as a user of the node, never as whoever runs the
     shell: the role that approves a case must be one an administrator gave, not one claimed on
-    the command line. A wrong password is audited like a failed sign-in on the web.
+    the command line. A wrong password is audited like a failed sign-in on the web, with the
+    local account that tried it ("cli:<user>") as the actor and the account claimed as target.
     """
     config = load(config_path)
     with Store(Layout(config.storage.path).database) as store:
         keys = node_keys(config)
         audit = AuditLog(store, keys)
+        try:
+            # A second config (or ``profile: ${P}``) on the same storage must not enroll into,
+            # or search, a database pinned to a profile that forbids it.
+            check_profile(store, config.profile)
+        except ProfileMismatch as exc:
+            err.print(f"[red]{exc}[/red]", highlight=False)
+            raise typer.Exit(EXIT_INVALID) from None
         password = os.environ.get(PASSWORD_ENV) or getpass.getpass(f"password for {user}: ")
         account = Users(store).authenticate(user, password)
         if account is None:
-            audit.record(user, "login", user, outcome=Outcome.FAILED, detail={"via": "cli"})
+            # The actor is who typed the password, not the account claimed: whoever runs the
+            # command cannot put a failed sign-in (and a lock-out) on another person's record.
+            audit.record(cli_actor().name, Action.LOGIN, user, outcome=Outcome.FAILED,
+                         detail={"via": "cli", "claimed": user})
             err.print("[red]wrong user name or password[/red]")
             raise typer.Exit(EXIT_REFUSED)
         try:

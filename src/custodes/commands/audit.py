@@ -7,10 +7,13 @@ from typing import Annotated
 
 import typer
 
-from custodes.audit.exchange import LogFileError, export_log, verify_file
-from custodes.audit.log import AuditLog
+from custodes.audit.anchor import Anchor, AnchorFile
+from custodes.audit.exchange import LogFileError, export_log, verify_file, witness_anchors
+from custodes.audit.log import AuditLog, SigningRefused
 from custodes.audit.verify import VerifyReport, verify_store
 from custodes.commands import (
+    EXIT_REFUSED,
+    EXIT_UNVERIFIED,
     ConfigOption,
     cli_actor,
     console,
@@ -43,24 +46,31 @@ def verify(
         Path | None, typer.Option("--file", "-f", help="Verify an exported log (offline)")
     ] = None,
     key: KeyOption = None,
+    witness: Annotated[list[Path] | None, typer.Option(
+        "--witness", "-w", help="An older copy to hold the log against (an exported log, an "
+        "export folder, an inspection pack, a copy of the anchor file); repeatable",
+    )] = None,
 ) -> None:
     """Check that no audit entry was modified, deleted, inserted or reordered; exit 1 if any was.
 
-    With --config: the node's database, with the node's public key. With --file: an exported
-    log, needing nothing but the file and (recommended) --key.
+    With --config: the node's database, with the node's public key and the anchors the node
+    kept in its key folder. With --file: an exported log, needing nothing but the file and
+    --key (without it the answer is at best UNVERIFIED, exit 4). Every --witness adds the
+    anchors of a copy kept off the node: what the node signed then must still be in the log.
     """
     if (config is None) == (file is None):
         err.print("give either --config (the node's log) or --file (an exported log)")
         raise typer.Exit(2)
     public_pem = _read_key(key) if key is not None else None
+    witnesses = _witnesses(witness or [])
     if file is not None:
         try:
-            report = verify_file(file, public_pem)
+            report = verify_file(file, public_pem, witnesses)
         except LogFileError as exc:
             console.print(f"[red]{file}: FAILED[/red]")
             print_lines([str(exc)])
             raise typer.Exit(1) from None
-        _show(str(file), report)
+        _show(str(file), report, trusted_key=public_pem is not None)
         return
 
     assert config is not None
@@ -72,8 +82,9 @@ def verify(
         err.print(f"no database at {layout.database}")
         raise typer.Exit(2)
     with Store(layout.database) as store:
-        report = verify_store(store, public_pem)
-    _show(f"audit log of {cfg.node.name}", report)
+        report = verify_store(store, public_pem, anchors=AnchorFile.in_folder(cfg.key_dir),
+                              witnesses=witnesses)
+    _show(f"audit log of {cfg.node.name}", report, trusted_key=True)
 
 
 @audit_app.command("export")
@@ -98,6 +109,9 @@ def export(
         except (FileExistsError, LookupError) as exc:
             err.print(f"[red]audit export failed:[/red] {exc}", highlight=False)
             raise typer.Exit(1) from None
+        except SigningRefused as exc:
+            err.print(f"[red]audit export refused:[/red] {exc}", highlight=False)
+            raise typer.Exit(EXIT_REFUSED) from None
     console.print(f"{out}: entries {done.first_seq}..{done.last_seq}, "
                   f"{done.checkpoints} signed checkpoints", highlight=False)
     console.print(f"verify with: custodes audit verify --file {out} "
@@ -112,9 +126,24 @@ def _read_key(path: Path) -> bytes:
         raise typer.Exit(2) from None
 
 
-def _show(what: str, report: VerifyReport) -> None:
-    if report.ok:
+def _witnesses(paths: list[Path]) -> list[tuple[str, Anchor]]:
+    found: list[tuple[str, Anchor]] = []
+    for path in paths:
+        try:
+            found.extend(witness_anchors(path))
+        except LogFileError as exc:
+            err.print(f"[red]not a witness:[/red] {exc}", highlight=False)
+            raise typer.Exit(2) from None
+    return found
+
+
+def _show(what: str, report: VerifyReport, *, trusted_key: bool) -> None:
+    if report.ok and trusted_key:
         console.print(f"[green]{what}: OK[/green] — {report.summary()}", highlight=False)
+    elif report.ok:
+        console.print(f"[yellow]{what}: UNVERIFIED[/yellow] — consistent, but checked only "
+                      f"with the key the file itself carries; {report.summary()}",
+                      highlight=False)
     else:
         console.print(f"[red]{what}: FAILED[/red] — {len(report.problems)} problems; "
                       f"{report.summary()}", highlight=False)
@@ -122,3 +151,5 @@ def _show(what: str, report: VerifyReport) -> None:
     print_lines(report.notes, style="yellow")
     if not report.ok:
         raise typer.Exit(1)
+    if not trusted_key:
+        raise typer.Exit(EXIT_UNVERIFIED)

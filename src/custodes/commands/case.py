@@ -69,6 +69,7 @@ def _show(case: Case) -> None:
         ("note", case.decision_note or "—"), ("expires", fmt_time(case.expires_at)),
         ("closed", f"{fmt_time(case.closed_at)} by {case.closed_by}" if case.closed_by else "—"),
         ("holds", ", ".join(map(str, case.hold_ids)) or "—"),
+        ("members", ", ".join(case.members) or "—"),
         ("subjects", ", ".join(f"{s.id} {s.label}" + (" (wiped)" if s.wiped else "")
                                for s in case.subjects)),
     ):
@@ -89,6 +90,8 @@ def open_case(
                                               exists=True, dir_okay=False)],
     subject: Annotated[str, typer.Option(help="How the case names the subject")] = "subject",
     watchlist: Annotated[bool, typer.Option(help="Live alerts (police profile only)")] = False,
+    member: Annotated[list[str] | None, typer.Option(
+        help="A colleague who works the case (repeatable); only members see it")] = None,
 ) -> None:
     """Open a case; it does nothing until a different user with the approver role approves."""
     photos = [SubjectPhoto(subject, p.read_bytes()) for p in photo]
@@ -96,7 +99,7 @@ def open_case(
         case = s.cases.open(s.actor, reference=reference, legal_basis=legal_basis,
                             purpose=purpose, cameras=camera, start=parse_time(start),
                             end=parse_time(end), expires_at=parse_time(expires),
-                            photos=photos, watchlist=watchlist)
+                            photos=photos, watchlist=watchlist, members=member or ())
     console.print(f"case {case.id} opened; waiting for approval")
 
 

@@ -9,6 +9,7 @@ import typer
 
 from custodes.audit.log import AuditLog
 from custodes.commands import (
+    EXIT_UNVERIFIED,
     ConfigOption,
     cli_actor,
     console,
@@ -22,20 +23,32 @@ from custodes.config import Config
 from custodes.record.bundle import Transform, create_export
 from custodes.record.layout import Layout
 from custodes.record.manifest import verify_bundle
-from custodes.record.playback import ExportError
-from custodes.redaction.video import redact_file
+from custodes.record.playback import ExportError, segments_in_range
+from custodes.redaction.exports import SegmentBoxes, redact_joined
 from custodes.store.db import Store
 
 export_app = typer.Typer(help="Signed exports: footage with a manifest an inspector can verify.",
                          no_args_is_help=True)
 
 
-def redaction_for(config: Config, camera: str) -> Transform:
-    """Every face and the camera's privacy zones blurred, as for any picture leaving the box."""
+def redaction_for(config: Config, camera: str, store: Store, start: float,
+                  end: float) -> Transform:
+    """Every face and the camera's privacy zones blurred, as for any picture leaving the box.
+
+    With the segments' boxes kept in the node's storage, as the node's own exports and viewers'
+    copies use them (searched and kept where missing): the command works on the same storage,
+    so it reuses and leaves the same box files. A node object gives their names; it is not
+    started (nothing runs, its database is not opened: the command's `store` is used).
+    """
+    from custodes.app import Node  # noqa: PLC0415 - the whole node's imports, only to redact
+
+    boxes = SegmentBoxes(Node(config))
     zones = config.cameras[camera].privacy_zones
 
     def redact(src: Path, dst: Path) -> dict[str, Any]:
-        return redact_file(src, dst, zones=zones)
+        with store.read() as conn:
+            segments = segments_in_range(conn, camera, start, end)
+        return redact_joined(src, dst, segments, boxes, zones=zones)
 
     return redact
 
@@ -63,8 +76,8 @@ def create(
         raise typer.Exit(2)
     keys = node_keys(cfg)
     layout = Layout(cfg.storage.path)
-    transform = None if unredacted else redaction_for(cfg, camera)
     with Store(layout.database) as store:
+        transform = None if unredacted else redaction_for(cfg, camera, store, t0, t1)
         try:
             bundle = create_export(
                 store, layout, keys, AuditLog(store, keys), camera, t0, t1, out,
@@ -95,7 +108,11 @@ def verify(
         typer.Option("--key", help="The node's public key (signing.pub), obtained separately"),
     ] = None,
 ) -> None:
-    """Check an export's signature and file hashes; name what was altered; exit 1 if anything."""
+    """Check an export's signature and file hashes; name what was altered; exit 1 if anything.
+
+    Without --key the answer is at best UNVERIFIED (exit 4): the folder's own signing.pub
+    proves nothing, since whoever altered the folder could re-sign it with their own key.
+    """
     public_pem = None
     if key is not None:
         try:
@@ -106,8 +123,13 @@ def verify(
     report = verify_bundle(folder, public_pem)
     m = report.manifest or {}
     if report.ok:
-        console.print(f"[green]{folder}: OK[/green] — {len(report.files_ok)} files match the "
-                      f"signed manifest ({report.key_source} key)", highlight=False)
+        if report.verified:
+            console.print(f"[green]{folder}: OK[/green] — {len(report.files_ok)} files match "
+                          f"the signed manifest ({report.key_source} key)", highlight=False)
+        else:
+            console.print(f"[yellow]{folder}: UNVERIFIED[/yellow] — {len(report.files_ok)} "
+                          "files match a manifest signed by the key in the folder itself; give "
+                          "the node's key with --key to know who signed it", highlight=False)
         redacted = "redacted" if m.get("redaction", {}).get("applied") else "not redacted"
         console.print(f"  {m.get('camera')} from {m.get('start')} to {m.get('end')}, "
                       f"made {m.get('created_at')} by {m.get('created_by')}, case "
@@ -119,3 +141,5 @@ def verify(
     print_lines(report.notes, style="yellow")
     if not report.ok:
         raise typer.Exit(1)
+    if not report.verified:
+        raise typer.Exit(EXIT_UNVERIFIED)

@@ -111,12 +111,27 @@ def list_people(*, config: ConfigOption, user: UserOption) -> None:
     """Everyone enrolled, soonest expiry first."""
     with _session(config, user) as s:
         people = s.gallery.list(s.actor)
-    table = Table("id", "reference", "legal basis", "photos", "expires", "enrolled by")
+    table = Table("id", "reference", "legal basis", "photos", "expires", "enrolled by",
+                  "approved by")
     for p in people:
         table.add_row(str(p.id), p.reference,
                       f"{p.legal_basis.kind} {p.legal_basis.reference}", str(p.photos),
-                      fmt_time(p.expires_at), p.created_by)
+                      fmt_time(p.expires_at), p.created_by,
+                      p.approved_by or "pending (not matched)")
     console.print(table)
+
+
+@gallery_app.command("approve")
+def approve(
+    *, config: ConfigOption, user: UserOption,
+    person: Annotated[int, typer.Argument(help="Person id")],
+    note: Annotated[str, typer.Option(help="Why, kept in the audit log")] = "",
+) -> None:
+    """Approve a pending (consent) entry as a second person (an approver); only then is it
+    matched."""
+    with _session(config, user) as s:
+        s.gallery.approve(s.actor, person, note=note)
+    console.print(f"person {person} approved")
 
 
 @gallery_app.command("delete")

@@ -17,6 +17,7 @@ import logging
 import queue
 import threading
 from collections.abc import Callable
+from dataclasses import replace
 from typing import Any, Protocol
 
 from sqlalchemy import Connection, insert, update
@@ -25,6 +26,7 @@ from custodes.analytics.worker import FaceTrack, Message, MotionEnded, MotionSta
 from custodes.events.bus import EventBus
 from custodes.events.types import Event, EventKind
 from custodes.faces.descriptors import FaceDescriptors
+from custodes.masking import mask_credentials
 from custodes.store import schema
 from custodes.store.db import Store
 
@@ -73,7 +75,9 @@ class EventMaintainer:
 
     def handle(self, message: Message) -> None:
         if isinstance(message, Stats):
-            self.stats[message.camera] = message
+            # Masked where it is made too; here again because this is where it is kept.
+            self.stats[message.camera] = replace(message,
+                                                 reason=mask_credentials(message.reason))
         elif isinstance(message, MotionStarted):
             self._motion_started(message)
         elif isinstance(message, MotionEnded):

@@ -29,6 +29,9 @@ U8 = npt.NDArray[np.uint8]
 F32 = npt.NDArray[np.float32]
 
 MAX_SIDE: Final = 1600  # larger photos are reduced to this before detection
+# Pixels a photo may declare. Checked from the header before decoding: a 1 MB PNG can declare
+# 20000 x 20000 pixels, 1.2 GB once decoded. 40 Mpx is more than a phone camera's photo.
+MAX_PIXELS: Final = 40_000_000
 MIN_FACE: Final = 40  # pixels (smaller side) for a face to count in a reference photo
 CROP_MARGIN: Final = 0.3  # the crop grows the face box by this share of its size per side
 CROP_QUALITY: Final = 90
@@ -46,13 +49,28 @@ class DescribedFace:
 
 
 def read_image(data: bytes) -> U8:
-    """JPEG or PNG (any format OpenCV reads) bytes to an RGB uint8 image."""
-    if not data:
-        raise PhotoError("the photo is empty")
+    """JPEG, PNG, WebP, BMP or GIF bytes to an RGB uint8 image, once ``check_photo`` passes
+    them: nothing is decoded before the header's size is known to be reasonable."""
+    check_photo(data)
     image = cv2.imdecode(np.frombuffer(data, dtype=np.uint8), cv2.IMREAD_COLOR)
     if image is None:
         raise PhotoError("the photo is not an image this node can read (JPEG, PNG, ...)")
-    return np.ascontiguousarray(image[:, :, ::-1])
+    # In place: a second copy of a large photo is what the pixel cap is there to prevent.
+    return np.asarray(cv2.cvtColor(image, cv2.COLOR_BGR2RGB, dst=image), dtype=np.uint8)
+
+
+def check_photo(data: bytes, max_pixels: int = MAX_PIXELS) -> tuple[int, int]:
+    """(width, height) of a photo from its header alone; PhotoError when it is empty, of an
+    unknown format, or declares more than ``max_pixels`` (a decompression bomb)."""
+    if not data:
+        raise PhotoError("the photo is empty")
+    width, height = image_size(data)
+    if width <= 0 or height <= 0:
+        raise PhotoError(f"the photo declares a size of {width}x{height} pixels")
+    if width * height > max_pixels:
+        raise PhotoError(f"the photo is {width}x{height} pixels ({width * height / 1e6:.0f} Mpx): "
+                         f"at most {max_pixels / 1e6:.0f} Mpx is accepted")
+    return width, height
 
 
 def image_size(data: bytes) -> tuple[int, int]:

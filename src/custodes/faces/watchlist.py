@@ -35,19 +35,26 @@ import numpy.typing as npt
 from sqlalchemy import Connection, insert, select, update
 
 from custodes.analytics.worker import FaceTrack
-from custodes.audit.log import SYSTEM, AuditLog, Outcome
+from custodes.audit.actions import Action
+from custodes.audit.log import SYSTEM, AuditLog
 from custodes.auth.roles import Actor, Permission
 from custodes.events.bus import EventBus
 from custodes.events.types import Event, EventKind
 from custodes.faces.calibration import MatchLevel, level, meaning, track_level
+from custodes.privacy import policy
 from custodes.privacy.cases import Case, Cases, CaseStatus
-from custodes.privacy.policy import Action, Refused, allows
+from custodes.privacy.policy import Refused, allows
 from custodes.store import schema
 from custodes.store.db import Store
 
 log = logging.getLogger(__name__)
 
 F32 = npt.NDArray[np.float32]
+
+# A subject who stays in view is seen as many tracks (they turn away, are hidden a moment):
+# one alert per subject and camera within this many seconds, not one per track, so that a
+# person standing at a door does not flood the people who must check each candidate.
+DEDUP_SECONDS = 600.0
 
 
 class AlertStatus(StrEnum):
@@ -102,7 +109,7 @@ class Watchlist:
 
     @property
     def enabled(self) -> bool:
-        return allows(self.cases.profile, Action.WATCHLIST)
+        return allows(self.cases.profile, policy.Action.WATCHLIST)
 
     # -- matching (the event maintainer's thread) -------------------------------------------
 
@@ -135,8 +142,9 @@ class Watchlist:
             nearest = int(np.argmin(np.median(distances, axis=0)))
             column = [float(d) for d in distances[:, nearest]]
             if track_level(column) is MatchLevel.MATCH:
-                alerts.append(self._alert(case, subjects.ids[nearest], min(column), face_id,
-                                          track))
+                alert = self._alert(case, subjects.ids[nearest], min(column), face_id, track)
+                if alert is not None:
+                    alerts.append(alert)
         return alerts
 
     def _case_subjects(self, case_id: int) -> _Subjects:
@@ -153,10 +161,23 @@ class Watchlist:
         return subjects
 
     def _alert(self, case: Case, subject_id: int, distance: float, face_id: int,
-               track: FaceTrack) -> Alert:
+               track: FaceTrack) -> Alert | None:
+        """A new candidate, or None when the same person was already raised on this camera
+        within DEDUP_SECONDS (checked in the writer's transaction, so two tracks at once
+        raise one). A person is a subject label: a case may hold several photos of one."""
         now = self.cases.clock()
+        a, subject = schema.case_alerts.c, schema.case_subjects.c
+        label = select(subject.label).where(subject.id == subject_id).scalar_subquery()
+        same_person = select(subject.id).where(subject.case_id == case.id,
+                                               subject.label == label)
 
-        def write(conn: Connection) -> int:
+        def write(conn: Connection) -> int | None:
+            recent = conn.execute(select(a.id).where(
+                a.case_id == case.id, a.subject_id.in_(same_person), a.camera == track.camera,
+                a.seen_at > track.start - DEDUP_SECONDS,
+                a.seen_at < track.start + DEDUP_SECONDS).limit(1)).first()
+            if recent is not None:
+                return None
             return int(conn.execute(insert(schema.case_alerts).values(
                 case_id=case.id, subject_id=subject_id, face_id=face_id, camera=track.camera,
                 seen_at=track.start, distance=distance, created_at=now,
@@ -164,7 +185,11 @@ class Watchlist:
             ).returning(schema.case_alerts.c.id)).scalar_one())
 
         alert_id = self.store.write(write)
-        self.audit.record(SYSTEM, "watchlist.alert", f"case {case.id}", detail={
+        if alert_id is None:
+            log.debug("case %d: subject %d seen on %s again within %.0f s; no new alert",
+                      case.id, subject_id, track.camera, DEDUP_SECONDS)
+            return None
+        self.audit.record(SYSTEM, Action.WATCHLIST_ALERT, f"case {case.id}", detail={
             "alert": alert_id, "subject": subject_id, "face": face_id, "camera": track.camera,
             "seen_at": track.start, "distance": round(distance, 4),
             "level": MatchLevel.MATCH.value,
@@ -197,7 +222,8 @@ class Watchlist:
         return [a for a in map(_alert_from_row, rows) if actor.sees_camera(a.camera)]
 
     def _decide(self, actor: Actor, alert_id: int, decision: AlertStatus) -> Alert:
-        action = "alert.confirm" if decision is AlertStatus.CONFIRMED else "alert.dismiss"
+        action = (Action.ALERT_CONFIRM if decision is AlertStatus.CONFIRMED
+                  else Action.ALERT_DISMISS)
         target = f"alert {alert_id}"
         if not actor.can(Permission.ALERT_CONFIRM):
             self._refuse(actor, action, target,
@@ -241,9 +267,8 @@ class Watchlist:
             raise LookupError(f"there is no alert {alert_id}")
         return _alert_from_row(row)
 
-    def _refuse(self, actor: Actor, action: str, target: str, reason: str) -> NoReturn:
-        self.audit.record(actor.name, action, target, outcome=Outcome.REFUSED,
-                          detail={"reason": reason}, address=actor.address)
+    def _refuse(self, actor: Actor, action: Action, target: str, reason: str) -> NoReturn:
+        self.audit.record_refusal(actor.name, action, target, reason, address=actor.address)
         raise Refused(action, reason)
 
 

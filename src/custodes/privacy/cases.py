@@ -28,13 +28,15 @@ import numpy as np
 import numpy.typing as npt
 from sqlalchemy import Connection, Row, and_, insert, select, update
 
-from custodes.audit.log import SYSTEM, AuditLog, Outcome
-from custodes.auth.roles import Actor, Permission
+from custodes.audit.actions import Action
+from custodes.audit.log import SYSTEM, AuditLog
+from custodes.auth.roles import Actor, Permission, Role, can
 from custodes.faces.calibration import MatchLevel, meaning, track_level
 from custodes.faces.descriptors import FaceDescriptors, FaceHit
 from custodes.faces.photos import PhotoError, describe_photo, read_image
 from custodes.keys import NodeKeys
-from custodes.privacy.policy import Action, Profile, Refused, allows
+from custodes.privacy import policy
+from custodes.privacy.policy import DAY, Profile, Refused, allows, limits
 from custodes.store import schema
 from custodes.store.db import Store
 from custodes.vision.embedding import FaceEmbedder
@@ -44,6 +46,7 @@ log = logging.getLogger(__name__)
 F32 = npt.NDArray[np.float32]
 
 MAX_K: Final = 200  # hits one search may ask for
+MAX_MEMBERS: Final = 20  # colleagues named on one case besides its opener
 DESCRIPTOR_BYTES: Final = 128 * 4
 
 
@@ -100,6 +103,11 @@ class Case:
     closed_at: float | None
     hold_ids: tuple[int, ...]
     subjects: tuple[Subject, ...]
+    members: tuple[str, ...] = ()  # named when opened, besides the opener (need to know)
+
+    def works_on(self, name: str) -> bool:
+        """Whether ``name`` is one of the case's own people: its opener or a member."""
+        return name == self.opened_by or name in self.members
 
     def covers(self, camera: str, start: float, end: float) -> bool:
         """Whether footage of ``camera`` in [start, end] lies wholly inside the scope."""
@@ -113,6 +121,7 @@ class Case:
             "purpose": self.purpose, "cameras": list(self.cameras),
             "start": self.scope_start, "end": self.scope_end, "watchlist": self.watchlist,
             "expires_at": self.expires_at, "subjects": len(self.subjects),
+            "members": list(self.members),
         }
 
 
@@ -169,17 +178,23 @@ class Cases:
 
     def open(self, actor: Actor, *, reference: str, legal_basis: str, purpose: str,
              cameras: Sequence[str], start: float, end: float, expires_at: float,
-             photos: Sequence[SubjectPhoto], watchlist: bool = False) -> Case:
-        """Open a pending case; it does nothing until a second person approves it."""
-        action = "case.open"
+             photos: Sequence[SubjectPhoto], watchlist: bool = False,
+             members: Sequence[str] = ()) -> Case:
+        """Open a pending case; it does nothing until a second person approves it.
+
+        ``members`` are the colleagues who work the case with its opener: only they (and the
+        oversight roles) see it, search it and download its unredacted exports.
+        """
+        action = Action.CASE_OPEN
         target = f"reference {reference}"
         detail: dict[str, Any] = {"reference": reference, "cameras": list(cameras),
-                                  "start": start, "end": end, "watchlist": watchlist}
+                                  "start": start, "end": end, "watchlist": watchlist,
+                                  "expires_at": expires_at, "members": list(members)}
         if not actor.can(Permission.CASE_OPEN):
             self._refuse(actor, action, target, f"the {actor.role.value} role cannot open cases",
                          detail)
         self._require_search_profile(actor, action, target, detail)
-        if watchlist and not allows(self.profile, Action.WATCHLIST):
+        if watchlist and not allows(self.profile, policy.Action.WATCHLIST):
             self._refuse(actor, action, target, f"the {self.profile.value} profile does not "
                          "allow live watchlist alerts", detail)
         hidden = [c for c in cameras if not actor.sees_camera(c)]
@@ -200,6 +215,13 @@ class Cases:
             raise CaseError(f"the scope must end after it starts ({start} .. {end})")
         if expires_at <= now:
             raise CaseError("a case must expire in the future")
+        reach = self._reach_problem(cameras, start, end, expires_at, now)
+        if reach is not None:
+            self._refuse(actor, action, target, reach, detail)
+        team = sorted({m.strip() for m in members if m.strip()} - {actor.name})
+        problem = self._members_problem(team, cameras)
+        if problem is not None:
+            self._refuse(actor, action, target, problem, detail)
         if not photos:
             raise CaseError("a case needs at least one photo of its subject")
         described = [self._describe(i, photo) for i, photo in enumerate(photos, 1)]
@@ -215,6 +237,9 @@ class Cases:
             for label, vector, crop in described:
                 self._insert_subject(conn, case_id, label=label, vector=vector, crop=crop,
                                      by=actor.name, now=now)
+            for name in team:
+                conn.execute(insert(schema.case_members).values(
+                    case_id=case_id, name=name, added_by=actor.name, added_at=now))
             return case_id
 
         case_id = self.store.write(write)
@@ -224,9 +249,47 @@ class Cases:
         log.info("case %d (%s) opened by %s", case_id, reference, actor.name)
         return case
 
+    def _reach_problem(self, cameras: Sequence[str], start: float, end: float,
+                       expires_at: float, now: float) -> str | None:
+        """Why a case of this scope and expiry is beyond the profile's limits, or None."""
+        limit = limits(self.profile)
+        if expires_at - now > limit.case_days * DAY:
+            return (f"a case may run at most {limit.case_days:g} days under the "
+                    f"{self.profile.value} profile")
+        if end - start > limit.case_scope_days * DAY:
+            return (f"a case may cover at most {limit.case_scope_days:g} days of footage under "
+                    f"the {self.profile.value} profile")
+        if len(set(cameras)) > limit.case_cameras:
+            return (f"a case may cover at most {limit.case_cameras} cameras under the "
+                    f"{self.profile.value} profile")
+        return None
+
+    def _members_problem(self, team: Sequence[str], cameras: Sequence[str]) -> str | None:
+        """Why these users cannot be members, or None: each must be an enabled user whose
+        role works cases and who sees every camera of the scope. (Named users only: a name
+        kept for an account created later would hand the case to whoever creates it.)"""
+        if len(team) > MAX_MEMBERS:
+            return f"a case has at most {MAX_MEMBERS} members besides its opener"
+        if not team:
+            return None
+        u = schema.users.c
+        with self.store.read() as conn:
+            rows = {r.name: r for r in conn.execute(
+                select(u.name, u.role, u.cameras, u.disabled).where(u.name.in_(team)))}
+        for name in team:
+            row = rows.get(name)
+            if row is None or row.disabled:
+                return f"{name} is not an enabled user and cannot be a member of a case"
+            if not can(Role(row.role), Permission.CASE_VIEW):
+                return f"{name} (role {row.role}) cannot work cases"
+            allowed = None if row.cameras is None else set(json.loads(row.cameras))
+            if allowed is not None and not set(cameras) <= allowed:
+                return f"{name} has no access to every camera of the case"
+        return None
+
     def add_subject(self, actor: Actor, case_id: int, photo: SubjectPhoto) -> Case:
         """Add a subject photo to a pending case: approval covers every subject it shows."""
-        action, target = "case.add_subject", f"case {case_id}"
+        action, target = Action.CASE_ADD_SUBJECT, f"case {case_id}"
         case = self._get(actor, action, case_id)
         if not actor.can(Permission.CASE_OPEN) or actor.name != case.opened_by:
             self._refuse(actor, action, target, "only the user who opened a case can add "
@@ -287,17 +350,34 @@ class Cases:
 
     def _decide(self, actor: Actor, case_id: int, decision: CaseStatus, note: str,
                 expires_at: float | None) -> Case:
-        action = "case.approve" if decision is CaseStatus.APPROVED else "case.reject"
+        action = (Action.CASE_APPROVE if decision is CaseStatus.APPROVED
+                  else Action.CASE_REJECT)
         target = f"case {case_id}"
+        # A profile that identifies nobody (school) decides nothing: an approval would place
+        # holds and give a case a life its profile forbids.
+        self._require_search_profile(actor, action, target)
         case = self._get(actor, action, case_id, Permission.CASE_APPROVE,
                          "cannot approve or reject cases")
         if actor.name == case.opened_by:
             self._refuse(actor, action, target,
                          "a case cannot be approved by the user who opened it")
+        if any(actor.name == s.added_by for s in case.subjects):
+            self._refuse(actor, action, target,
+                         "a case cannot be approved by a user who added a subject to it")
+        if actor.name in case.members:
+            self._refuse(actor, action, target,
+                         "a case cannot be decided by one of its own members")
         now = self.clock()
         if expires_at is not None and not now < expires_at <= case.expires_at:
             raise CaseError("an approval may only bring the expiry forward, to a future time")
         expiry = case.expires_at if expires_at is None else expires_at
+        if decision is CaseStatus.APPROVED:
+            # Checked again at approval: a case pending since before the limits (or for long)
+            # must not hold footage beyond them; the approver may bring the expiry forward.
+            reach = self._reach_problem(case.cameras, case.scope_start, case.scope_end,
+                                        expiry, now)
+            if reach is not None:
+                self._refuse(actor, action, target, reach)
 
         def write(conn: Connection) -> str | None:
             # Checked again in the writer's transaction: two approvers at once decide once.
@@ -343,7 +423,7 @@ class Cases:
 
     def close(self, actor: Actor, case_id: int, *, note: str = "") -> Case:
         """End a case (its opener, or an approver): holds released, subjects wiped."""
-        action, target = "case.close", f"case {case_id}"
+        action, target = Action.CASE_CLOSE, f"case {case_id}"
         case = self._get(actor, action, case_id)
         opener = actor.can(Permission.CASE_OPEN) and actor.name == case.opened_by
         if not (opener or actor.can(Permission.CASE_APPROVE)):
@@ -388,7 +468,7 @@ class Cases:
 
         expired = self.store.write(write)
         for case_id in expired:
-            self.audit.record(SYSTEM, "case.expire", f"case {case_id}",
+            self.audit.record(SYSTEM, Action.CASE_EXPIRE, f"case {case_id}",
                               detail={"holds": list(self._load(case_id).hold_ids)})
             log.info("case %d expired", case_id)
         return expired
@@ -396,19 +476,38 @@ class Cases:
     # -- reading -----------------------------------------------------------------------------
 
     def get(self, actor: Actor, case_id: int) -> Case:
-        return self._get(actor, "case.view", case_id)
+        return self._get(actor, Action.CASE_VIEW, case_id)
 
     def list_cases(self, actor: Actor) -> list[Case]:
         """Every case, newest first (case metadata only: no biometric data)."""
         if not actor.can(Permission.CASE_VIEW):
-            self._refuse(actor, "case.list", "cases",
+            self._refuse(actor, Action.CASE_LIST, "cases",
                          f"the {actor.role.value} role cannot view cases")
         with self.store.read() as conn:
             ids = [int(r.id) for r in conn.execute(
                 select(schema.cases.c.id).order_by(schema.cases.c.id.desc()))]
-        return [self._load(case_id) for case_id in ids]
+        cases = (self._load(case_id) for case_id in ids)
+        return [c for c in cases if self.access_problem(actor, c) is None]
 
-    def _get(self, actor: Actor, action: str, case_id: int,
+    @staticmethod
+    def access_problem(actor: Actor, case: Case) -> str | None:
+        """Why ``actor`` may not see ``case`` at all, or None.
+
+        Every camera of its scope (a case shows where and when someone was looked for), and
+        either a part in it (opener, member, decider) or an oversight role: the approvers who
+        decide cases and the inspectors who check them.
+        """
+        hidden = [c for c in case.cameras if not actor.sees_camera(c)]
+        if hidden:
+            return (f"{actor.name} has no access to camera(s) {', '.join(hidden)} of case "
+                    f"{case.id}")
+        if case.works_on(actor.name) or actor.name == case.decided_by:
+            return None
+        if actor.can(Permission.CASE_APPROVE) or actor.can(Permission.AUDIT_VIEW):
+            return None
+        return f"{actor.name} is not a member of case {case.id}"
+
+    def _get(self, actor: Actor, action: Action, case_id: int,
              permission: Permission = Permission.CASE_VIEW,
              cannot: str = "cannot view cases") -> Case:
         """The case, once ``actor`` holds ``permission`` and the case exists (else refused)."""
@@ -416,9 +515,13 @@ class Cases:
         if not actor.can(permission):
             self._refuse(actor, action, target, f"the {actor.role.value} role {cannot}")
         try:
-            return self._load(case_id)
+            case = self._load(case_id)
         except CaseError as exc:
             self._refuse(actor, action, target, str(exc))
+        problem = self.access_problem(actor, case)
+        if problem is not None:
+            self._refuse(actor, action, target, problem)
+        return case
 
     def _load(self, case_id: int) -> Case:
         now = self.clock()
@@ -437,6 +540,10 @@ class Cases:
                            schema.case_subjects.c.wiped_at)
                     .where(schema.case_subjects.c.case_id == case_id)
                     .order_by(schema.case_subjects.c.id)))
+            members = tuple(r.name for r in conn.execute(
+                select(schema.case_members.c.name)
+                .where(schema.case_members.c.case_id == case_id)
+                .order_by(schema.case_members.c.name)))
         return Case(
             id=int(row.id), reference=row.reference, legal_basis=row.legal_basis,
             purpose=row.purpose, cameras=tuple(json.loads(row.cameras)),
@@ -445,6 +552,7 @@ class Cases:
             decided_by=row.decided_by, decided_at=row.decided_at,
             decision_note=row.decision_note, expires_at=row.expires_at,
             closed_by=row.closed_by, closed_at=row.closed_at, hold_ids=holds, subjects=subjects,
+            members=members,
         )
 
     # -- searching ---------------------------------------------------------------------------
@@ -457,7 +565,7 @@ class Cases:
         ``cameras``, ``start`` and ``end`` may narrow the scope; asking for anything outside it
         is refused rather than quietly cut down, so the request on record is what was searched.
         """
-        action, target = "face.search", f"case {case_id}"
+        action, target = Action.FACE_SEARCH, f"case {case_id}"
         request: dict[str, Any] = {
             "cameras": None if cameras is None else sorted(cameras), "start": start,
             "end": end, "k": k,
@@ -466,6 +574,7 @@ class Cases:
         case = self._get(actor, action, case_id, Permission.FACE_SEARCH,
                          "cannot search for faces")
         self._require_active(actor, action, case, request)
+        self.require_investigating_side(actor, action, case, request)
         if not 1 <= k <= MAX_K:
             raise CaseError(f"k must be between 1 and {MAX_K}")
         wanted = case.cameras if cameras is None else tuple(sorted(set(cameras)))
@@ -515,7 +624,10 @@ class Cases:
 
     def subject_crop(self, actor: Actor, case_id: int, subject_id: int) -> bytes:
         """A subject's face crop (JPEG), opened only to show it to someone working the case."""
-        action, target = "case.subject_crop", f"case {case_id}"
+        action, target = Action.CASE_SUBJECT_CROP, f"case {case_id}"
+        # A school keeps no case subjects to show: even one left over from another profile
+        # (custodes.privacy.pinning wipes them) is not opened.
+        self._require_search_profile(actor, action, target)
         if not any(actor.can(p) for p in (Permission.FACE_SEARCH, Permission.CASE_APPROVE,
                                           Permission.ALERT_CONFIRM)):
             self._refuse(actor, action, target,
@@ -567,13 +679,22 @@ class Cases:
 
     # -- refusals ----------------------------------------------------------------------------
 
-    def _require_search_profile(self, actor: Actor, action: str, target: str,
+    def _require_search_profile(self, actor: Actor, action: Action, target: str,
                                 detail: dict[str, Any] | None = None) -> None:
-        if not allows(self.profile, Action.SEARCH):
+        if not allows(self.profile, policy.Action.SEARCH):
             self._refuse(actor, action, target,
                          f"the {self.profile.value} profile does not allow face search", detail)
 
-    def _require_active(self, actor: Actor, action: str, case: Case,
+    def require_investigating_side(self, actor: Actor, action: Action, case: Case,
+                                   detail: dict[str, Any] | None = None) -> None:
+        """Refuse the person who decided ``case`` anything on its investigating side (search,
+        unredacted export): one name never holds both sides of one case, even after a role
+        change made it an investigator."""
+        if case.decided_by is not None and actor.name == case.decided_by:
+            self._refuse(actor, action, f"case {case.id}", f"{actor.name} decided this case "
+                         "and cannot also work it", detail)
+
+    def _require_active(self, actor: Actor, action: Action, case: Case,
                         detail: dict[str, Any]) -> None:
         reason = {
             CaseStatus.PENDING: "the case has not been approved",
@@ -584,10 +705,10 @@ class Cases:
         if reason is not None:
             self._refuse(actor, action, f"case {case.id}", reason, detail)
 
-    def _refuse(self, actor: Actor, action: str, target: str, reason: str,
+    def _refuse(self, actor: Actor, action: Action, target: str, reason: str,
                 detail: dict[str, Any] | None = None) -> NoReturn:
-        self.audit.record(actor.name, action, target, outcome=Outcome.REFUSED,
-                          detail={**(detail or {}), "reason": reason}, address=actor.address)
+        self.audit.record_refusal(actor.name, action, target, reason, detail=detail,
+                                  address=actor.address)
         raise Refused(action, reason)
 
 

@@ -10,6 +10,7 @@ there is no such code in custodes, so there is nothing to switch on.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from enum import StrEnum
 
 
@@ -38,6 +39,47 @@ _ALLOWED: dict[Profile, frozenset[Action]] = {
     ),
     Profile.POLICE: frozenset(Action),
 }
+
+DAY = 86400.0
+
+
+@dataclass(frozen=True)
+class Limits:
+    """How far one case or one subject access request may reach under a profile.
+
+    Fixed in code per profile, not read from the config: the administrator of the box is one
+    of the people these limits hold against, and a config is theirs to edit.
+    """
+
+    case_days: float  # the longest a case may run, from now to its expiry (0: no cases)
+    case_scope_days: float  # the longest span of footage one case covers
+    case_cameras: int  # cameras in one case's scope
+    access_seconds: float  # footage one subject access request covers (one camera)
+    access_per_requester: int  # requests for one person within access_period_days
+    access_per_officer: int  # requests one officer records within access_period_days
+    access_period_days: float
+    access_valid_days: float  # a request not exported by then lapses; its photo is wiped
+
+
+LIMITS: dict[Profile, Limits] = {
+    # A school identifies nobody: no cases at all, and subject access answers a pupil or a
+    # parent about one short span, a few times a month at most.
+    Profile.SCHOOL: Limits(case_days=0, case_scope_days=0, case_cameras=0,
+                           access_seconds=2 * 3600, access_per_requester=2,
+                           access_per_officer=10, access_period_days=30, access_valid_days=14),
+    Profile.MUNICIPAL: Limits(case_days=90, case_scope_days=31, case_cameras=16,
+                              access_seconds=6 * 3600, access_per_requester=4,
+                              access_per_officer=30, access_period_days=30,
+                              access_valid_days=30),
+    Profile.POLICE: Limits(case_days=180, case_scope_days=92, case_cameras=32,
+                           access_seconds=6 * 3600, access_per_requester=4,
+                           access_per_officer=30, access_period_days=30, access_valid_days=30),
+}
+
+
+def limits(profile: Profile) -> Limits:
+    return LIMITS[profile]
+
 
 # The privacy agency: cameras in schools only in corridors and entrances (and outside).
 SCHOOL_LOCATIONS = frozenset({"corridor", "entrance", "exterior"})

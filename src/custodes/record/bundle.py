@@ -28,7 +28,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from custodes.audit.log import AuditLog, Outcome
+from custodes.audit.actions import Action
+from custodes.audit.log import AuditLog, Outcome, SigningRefused
 from custodes.auth.roles import Actor
 from custodes.keys import NodeKeys
 from custodes.media import MediaError, probe
@@ -80,7 +81,7 @@ def create_export(  # noqa: PLR0917 - reads as the request: what, from, to, into
                        case=case, transform=transform, allow_gaps=allow_gaps, node=node,
                        request=request)
     except Exception as exc:
-        audit.record(actor.name, "export", camera, outcome=Outcome.FAILED,
+        audit.record(actor.name, Action.EXPORT, camera, outcome=Outcome.FAILED,
                      detail={**request, "error": str(exc)}, address=actor.address)
         raise
 
@@ -135,8 +136,15 @@ def _create(  # noqa: PLR0917
         )
         # Gaps belong in the evidence: the video plays straight across them.
         manifest["gaps"] = [{"start": iso(g.start), "end": iso(g.end)} for g in result.gaps]
+        try:
+            anchor = audit.checkpoint("export")
+        except SigningRefused as exc:
+            raise ExportError(str(exc)) from None
+        # The log as the node last signed it: whoever holds the export can hold the node's
+        # log against it later (custodes audit verify --witness FOLDER).
+        manifest["audit_anchor"] = None if anchor is None else anchor.to_json()
         data = write_manifest(work, manifest, keys)
-        seq = audit.record(actor.name, "export", camera, detail={
+        seq = audit.record(actor.name, Action.EXPORT, camera, detail={
             **request, "redaction": redaction, "files": manifest["files"],
             "manifest_sha256": hashlib.sha256(data).hexdigest(), "gaps": manifest["gaps"],
         }, address=actor.address)

@@ -45,6 +45,7 @@ from sqlalchemy import (
     update,
 )
 
+from custodes.audit.actions import Action
 from custodes.audit.log import SYSTEM, AuditLog
 from custodes.config import Config, RecordMode
 from custodes.record.holds import Hold, active_holds, segment_is_held
@@ -398,7 +399,7 @@ class Retention:
         if result is not None and self.audit is not None:
             # The summary, once per pass: the deletion_passes row is updated batch by batch,
             # an audit entry cannot be, and one per batch would bury the other entries.
-            self.audit.record(SYSTEM, "retention.delete", result.trigger.value, detail={
+            self.audit.record(SYSTEM, Action.RETENTION_DELETE, result.trigger.value, detail={
                 "pass": result.id, "segments": result.segments, "bytes": result.bytes,
                 "cameras": {cam: d.to_json() for cam, d in sorted(result.details.items())},
             })

@@ -8,8 +8,11 @@ An export folder holds the exported files and:
   (64 raw bytes, so that ``openssl pkeyutl -verify -pubin -inkey signing.pub -rawin
   -in manifest.json -sigfile manifest.sig`` checks it without custodes);
 - ``signing.pub``: the node's public key, for convenience only. Whoever altered the folder
-  could have replaced it too, so verification prefers a key the verifier brings and says when
-  it had to use this one.
+  could have replaced it too (and re-signed the manifest with their own key), so only a key
+  the verifier brings proves anything: without one, verification says UNVERIFIED.
+
+The manifest also carries ``audit_anchor``, the node's latest signature over its audit log
+(``custodes.audit.anchor``) when the export was made.
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ from typing import Any
 
 from cryptography.hazmat.primitives import serialization
 
+from custodes.audit.anchor import Anchor, AnchorFileError
 from custodes.keys import PUBLIC_KEY, KeyFileError, NodeKeys, public_key_from_pem, verify_signature
 
 FORMAT = "custodes-export/1"
@@ -118,7 +122,13 @@ class BundleReport:
 
     @property
     def ok(self) -> bool:
+        """Nothing is wrong; with a key the verifier did not bring, this is not yet proof."""
         return not self.problems
+
+    @property
+    def verified(self) -> bool:
+        """Signed by the key the verifier supplied, and unchanged since: proof of origin."""
+        return self.ok and self.key_source == "supplied" and self.signature_ok
 
 
 def verify_bundle(folder: Path, public_pem: bytes | None = None) -> BundleReport:
@@ -164,6 +174,8 @@ def verify_bundle(folder: Path, public_pem: bytes | None = None) -> BundleReport
             problems.append(f"{MANIFEST}: names the key {fingerprint}, but was signed with "
                             f"{key_fingerprint(key)}")
 
+    if key is not None and signature_ok:
+        problems.extend(_anchor_problems(manifest, key))
     files_ok = _check_files(folder, listed, problems)
     return BundleReport(folder, key_source, signature_ok, files_ok, problems, notes, manifest)
 
@@ -207,6 +219,21 @@ def _signature_problem(
         return f"{MANIFEST}: altered (its signature does not verify)"
     return (f"{MANIFEST}: altered, or signed with another key (its signature does not verify "
             "with the key supplied)")
+
+
+def _anchor_problems(manifest: Any, key: bytes) -> list[str]:
+    """The audit anchor a manifest carries must be the node's own signature over its log."""
+    raw = manifest.get("audit_anchor") if isinstance(manifest, dict) else None
+    if raw is None:
+        return []
+    try:
+        anchor = Anchor.from_json(raw)
+    except AnchorFileError as exc:
+        return [f"{MANIFEST}: the audit anchor is unreadable ({exc})"]
+    if not verify_signature(key, anchor.message, anchor.signature):
+        return [f"{MANIFEST}: the audit anchor (entry {anchor.seq}) does not carry the node's "
+                "signature"]
+    return []
 
 
 def _listed_files(manifest: Any) -> list[FileEntry]:

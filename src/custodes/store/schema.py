@@ -221,6 +221,27 @@ api_tokens = Table(
     Column("revoked_at", Float),
 )
 
+# 0008: failed sign-ins kept across restarts, each token's parent, segment totals per camera.
+api_tokens.append_column(Column("parent_id", Integer, ForeignKey("api_tokens.id")))
+
+login_failures = Table(
+    "login_failures",
+    metadata,
+    Column("scope", Text, primary_key=True),
+    Column("key", Text, primary_key=True),
+    Column("failures", Integer, nullable=False),
+    Column("last", Float, nullable=False),
+    Column("locked_until", Float, nullable=False),
+)
+
+segment_totals = Table(
+    "segment_totals",
+    metadata,
+    Column("camera", Text, primary_key=True),
+    Column("segments", Integer, nullable=False),
+    Column("bytes", Integer, nullable=False),
+)
+
 # 0005_faces: sealed face descriptors, and the gallery of enrolled people.
 faces.append_column(Column("sealed", LargeBinary))
 
@@ -246,4 +267,68 @@ gallery_photos = Table(
            nullable=False),
     Column("descriptor", LargeBinary, nullable=False),
     Column("crop", LargeBinary, nullable=False),
+)
+
+# 0009_separation_of_duties: grants of privileged roles, the pinned profile, gallery approval.
+gallery_people.append_column(Column("case_id", Integer, ForeignKey("cases.id")))
+gallery_people.append_column(Column("approved_by", Text))  # the second person; NULL: unmatched
+gallery_people.append_column(Column("approved_at", Float))
+
+user_grants = Table(
+    "user_grants",
+    metadata,
+    Column("id", Integer, primary_key=True),
+    Column("kind", Text, nullable=False),  # custodes.auth.grants.GrantKind
+    Column("user_name", Text, nullable=False),
+    Column("role", Text, nullable=False),
+    Column("cameras", Text),
+    Column("requested_by", Text, nullable=False),
+    Column("requested_at", Float, nullable=False),
+    Column("expires_at", Float, nullable=False),
+    Column("status", Text, nullable=False),
+    Column("decided_by", Text),
+    Column("decided_at", Float),
+)
+
+node_settings = Table(
+    "node_settings",
+    metadata,
+    Column("key", Text, primary_key=True),
+    Column("value", Text, nullable=False),
+    Column("set_at", Float, nullable=False),
+    Column("set_by", Text, nullable=False),
+)
+
+case_members = Table(
+    "case_members",
+    metadata,
+    Column("case_id", Integer, ForeignKey("cases.id"), primary_key=True),
+    Column("name", Text, primary_key=True),
+    Column("added_by", Text, nullable=False),
+    Column("added_at", Float, nullable=False),
+)
+
+subject_access_requests = Table(
+    "subject_access_requests",
+    metadata,
+    Column("id", Integer, primary_key=True),
+    Column("reference", Text, nullable=False),
+    Column("requester", Text, nullable=False),
+    Column("requester_key", Text, nullable=False),
+    Column("identity_check", Text, nullable=False),
+    Column("identity_checked_by", Text, nullable=False),
+    Column("identity_checked_at", Float, nullable=False),
+    Column("camera", Text, nullable=False),
+    Column("scope_start", Float, nullable=False),
+    Column("scope_end", Float, nullable=False),
+    Column("photo", LargeBinary),
+    Column("recorded_by", Text, nullable=False),
+    Column("recorded_at", Float, nullable=False),
+    Column("status", Text, nullable=False),
+    Column("decided_by", Text),
+    Column("decided_at", Float),
+    Column("decision_note", Text),
+    Column("expires_at", Float, nullable=False),
+    Column("export_id", Text),
+    Column("exported_at", Float),
 )

@@ -17,7 +17,7 @@ from fastapi.responses import HTMLResponse, Response
 from custodes.api.deps import get_node
 from custodes.api.routes.cases import capabilities
 from custodes.auth.roles import Actor, Permission
-from custodes.privacy.policy import Action, allows
+from custodes.privacy.policy import Action, allows, limits
 from custodes.web.pages import cameras_for, gate, nav_for, page_access, templates
 
 router = APIRouter(include_in_schema=False)
@@ -56,8 +56,16 @@ def cases_page(request: Request, actor: CaseReader) -> Response:
         return refused
     assert actor is not None
     node = get_node(request)
+    limit = limits(node.config.profile)
     return _render(request, actor, "cases.html", "Cases", {
         **capabilities(node), **_roles(actor), "cameras": cameras_for(node, actor),
+        # Shown beside the subject access form, so that a request is not refused for its
+        # scope or rate only after the officer has filled it in.
+        "access_limits": {
+            "hours": limit.access_seconds / 3600, "per_requester": limit.access_per_requester,
+            "per_officer": limit.access_per_officer, "period_days": limit.access_period_days,
+            "valid_days": limit.access_valid_days,
+        },
     })
 
 

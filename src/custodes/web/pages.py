@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from datetime import UTC, date, datetime
 from pathlib import Path
 from typing import Annotated, Any
-from urllib.parse import quote
+from urllib.parse import quote, urlsplit
 
 from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
@@ -26,6 +26,7 @@ from custodes.api import deps
 from custodes.api.deps import get_node, page_actor, public
 from custodes.api.status import node_status
 from custodes.app import Node
+from custodes.audit.actions import Action
 from custodes.auth.roles import Actor, Permission
 from custodes.auth.users import Users
 
@@ -100,8 +101,8 @@ def gate(request: Request, actor: Actor | None, permission: Permission) -> Respo
         return RedirectResponse(f"/login?next={quote(target, safe='')}", status_code=303)
     if actor.can(permission):
         return None
-    get_node(request).audit.record(
-        actor.name, "access", request.url.path, outcome="refused",
+    get_node(request).audit.record_refusal(
+        actor.name, Action.ACCESS, request.url.path, None,
         detail={"method": request.method, "permission": permission.value},
         address=actor.address,
     )
@@ -110,9 +111,19 @@ def gate(request: Request, actor: Actor | None, permission: Permission) -> Respo
     }, status_code=403)
 
 
-def _safe_next(target: str | None) -> str:
-    # Only a path on this server: never "//host" or "https://..." (an open redirect).
-    if not target or not target.startswith("/") or target.startswith("//") or "\\" in target:
+def safe_next(target: str | None) -> str:
+    """``target`` when it is a path on this server, else "/": never an open redirect.
+
+    Browsers drop tabs and line breaks from URLs and read a backslash as "/", so
+    ?next=/%09/evil.example (a tab) and ?next=/%5Cevil.example both lead to //evil.example,
+    another host. Any control character, space or backslash is refused outright, and what is
+    left must parse as a bare path that does not start with "//".
+    """
+    if not target or any(c.isspace() or not c.isprintable() or c == "\\" for c in target):
+        return "/"
+    parts = urlsplit(target)
+    if parts.scheme or parts.netloc or not parts.path.startswith("/") \
+            or parts.path.startswith("//"):
         return "/"
     return target
 
@@ -121,7 +132,7 @@ def _safe_next(target: str | None) -> str:
 
 @router.get("/login", response_class=HTMLResponse, dependencies=[Depends(public)])
 def login_page(request: Request, next: str | None = None) -> Response:
-    target = _safe_next(next)
+    target = safe_next(next)
     if page_actor(request) is not None:
         return RedirectResponse(target, status_code=303)
     node = get_node(request)

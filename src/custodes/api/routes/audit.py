@@ -18,8 +18,9 @@ from sqlalchemy import func, select
 from starlette.background import BackgroundTask
 
 from custodes.api.deps import get_node, require
+from custodes.audit.actions import Action
 from custodes.audit.exchange import export_log
-from custodes.audit.log import Entry, Outcome
+from custodes.audit.log import Entry, Outcome, SigningRefused
 from custodes.audit.verify import verify_store
 from custodes.auth.roles import Actor, Permission
 from custodes.store import schema
@@ -78,8 +79,8 @@ def list_entries(
 def verify(request: Request, actor: Auditor) -> dict[str, Any]:
     """Check the whole chain and its signed checkpoints against the node's public key."""
     node = get_node(request)
-    node.audit.record(actor.name, "audit.verify", "", address=actor.address)
-    report = verify_store(node.store, node.keys.public_pem)
+    node.audit.record(actor.name, Action.AUDIT_VERIFY, "", address=actor.address)
+    report = verify_store(node.store, node.keys.public_pem, anchors=node.audit.anchors)
     return {
         "ok": report.ok, "summary": report.summary(), "entries": report.entries,
         "checkpoints": report.checkpoints, "first_seq": report.first_seq,
@@ -106,6 +107,10 @@ def export(request: Request, actor: Auditor, since: Time = None,
     except LookupError as exc:
         shutil.rmtree(folder, ignore_errors=True)
         raise HTTPException(404, str(exc)) from None
+    except SigningRefused as exc:
+        # The log does not extend what the node signed before: no signed copy of it leaves.
+        shutil.rmtree(folder, ignore_errors=True)
+        raise HTTPException(409, str(exc)) from None
     except BaseException:
         shutil.rmtree(folder, ignore_errors=True)
         raise

@@ -19,11 +19,13 @@ from custodes.api.deps import (
     get_throttle,
     get_users,
     public,
+    refuse,
     signed_in,
 )
-from custodes.audit.log import ANONYMOUS
+from custodes.audit.actions import Action
+from custodes.audit.log import ANONYMOUS, Outcome
 from custodes.auth.roles import PERMISSIONS
-from custodes.auth.sessions import Session
+from custodes.auth.sessions import Session, TokenError
 from custodes.auth.users import MIN_PASSWORD, User, UserError
 
 router = APIRouter(prefix="/api/auth", tags=["auth"])
@@ -80,21 +82,20 @@ def login(body: Login, request: Request, response: Response) -> dict[str, Any]:
     address = client_address(request)
     retry = throttle.retry_after(body.name, address)
     if retry > 0:
-        node.audit.record(ANONYMOUS, "login", body.name, outcome="refused",
-                          detail={"reason": "throttled"}, address=address)
-        raise _too_many(retry)
+        refuse(node, ANONYMOUS, Action.LOGIN, body.name, "throttled", address=address,
+               error=_too_many(retry))
     user = get_users(request).authenticate(body.name, body.password)
     if user is None:
         throttle.failed(body.name, address)
-        node.audit.record(ANONYMOUS, "login", body.name, outcome="failed",
+        node.audit.record(ANONYMOUS, Action.LOGIN, body.name, outcome=Outcome.FAILED,
                           detail={"reason": "wrong name or password"}, address=address)
         raise HTTPException(401, "wrong name or password")
-    throttle.succeeded(body.name)
+    throttle.succeeded(body.name, address)
     # Never adopt the session id the client came with: always a fresh one (session fixation).
     session = get_sessions(request).create(user, address,
                                            replaces=request.cookies.get(SESSION_COOKIE))
     _set_cookies(request, response, session)
-    node.audit.record(user.name, "login", user.name, address=address)
+    node.audit.record(user.name, Action.LOGIN, user.name, address=address)
     return _me(user, session.csrf)
 
 
@@ -107,7 +108,7 @@ def logout(request: Request, response: Response,
         get_sessions(request).end(info.token_hash)
     response.delete_cookie(SESSION_COOKIE, path="/")
     response.delete_cookie(CSRF_COOKIE, path="/")
-    get_node(request).audit.record(actor.name, "logout", actor.name, address=actor.address)
+    get_node(request).audit.record(actor.name, Action.LOGOUT, actor.name, address=actor.address)
     return {"detail": "signed out"}
 
 
@@ -130,7 +131,7 @@ def change_password(body: PasswordChange, request: Request, response: Response,
         raise _too_many(retry)
     if get_users(request).authenticate(user.name, body.old_password) is None:
         throttle.failed(user.name, actor.address or "")
-        node.audit.record(actor.name, "user.password", user.name, outcome="failed",
+        node.audit.record(actor.name, Action.USER_PASSWORD, user.name, outcome=Outcome.FAILED,
                           detail={"reason": "wrong current password"}, address=actor.address)
         raise HTTPException(403, "the current password is wrong")
     if body.new_password == body.old_password:
@@ -139,7 +140,7 @@ def change_password(body: PasswordChange, request: Request, response: Response,
         get_users(request).set_password(user.name, body.new_password)
     except UserError as exc:
         raise HTTPException(400, str(exc)) from None
-    node.audit.record(actor.name, "user.password", user.name, address=actor.address)
+    node.audit.record(actor.name, Action.USER_PASSWORD, user.name, address=actor.address)
     if request.state.session is not None:
         _set_cookies(request, response,
                      get_sessions(request).create(user, actor.address))
@@ -156,12 +157,24 @@ def list_tokens(request: Request,
 @router.post("/tokens", status_code=201)
 def create_token(body: NewToken, request: Request,
                  user: SignedInUser) -> dict[str, Any]:
-    """A bearer token acting as oneself (same role and cameras); shown this once only."""
+    """A bearer token acting as oneself (same role and cameras); shown this once only.
+
+    Made with another token, it expires no later than that one (400 otherwise) and is revoked
+    with it: a stolen short-lived token cannot be turned into a lasting one."""
     actor = user.actor(client_address(request))
-    token_id, token = get_sessions(request).create_token(user, body.name, body.days)
-    get_node(request).audit.record(actor.name, "token.create", str(token_id),
-                                   detail={"name": body.name, "days": body.days},
-                                   address=actor.address)
+    node = get_node(request)
+    parent = request.state.token
+    try:
+        token_id, token = get_sessions(request).create_token(user, body.name, body.days,
+                                                             parent=parent)
+    except TokenError as exc:
+        refuse(node, actor.name, Action.TOKEN_CREATE, body.name, str(exc),
+               detail={"days": body.days}, address=actor.address,
+               error=HTTPException(400, str(exc)))
+    node.audit.record(actor.name, Action.TOKEN_CREATE, str(token_id),
+                      detail={"name": body.name, "days": body.days,
+                              "parent": None if parent is None else parent.id},
+                      address=actor.address)
     return {"id": token_id, "name": body.name, "token": token}
 
 
@@ -172,6 +185,6 @@ def revoke_token(token_id: Annotated[int, Path(ge=1, le=2**62)], request: Reques
     if not get_sessions(request).revoke_token(user, token_id):
         raise HTTPException(404, f"you have no live API token {token_id}")
     actor = user.actor(client_address(request))
-    get_node(request).audit.record(actor.name, "token.revoke", str(token_id),
+    get_node(request).audit.record(actor.name, Action.TOKEN_REVOKE, str(token_id),
                                    address=actor.address)
     return {"detail": "revoked"}

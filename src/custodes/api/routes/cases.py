@@ -26,7 +26,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from custodes.api.deps import get_node, require
 from custodes.auth.roles import Actor, Permission
-from custodes.faces.photos import PhotoError, read_image
+from custodes.faces.photos import PhotoError, check_photo
 from custodes.faces.watchlist import Alert
 from custodes.privacy.cases import MAX_K, Case, CaseHit, SubjectPhoto
 from custodes.privacy.policy import Action, Refused, allows
@@ -58,7 +58,9 @@ def photo_bytes(upload: UploadFile, what: str = "the photo") -> bytes:
     if len(data) > MAX_PHOTO_BYTES:
         raise HTTPException(413, f"{what} is larger than {MAX_PHOTO_BYTES // 2**20} MB")
     try:
-        read_image(data)
+        # The header only: the photo is decoded once, where its face is described, and only
+        # after its declared size is known not to be a decompression bomb.
+        check_photo(data)
     except PhotoError as exc:
         raise HTTPException(400, f"{what} ({upload.filename or 'upload'}): {exc}") from None
     return data
@@ -95,7 +97,7 @@ def case_json(case: Case) -> dict[str, Any]:
         "decided_by": case.decided_by, "decided_at": case.decided_at,
         "decision_note": case.decision_note, "expires_at": case.expires_at,
         "closed_by": case.closed_by, "closed_at": case.closed_at,
-        "holds": list(case.hold_ids),
+        "holds": list(case.hold_ids), "members": list(case.members),
         "subjects": [{
             "id": s.id, "label": s.label, "added_by": s.added_by, "added_at": s.added_at,
             "wiped": s.wiped,
@@ -156,7 +158,8 @@ def capabilities(node: Node) -> dict[str, Any]:
 
 @router.get("/cases")
 def list_cases(request: Request, actor: Viewer) -> dict[str, Any]:
-    """Every case, newest first (metadata only), and what the profile allows."""
+    """The cases the caller may see (custodes.privacy.cases.Cases.access_problem), newest
+    first (metadata only), and what the profile allows."""
     node = get_node(request)
     with answers():
         cases = node.cases.list_cases(actor)
@@ -180,6 +183,8 @@ def open_case(
     labels: Annotated[list[str] | None, Form(description="A label per photo (default "
                                                            "'subject N')")] = None,
     watchlist: Annotated[bool, Form(description="Live alerts (police profile)")] = False,
+    members: Annotated[list[str] | None, Form(description="Colleagues who work the case "
+                                                          "(repeat the field)")] = None,
 ) -> dict[str, Any]:
     """Open a pending case with its subjects' photos; a different user must approve it."""
     node = get_node(request)
@@ -203,7 +208,7 @@ def open_case(
         case = node.cases.open(actor, reference=reference, legal_basis=legal_basis,
                                purpose=purpose, cameras=cameras, start=start, end=end,
                                expires_at=expires_at, photos=subject_photos,
-                               watchlist=watchlist)
+                               watchlist=watchlist, members=members or ())
     return case_json(case)
 
 

@@ -1,4 +1,4 @@
-"""The gallery over HTTP: enroll, list, show a crop of, and delete enrolled people.
+"""The gallery over HTTP: enroll, list, show a crop of, approve, and delete enrolled people.
 
 custodes.faces.gallery holds every rule (profile, role, legal basis, expiry) and audits each
 change, view and refusal; a refusal is 403 with its reason, a photo that cannot serve 400.
@@ -11,6 +11,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Depends, Form, HTTPException, Request, UploadFile
 from fastapi import Path as PathParam
 from fastapi.responses import Response
+from pydantic import BaseModel, ConfigDict, Field
 
 from custodes.api.deps import get_node, require
 from custodes.api.routes.cases import MAX_PHOTOS, answers, photo_bytes
@@ -20,6 +21,7 @@ from custodes.faces.gallery import BasisKind, LegalBasis, Person
 router = APIRouter(prefix="/api/gallery", tags=["gallery"])
 
 Manager = Annotated[Actor, Depends(require(Permission.GALLERY_MANAGE))]
+Approver = Annotated[Actor, Depends(require(Permission.CASE_APPROVE))]
 PersonId = Annotated[int, PathParam(ge=1, le=2**62)]
 
 
@@ -31,6 +33,8 @@ def person_json(person: Person) -> dict[str, Any]:
         "expires_at": person.expires_at, "created_at": person.created_at,
         "created_by": person.created_by, "updated_at": person.updated_at,
         "updated_by": person.updated_by, "photos": person.photos,
+        "case_id": person.case_id, "approved_by": person.approved_by,
+        "approved_at": person.approved_at,
         "crop_url": f"/api/gallery/{person.id}/crop.jpg",
     }
 
@@ -66,6 +70,21 @@ def enroll(
                                         legal_basis=LegalBasis(basis_kind, basis_reference),
                                         expires_at=expires_at)
     return {"id": person_id}
+
+
+class Approval(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    note: str = Field("", max_length=2000)
+
+
+@router.post("/{person_id}/approve")
+def approve(request: Request, actor: Approver, person_id: PersonId,
+            body: Approval | None = None) -> dict[str, Any]:
+    """Approve a pending (consent) entry as a second person; only then is it matched."""
+    with answers():
+        person = get_node(request).gallery.approve(actor, person_id,
+                                                   note=body.note if body else "")
+    return person_json(person)
 
 
 @router.get("/{person_id}/crop.jpg", response_class=Response,

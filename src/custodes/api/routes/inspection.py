@@ -17,11 +17,12 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated, Final
 
-from fastapi import APIRouter, Depends, Query, Request
+from fastapi import APIRouter, Depends, HTTPException, Query, Request
 from fastapi.responses import FileResponse
 from starlette.background import BackgroundTask
 
 from custodes.api.deps import get_node, require
+from custodes.audit.log import SigningRefused
 from custodes.audit.report import write_pack
 from custodes.auth.roles import Actor, Permission
 
@@ -57,6 +58,10 @@ def pack(
             for path in sorted(made.folder.iterdir()):
                 zf.write(path, f"{name}/{path.name}")
         shutil.rmtree(made.folder)
+    except SigningRefused as exc:
+        # The log does not extend what the node signed before: no signed pack of it leaves.
+        shutil.rmtree(work, ignore_errors=True)
+        raise HTTPException(409, str(exc)) from None
     except BaseException:
         shutil.rmtree(work, ignore_errors=True)
         raise

@@ -1,174 +1,231 @@
 """Subject access requests: a person's own footage, with everybody else blurred.
 
-An approver (the data-protection officer, ``subject_access``) uploads the requester's photo,
-the camera and the range. The photo's face is described at once (a photo without one is 400)
-and the export is made in the background like any other (custodes.api.routes.exports: same
-folder, same record, same one-at-a-time turn), with a transform that keeps only the
-requester's face tracks visible (custodes.redaction.subject_access.subject_keep) and blurs every
-other face and the privacy zones (custodes.redaction.video). The photo itself is never
-stored; its descriptor lives as long as the export job.
+The rules live in custodes.privacy.subject_access; these routes turn requests into its calls:
 
-The export record is marked ``redacted: false`` (one person is visible), so on the exports
-page only roles allowed unredacted exports may download it; the approver, who has no export
-permission, lists and downloads it here. Requests, bundles and downloads are audited.
+1. ``POST /api/subject-access/requests`` (an officer, ``subject_access``): the request's
+   reference, the requester, how and by whom and when their identity was checked, one camera
+   and a span, and the requester's photo (a photo without a face is 400). Scope and rate are
+   limited by the profile.
+2. ``POST /api/subject-access/requests/{id}/approve`` (or ``reject``) by a second officer, who
+   may first look at the photo (``.../photo.jpg``) beside the identity check.
+3. ``POST /api/subject-access`` with the approved request's id: its one export, made in the
+   background like any other (``node.exports``, custodes.record.export_jobs: same folder, same
+   record, same queue), with a transform that keeps only the requester's face tracks visible
+   (custodes.redaction.subject_access.subject_keep) and blurs every other face and the
+   privacy zones (custodes.redaction.video). The photo is wiped as the export starts.
+
+The export record is marked ``redacted: false`` (one person is visible): only the two officers
+who answered the request may download it. A refusal is 403 with its reason, a request that
+does not exist 404, a malformed one 400. Every step and every refusal is audited.
 """
 
 from __future__ import annotations
 
-import logging
-import secrets
-import threading
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any
+from typing import Annotated, Any
 
+import cv2
 from fastapi import APIRouter, Depends, Form, HTTPException, Request, UploadFile
-from fastapi.responses import FileResponse
+from fastapi import Path as PathParam
+from fastapi.responses import FileResponse, Response
+from pydantic import BaseModel, ConfigDict, Field
 from starlette.background import BackgroundTask
 
-from custodes.api.deps import client_address, get_node, require, require_camera
+from custodes.api.deps import client_address, get_node, refuse, require, require_camera
 from custodes.api.routes import exports
-from custodes.api.routes.cases import photo_bytes
+from custodes.api.routes.cases import answers, photo_bytes
+from custodes.audit.actions import Action
 from custodes.auth.roles import Actor, Permission
-from custodes.faces.photos import read_image
-from custodes.privacy.policy import Action, allows
-from custodes.record.bundle import create_export
+from custodes.faces.photos import read_image, reduced
+from custodes.privacy.exports import download_problem
+from custodes.privacy.subject_access import AccessRequest, RequestStatus
+from custodes.record.export_jobs import (
+    ExportRecord,
+    JobState,
+    SubjectAccessRef,
+    new_export_id,
+)
 from custodes.record.playback import coverage, utc
 from custodes.redaction.subject_access import NoFaceInPhoto, subject_keep
-from custodes.redaction.video import Keep, redact_file
-
-if TYPE_CHECKING:
-    from custodes.app import Node
-
-log = logging.getLogger(__name__)
+from custodes.redaction.video import redact_file
 
 router = APIRouter(prefix="/api/subject-access", tags=["subject access"])
 
 Officer = Annotated[Actor, Depends(require(Permission.SUBJECT_ACCESS))]
 FormTime = Annotated[float, Form(ge=0, le=1e11, description="UTC epoch seconds")]
+RequestId = Annotated[int, PathParam(ge=1, le=2**62)]
 
 
-@router.post("", status_code=202)
-def request_export(
+# -- requests ------------------------------------------------------------------------------
+
+
+def request_json(request: AccessRequest) -> dict[str, Any]:
+    out = {k: v for k, v in vars(request).items() if k != "status"}
+    out["status"] = request.status.value
+    out["photo_url"] = (f"/api/subject-access/requests/{request.id}/photo.jpg"
+                        if request.has_photo and request.status is RequestStatus.PENDING
+                        else None)
+    return out
+
+
+@router.post("/requests", status_code=201)
+def record_request(
     request: Request,
     actor: Officer,
     *,
     photo: Annotated[UploadFile, Form(description="The requester's photo (one face)")],
+    reference: Annotated[str, Form(min_length=1, max_length=200,
+                                   description="The access request's reference")],
+    requester: Annotated[str, Form(min_length=1, max_length=200,
+                                   description="Who asks for their footage")],
+    identity_check: Annotated[str, Form(min_length=1, max_length=500,
+                                        description="How the requester's identity was checked "
+                                                    "(e.g. passport seen in person)")],
     camera: Annotated[str, Form(max_length=64)],
     start: FormTime,
     end: FormTime,
-    reference: Annotated[str, Form(min_length=1, max_length=200,
-                                   description="The access request's reference")],
-    allow_gaps: Annotated[bool, Form()] = False,
+    identity_checked_by: Annotated[str | None, Form(max_length=64, description="The user who "
+                                                    "checked it (default: the caller)")] = None,
+    identity_checked_at: Annotated[float | None, Form(ge=0, le=1e11, description="When "
+                                                      "(default: now)")] = None,
 ) -> dict[str, Any]:
-    """Start a signed export of ``camera`` over the range in which only the requester is
-    visible; follow it with GET /api/subject-access (state "done")."""
+    """Record a subject access request; a second officer must approve it before its export."""
     node = get_node(request)
-    asked = {"from": start, "to": end, "reference": reference}
-    if not allows(node.config.profile, Action.SUBJECT_ACCESS):
-        reason = f"the {node.config.profile.value} profile does not allow subject access"
-        node.audit.record(actor.name, "subject_access.request", camera, outcome="refused",
-                          detail={**asked, "reason": reason}, address=actor.address)
-        raise HTTPException(403, reason)
     require_camera(node, actor, camera)
-    if end <= start:
-        raise HTTPException(400, "the range must end after it starts")
-    if end - start > exports.MAX_SECONDS:
-        raise HTTPException(400, f"an export covers at most {exports.MAX_SECONDS / 3600:.0f} "
-                                 "hours")
     data = photo_bytes(photo, "the requester's photo")
     try:
-        keep = subject_keep(read_image(data))
+        # A photo that shows no face is refused now, not when the export starts.
+        subject_keep(reduced(read_image(data))[0])
     except NoFaceInPhoto as exc:
         raise HTTPException(400, f"the requester's photo: {exc}") from None
-    del data  # the photo is not kept; its descriptor lives in ``keep``
+    with answers():
+        recorded = node.subject_access.record(
+            actor, reference=reference, requester=requester, identity_check=identity_check,
+            identity_checked_by=identity_checked_by or actor.name,
+            identity_checked_at=time.time() if identity_checked_at is None
+            else identity_checked_at,
+            camera=camera, start=start, end=end, photo=data)
+    return request_json(recorded)
+
+
+@router.get("/requests")
+def list_access_requests(request: Request, actor: Officer) -> dict[str, Any]:
+    """Subject access requests of the cameras the caller may see, newest first."""
+    with answers():
+        found = get_node(request).subject_access.list_requests(actor)
+    return {"requests": [request_json(r) for r in found]}
+
+
+@router.get("/requests/{request_id}")
+def get_access_request(request: Request, actor: Officer,
+                       request_id: RequestId) -> dict[str, Any]:
+    with answers():
+        return request_json(get_node(request).subject_access.get(actor, request_id))
+
+
+@router.get("/requests/{request_id}/photo.jpg", response_class=Response,
+            responses={200: {"content": {"image/jpeg": {}}}})
+def request_photo(request: Request, actor: Officer, request_id: RequestId) -> Response:
+    """The requester's photo, to compare with the identity check before deciding (audited)."""
+    with answers():
+        data = get_node(request).subject_access.photo(actor, request_id)
+    ok, jpeg = cv2.imencode(".jpg", cv2.cvtColor(read_image(data), cv2.COLOR_RGB2BGR))
+    if not ok:
+        raise HTTPException(500, "the photo could not be encoded")
+    # Biometric data: no cache may keep it.
+    return Response(jpeg.tobytes(), media_type="image/jpeg",
+                    headers={"Cache-Control": "no-store"})
+
+
+class Decision(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    note: str = Field("", max_length=2000)
+
+
+@router.post("/requests/{request_id}/approve")
+def approve_request(request: Request, actor: Officer, request_id: RequestId,
+                    body: Decision) -> dict[str, Any]:
+    """Approve a pending request (a second officer: not its recorder nor identity checker)."""
+    with answers():
+        decided = get_node(request).subject_access.approve(actor, request_id, note=body.note)
+    return request_json(decided)
+
+
+@router.post("/requests/{request_id}/reject")
+def reject_request(request: Request, actor: Officer, request_id: RequestId,
+                   body: Decision) -> dict[str, Any]:
+    """Reject a pending request; the requester's photo is wiped."""
+    with answers():
+        decided = get_node(request).subject_access.reject(actor, request_id, note=body.note)
+    return request_json(decided)
+
+
+# -- the export ------------------------------------------------------------------------------
+
+
+class NewAccessExport(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    request: int = Field(ge=1, le=2**62, description="The approved request's id")
+    allow_gaps: bool = Field(False, description="Export across holes in the recording")
+
+
+@router.post("", status_code=202)
+def request_export(request: Request, actor: Officer, body: NewAccessExport) -> dict[str, Any]:
+    """Start the one export of an approved request, in which only the requester is visible;
+    follow it with GET /api/subject-access (state "done")."""
+    node = get_node(request)
+    with answers():
+        access = node.subject_access.exportable(actor, body.request)
+    camera, start, end = access.camera, access.start, access.end
+    # Checked before the request is spent: a range without footage leaves it approved.
     with node.store.read() as conn:
         spans, gaps = coverage(conn, camera, start, end)
     if not spans:
         raise HTTPException(404, f"no recordings of {camera} between {utc(start)} and "
                                  f"{utc(end)}")
-    if gaps and not allow_gaps:
+    if gaps and not body.allow_gaps:
         holes = "; ".join(str(g) for g in gaps)
         raise HTTPException(409, f"the recordings have gaps: {holes} (allow_gaps exports "
                                  "across them)")
-
-    export_id = time.strftime("%Y%m%d-%H%M%S", time.gmtime()) + "-" + secrets.token_hex(4)
-    folder = exports.exports_root(node) / export_id
-    folder.mkdir(parents=True)
-    record: dict[str, Any] = {
-        "id": export_id, "camera": camera, "start": start, "end": end,
+    export_id = new_export_id()
+    with answers():
+        access, data = node.subject_access.spend(actor, body.request, export_id)
+    try:
+        keep = subject_keep(reduced(read_image(data))[0])
+    except NoFaceInPhoto as exc:  # checked when recorded; a changed detector could differ
+        raise HTTPException(400, f"the requester's photo: {exc}") from None
+    del data  # the photo is gone from the database; its descriptor lives in ``keep``
+    record = ExportRecord(
+        id=export_id, camera=camera, start=start, end=end,
         # One person is shown unblurred: treated as unredacted wherever exports are listed.
-        "redacted": False, "subject_access": {"reference": reference},
-        "case": None, "allow_gaps": allow_gaps, "created_by": actor.name,
-        "created_at": time.time(), "state": "queued", "error": None, "bytes": None,
-        "duration": None, "audit_seq": None,
-    }
-    jobs = exports.jobs_of(request)
-    with jobs.lock:
-        jobs.active.add(export_id)
-    exports.write_record(folder, record)
-    node.audit.record(actor.name, "subject_access.request", camera,
-                      detail={**asked, "export": export_id}, address=actor.address)
-    threading.Thread(target=_make, args=(node, jobs, folder, record, actor),
-                     kwargs={"keep": keep}, name=f"subject-access-{export_id}", daemon=True).start()
-    return _public(record)
-
-
-def _make(node: Node, jobs: exports.Jobs, folder: Path, record: dict[str, Any], actor: Actor,
-          *, keep: Keep) -> None:
-    camera = record["camera"]
+        redacted=False, case=None, allow_gaps=body.allow_gaps, created_by=actor.name,
+        created_at=time.time(), subject_access=SubjectAccessRef(access.reference, access.id),
+    )
     zones = node.config.cameras[camera].privacy_zones
-    reference = record["subject_access"]["reference"]
+    reference = access.reference
 
     def only_the_requester(src: Path, dst: Path) -> dict[str, Any]:
         # The request's reference goes into the signed manifest with what was done.
-        return {**redact_file(src, dst, zones=zones, keep=keep),
-                "subject_access": reference}
+        return {**redact_file(src, dst, zones=zones, keep=keep), "subject_access": reference}
 
-    try:
-        with jobs.turn:
-            record["state"] = "running"
-            exports.write_record(folder, record)
-            bundle = create_export(
-                node.store, node.layout, node.keys, node.audit, camera, record["start"],
-                record["end"], folder / "bundle", actor=actor, transform=only_the_requester,
-                allow_gaps=record["allow_gaps"], node=node.config.node.name,
-            )
-        record.update(state="done", duration=bundle.duration, audit_seq=bundle.audit_seq,
-                      bytes=sum(p.stat().st_size for p in bundle.folder.iterdir()))
-    except Exception as exc:
-        log.warning("subject access export %s failed: %s", record["id"], exc)
-        record.update(state="failed", error=str(exc))
-    finally:
-        exports.write_record(folder, record)
-        with jobs.lock:
-            jobs.active.discard(record["id"])
+    return _public(node.exports.submit(record, actor, only_the_requester))
 
 
-def _public(record: dict[str, Any]) -> dict[str, Any]:
-    out = dict(record)
-    done = record["state"] == "done"
-    out["download_url"] = f"/api/subject-access/{record['id']}/download" if done else None
+def _public(record: ExportRecord) -> dict[str, Any]:
+    out = record.to_json()
+    done = record.state is JobState.DONE
+    out["download_url"] = f"/api/subject-access/{record.id}/download" if done else None
     return out
 
 
 @router.get("")
 def list_requests(request: Request, actor: Officer) -> dict[str, Any]:
     """Subject access exports of the cameras the caller may see, newest first."""
-    node = get_node(request)
-    root = exports.exports_root(node)
-    jobs = exports.jobs_of(request)
-    found = []
-    if root.is_dir():
-        for name in sorted((p.name for p in root.iterdir() if exports.valid_id(p.name)),
-                           reverse=True):
-            record = exports.read_record(root / name, jobs)
-            if (record is not None and "subject_access" in record
-                    and actor.sees_camera(record["camera"])):
-                found.append(_public(record))
-            if len(found) >= exports.LISTED:
-                break
-    return {"exports": found}
+    found = get_node(request).exports.newest(
+        exports.LISTED,
+        lambda r: r.subject_access is not None and actor.sees_camera(r.camera))
+    return {"exports": [_public(r) for r in found]}
 
 
 @router.get("/{export_id}/download", response_class=FileResponse,
@@ -176,18 +233,18 @@ def list_requests(request: Request, actor: Officer) -> dict[str, Any]:
 def download(request: Request, actor: Officer, export_id: exports.ExportId) -> FileResponse:
     """The subject access bundle as a zip (audited)."""
     node = get_node(request)
-    folder = exports.exports_root(node) / export_id
-    record = exports.read_record(folder, exports.jobs_of(request)) if folder.is_dir() else None
-    if record is None or "subject_access" not in record:
-        raise HTTPException(404, f"no subject access export {export_id}")
-    require_camera(node, actor, record["camera"])
-    if record["state"] != "done":
-        raise HTTPException(409, f"export {export_id} is {record['state']}"
-                            + (f": {record['error']}" if record.get("error") else ""))
-    archive = exports.zip_bundle(node, export_id, folder / "bundle")
-    node.audit.record(actor.name, "export.download", record["camera"], detail={
-        "export": export_id, "subject_access": record["subject_access"]["reference"],
-        "from": record["start"], "to": record["end"], "bytes": archive.stat().st_size,
+    record = exports.find_export(node, actor, export_id, subject_access=True)
+    assert record.subject_access is not None
+    problem = download_problem(node.store, actor, record.to_json())
+    if problem is not None:
+        refuse(node, actor.name, Action.EXPORT_DOWNLOAD, record.camera, problem,
+               detail={"export": export_id}, address=actor.address)
+    if (not_yet := exports.unfinished(record)) is not None:
+        raise not_yet
+    archive = node.exports.zip(export_id)
+    node.audit.record(actor.name, Action.EXPORT_DOWNLOAD, record.camera, detail={
+        "export": export_id, "subject_access": record.subject_access.reference,
+        "from": record.start, "to": record.end, "bytes": archive.stat().st_size,
     }, address=client_address(request))
     return FileResponse(archive, media_type="application/zip",
                         filename=f"custodes-subject-access-{export_id}.zip",

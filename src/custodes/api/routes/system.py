@@ -21,7 +21,7 @@ from custodes.api.status import node_status
 from custodes.auth.roles import Actor, Permission
 from custodes.capture.supervisor import State
 from custodes.config import redact_url
-from custodes.record.cleanup import Trigger, retention_status
+from custodes.record.cleanup import CameraDeletion, Trigger, retention_status
 from custodes.store import schema
 
 if TYPE_CHECKING:
@@ -53,10 +53,20 @@ def status(request: Request, actor: StatusViewer) -> dict[str, Any]:
 def retention(request: Request, actor: SystemViewer,
               passes: Annotated[int, Query(ge=0, le=1000)] = 20) -> dict[str, Any]:
     """Footage kept per camera against its retention, active holds, the latest deletion
-    passes (proof of deletion)."""
+    passes (proof of deletion): of the caller's cameras only. A hold's reason names its case
+    and a pass's details what was recorded where, so a user limited to some cameras sees
+    neither for the others (a hold on every camera only when they see every camera)."""
     node = get_node(request)
     with node.store.read() as conn:
         status = retention_status(conn, node.config, time.time(), last_passes=passes)
+    everything = actor.cameras is None
+
+    def shown(camera: str | None) -> bool:
+        return everything if camera is None else actor.sees_camera(camera)
+
+    def deleted(details: dict[str, CameraDeletion]) -> dict[str, dict[str, Any]]:
+        return {cam: d.to_json() for cam, d in details.items() if shown(cam)}
+
     return {
         "default_hours": node.config.retention.default_hours,
         "ceiling_days": node.config.retention.ceiling_days,
@@ -69,12 +79,17 @@ def retention(request: Request, actor: SystemViewer,
         "holds": [
             {"id": h.id, "camera": h.camera, "start": h.start, "end": h.end, "reason": h.reason,
              "created_at": h.created_at, "created_by": h.created_by, "expires_at": h.expires_at}
-            for h in status.holds
+            for h in status.holds if shown(h.camera)
         ],
         "passes": [
-            {"id": p.id, "at": p.at, "trigger": p.trigger.value, "segments": p.segments,
-             "bytes": p.bytes, "cameras": {cam: d.to_json() for cam, d in p.details.items()}}
-            for p in status.passes
+            # Totals of the cameras shown, not of the pass: they would tell the others apart.
+            {"id": p.id, "at": p.at, "trigger": p.trigger.value,
+             "segments": p.segments if everything
+             else sum(d.segments for c, d in p.details.items() if shown(c)),
+             "bytes": p.bytes if everything
+             else sum(d.bytes for c, d in p.details.items() if shown(c)),
+             "cameras": deleted(p.details)}
+            for p in status.passes if everything or any(map(shown, p.details))
         ],
     }
 

@@ -1,6 +1,7 @@
 """Pictures and footage: the camera list, live pictures, the timeline, and playback.
 
-- Live pictures are always redacted (the analysis worker blurs them while someone watches).
+- Live pictures are always redacted (the live picture service, custodes.live, makes them while
+  someone watches).
   Watching is audited once per session and camera every ``WATCH_AUDIT_EVERY`` seconds, not per
   picture.
 - Playback serves the recorded segment files as they are (no re-encoding) to roles holding
@@ -19,23 +20,34 @@ import asyncio
 import logging
 import threading
 import time
+from collections.abc import AsyncIterator
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
 from fastapi import APIRouter, Depends, HTTPException, Query, Request
 from fastapi import Path as PathParam
-from fastapi.responses import FileResponse, Response
+from fastapi.responses import FileResponse, Response, StreamingResponse
 from pydantic import StringConstraints
 from sqlalchemy import select
 from starlette.concurrency import run_in_threadpool
 
 from custodes.api.deps import client_address, get_node, require, require_camera
+from custodes.audit.actions import Action
 from custodes.auth.roles import Actor, Permission
 from custodes.config import NAME_PATTERN
 from custodes.record.playback import Segment, coverage
 from custodes.redaction.copies import RedactedCopies
-from custodes.redaction.live import latest_live, picture_path, request_live
+from custodes.redaction.live import (
+    LiveState,
+    State,
+    latest_live,
+    live_width,
+    picture_path,
+    read_state,
+    request_live,
+)
+from custodes.redaction.video import RedactionError
 from custodes.store import schema
 
 if TYPE_CHECKING:
@@ -141,9 +153,17 @@ async def live_picture(
     camera: CameraName,
     after: Annotated[float | None, Query(ge=0, le=1e11, description="Capture time of the "
                                          "picture the client has: wait for a newer one")] = None,
+    width: Annotated[int | None, Query(ge=1, le=100_000, description="The tile's width in "
+                                       "pixels: pictures are made at most this wide")] = None,
 ) -> Response:
     """The newest live picture of ``camera``, redacted; 503 with the reason while none is
-    fresh. ``X-Capture-Time`` is when it was taken, ``X-Frame-Age`` its age when served.
+    fresh. ``X-Capture-Time`` is when it was taken, ``X-Frame-Age`` its age when served,
+    ``X-Live-State`` what the live picture service is doing for the camera (live, starting,
+    busy, down; custodes.redaction.live.State), ``X-Live-Detail`` why, and ``X-Live-Fps`` its
+    pictures a second.
+
+    Asking is what keeps the pictures coming (custodes.live): the service makes them only for
+    cameras asked for within the last seconds, ``width`` wide or less.
 
     With ``after``, the answer waits (up to ``LIVE_WAIT`` seconds) for a picture taken later:
     the client asks again at once and gets each picture as soon as it exists, without polling
@@ -158,24 +178,39 @@ async def live_picture(
     watch: WatchLog = _app_part(request, "live_watch", WatchLog)
     if watch.due(viewer, camera, time.time()):
         await run_in_threadpool(
-            node.audit.record, actor.name, "live.view", camera, detail={"redacted": True},
+            node.audit.record, actor.name, Action.LIVE_VIEW, camera, detail={"redacted": True},
             address=client_address(request))
-    request_live(node.layout, camera)
+    request_live(node.layout, camera, live_width(width))
     if after is not None:
         deadline = time.monotonic() + LIVE_WAIT
         path = picture_path(node.layout.live, camera)
         while _mtime(path) <= after and time.monotonic() < deadline:
             await asyncio.sleep(LIVE_CHECK)
     frame = latest_live(node.layout, camera, max_age=LIVE_STALE)
+    state = read_state(node.layout.live, camera)
     if frame is None:
-        raise HTTPException(503, "no live picture yet: the camera or its analysis is starting "
-                                 "or down", headers={"Retry-After": "1"})
+        kind, why = _live_trouble(node, state)
+        raise HTTPException(503, f"no live picture yet: {why}",
+                            headers={"Retry-After": "1", "X-Live-State": kind})
     jpeg, captured = frame
     age = max(time.time() - captured, 0.0)
     return Response(jpeg, media_type="image/jpeg", headers={
         "Cache-Control": "no-store", "X-Capture-Time": f"{captured:.3f}",
         "X-Frame-Age": f"{age:.3f}",
+        "X-Live-State": state.state if state is not None else State.LIVE,
+        "X-Live-Fps": f"{state.fps:.1f}" if state is not None else "",
+        # Headers are Latin-1; a stream's error text is the camera's or FFmpeg's.
+        "X-Live-Detail": state.detail.encode("ascii", "replace").decode() if state else "",
     })
+
+
+def _live_trouble(node: Node, state: LiveState | None) -> tuple[str, str]:
+    """Why there is no fresh picture: a State value and a few words for the viewer."""
+    if state is not None and state.state != State.LIVE:
+        return state.state, state.detail
+    if not node.live.running:
+        return State.BUSY, "the live picture service is (re)starting"
+    return State.STARTING, "the camera's live pictures are starting"
 
 
 def _mtime(path: Path) -> float:
@@ -193,7 +228,11 @@ def _range(day: date | None, start: float | None, end: float | None) -> tuple[fl
         if start is not None or end is not None:
             raise HTTPException(400, "give either day or start and end, not both")
         first = datetime(day.year, day.month, day.day, tzinfo=UTC)
-        return first.timestamp(), (first + timedelta(days=1)).timestamp()
+        try:
+            after = first + timedelta(days=1)
+        except OverflowError:  # 9999-12-31 has no next day to end at
+            raise HTTPException(400, f"day {day} is out of range") from None
+        return first.timestamp(), after.timestamp()
     if start is None or end is None:
         raise HTTPException(400, "give day=YYYY-MM-DD (UTC) or both start and end")
     if end <= start:
@@ -279,14 +318,18 @@ def playback(
     if not found:
         raise HTTPException(404, f"no recordings of {camera} at or after {_utc(at)}")
     offset = max(0.0, at - found[0].start)
-    node.audit.record(actor.name, "playback", camera, detail={
+    if use_redacted:
+        # The browser asks for the first copy at once: start it now, a round trip (and this
+        # audit entry's write) earlier.
+        redacted_copies(request).start(node, found[0])
+    node.audit.record(actor.name, Action.PLAYBACK, camera, detail={
         "start": found[0].start + offset, "end": found[-1].end, "segments": len(found),
         "redacted": use_redacted,
     }, address=client_address(request))
     kind = "redacted" if use_redacted else "video"
     if use_redacted:
         copies = redacted_copies(request)
-        for s in found[1:1 + PREFETCH]:  # the browser asks for the first one at once
+        for s in found[1:1 + PREFETCH]:
             copies.prefetch(node, s)
     return {
         "camera": camera, "at": at, "start": found[0].start + offset, "offset": offset,
@@ -319,40 +362,92 @@ def _segment(node: Node, actor: Actor, segment_id: int) -> Segment:
             responses={200: {"content": {"video/mp4": {}}}})
 def segment_video(request: Request, actor: UnredactedPlayer,
                   segment_id: SegmentId) -> FileResponse:
-    """A recorded segment exactly as recorded (MP4, H.264), with HTTP range requests."""
+    """A recorded segment exactly as recorded (MP4, H.264), with HTTP range requests.
+
+    Every access to original footage is audited (``segment.original``), once per session and
+    segment every ``ORIGINALS_AUDIT_EVERY`` seconds: a player's many range requests make one
+    entry, and walking the sequential ids to pull an archive makes one per segment. The
+    entry is written before the file is served; if it cannot be written, nothing is served.
+    """
     node = get_node(request)
     segment = _segment(node, actor, segment_id)
     path = resolve_inside(node.layout.recordings, segment.path)
     if not path.is_file():
         raise HTTPException(404, f"segment {segment_id} is indexed but its file is missing")
+    session = getattr(request.state, "session", None)
+    token = getattr(request.state, "token", None)
+    viewer = (session.token_hash if session is not None
+              else f"token:{token.id}" if token is not None else f"user:{actor.name}")
+    seen: OriginalsLog = _app_part(request, "originals_seen", OriginalsLog)
+    if seen.due(viewer, str(segment_id), time.time()):
+        node.audit.record(actor.name, Action.SEGMENT_ORIGINAL, str(segment_id), detail={
+            "camera": segment.camera, "start": segment.start, "end": segment.end,
+            "range": request.headers.get("range"),
+        }, address=client_address(request))
     return FileResponse(path, media_type="video/mp4")
+
+
+ORIGINALS_AUDIT_EVERY = 3600.0  # seconds: one "segment.original" per session and segment
+
+
+class OriginalsLog(WatchLog):
+    """Who fetched which original segment, so that it is audited once per while."""
+
+    def __init__(self) -> None:
+        super().__init__(ORIGINALS_AUDIT_EVERY)
 
 
 @router.get("/api/segments/{segment_id}/redacted", response_class=FileResponse,
             responses={200: {"content": {"video/mp4": {}}}})
-def segment_redacted(request: Request, actor: Player,
-                     segment_id: SegmentId) -> FileResponse:
-    """A recorded segment with faces and privacy zones blurred (made on first request:
-    a few seconds per segment), with HTTP range requests."""
+async def segment_redacted(request: Request, actor: Player,
+                           segment_id: SegmentId) -> Response:
+    """A recorded segment with faces and privacy zones blurred. Made on first request and
+    sent as it is made (fragmented MP4, no length, no byte ranges: a player must take it as a
+    stream, e.g. through Media Source Extensions); once made, a file with HTTP range
+    requests."""
     node = get_node(request)
-    segment = _segment(node, actor, segment_id)
+    segment = await run_in_threadpool(_segment, node, actor, segment_id)
     copies = redacted_copies(request)
     # Playback comes here segment after segment: start on the next ones meanwhile.
+    for following in await run_in_threadpool(_following, node, segment):
+        copies.prefetch(node, following)
+    missing = f"segment {segment_id} is indexed but its file is missing"
+    try:
+        made = copies.open(node, segment)
+    except FileNotFoundError:
+        raise HTTPException(404, missing) from None
+    if isinstance(made, Path):
+        return FileResponse(made, media_type="video/mp4")
+    # The first bytes (the file's index) come with the first frame: an error before them is
+    # still an HTTP error; one after them cuts the answer short, which no player takes for a
+    # whole file.
+    try:
+        first = await anext(made)
+    except FileNotFoundError:
+        raise HTTPException(404, missing) from None
+    except RedactionError as exc:
+        raise HTTPException(500, f"segment {segment_id} could not be redacted: {exc}"
+                            ) from None
+    return StreamingResponse(_chained(first, made), media_type="video/mp4",
+                             headers={"Cache-Control": "no-store"})
+
+
+async def _chained(first: bytes, rest: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
+    yield first
+    async for chunk in rest:
+        yield chunk
+
+
+def _following(node: Node, segment: Segment) -> list[Segment]:
+    """The PREFETCH segments of the same camera after ``segment``."""
     with node.store.read() as conn:
-        following = conn.execute(
+        rows = conn.execute(
             select(schema.segments)
             .where(schema.segments.c.camera == segment.camera,
                    schema.segments.c.start > segment.start)
             .order_by(schema.segments.c.start).limit(PREFETCH)
         ).all()
-    for row in following:
-        copies.prefetch(node, Segment.from_row(row))
-    try:
-        path = copies.get(node, segment)
-    except FileNotFoundError:
-        raise HTTPException(404, f"segment {segment_id} is indexed but its file is missing"
-                            ) from None
-    return FileResponse(path, media_type="video/mp4")
+    return [Segment.from_row(row) for row in rows]
 
 
 def redacted_copies(request: Request) -> RedactedCopies:

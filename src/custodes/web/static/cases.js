@@ -25,7 +25,7 @@
 
   const range = (a, b) => custodes.utc(a) + " – " + custodes.utc(b);
   const badge = (status) => el("span", { class: "badge status-" + status + " " + ({
-    approved: "ok", pending: "busy", rejected: "bad", closed: "", expired: "" }[status] || "") }, status);
+    approved: "ok", pending: "busy", rejected: "bad", closed: "", expired: "", exported: "ok" }[status] || "") }, status);
   const who = (name, t) => name ? el("span", {}, name, el("div", { class: "muted mono" }, custodes.utc(t))) : "—";
   const crop = (url, title) => el("img", { src: url, alt: title, title, class: "crop", loading: "lazy",
     style: "width:72px;height:72px;object-fit:cover;background:#000;border:1px solid var(--line);display:block" });
@@ -93,33 +93,107 @@
     if (data.can_subject_access) subjectAccess();
   }
 
-  // -- subject access requests (on the list page, for the data-protection officer) ---------
+  // -- subject access requests (on the list page, for the data-protection officers) --------
+  // One officer records a request, a second decides it, then one of the two starts its one
+  // export. The page shows each officer what they may do next, and why not where they may
+  // not; the API refuses (and audits) the same things whatever the page shows.
   function subjectAccess() {
-    const rows = document.getElementById("access-rows");
-    const dialog = document.getElementById("access-dialog");
-    const form = document.getElementById("access-form");
-    const amsg = document.getElementById("a-message");
+    const me = data.me;
+    const requestRows = document.getElementById("access-requests");
+    const exportRows = document.getElementById("access-rows");
+    const amsg = document.getElementById("access-message");
+    let requests = [];
     let timer = null;
+
+    // Field names as the form labels them, for the API's validation errors.
+    const fields = { reference: "Reference", requester: "Requester", identity_check: "Identity checked how",
+      identity_checked_by: "Identity checked by", identity_checked_at: "Checked at", camera: "Camera",
+      start: "Footage from", end: "Footage to", photo: "Requester's photo" };
+    const labelled = (text) => text.split("; ").map((part) =>
+      part.replace(/^([a-z_]+): /, (m, name) => fields[name] ? fields[name] + ": " : m)).join("; ");
+    const reason = (err) => (err.status === 403 ? "Refused: " : "") + (err.status === 422 ? labelled(err.message) : err.message);
+    const both = (r) => [r.recorded_by, r.decided_by].filter(Boolean).join(" and ");
+
+    // What ``me`` may do with a request, or why not.
+    function nextStep(r) {
+      if (r.status === "pending") {
+        if (r.recorded_by === me) return el("span", { class: "muted why" }, "You recorded this request: a second officer must decide it.");
+        if (r.identity_checked_by === me) return el("span", { class: "muted why" }, "You checked the requester's identity: a second officer must decide it.");
+        return el("button", { type: "button", class: "decide primary", onclick: () => openDecision(r) }, "Decide…");
+      }
+      if (r.status === "approved") {
+        if (r.recorded_by !== me && r.decided_by !== me) {
+          return el("span", { class: "muted why" }, `Only ${both(r)}, who answered it, may export it.`);
+        }
+        const gaps = el("input", { type: "checkbox", class: "gaps" });
+        return el("span", { class: "export-step" },
+          el("button", { type: "button", class: "export primary", onclick: (e) => startExport(r, gaps.checked, e.target) }, "Start export"),
+          el("label", { title: "Export even where the recording has holes" }, gaps, " across gaps"));
+      }
+      if (r.status === "exported") return el("span", { class: "muted" }, "export ", el("span", { class: "mono" }, r.export_id));
+      return el("span", { class: "muted" }, "photo wiped");
+    }
+
+    function requestRow(r) {
+      return el("tr", { "data-request": r.id, "data-status": r.status },
+        el("td", {}, el("b", {}, r.reference), el("div", { class: "muted" }, `#${r.id}`)),
+        el("td", {}, r.requester),
+        el("td", {}, r.identity_check, el("div", { class: "muted" }, `${r.identity_checked_by} · `,
+          el("span", { class: "mono" }, custodes.utc(r.identity_checked_at)))),
+        el("td", {}, r.camera, el("div", { class: "mono" }, range(r.start, r.end))),
+        el("td", {}, who(r.recorded_by, r.recorded_at)),
+        el("td", {}, badge(r.status),
+          r.decided_by ? el("div", { class: "muted" }, `by ${r.decided_by} · `, el("span", { class: "mono" }, custodes.utc(r.decided_at))) : null,
+          r.decision_note ? el("div", { class: "muted note" }, r.decision_note) : null,
+          r.status === "pending" || r.status === "approved"
+            ? el("div", { class: "muted" }, "lapses ", el("span", { class: "mono" }, custodes.utc(r.expires_at))) : null),
+        el("td", { class: "step" }, nextStep(r)));
+    }
+
+    function exportRow(x) {
+      const r = requests.find((q) => q.id === x.subject_access.request);
+      let get = null;
+      if (x.download_url && r && (r.recorded_by === me || r.decided_by === me)) {
+        get = el("a", { class: "button download", href: x.download_url, download: "" }, "Download");
+      } else if (x.download_url) {
+        get = el("span", { class: "muted why" }, r ? `Only ${both(r)} may download it.`
+          : "Only the officers who answered its request may download it.");
+      }
+      return el("tr", { "data-export": x.id },
+        el("td", { class: "mono" }, x.id), el("td", {}, x.subject_access.reference),
+        el("td", {}, x.camera), el("td", { class: "mono" }, range(x.start, x.end)),
+        el("td", {}, x.created_by),
+        el("td", {}, el("span", { class: "badge " + x.state, title: x.error || "" }, x.state),
+           x.bytes ? el("div", { class: "muted" }, custodes.bytes(x.bytes)) : null,
+           x.error ? el("div", { class: "muted" }, x.error) : null),
+        el("td", {}, get));
+    }
+
     async function refresh() {
       try {
-        const r = await custodes.api("GET", "/api/subject-access");
-        rows.replaceChildren(...r.exports.map((x) => el("tr", { "data-export": x.id },
-          el("td", { class: "mono" }, x.id), el("td", {}, x.subject_access.reference),
-          el("td", {}, x.camera), el("td", { class: "mono" }, range(x.start, x.end)),
-          el("td", {}, x.created_by),
-          el("td", {}, el("span", { class: "badge " + x.state, title: x.error || "" }, x.state),
-             x.error ? el("div", { class: "muted" }, x.error) : null),
-          el("td", {}, x.download_url ? el("a", { class: "button", href: x.download_url, download: "" }, "Download") : null))));
-        if (!r.exports.length) rows.append(el("tr", {}, el("td", { colspan: "7", class: "muted" }, "No requests yet.")));
+        const [q, x] = await Promise.all([custodes.api("GET", "/api/subject-access/requests"),
+                                          custodes.api("GET", "/api/subject-access")]);
+        requests = q.requests;
+        requestRows.replaceChildren(...requests.map(requestRow));
+        if (!requests.length) requestRows.append(el("tr", {}, el("td", { colspan: "7", class: "muted" }, "No requests yet.")));
+        exportRows.replaceChildren(...x.exports.map(exportRow));
+        if (!x.exports.length) exportRows.append(el("tr", {}, el("td", { colspan: "7", class: "muted" }, "No exports yet.")));
         clearTimeout(timer);
-        if (r.exports.some((x) => x.state === "queued" || x.state === "running")) timer = setTimeout(refresh, 2000);
-      } catch (err) { custodes.message(msg, err.message, "bad"); }
+        if (x.exports.some((e) => e.state === "queued" || e.state === "running")) timer = setTimeout(refresh, 2000);
+      } catch (err) { custodes.message(amsg, err.message, "bad"); }
     }
+
+    // 1. Recording a request.
+    const dialog = document.getElementById("access-dialog");
+    const form = document.getElementById("access-form");
+    const rmsg = document.getElementById("a-message");
     document.getElementById("new-access").addEventListener("click", () => {
       const now = Date.now() / 1000;
-      form.elements.start.value = custodes.toInput(now - 600);
-      form.elements.end.value = custodes.toInput(now - 540);
-      custodes.message(amsg, "", "");
+      const f = form.elements;
+      f.identity_checked_at.value = custodes.toInput(now);
+      if (!f.start.value) f.start.value = custodes.toInput(now - 600);
+      if (!f.end.value) f.end.value = custodes.toInput(now - 540);
+      custodes.message(rmsg, "", "");
       dialog.showModal();
     });
     document.getElementById("access-cancel").addEventListener("click", () => dialog.close());
@@ -127,25 +201,90 @@
       e.preventDefault();
       const f = form.elements;
       const body = new FormData();
-      body.append("reference", f.reference.value);
-      body.append("camera", f.camera.value);
-      for (const name of ["start", "end"]) {
+      for (const name of ["reference", "requester", "identity_check", "identity_checked_by", "camera"]) {
+        body.append(name, f[name].value.trim());
+      }
+      for (const name of ["identity_checked_at", "start", "end"]) {
         const t = custodes.fromInput(f[name].value);
-        if (t === null) { custodes.message(amsg, `${name}: not a time`, "bad"); return; }
+        if (t === null) { custodes.message(rmsg, `${fields[name]}: not a time`, "bad"); return; }
         body.append(name, String(t));
       }
       if (f.photo.files.length) body.append("photo", f.photo.files[0]);
-      const button = document.getElementById("access-start");
+      const button = document.getElementById("access-record");
       button.disabled = true;
-      custodes.message(amsg, "reading the photo…", "busy");
+      custodes.message(rmsg, "reading the photo…", "busy");
       try {
-        const x = await upload("/api/subject-access", body);
+        const r = await upload("/api/subject-access/requests", body);
         dialog.close();
-        custodes.message(msg, `Subject access export ${x.id} started.`, "ok");
+        form.reset();
+        custodes.message(amsg, `Request #${r.id} (${r.reference}) recorded: a second officer must now decide it.`, "ok");
         refresh();
-      } catch (err) { custodes.message(amsg, err.message, "bad"); }
-      finally { button.disabled = false; }
+      } catch (err) {
+        custodes.message(rmsg, reason(err), "bad");
+      } finally { button.disabled = false; }
     });
+
+    // 2. Deciding it (a second officer), after comparing the photo with the identity check.
+    const decision = document.getElementById("decide-dialog");
+    const photo = document.getElementById("d-photo");
+    const showPhoto = document.getElementById("d-show-photo");
+    const dmsg = document.getElementById("d-message");
+    let deciding = null;
+    function openDecision(r) {
+      deciding = r;
+      const row = (k, ...v) => el("tr", {}, el("th", { style: "position:static" }, k), el("td", {}, ...v));
+      document.getElementById("d-title").textContent = `Decide request #${r.id}: ${r.reference}`;
+      document.getElementById("d-facts").replaceChildren(
+        row("requester", r.requester), row("identity check", r.identity_check),
+        row("checked by", r.identity_checked_by, " · ", el("span", { class: "mono" }, custodes.utc(r.identity_checked_at))),
+        row("camera", r.camera), row("footage", el("span", { class: "mono" }, range(r.start, r.end))),
+        row("recorded by", r.recorded_by, " · ", el("span", { class: "mono" }, custodes.utc(r.recorded_at))));
+      photo.classList.add("hidden");
+      photo.removeAttribute("src");
+      showPhoto.classList.toggle("hidden", !r.photo_url);
+      document.getElementById("d-note").value = "";
+      custodes.message(dmsg, "", "");
+      decision.showModal();
+    }
+    showPhoto.addEventListener("click", () => {
+      // Loaded only when asked for: every view of the photo is audited.
+      photo.onerror = () => custodes.message(dmsg, "The photo could not be shown (it is shown only while the request is pending).", "bad");
+      photo.src = deciding.photo_url + "?t=" + Date.now();
+      photo.classList.remove("hidden");
+      showPhoto.classList.add("hidden");
+    });
+    // A biometric photo does not stay in the page after the dialog.
+    decision.addEventListener("close", () => { photo.removeAttribute("src"); photo.classList.add("hidden"); });
+    document.getElementById("d-cancel").addEventListener("click", () => decision.close());
+    async function decide(action) {
+      custodes.message(dmsg, "", "");
+      try {
+        const r = await custodes.api("POST", `/api/subject-access/requests/${deciding.id}/${action}`,
+                                     { note: document.getElementById("d-note").value });
+        decision.close();
+        custodes.message(amsg, action === "approve"
+          ? `Request #${r.id} approved: ${r.recorded_by} or you may now start its export.`
+          : `Request #${r.id} rejected: its photo is wiped.`, "ok");
+        refresh();
+      } catch (err) { custodes.message(dmsg, reason(err), "bad"); }
+    }
+    document.getElementById("d-approve").addEventListener("click", () => decide("approve"));
+    document.getElementById("d-reject").addEventListener("click", () => decide("reject"));
+
+    // 3. Its one export (by the recorder or the decider).
+    async function startExport(r, allowGaps, button) {
+      button.disabled = true;
+      custodes.message(amsg, "starting the export…", "busy");
+      try {
+        const x = await custodes.api("POST", "/api/subject-access", { request: r.id, allow_gaps: allowGaps });
+        custodes.message(amsg, `Subject access export ${x.id} started for request #${r.id}; it appears below.`, "ok");
+      } catch (err) {
+        custodes.message(amsg, reason(err), "bad");
+      } finally {
+        button.disabled = false;
+        refresh();
+      }
+    }
     refresh();
   }
 

@@ -1,0 +1,44 @@
+"""Grants of privileged roles (custodes.auth.grants): listed (system.view), confirmed by a
+second administrator or cancelled (users.manage)."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends, Path, Request
+
+from custodes.api.deps import require
+from custodes.api.routes.users import account_answers, accounts
+from custodes.auth.roles import Actor, Permission
+
+Reader = Annotated[Actor, Depends(require(Permission.SYSTEM_VIEW))]
+Manager = Annotated[Actor, Depends(require(Permission.USERS_MANAGE))]
+GrantId = Annotated[int, Path(ge=1, le=2**62, description="Grant number")]
+
+router = APIRouter(prefix="/api/grants", tags=["users"])
+
+
+@router.get("")
+def list_grants(_actor: Reader, request: Request, pending: bool = False) -> list[dict[str, Any]]:
+    """Grants of privileged roles and password resets, newest first."""
+    return [g.public() for g in accounts(request).grants(pending_only=pending)]
+
+
+@router.post("/{grant_id}/confirm")
+def confirm_grant(grant_id: GrantId, request: Request, actor: Manager) -> dict[str, Any]:
+    """Carry out a grant as a second administrator; a new password is returned this once."""
+    with account_answers():
+        change = accounts(request).confirm(actor, grant_id)
+    assert change.grant is not None
+    out: dict[str, Any] = {"grant": change.grant.public(),
+                           "user": change.user.public() if change.user else None}
+    if change.password is not None:
+        out["password"] = change.password
+    return out
+
+
+@router.post("/{grant_id}/cancel")
+def cancel_grant(grant_id: GrantId, request: Request, actor: Manager) -> dict[str, Any]:
+    """Withdraw a pending grant."""
+    with account_answers():
+        return accounts(request).cancel(actor, grant_id).public()

@@ -25,17 +25,17 @@ from custodes.analytics.supervisor import AnalyticsSupervisor
 from custodes.analytics.worker import WorkerSpec
 from custodes.api.server import WebServer
 from custodes.audit.actions import Action
-from custodes.audit.log import SYSTEM, AuditLog, SigningRefused
+from custodes.audit.log import SYSTEM, SigningRefused
 from custodes.auth.users import ensure_admin
 from custodes.capture.supervisor import CaptureSupervisor, Health, State
 from custodes.config import Config, RecordMode
+from custodes.data import NodeData
 from custodes.events.bus import EventBus
 from custodes.events.maintainer import EventMaintainer
 from custodes.events.mqtt import MqttPublisher
 from custodes.faces.descriptors import FaceDescriptors
 from custodes.faces.gallery import Gallery
 from custodes.faces.watchlist import Watchlist
-from custodes.keys import NodeKeys
 from custodes.live.service import LiveCamera
 from custodes.live.supervisor import LiveSupervisor
 from custodes.privacy import exports as export_rules
@@ -45,12 +45,11 @@ from custodes.privacy.subject_access import SubjectAccess
 from custodes.record.cleanup import Retention
 from custodes.record.export_jobs import ExportJobs
 from custodes.record.forget import forget_without_footage
-from custodes.record.layout import DATA_UMASK, Layout
+from custodes.record.layout import DATA_UMASK
 from custodes.record.maintainer import Maintainer, ReconcileReport
 from custodes.redaction.copies import RedactedCopies
 from custodes.redaction.video import warm as warm_redaction
 from custodes.store import schema
-from custodes.store.db import Store
 
 log = logging.getLogger(__name__)
 
@@ -68,12 +67,11 @@ class CameraStatus:
 class Node:
     def __init__(self, config: Config) -> None:
         self.config = config
-        self.layout = Layout(config.storage.path)
-        self.store = Store(self.layout.database)
         # Keys load (or are created) before anything else: a node that cannot sign its audit
         # log or seal biometric data must not start.
-        self.keys = NodeKeys.load_or_create(config.key_dir)
-        self.audit = AuditLog(self.store, self.keys)
+        self.data = NodeData.of(config)
+        self.layout, self.store = self.data.layout, self.data.store
+        self.keys, self.audit = self.data.keys, self.data.audit
         self.maintainer = Maintainer(self.store, self.layout)
         self.retention = Retention(self.store, self.layout, config, audit=self.audit)
         self.supervisors: dict[str, CaptureSupervisor] = {}

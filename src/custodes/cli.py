@@ -18,7 +18,7 @@ from rich.table import Table
 
 from custodes.app import Node
 from custodes.audit.actions import Action
-from custodes.audit.log import AuditLog, SigningRefused
+from custodes.audit.log import SigningRefused
 from custodes.audit.report import AUDIT_FILE, write_pack
 from custodes.commands import (
     ConfigOption,
@@ -26,7 +26,7 @@ from custodes.commands import (
     console,
     err,
     fmt_time,
-    node_keys,
+    node_data,
     parse_time,
 )
 from custodes.commands import load as _load
@@ -224,12 +224,9 @@ def report(
 ) -> None:
     """Write the inspection pack: profile, cameras, retention, cases, access, audit log, signed."""
     cfg = _load(config)
-    layout = Layout(cfg.storage.path)
-    keys = node_keys(cfg)
-    with Store(layout.database) as store:
-        audit = AuditLog(store, keys)
+    with node_data(cfg) as data:
         try:
-            pack = write_pack(cfg, store, keys, audit, out, actor=cli_actor().name,
+            pack = write_pack(cfg, data.store, data.keys, data.audit, out, actor=cli_actor().name,
                               since=time.time() - days * 86400)
         except FileExistsError as exc:
             err.print(f"[red]report failed:[/red] {exc}", highlight=False)
@@ -261,15 +258,15 @@ def hold_add(
         err.print(f"unknown camera {camera!r}")
         raise typer.Exit(2)
     t0, t1 = parse_time(start), parse_time(end)
-    with Store(Layout(cfg.storage.path).database) as store:
+    with node_data(cfg) as data:
         try:
-            hold_id = add_hold(store, camera=camera, start=t0, end=t1,
+            hold_id = add_hold(data.store, camera=camera, start=t0, end=t1,
                                reason=reason, created_by=by or getpass.getuser(),
                                expires_at=parse_time(expires) if expires else None)
         except ValueError as exc:
             err.print(f"[red]{exc}[/red]")
             raise typer.Exit(2) from None
-        AuditLog(store, node_keys(cfg)).record(
+        data.audit.record(
             cli_actor().name, Action.HOLD_ADD, camera or "all",
             detail={"hold": hold_id, "start": t0, "end": t1, "reason": reason, "by": by},
         )
@@ -297,13 +294,13 @@ def hold_release(
 ) -> None:
     """Release a hold; its footage becomes subject to retention again."""
     cfg = _load(config)
-    with Store(Layout(cfg.storage.path).database) as store:
+    with node_data(cfg) as data:
         try:
-            release_hold(store, hold_id, by=by or getpass.getuser())
+            release_hold(data.store, hold_id, by=by or getpass.getuser())
         except ValueError as exc:
             err.print(f"[red]{exc}[/red]")
             raise typer.Exit(2) from None
-        AuditLog(store, node_keys(cfg)).record(
+        data.audit.record(
             cli_actor().name, Action.HOLD_RELEASE, str(hold_id), detail={"by": by}
         )
     console.print(f"hold {hold_id} released")

@@ -87,18 +87,9 @@ class Entry:
         )
 
 
-@dataclass(frozen=True)
-class Checkpoint:
-    """The node's signature over the hash of entry ``seq``, and so over the chain up to it."""
-
-    seq: int
-    hash: str
-    at: float
-    signature: bytes
-
-    @property
-    def message(self) -> bytes:
-        return checkpoint_message(self.seq, self.hash, self.at)
+class Checkpoint(Anchor):
+    """The node's signature over the hash of entry ``seq``, and so over the chain up to it,
+    as the database keeps it: the very signature its anchor carries outside the database."""
 
     @classmethod
     def from_row(cls, row: Any) -> Checkpoint:

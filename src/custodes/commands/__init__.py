@@ -25,10 +25,10 @@ from custodes.audit.log import AuditLog, Outcome
 from custodes.auth.roles import Actor, Role
 from custodes.auth.users import Users
 from custodes.config import Config, ConfigError, load_config
+from custodes.data import NodeData
 from custodes.keys import KeyFileError, NodeKeys
 from custodes.privacy.pinning import ProfileMismatch, check_profile
 from custodes.privacy.policy import Refused
-from custodes.record.layout import Layout
 from custodes.store.db import Store
 
 # Piped output (scripts, logs, tests) is not wrapped at 80 columns: a line stays a line.
@@ -69,13 +69,18 @@ def parse_time(text: str) -> float:
     return t.timestamp()
 
 
-def node_keys(config: Config) -> NodeKeys:
-    """The node's keys, created on first use as the node itself would; exit 2 when unusable."""
+@contextmanager
+def node_data(config: Config) -> Iterator[NodeData]:
+    """The node's data (`NodeData`: layout, database, keys, audit log) with the database open
+    for the block; the keys are created on first use as the node itself would; exit 2 when
+    they are unusable."""
     try:
-        return NodeKeys.load_or_create(config.key_dir)
+        data = NodeData.of(config)
     except (KeyFileError, OSError) as exc:
         err.print(f"[red]cannot use the node's keys:[/red] {exc}", highlight=False)
         raise typer.Exit(2) from None
+    with data.store:
+        yield data
 
 
 def cli_actor() -> Actor:
@@ -134,9 +139,8 @@ def signed_in(config_path: Path, user: str) -> Iterator[SignedIn]:
     local account that tried it ("cli:<user>") as the actor and the account claimed as target.
     """
     config = load(config_path)
-    with Store(Layout(config.storage.path).database) as store:
-        keys = node_keys(config)
-        audit = AuditLog(store, keys)
+    with node_data(config) as data:
+        store, keys, audit = data.store, data.keys, data.audit
         try:
             # A second config (or ``profile: ${P}``) on the same storage must not enroll into,
             # or search, a database pinned to a profile that forbids it.

@@ -9,7 +9,7 @@ import typer
 
 from custodes.audit.anchor import Anchor, AnchorFile
 from custodes.audit.exchange import LogFileError, export_log, verify_file, witness_anchors
-from custodes.audit.log import AuditLog, SigningRefused
+from custodes.audit.log import SigningRefused
 from custodes.audit.verify import VerifyReport, verify_store
 from custodes.commands import (
     EXIT_REFUSED,
@@ -19,7 +19,7 @@ from custodes.commands import (
     console,
     err,
     load,
-    node_keys,
+    node_data,
     parse_time,
     print_lines,
 )
@@ -101,10 +101,9 @@ def export(
     cfg = load(config)
     t0 = parse_time(since) if since else None
     t1 = parse_time(until) if until else None
-    keys = node_keys(cfg)
-    with Store(Layout(cfg.storage.path).database) as store:
+    with node_data(cfg) as data:
         try:
-            done = export_log(AuditLog(store, keys), out, actor=cli_actor().name,
+            done = export_log(data.audit, out, actor=cli_actor().name,
                               node=cfg.node.name, since=t0, until=t1)
         except (FileExistsError, LookupError) as exc:
             err.print(f"[red]audit export failed:[/red] {exc}", highlight=False)

@@ -7,7 +7,6 @@ from typing import Annotated, Any
 
 import typer
 
-from custodes.audit.log import AuditLog
 from custodes.commands import (
     EXIT_UNVERIFIED,
     ConfigOption,
@@ -15,13 +14,12 @@ from custodes.commands import (
     console,
     err,
     load,
-    node_keys,
+    node_data,
     parse_time,
     print_lines,
 )
 from custodes.config import Config
 from custodes.record.bundle import Transform, create_export
-from custodes.record.layout import Layout
 from custodes.record.manifest import verify_bundle
 from custodes.record.playback import ExportError, segments_in_range
 from custodes.redaction.exports import SegmentBoxes, redact_joined
@@ -74,13 +72,12 @@ def create(
     if camera not in cfg.cameras:
         err.print(f"unknown camera {camera!r}; configured: {', '.join(cfg.cameras)}")
         raise typer.Exit(2)
-    keys = node_keys(cfg)
-    layout = Layout(cfg.storage.path)
-    with Store(layout.database) as store:
+    with node_data(cfg) as data:
+        store = data.store
         transform = None if unredacted else redaction_for(cfg, camera, store, t0, t1)
         try:
             bundle = create_export(
-                store, layout, keys, AuditLog(store, keys), camera, t0, t1, out,
+                store, data.layout, data.keys, data.audit, camera, t0, t1, out,
                 actor=cli_actor(), case=case, transform=transform, allow_gaps=allow_gaps,
                 node=cfg.node.name,
             )

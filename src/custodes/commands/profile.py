@@ -13,8 +13,7 @@ from typing import Annotated
 
 import typer
 
-from custodes.audit.log import AuditLog
-from custodes.commands import ConfigOption, cli_actor, console, err, load, node_keys
+from custodes.commands import ConfigOption, cli_actor, console, err, load, node_data
 from custodes.privacy.pinning import change_profile, pinned_profile
 from custodes.privacy.policy import Profile
 from custodes.record.layout import Layout
@@ -49,8 +48,8 @@ def set_profile(
     if not yes:
         typer.confirm(f"pin the {profile.value} profile? Biometric data it does not allow is "
                       "deleted at once", abort=True)
-    with Store(Layout(cfg.storage.path).database) as store:
-        wiped = change_profile(store, AuditLog(store, node_keys(cfg)), profile,
+    with node_data(cfg) as data:
+        wiped = change_profile(data.store, data.audit, profile,
                                by=cli_actor().name, reason=reason)
     console.print(f"profile pinned: {profile.value}", highlight=False)
     if any(wiped.values()):

@@ -28,12 +28,10 @@ from custodes.commands import (
     err,
     fmt_time,
     load,
-    node_keys,
+    node_data,
 )
 from custodes.config import Config
 from custodes.privacy.policy import Refused
-from custodes.record.layout import Layout
-from custodes.store.db import Store
 
 user_app = typer.Typer(help="Manage the people who may sign in.", no_args_is_help=True)
 
@@ -43,10 +41,9 @@ GrantArg = Annotated[int, typer.Argument(help="Grant number (custodes user grant
 
 @contextmanager
 def _open(config: Config) -> Iterator[tuple[Users, AuditLog]]:
-    keys = node_keys(config)
-    with Store(Layout(config.storage.path).database) as store:
+    with node_data(config) as data:
         try:
-            yield Users(store), AuditLog(store, keys)
+            yield Users(data.store), data.audit
         except (UserError, KeyError) as exc:
             err.print(f"[red]{exc}[/red]", highlight=False)
             raise typer.Exit(2) from None

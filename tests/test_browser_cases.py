@@ -179,6 +179,9 @@ def test_open_approve_and_search_a_case(browser: Browser, people: People, shots:
         rows = ivan.locator("#hits tr[data-face]")
         expect(rows).to_have_count(len(inside))
         assert sorted(int(r.get_attribute("data-face") or 0) for r in rows.all()) == inside
+        # What was searched is said, not only what was found.
+        expect(ivan.locator("#search-message")).to_contain_text("face tracks searched")
+        expect(ivan.locator("#coverage tr[data-camera]")).not_to_have_count(0)
         ivan.wait_for_function(
             "() => [...document.querySelectorAll('#hits img')]"
             ".every(i => i.complete && i.naturalWidth > 0)")

@@ -33,7 +33,15 @@ from custodes.faces.calibration import MatchLevel
 from custodes.faces.descriptors import FaceDescriptors
 from custodes.faces.photos import describe_photo, read_image
 from custodes.keys import NodeKeys
-from custodes.privacy.cases import Case, CaseError, Cases, CaseStatus, SubjectPhoto
+from custodes.privacy.cases import (
+    UNKNOWN_GAP,
+    Case,
+    CaseError,
+    Cases,
+    CaseStatus,
+    SearchOutcome,
+    SubjectPhoto,
+)
 from custodes.privacy.policy import Profile, Refused
 from custodes.record.holds import active_holds
 from custodes.record.layout import Layout
@@ -73,15 +81,17 @@ class Env:
     embedder: FaceEmbedder
     clock: Clock = field(default_factory=Clock)
 
-    def cases(self, profile: Profile) -> Cases:
+    def cases(self, profile: Profile, descriptors_off: dict[str, str] | None = None) -> Cases:
         return Cases(self.store, self.keys, self.audit, profile, self.clock,
                      known_cameras=["cam1", "cam2", "cam3"], embedder=self.embedder,
-                     descriptors=self.descriptors)
+                     descriptors=self.descriptors, descriptors_off=descriptors_off)
 
-    def add_face(self, camera: str, start: float, vector: F32, *, length: float = 4.0,
+    def add_face(self, camera: str, start: float, vector: F32 | None, *, length: float = 4.0,
                  snapshot: str | None = None) -> int:
-        """A face track as the event maintainer stores it: event row, sealed descriptor."""
-        sealed = self.descriptors.seal(np.asarray(vector, np.float32).tobytes(), camera, start)
+        """A face track as the event maintainer stores it: event row, sealed descriptor (none
+        when ``vector`` is None, as from a camera that stores no descriptors)."""
+        sealed = None if vector is None else self.descriptors.seal(
+            np.asarray(vector, np.float32).tobytes(), camera, start)
 
         def write(conn: Any) -> int:
             event_id = conn.execute(insert(schema.events).values(
@@ -276,8 +286,89 @@ def test_search_returns_the_subject_inside_the_scope_and_nothing_outside(
     entry = env.entries(Action.FACE_SEARCH)[-1]
     assert entry.target == f"case {case.id}"
     assert entry.actor == "alice"
+    # Tracks outside the scope are not counted among those searched.
     assert entry.detail == {"cameras": ["cam1", "cam2"], "searched": ["cam1", "cam2"],
-                            "start": t0, "end": t1, "k": 50, "hits": 3, "matches": 2}
+                            "start": t0, "end": t1, "k": 50, "hits": 3, "matches": 2,
+                            "tracks": 3 + len(strangers), "searchable": 3 + len(strangers),
+                            "outcome": "found"}
+    assert (result.outcome, result.tracks, result.searchable) == (
+        SearchOutcome.FOUND, 3 + len(strangers), 3 + len(strangers))
+    assert all(c.reason is None for c in result.coverage)
+
+
+# -- what a search could search ------------------------------------------------------------------
+
+EMBEDDINGS_OFF = "cameras.cam1.analytics.faces.embeddings is off in the config: faces are ..."
+
+
+def test_a_search_over_tracks_without_descriptors_says_nothing_could_be_searched(
+        env: Env, people: People) -> None:
+    """The municipal demo's complaint: 408 tracks, none with a descriptor, answered as if
+    nobody near enough had been found."""
+    cases = env.cases(Profile.MUNICIPAL, descriptors_off={"cam1": EMBEDDINGS_OFF})
+    t0, _ = SCOPE
+    for i in range(5):
+        env.add_face("cam1", t0 + HOUR + 10 * i, None)
+    env.add_face("cam2", t0 + 2 * HOUR, None)  # its config stores them: the cause is unknown
+    env.add_face("cam1", t0 - HOUR, None)  # before the scope: not counted
+    case = open_case(cases, people)
+    cases.approve(BOB, case.id)
+
+    result = cases.search(ALICE, case.id)
+    assert result.hits == ()
+    assert result.outcome is SearchOutcome.NOTHING_SEARCHABLE
+    assert (result.tracks, result.searchable, result.missing) == (6, 0, 6)
+    assert [(c.camera, c.tracks, c.searchable, c.reason) for c in result.coverage] == [
+        ("cam1", 5, 0, EMBEDDINGS_OFF), ("cam2", 1, 0, UNKNOWN_GAP)]
+    assert result.summary.startswith("Nothing could be searched: 6 face tracks recorded in "
+                                     "the searched window, none with a face descriptor "
+                                     f"(cam1: 5 without, because {EMBEDDINGS_OFF}; cam2: 1 ")
+    assert "near enough" not in result.summary
+    assert "None is within" not in result.summary
+    entry = env.entries(Action.FACE_SEARCH)[-1]
+    assert (entry.detail["tracks"], entry.detail["searchable"], entry.detail["outcome"]) == (
+        6, 0, "nothing_searchable")
+
+    # Narrowed to a camera that recorded no face at all: a third answer.
+    quiet = cases.search(ALICE, case.id, cameras=["cam2"], start=t0, end=t0 + HOUR)
+    assert quiet.outcome is SearchOutcome.NO_TRACKS
+    assert (quiet.tracks, quiet.searchable) == (0, 0)
+    assert quiet.summary == ("No face track was recorded on cam2 in the searched window: "
+                             "there was nothing to search.")
+
+
+def test_a_search_that_compared_faces_says_how_many_and_what_none_near_means(
+        env: Env, people: People) -> None:
+    cases = env.cases(Profile.MUNICIPAL, descriptors_off={"cam1": EMBEDDINGS_OFF})
+    t0, _ = SCOPE
+    strangers = [env.add_face("cam2", t0 + HOUR + i, v) for i, v in enumerate(people.other)]
+    env.add_face("cam1", t0 + 3 * HOUR, None)
+    env.add_face("cam1", t0 + 4 * HOUR, None)
+    case = open_case(cases, people)
+    cases.approve(BOB, case.id)
+
+    result = cases.search(ALICE, case.id)
+    assert result.hits == ()
+    assert result.outcome is SearchOutcome.NONE_NEAR
+    assert (result.tracks, result.searchable, result.missing) == (
+        len(strangers) + 2, len(strangers), 2)
+    assert result.summary.startswith(
+        f"Searched {len(strangers)} face tracks: None is within 0.60 of a subject, not even a "
+        "possible match. That is no proof of absence:")
+    # The tracks left out are said, with their cause.
+    assert result.summary.endswith(f" 2 of the {len(strangers) + 2} face tracks could not "
+                                   "be searched, "
+                                   f"having no face descriptor (cam1: 2 without, because "
+                                   f"{EMBEDDINGS_OFF}).")
+
+    # The subject recorded beside them is still found, and the gap still reported.
+    found = env.add_face("cam2", t0 + 5 * HOUR, people.same_at(MatchLevel.MATCH)[0])
+    result = cases.search(ALICE, case.id)
+    assert [h.face_id for h in result.hits] == [found]
+    assert result.outcome is SearchOutcome.FOUND
+    assert (result.tracks, result.searchable) == (len(strangers) + 3, len(strangers) + 1)
+    assert result.summary.startswith(
+        f"1 hit (1 match) among {len(strangers) + 1} face tracks searched. 2 of the ")
 
 
 def test_a_narrower_request_is_honoured_and_a_wider_one_refused(env: Env,
@@ -540,6 +631,7 @@ def test_the_command_line_acts_as_a_signed_in_user(tmp_path: Path, people: Peopl
     result = run(municipal, "alice", "alice-password-1", "search", "1")
     assert result.exit_code == 0, result.output
     assert "0 hits in cam1" in result.output
+    assert "No face track was recorded on cam1" in result.output
     # Two recorded faces of the subject: one a match, one only possible (shown unnamed).
     cfg = load_config(municipal)
     with Store(Layout(cfg.storage.path).database) as store:

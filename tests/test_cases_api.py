@@ -32,7 +32,7 @@ from custodes.config import parse_config
 from custodes.faces.calibration import MatchLevel
 from custodes.faces.watchlist import Watchlist
 from custodes.media import ffmpeg_exe
-from custodes.privacy.cases import Cases
+from custodes.privacy.cases import Cases, descriptor_gaps
 from custodes.record.manifest import verify_bundle
 from custodes.store import schema
 from custodes.vision.embedding import FaceEmbedder
@@ -62,7 +62,8 @@ def build_node(root: Path, embedder: FaceEmbedder, profile: str = "police") -> I
     # The module's embedder, so that each test does not load the network again.
     node.cases = Cases(node.store, node.keys, node.audit, node.config.profile,
                        known_cameras=node.config.cameras, embedder=embedder,
-                       descriptors=node.descriptors)
+                       descriptors=node.descriptors,
+                       descriptors_off=descriptor_gaps(node.config))
     node.watchlist = Watchlist(node.cases, node.store, node.audit, node.bus)
     node.layout.create()
     node.store.open()
@@ -82,16 +83,17 @@ def app(node: Node) -> FastAPI:
     return make_app(node)
 
 
-def add_face(node: Node, camera: str, start: float, vector: F32, *,
+def add_face(node: Node, camera: str, start: float, vector: F32 | None, *,
              snapshot: bytes | None = None) -> int:
     """A face track as the event maintainer stores it: an event (with its redacted snapshot
-    file) and the sealed descriptor."""
+    file) and the sealed descriptor (none when ``vector`` is None)."""
     relative = None
     if snapshot is not None:
         relative = f"{camera}/face-{start:.0f}.jpg"
         (node.layout.snapshots / camera).mkdir(parents=True, exist_ok=True)
         (node.layout.snapshots / relative).write_bytes(snapshot)
-    sealed = node.descriptors.seal(np.asarray(vector, np.float32).tobytes(), camera, start)
+    sealed = None if vector is None else node.descriptors.seal(
+        np.asarray(vector, np.float32).tobytes(), camera, start)
 
     def write(conn: Any) -> int:
         event_id = conn.execute(insert(schema.events).values(
@@ -169,6 +171,7 @@ def test_open_approve_search_close(app: FastAPI, node: Node, people: People) -> 
 
     r = alice.post(f"{url}/search", json={"k": 50})
     assert r.status_code == 200, r.text
+    assert (r.json()["outcome"], r.json()["coverage"]["searchable"]) == ("found", 3)
     hits = r.json()["hits"]
     assert {h["face_id"] for h in hits} == inside
     assert outside not in {h["face_id"] for h in hits}
@@ -211,6 +214,48 @@ def test_open_approve_search_close(app: FastAPI, node: Node, people: People) -> 
     listed = alice.get("/api/cases").json()
     assert listed["search_allowed"] is True
     assert [c["id"] for c in listed["cases"]] == [case["id"]]
+
+
+def test_a_search_says_what_it_could_search(app: FastAPI, node: Node, people: People) -> None:
+    """Tracks without descriptors are "nothing could be searched", with the counts and the
+    setting that causes it; compared tracks with no hit are "searched N, none near enough"."""
+    alice = signed_in(app, add_user(app, "alice", Role.INVESTIGATOR))
+    bob = signed_in(app, add_user(app, "bob", Role.APPROVER))
+    t0 = SCOPE[0]
+    for i in range(3):
+        add_face(node, "cam1", t0 + HOUR + 10 * i, None)
+    add_face(node, "cam2", t0 + HOUR, None)
+    r = alice.post("/api/cases", data=case_form(), files=photo_files(people.subject_photos))
+    assert r.status_code == 201, r.text
+    url = f"/api/cases/{r.json()['id']}"
+    assert bob.post(f"{url}/approve", json={}).status_code == 200
+
+    r = alice.post(f"{url}/search", json={})
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert (body["hits"], body["outcome"]) == ([], "nothing_searchable")
+    off = ("cameras.{}.analytics.faces.embeddings is off in the config: faces are detected "
+           "(to blur them) but no descriptor is stored")
+    assert body["coverage"] == {
+        "tracks": 4, "searchable": 0, "without_descriptors": 4, "cameras": [
+            {"camera": "cam1", "tracks": 3, "searchable": 0, "without_descriptors": 3,
+             "reason": off.format("cam1")},
+            {"camera": "cam2", "tracks": 1, "searchable": 0, "without_descriptors": 1,
+             "reason": off.format("cam2")}]}
+    assert body["summary"].startswith("Nothing could be searched: 4 face tracks recorded")
+    assert off.format("cam1") in body["summary"]
+
+    r = alice.post(f"{url}/search", json={"start": t0, "end": t0 + HOUR / 2})
+    assert (r.json()["outcome"], r.json()["coverage"]["tracks"]) == ("no_tracks", 0)
+
+    add_face(node, "cam2", t0 + 2 * HOUR, people.other[0])
+    body = alice.post(f"{url}/search", json={}).json()
+    assert (body["hits"], body["outcome"]) == ([], "none_near")
+    assert (body["coverage"]["tracks"], body["coverage"]["searchable"]) == (5, 1)
+    assert body["summary"].startswith("Searched 1 face track: None is within 0.60")
+    assert "4 of the 5 face tracks could not be searched" in body["summary"]
+    assert json.loads(audit_entries(node, Action.FACE_SEARCH)[-1]["detail"])["outcome"] == (
+        "none_near")
 
 
 def test_a_missing_case_is_404_and_a_bad_request_400(app: FastAPI, people: People) -> None:

@@ -48,6 +48,26 @@ def test_check_config_lists_errors_with_lines_and_fails(tmp_path: Path) -> None:
     assert "line 5: cameras.door.purpose: required key is missing" in result.output
 
 
+def test_check_config_refuses_a_password_that_breaks_the_url(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Issue 11: `p@ss#1` from the environment moved the host, and check-config said ok."""
+    monkeypatch.setenv("DOOR_PASSWORD", "p@ss#1")
+    path = tmp_path / "custodes.yaml"
+    path.write_text(CONFIG.replace("rtsp://127.0.0.1", "rtsp://admin:${DOOR_PASSWORD}@127.0.0.1"))
+    result = runner.invoke(app, ["check-config", str(path)])
+    assert result.exit_code == 2
+    assert "line 9: cameras.door.main_url: the URL holds a '#'" in result.output
+    assert "p@ss#1" not in result.output
+    # The same password in its own field is fine.
+    path.write_text(CONFIG.replace(
+        "    main_url: rtsp://127.0.0.1:9/stream\n",
+        "    main_url: rtsp://127.0.0.1:9/stream\n    username: admin\n"
+        "    password: ${DOOR_PASSWORD}\n"))
+    result = runner.invoke(app, ["check-config", str(path)])
+    assert result.exit_code == 0, result.output
+
+
 def test_check_config_missing_file(tmp_path: Path) -> None:
     result = runner.invoke(app, ["check-config", str(tmp_path / "none.yaml")])
     assert result.exit_code == 2

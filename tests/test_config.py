@@ -1,10 +1,14 @@
 from __future__ import annotations
 
+import hashlib
+import json
 from pathlib import Path
+from urllib.parse import unquote, urlsplit
 
 import pytest
 
 from custodes.config import ConfigError, load_config, parse_config, redact_url
+from custodes.masking import mask_credentials
 
 VALID = """\
 node:
@@ -152,3 +156,98 @@ def test_relative_paths_are_taken_from_the_config_file(tmp_path: Path) -> None:
     config = load_config(path, env={"CAM_PASS": "x"})
     assert config.storage.path == tmp_path / "recordings"
     assert config.key_dir == tmp_path / "secrets"
+
+
+# The same camera with its credentials in their own fields.
+SEPARATE = VALID.replace("rtsp://admin:${CAM_PASS}@", "rtsp://").replace(
+    "    record:\n", "    username: admin\n    password: ${CAM_PASS}\n    record:\n"
+)
+
+
+@pytest.mark.parametrize("password", ["p@ss", "p#ss@", "pa/ss@x", "pa?s@x", "pa ss", "#1234"])
+def test_a_password_that_breaks_the_url_is_refused_without_showing_it(password: str) -> None:
+    issues = issues_of(VALID, env={"CAM_PASS": password})
+    # Both URLs, each with its own key and line, in one report.
+    assert [i.split(": ")[:2] for i in issues] == [
+        ["line 11", "cameras.entrance-1.main_url"], ["line 12", "cameras.entrance-1.sub_url"],
+    ]
+    assert all("username and password fields" in i for i in issues)
+    assert not any(password.strip("#@") in i for i in issues)
+
+
+def test_url_problems_are_reported_with_the_other_errors() -> None:
+    text = VALID.replace("quota: 80%", "quota: lots")
+    issues = issues_of(text, env={"CAM_PASS": "a@b"})
+    assert [i.split(": ")[1] for i in issues] == [
+        "cameras.entrance-1.main_url", "cameras.entrance-1.sub_url", "storage.quota",
+    ]
+
+
+def test_credentials_in_their_own_fields_reach_the_urls_percent_encoded() -> None:
+    password = "p@ss#w/rd:?% x"
+    cam = parse_config(SEPARATE, env={"CAM_PASS": password}).cameras["entrance-1"]
+    encoded = "p%40ss%23w%2Frd%3A%3F%25%20x"
+    assert cam.main_source == f"rtsp://admin:{encoded}@192.0.2.10:554/main"
+    assert cam.sub_source == f"rtsp://admin:{encoded}@192.0.2.10:554/sub"
+    assert cam.light_source == cam.sub_source
+    # What ffmpeg and Python read back is what was configured, host included.
+    parts = urlsplit(cam.main_source)
+    assert (parts.hostname, parts.port) == ("192.0.2.10", 554)
+    assert (unquote(parts.username or ""), unquote(parts.password or "")) == ("admin", password)
+    # The URLs as written stay free of it, and no dump of the config shows it.
+    assert cam.main_url == "rtsp://192.0.2.10:554/main"
+    assert password not in repr(cam)
+    assert password not in str(cam.model_dump(mode="json"))
+
+
+def test_a_password_from_its_own_field_is_masked_in_errors() -> None:
+    password = "p@ss#word"
+    cam = parse_config(SEPARATE, env={"CAM_PASS": password}).cameras["entrance-1"]
+    # ffmpeg repeats the URL it was given, and sometimes the decoded password alone.
+    error = f"{cam.main_source}: 401 Unauthorized (user admin, password {password})"
+    masked = mask_credentials(error, cam.main_source)
+    assert password not in masked
+    assert "p%40ss" not in masked
+    assert masked.startswith("rtsp://admin:***@192.0.2.10:554/main")
+
+
+def test_a_url_with_credentials_and_the_fields_too_is_refused() -> None:
+    text = SEPARATE.replace("rtsp://192.0.2.10:554/sub", "rtsp://admin:${CAM_PASS}@192.0.2.10/sub")
+    assert issues_of(text) == [
+        "line 13: cameras.entrance-1.username: sub_url carries a user name or password too: "
+        "give the credentials in one place, not both",
+    ]
+
+
+def test_a_password_without_a_username_is_refused() -> None:
+    text = SEPARATE.replace("    username: admin\n", "")
+    assert issues_of(text) == [
+        "line 13: cameras.entrance-1.password: a password needs a username (the username field)"
+    ]
+
+
+def test_a_password_yaml_reads_as_a_number_is_refused() -> None:
+    text = SEPARATE.replace("password: ${CAM_PASS}", "password: 0123")
+    (issue,) = issues_of(text)
+    assert issue.startswith("line 14: cameras.entrance-1.password: write it in quotes")
+    quoted = parse_config(SEPARATE.replace("${CAM_PASS}", "'0123'"), env={})
+    assert quoted.cameras["entrance-1"].main_source.startswith("rtsp://admin:0123@")
+
+
+def test_percent_encoded_credentials_in_the_url_still_work() -> None:
+    text = VALID.replace("${CAM_PASS}", "p%40ss")
+    cam = parse_config(text, env={}).cameras["entrance-1"]
+    assert cam.main_source == cam.main_url == "rtsp://admin:p%40ss@192.0.2.10:554/main"
+
+
+def test_the_config_fingerprint_leaves_the_password_out() -> None:
+    one = parse_config(SEPARATE, env={"CAM_PASS": "one"}).fingerprint()
+    assert one == parse_config(SEPARATE, env={"CAM_PASS": "two"}).fingerprint()
+    unset = parse_config(SEPARATE.replace("    password: ${CAM_PASS}\n", ""), env={})
+    assert unset.fingerprint()["cameras.entrance-1"] != one["cameras.entrance-1"]
+    # A camera without the new fields keeps the digest it had before they existed.
+    cam = parse_config(VALID, env={"CAM_PASS": "x"}).cameras["entrance-1"]
+    before = cam.model_dump(mode="json", exclude={"username", "password"})
+    before["main_url"], before["sub_url"] = redact_url(cam.main_url), redact_url(cam.sub_url or "")
+    digest = hashlib.sha256(json.dumps(before, sort_keys=True).encode()).hexdigest()[:16]
+    assert parse_config(VALID, env={"CAM_PASS": "x"}).fingerprint()["cameras.entrance-1"] == digest

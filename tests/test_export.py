@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import secrets
+import shutil
 import subprocess
 import sys
 import threading
 import time
+import zipfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -19,6 +22,7 @@ import yaml
 from fastapi import FastAPI
 from sqlalchemy import insert, update
 
+from conftest import require
 from custodes.app import Node
 from custodes.audit.actions import Action
 from custodes.auth.roles import Actor, Role
@@ -28,6 +32,7 @@ from custodes.privacy.exports import prune
 from custodes.privacy.policy import Profile
 from custodes.record.export_jobs import INTERRUPTED, ExportRecord, JobState, new_export_id
 from custodes.record.layout import Layout
+from custodes.record.manifest import verify_bundle
 from custodes.record.playback import (
     ExportError,
     Span,
@@ -273,6 +278,51 @@ def test_an_export_names_only_an_active_case_its_user_works_on(api: FastAPI,
     r = ivan.post("/api/exports", json={**ask, "case": mine, "redact": False})
     assert r.status_code == 202, r.text
     assert wait_done(ivan, r.json()["id"])["state"] == "done"
+
+
+def test_a_downloaded_export_explains_itself_and_verifies_with_plain_openssl(
+    api: FastAPI, recorder: Node, tmp_path: Path
+) -> None:
+    """Issue 11: the zip carries a README an inspector without custodes can follow."""
+    require(shutil.which("openssl") is not None, "openssl")
+    ivan = signed_in(api, add_user(api, INVESTIGATOR, Role.INVESTIGATOR))
+    case = add_case(recorder, "approved")
+    r = ivan.post("/api/exports", json={"camera": "cam1", "start": T0, "end": T0 + 2,
+                                        "case": case, "redact": False})
+    assert r.status_code == 202, r.text
+    done = wait_done(ivan, r.json()["id"])
+    assert done["state"] == "done", done["error"]
+    download = ivan.get(f"/api/exports/{done['id']}/download")
+    assert download.status_code == 200
+    with zipfile.ZipFile(io.BytesIO(download.content)) as zf:
+        zf.extractall(tmp_path / "unpacked")
+    readme = (tmp_path / "unpacked" / "README.txt").read_text("utf-8")
+    bundle = tmp_path / "unpacked" / done["id"]
+    manifest = json.loads((bundle / "manifest.json").read_text("utf-8"))
+    [video] = [f for f in manifest["files"] if f["name"].endswith(".mp4")]
+    for fact in ("Camera:      cam1", "From:        2023-11-14T22:13:20.000Z (UTC)",
+                 "To:          2023-11-14T22:13:22.000Z (UTC)", "NOT redacted", "Case:        R-1",
+                 f"Recorder:    {recorder.config.node.name}", f"{done['id']}/{video['name']}",
+                 manifest["public_key_fingerprint"], "another\nchannel"):
+        assert fact in readme, fact
+    # The signed folder is as it was signed: the README lies beside it, not in it.
+    assert verify_bundle(bundle, recorder.keys.public_pem).ok
+
+    def run(command: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(command, shell=True, cwd=bundle, capture_output=True, text=True,
+                              timeout=30, check=False)
+
+    commands = [line.strip() for line in readme.splitlines() if line.startswith("  openssl")]
+    verify, checksum, fingerprint = commands
+    result = run(verify)
+    assert result.returncode == 0, result.stderr
+    assert "Signature Verified Successfully" in result.stdout
+    assert run(checksum).stdout.split()[-1] == video["sha256"]
+    assert run(fingerprint).stdout.split()[-1] == \
+        manifest["public_key_fingerprint"].removeprefix("SHA256:")
+    # The same command catches an altered manifest.
+    (bundle / "manifest.json").write_text(json.dumps({**manifest, "camera": "cam2"}))
+    assert run(verify).returncode != 0
 
 
 def test_an_unredacted_export_dies_with_its_case(api: FastAPI, recorder: Node) -> None:

@@ -392,9 +392,10 @@ def test_a_signed_in_upload_is_cut_at_its_routes_limit(app: FastAPI,
 
 def test_every_route_has_a_body_rule(app: FastAPI) -> None:
     rules = {(m, ctx.path): rule for ctx, rule in body_rules(app) for m in ctx.methods or ()}
-    # Public: sign-in, health and the sign-in page; every other body needs a sign-in first.
+    # Public: sign-in, health, the sign-in page and the icon; every other body needs a
+    # sign-in first.
     assert {path for (_, path), rule in rules.items() if rule.public} <= {
-        "/api/auth/login", "/api/health", "/login"}
+        "/api/auth/login", "/api/health", "/login", "/favicon.ico"}
     assert rules[("POST", "/api/auth/login")].limit == JSON_BODY
     assert rules[("POST", "/api/exports")].limit == JSON_BODY
     assert rules[("POST", "/api/cases/{case_id}/subjects")].limit == \

@@ -24,6 +24,7 @@ import av
 import imageio_ffmpeg
 import pytest
 
+from custodes.config import parse_config
 from custodes.sim import SimServer, ensure_sample, run_sim
 from custodes.sim.rtp import load_clip
 
@@ -470,6 +471,23 @@ def test_ffmpeg_basic_auth(server: SimServer, samples: dict[str, Path], tmp_path
         assert result.returncode != 0
         assert "401" in result.stderr
     result = record(with_creds.format("s3cret"), tmp_path / "out.mp4", 1)
+    assert result.returncode == 0, result.stderr
+    assert probe(tmp_path / "out.mp4").duration > 0.7
+
+
+@pytest.mark.slow
+def test_ffmpeg_gets_a_password_with_url_characters_from_the_config(
+    server: SimServer, samples: dict[str, Path], tmp_path: Path
+) -> None:
+    password = "p@ss#w/rd:?"
+    url = server.add_camera("cam", samples["h264"], username="admin", password=password)
+    config = parse_config(
+        "sites: {a: {name: A}}\n"
+        "cameras:\n  cam:\n    site: a\n    location: entrance\n    purpose: test camera\n"
+        f"    main_url: {url}\n    username: admin\n    password: ${{CAM_PASS}}\n",
+        env={"CAM_PASS": password},
+    )
+    result = record(config.cameras["cam"].main_source, tmp_path / "out.mp4", 1)
     assert result.returncode == 0, result.stderr
     assert probe(tmp_path / "out.mp4").duration > 0.7
 

@@ -481,3 +481,39 @@ def test_pages_ask_for_sign_in_and_show_only_what_the_role_may_use(app: FastAPI)
     operator = as_role(app, Role.OPERATOR)
     for page in ("/", "/timeline", "/events", "/exports"):
         assert operator.get(page).status_code == 200, page
+
+
+def test_a_browser_gets_a_page_for_an_unknown_url_and_the_api_keeps_json(app: FastAPI,
+                                                                        node: Node) -> None:
+    anonymous = client(app)
+    browser = {"Accept": "text/html,application/xhtml+xml,*/*;q=0.8"}
+    for c in (anonymous, as_role(app, Role.VIEWER)):
+        page = c.get("/no/such/page", headers=browser)
+        assert page.status_code == 404
+        assert page.headers["content-type"].startswith("text/html")
+        assert "Page not found" in page.text
+        assert "/no/such/page" in page.text
+        assert node.config.node.name in page.text
+        assert 'href="/static/app.css"' in page.text  # the site's own style
+    # The path is shown escaped, never as markup.
+    assert "<script>" not in anonymous.get("/<script>x", headers=browser).text
+    # Scripts and API clients keep the JSON they parse, whatever they accept.
+    script = anonymous.get("/no/such/page")
+    assert script.status_code == 404
+    assert script.json() == {"detail": "Not Found"}
+    api = anonymous.get("/api/no/such/route", headers=browser)
+    assert api.status_code == 404
+    assert api.json() == {"detail": "Not Found"}
+
+
+def test_every_page_links_the_favicon_which_is_served(app: FastAPI) -> None:
+    anonymous = client(app)
+    icon = anonymous.get("/favicon.ico")
+    assert icon.status_code == 200
+    assert icon.headers["content-type"] == "image/svg+xml"
+    assert icon.content.lstrip().startswith(b"<svg")
+    assert anonymous.get("/static/favicon.svg").content == icon.content
+    link = '<link rel="icon" href="/static/favicon.svg" type="image/svg+xml">'
+    assert link in anonymous.get("/login").text
+    assert link in as_role(app, Role.VIEWER).get("/").text
+    assert link in anonymous.get("/nowhere", headers={"Accept": "text/html"}).text

@@ -39,7 +39,7 @@ from custodes.faces.watchlist import Watchlist
 from custodes.live.service import LiveCamera
 from custodes.live.supervisor import LiveSupervisor
 from custodes.privacy import exports as export_rules
-from custodes.privacy.cases import Cases
+from custodes.privacy.cases import Cases, descriptor_gaps
 from custodes.privacy.pinning import ProfileMismatch, check_profile, pin_profile, wipe_for
 from custodes.privacy.subject_access import SubjectAccess
 from custodes.record.cleanup import Retention
@@ -77,7 +77,7 @@ class Node:
         self.supervisors: dict[str, CaptureSupervisor] = {}
         self.bus = EventBus()
         self.analytics = AnalyticsSupervisor([
-            WorkerSpec(name, cam.sub_url or cam.main_url, cam.analytics, self.layout.snapshots,
+            WorkerSpec(name, cam.light_source, cam.analytics, self.layout.snapshots,
                        zones=cam.privacy_zones)
             for name, cam in config.cameras.items()
             if cam.enabled and cam.analytics.enabled
@@ -85,7 +85,7 @@ class Node:
             min_fps=config.analytics.min_fps)
         # Live pictures for every enabled camera, analysed or not: a viewer may watch any.
         self.live = LiveSupervisor(self.layout.live, [
-            LiveCamera(name, cam.sub_url or cam.main_url, tuple(cam.privacy_zones))
+            LiveCamera(name, cam.light_source, tuple(cam.privacy_zones))
             for name, cam in config.cameras.items() if cam.enabled
         ])
         sites = {name: cam.site for name, cam in config.cameras.items()}
@@ -93,7 +93,8 @@ class Node:
         # watchlist acts only in the police profile, inside an approved case.
         self.descriptors = FaceDescriptors(self.store, self.keys)
         self.cases = Cases(self.store, self.keys, self.audit, config.profile,
-                           known_cameras=config.cameras, descriptors=self.descriptors)
+                           known_cameras=config.cameras, descriptors=self.descriptors,
+                           descriptors_off=descriptor_gaps(config))
         self.gallery = Gallery(self.store, self.keys, self.audit, config.profile)
         self.subject_access = SubjectAccess(self.store, self.keys, self.audit, config.profile,
                                             known_cameras=config.cameras)
@@ -170,7 +171,7 @@ class Node:
                 continue
             sup = CaptureSupervisor(
                 name,
-                cam.main_url,
+                cam.main_source,
                 self.layout.cache_dir(name),
                 cam.record.segment_seconds,
                 on_segment=self.maintainer.submit,

@@ -17,14 +17,16 @@ from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, Any, Literal
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import quote, urlsplit, urlunsplit
 
 import yaml
 from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
+    SecretStr,
     ValidationError,
+    ValidationInfo,
     field_validator,
     model_validator,
 )
@@ -102,7 +104,33 @@ def redact_url(url: str) -> str:
     return urlunsplit(parts._replace(netloc=f"{parts.username}:***@{host}"))
 
 
+def _userinfo_problem(url: str) -> str | None:
+    """Why the user name and password written in ``url`` would reach the camera wrong, if so.
+
+    ffmpeg and Python end the host part at the first '/', '?' or '#' and take the user part
+    up to its last '@': a password holding one of those, written as it is (or substituted from
+    ``${ENV}``), gives the camera another user, password or host than meant. The message does
+    not repeat the URL, whose password cannot be told apart from the rest.
+    """
+    fix = "give it in the camera's username and password fields instead"
+    if any(c.isspace() for c in url):
+        return f"the URL holds a space (a password with a space?): {fix}"
+    if "#" in url:
+        return f"the URL holds a '#', which ends the address there (a password with '#'?): {fix}"
+    rest = url.partition("://")[2]
+    end = len(rest) if not (ends := [i for i in map(rest.find, "/?") if i >= 0]) else min(ends)
+    authority, after = rest[:end], rest[end:]
+    if authority.count("@") > 1:
+        return f"the URL holds more than one '@' before the host (a password with '@'?): {fix}"
+    if "@" in after:
+        return f"the URL holds an '@' after the host (a password with '/' or '?'?): {fix}"
+    return None
+
+
 def _check_stream_url(url: str) -> str:
+    problem = _userinfo_problem(url)
+    if problem:
+        raise ValueError(problem)
     parts = urlsplit(url)
     if parts.scheme not in ("rtsp", "rtsps"):
         raise ValueError(f"{redact_url(url)!r} is not an rtsp:// or rtsps:// URL")
@@ -212,8 +240,18 @@ class CameraConfig(Strict):
     purpose: str = Field(
         min_length=3, max_length=500, description="Why this camera exists (shown to inspectors)"
     )
-    main_url: str = Field(description="RTSP URL of the main (recording) stream")
+    main_url: str = Field(
+        description="RTSP URL of the main (recording) stream; without credentials when "
+        "username and password are given"
+    )
     sub_url: str | None = Field(None, description="RTSP URL of the low-resolution sub stream")
+    username: str | None = Field(
+        None, min_length=1, description="User name at the camera (put in both URLs, encoded)"
+    )
+    password: SecretStr | None = Field(
+        None, min_length=1,
+        description="Password at the camera (use ${ENV_VAR}); any character may appear in it",
+    )
     enabled: bool = Field(True, description="Set false to keep a camera configured but idle")
     record: RecordConfig = Field(default_factory=RecordConfig)
     analytics: AnalyticsConfig = Field(default_factory=AnalyticsConfig)
@@ -227,6 +265,62 @@ class CameraConfig(Strict):
     @classmethod
     def _url(cls, v: str | None) -> str | None:
         return None if v is None else _check_stream_url(v)
+
+    @field_validator("username", "password", mode="before")
+    @classmethod
+    def _text(cls, v: object) -> object:
+        # YAML reads `password: 0123` as the number 83: refuse rather than guess.
+        if v is not None and not isinstance(v, str):
+            raise ValueError("write it in quotes ('0123'): YAML read it as a number or yes/no")
+        return v
+
+    @field_validator("username")
+    @classmethod
+    def _one_place(cls, v: str | None, info: ValidationInfo) -> str | None:
+        if v is None:
+            return v
+        with_userinfo = [
+            key for key in ("main_url", "sub_url")
+            if info.data.get(key) and "@" in urlsplit(info.data[key]).netloc
+        ]
+        if with_userinfo:
+            raise ValueError(
+                f"{' and '.join(with_userinfo)} carr{'ies' if len(with_userinfo) == 1 else 'y'} "
+                "a user name or password too: give the credentials in one place, not both"
+            )
+        return v
+
+    @field_validator("password")
+    @classmethod
+    def _with_user(cls, v: SecretStr | None, info: ValidationInfo) -> SecretStr | None:
+        # A username that failed its own check is reported there, not again here.
+        if v is not None and "username" in info.data and info.data["username"] is None:
+            raise ValueError("a password needs a username (the username field)")
+        return v
+
+    def _with_credentials(self, url: str) -> str:
+        if self.username is None:
+            return url
+        userinfo = quote(self.username, safe="")
+        if self.password is not None:
+            userinfo += ":" + quote(self.password.get_secret_value(), safe="")
+        scheme, sep, rest = url.partition("://")
+        return f"{scheme}{sep}{userinfo}@{rest}"
+
+    @property
+    def main_source(self) -> str:
+        """The main stream URL that ffmpeg opens: the credentials in it, percent-encoded."""
+        return self._with_credentials(self.main_url)
+
+    @property
+    def sub_source(self) -> str | None:
+        """The sub stream URL that ffmpeg opens, if the camera has one."""
+        return None if self.sub_url is None else self._with_credentials(self.sub_url)
+
+    @property
+    def light_source(self) -> str:
+        """The sub stream if the camera has one, else the main stream (analysis, live)."""
+        return self.sub_source or self.main_source
 
 
 class SiteConfig(Strict):
@@ -409,6 +503,11 @@ class Config(Strict):
             for key in ("main_url", "sub_url"):
                 if cam[key]:
                     cam[key] = redact_url(cam[key])
+            # Absent when unset, so that configs written before these fields keep their digest
+            # (a set password dumps as asterisks: SecretStr).
+            for key in ("username", "password"):
+                if cam[key] is None:
+                    del cam[key]
         sections = dict(data)
         sections.update({f"cameras.{name}": cam for name, cam in cameras.items()})
         return {

@@ -28,7 +28,7 @@ from custodes.commands import (
     parse_time,
     signed_in,
 )
-from custodes.privacy.cases import Case, CaseError, Cases, SubjectPhoto
+from custodes.privacy.cases import Case, CaseError, Cases, SubjectPhoto, descriptor_gaps
 
 case_app = typer.Typer(help="Cases: the only context in which a face may be searched for.",
                        no_args_is_help=True)
@@ -48,7 +48,8 @@ def _session(config_path: Path, user: str) -> Iterator[_Session]:
     """The node's cases, and the signed-in ``user``; failures become exit codes."""
     with signed_in(config_path, user) as node:
         cases = Cases(node.store, node.keys, node.audit, node.config.profile,
-                      known_cameras=node.config.cameras)
+                      known_cameras=node.config.cameras,
+                      descriptors_off=descriptor_gaps(node.config))
         try:
             yield _Session(cases, node.actor)
         except CaseError as exc:
@@ -172,8 +173,11 @@ def search(
         table.add_row(f"{hit.distance:.3f}", hit.level.value, hit.camera, fmt_time(hit.start),
                       str(hit.event_id or "—"), hit.snapshot or "—",
                       str(hit.subject_id) if hit.level.names_subject else "not named")
-    console.print(table)
+    if result.hits:
+        console.print(table)
     console.print(f"{len(result.hits)} hits in {', '.join(result.cameras)}, "
-                  f"{fmt_time(result.start)} to {fmt_time(result.end)}")
+                  f"{fmt_time(result.start)} to {fmt_time(result.end)}; "
+                  f"{result.searchable} of {result.tracks} face tracks searchable")
+    console.print(result.summary, markup=False, highlight=False)
     for meaning in dict.fromkeys(hit.meaning for hit in result.hits):
         console.print(meaning, markup=False, highlight=False)

@@ -143,6 +143,17 @@ def meaning(of: MatchLevel) -> str:
     return f"Not a match (distance above {POSSIBLE_DISTANCE:.2f})."
 
 
+def no_hit_meaning() -> str:
+    """The calibrated sentence for a search that compared faces and found none near enough:
+    what that absence does, and does not, say."""
+    f = FIGURES[MatchLevel.POSSIBLE]
+    return (f"None is within {f.distance:.2f} of a subject, not even a possible match. That "
+            f"is no proof of absence: calibrated on {PHOTOS} press photos, "
+            f"{100 * f.fnir:.0f} % of people were not found as themselves even at this "
+            "distance from one photo, and camera footage (turned heads, blur, small faces) is "
+            "usually worse.")
+
+
 def describe(distance: float) -> tuple[MatchLevel, str]:
     """(level, meaning) of one distance, as API responses and commands carry them."""
     found = level(distance)

@@ -10,6 +10,7 @@ vectors never go back to disk.
     descriptors = FaceDescriptors(store, keys)
     sealed = descriptors.seal(track.embedding, track.camera, track.start)   # the maintainer
     hits = descriptors.search(photo_vectors, cameras={"cam1"}, start=t0, end=t1)
+    descriptors.coverage(cameras={"cam1"}, start=t0, end=t1)   # {camera: (tracks, searchable)}
 
 A search sees only the faces of the cameras and the time range it is given (a case's scope);
 the caller decides the scope and audits the search.
@@ -198,6 +199,23 @@ class FaceDescriptors:
                     best[face_id] = distance
         chosen = sorted(best.items(), key=lambda item: (item[1], item[0]))[:k]
         return self._hits(chosen)
+
+    def coverage(self, *, cameras: Collection[str], start: float, end: float,
+                 within: tuple[float, float] | None = None) -> dict[str, tuple[int, int]]:
+        """Per camera, (face tracks, tracks with a descriptor) that ``search`` would consider
+        for the same cameras and window; ``within``, if given, keeps only the tracks that lie
+        wholly inside it (a case's scope). Cameras without any track are left out."""
+        if not cameras or end < start:
+            return {}
+        f = schema.faces
+        where = [f.c.camera.in_(sorted(cameras)), f.c.start <= end, f.c.end >= start]
+        if within is not None:
+            where += [f.c.start >= within[0], f.c.end <= within[1]]
+        with self.store.read() as conn:
+            rows = conn.execute(
+                select(f.c.camera, func.count(), func.count(f.c.sealed))
+                .where(*where).group_by(f.c.camera)).all()
+        return {row[0]: (int(row[1]), int(row[2])) for row in rows}
 
     def _hits(self, chosen: Sequence[tuple[int, float]]) -> list[FaceHit]:
         if not chosen:

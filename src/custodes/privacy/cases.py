@@ -19,10 +19,10 @@ from __future__ import annotations
 import json
 import logging
 import time
-from collections.abc import Callable, Collection, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
-from typing import Any, Final, NoReturn
+from typing import TYPE_CHECKING, Any, Final, NoReturn
 
 import numpy as np
 import numpy.typing as npt
@@ -31,7 +31,7 @@ from sqlalchemy import Connection, Row, and_, insert, select, update
 from custodes.audit.actions import Action
 from custodes.audit.log import SYSTEM, AuditLog
 from custodes.auth.roles import Actor, Permission, Role, can
-from custodes.faces.calibration import MatchLevel, meaning, track_level
+from custodes.faces.calibration import MatchLevel, meaning, no_hit_meaning, track_level
 from custodes.faces.descriptors import FaceDescriptors, FaceHit
 from custodes.faces.photos import PhotoError, describe_photo, read_image
 from custodes.keys import NodeKeys
@@ -40,6 +40,9 @@ from custodes.privacy.policy import DAY, Profile, Refused, allows, limits
 from custodes.store import schema
 from custodes.store.db import Store
 from custodes.vision.embedding import FaceEmbedder
+
+if TYPE_CHECKING:
+    from custodes.config import Config
 
 log = logging.getLogger(__name__)
 
@@ -141,6 +144,36 @@ class CaseHit(FaceHit):
         return meaning(self.level)
 
 
+class SearchOutcome(StrEnum):
+    """What a search's answer means; an empty list of hits alone cannot tell these apart."""
+
+    FOUND = "found"  # hits, among the tracks that could be searched
+    NONE_NEAR = "none_near"  # tracks were compared, none near enough to a subject
+    NOTHING_SEARCHABLE = "nothing_searchable"  # face tracks exist, none could be compared
+    NO_TRACKS = "no_tracks"  # no face track recorded in the cameras and window searched
+
+
+# Why a face track has no descriptor when its camera's config does not say: the config was
+# changed since, or they were deleted (custodes.privacy.pinning wipes them on a profile change).
+UNKNOWN_GAP: Final = ("recorded while the camera stored no face descriptors, or their "
+                      "descriptors were deleted since (a change to a profile without face "
+                      "search deletes them)")
+
+
+@dataclass(frozen=True)
+class CameraCoverage:
+    """One camera's face tracks in a search's window and the case's scope."""
+
+    camera: str
+    tracks: int
+    searchable: int  # with a descriptor: compared with the subjects
+    reason: str | None  # why the others have none (None when every track has one)
+
+    @property
+    def missing(self) -> int:
+        return self.tracks - self.searchable
+
+
 @dataclass(frozen=True)
 class CaseSearchResult:
     case_id: int
@@ -149,6 +182,34 @@ class CaseSearchResult:
     end: float
     k: int
     hits: tuple[CaseHit, ...]  # nearest first
+    coverage: tuple[CameraCoverage, ...]  # one per camera searched, tracks or not
+    outcome: SearchOutcome
+    summary: str  # the answer in a plain sentence or two, counts and reasons included
+
+    @property
+    def tracks(self) -> int:
+        return sum(c.tracks for c in self.coverage)
+
+    @property
+    def searchable(self) -> int:
+        return sum(c.searchable for c in self.coverage)
+
+    @property
+    def missing(self) -> int:
+        return self.tracks - self.searchable
+
+
+def descriptor_gaps(config: Config) -> dict[str, str]:
+    """For each configured camera that stores no face descriptors, why not: the profile or
+    the setting to change. A search reports it for the tracks it could not compare."""
+    gaps = {}
+    for name, camera in config.cameras.items():
+        if not allows(config.profile, policy.Action.EMBED):
+            gaps[name] = f"the {config.profile.value} profile stores no face descriptors"
+        elif not camera.analytics.faces.embeddings:
+            gaps[name] = (f"cameras.{name}.analytics.faces.embeddings is off in the config: "
+                          "faces are detected (to blur them) but no descriptor is stored")
+    return gaps
 
 
 def _context(case_id: int, subject_id: int, what: str) -> bytes:
@@ -163,7 +224,8 @@ class Cases:
                  clock: Callable[[], float] = time.time, *,
                  known_cameras: Collection[str] | None = None,
                  embedder: FaceEmbedder | None = None,
-                 descriptors: FaceDescriptors | None = None) -> None:
+                 descriptors: FaceDescriptors | None = None,
+                 descriptors_off: Mapping[str, str] | None = None) -> None:
         self.store = store
         self.keys = keys
         self.audit = audit
@@ -173,6 +235,8 @@ class Cases:
         self._embedder = embedder
         # The node passes its own: the descriptor index is one per process.
         self._descriptors = descriptors or FaceDescriptors(store, keys)
+        # camera -> why its config stores no descriptors (descriptor_gaps), for search answers
+        self.descriptors_off = dict(descriptors_off or {})
 
     # -- opening ---------------------------------------------------------------------------
 
@@ -592,7 +656,8 @@ class Cases:
         visible = [c for c in wanted if actor.sees_camera(c)]
 
         best: dict[int, CaseHit] = {}
-        for subject_id, vector in self.descriptors_for_matching(case.id) if visible else []:
+        subjects = self.descriptors_for_matching(case.id) if visible else []
+        for subject_id, vector in subjects:
             for hit in self._descriptors.search(vector[np.newaxis, :], cameras=visible,
                                                 start=t0, end=t1, k=k):
                 if not self._in_scope(case, hit, visible, t0, t1):
@@ -601,12 +666,33 @@ class Cases:
                 if known is None or hit.distance < known.distance:
                     best[hit.face_id] = CaseHit(**vars(hit), subject_id=subject_id)
         hits = tuple(sorted(best.values(), key=lambda h: (h.distance, h.face_id))[:k])
+        coverage = self._coverage(case, visible, t0, t1)
+        outcome, summary = _answer(hits, coverage, has_subjects=bool(subjects))
         self.audit.record(actor.name, action, target, address=actor.address, detail={
             "cameras": list(wanted), "searched": visible, "start": t0, "end": t1, "k": k,
             "hits": len(hits),
             "matches": sum(h.level is MatchLevel.MATCH for h in hits),
+            "tracks": sum(c.tracks for c in coverage),
+            "searchable": sum(c.searchable for c in coverage) if subjects else 0,
+            "outcome": outcome.value,
         })
-        return CaseSearchResult(case.id, tuple(wanted), t0, t1, k, hits)
+        return CaseSearchResult(case.id, tuple(wanted), t0, t1, k, hits, coverage, outcome,
+                                summary)
+
+    def _coverage(self, case: Case, cameras: Sequence[str], start: float,
+                  end: float) -> tuple[CameraCoverage, ...]:
+        """The face tracks a search over ``cameras`` and [start, end] could return (those
+        _in_scope keeps), and how many of them have a descriptor to compare."""
+        counts = self._descriptors.coverage(cameras=cameras, start=start, end=end,
+                                            within=(case.scope_start, case.scope_end))
+        out = []
+        for camera in cameras:
+            tracks, searchable = counts.get(camera, (0, 0))
+            reason = None
+            if searchable < tracks:
+                reason = self.descriptors_off.get(camera, UNKNOWN_GAP)
+            out.append(CameraCoverage(camera, tracks, searchable, reason))
+        return tuple(out)
 
     @staticmethod
     def _in_scope(case: Case, hit: FaceHit, cameras: Collection[str], start: float,
@@ -710,6 +796,43 @@ class Cases:
         self.audit.record_refusal(actor.name, action, target, reason, detail=detail,
                                   address=actor.address)
         raise Refused(action, reason)
+
+
+def _answer(hits: Sequence[CaseHit], coverage: Sequence[CameraCoverage], *,
+            has_subjects: bool) -> tuple[SearchOutcome, str]:
+    """What a search found, or why it found nothing, in plain words with the counts."""
+    tracks = sum(c.tracks for c in coverage)
+    searchable = sum(c.searchable for c in coverage)
+    cameras = ", ".join(c.camera for c in coverage) or "no camera"
+    if tracks == 0:
+        return SearchOutcome.NO_TRACKS, (
+            f"No face track was recorded on {cameras} in the searched window: there was "
+            "nothing to search.")
+    gaps = "; ".join(f"{c.camera}: {c.missing} without, because {c.reason}"
+                     for c in coverage if c.missing)
+    if not has_subjects:
+        return SearchOutcome.NOTHING_SEARCHABLE, (
+            f"Nothing could be searched: the case has no subject descriptor left to compare "
+            f"{_tracks(tracks)} with.")
+    if searchable == 0:
+        return SearchOutcome.NOTHING_SEARCHABLE, (
+            f"Nothing could be searched: {_tracks(tracks)} recorded in the searched window, "
+            f"none with a face descriptor ({gaps}). No face was compared, so this says "
+            "nothing about whether the subject is in the footage.")
+    unsearched = (f" {tracks - searchable} of the {tracks} face tracks could not be searched, "
+                  f"having no face descriptor ({gaps})." if searchable < tracks else "")
+    if not hits:
+        return SearchOutcome.NONE_NEAR, (
+            f"Searched {_tracks(searchable)}: {no_hit_meaning()}{unsearched}")
+    matches = sum(h.level is MatchLevel.MATCH for h in hits)
+    return SearchOutcome.FOUND, (
+        f"{len(hits)} hit{'' if len(hits) == 1 else 's'} ({matches} "
+        f"match{'' if matches == 1 else 'es'}) among {_tracks(searchable)} searched."
+        f"{unsearched}")
+
+
+def _tracks(n: int) -> str:
+    return f"{n} face track{'' if n == 1 else 's'}"
 
 
 def _status(row: Row[Any], now: float) -> CaseStatus:

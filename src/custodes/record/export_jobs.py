@@ -26,6 +26,7 @@ that moment. The requester sees why it failed and asks again, under the rules of
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -43,6 +44,8 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Any, Final, TypeVar
 
+from sqlalchemy import select
+
 from custodes.audit.actions import Action
 from custodes.audit.log import SYSTEM, AuditLog, Outcome
 from custodes.auth.roles import Actor
@@ -51,7 +54,11 @@ from custodes.media import MediaError, probe
 from custodes.privacy.exports import EXPORT_ID
 from custodes.record.bundle import Transform, create_export
 from custodes.record.layout import Layout
+from custodes.record.manifest import MANIFEST, iso
+from custodes.record.readme import NAME as README
+from custodes.record.readme import export_readme
 from custodes.store.db import Store
+from custodes.store.schema import cases
 
 log = logging.getLogger(__name__)
 
@@ -380,10 +387,35 @@ class ExportJobs:
                 for path in sorted(self.bundle(export_id).iterdir()):
                     if path.is_file():
                         zf.write(path, f"{export_id}/{path.name}")
+                # Beside the bundle's folder, not in it: the signed folder stays as signed.
+                zf.writestr(README, self._readme(export_id))
         except BaseException:
             archive.unlink(missing_ok=True)
             raise
         return archive
+
+    def _readme(self, export_id: str) -> str:
+        record = self.get(export_id)
+        manifest: dict[str, Any] = {} if record is None else {
+            "node": self.node, "camera": record.camera, "start": iso(record.start),
+            "end": iso(record.end), "created_at": iso(record.created_at),
+            "created_by": record.created_by, "case": record.case,
+            "redaction": {"applied": record.redacted},
+        }
+        # The signed facts, where the bundle has them (a made bundle always does).
+        with contextlib.suppress(OSError, ValueError):
+            manifest.update(json.loads((self.bundle(export_id) / MANIFEST).read_text("utf-8")))
+        reference = None
+        if record is not None and record.case is not None:
+            with self.store.read() as conn:
+                reference = conn.execute(
+                    select(cases.c.reference).where(cases.c.id == record.case)
+                ).scalar()
+        access = None if record is None or record.subject_access is None else (
+            record.subject_access.reference
+        )
+        return export_readme(manifest, export_id, case_reference=reference,
+                             subject_access=access)
 
 
 def _read(folder: Path) -> ExportRecord | None:

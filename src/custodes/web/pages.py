@@ -18,7 +18,7 @@ from typing import Annotated, Any
 from urllib.parse import quote, urlsplit
 
 from fastapi import APIRouter, Depends, Query, Request
-from fastapi.responses import HTMLResponse, RedirectResponse, Response
+from fastapi.responses import FileResponse, HTMLResponse, RedirectResponse, Response
 from fastapi.routing import iter_route_contexts
 from fastapi.templating import Jinja2Templates
 
@@ -126,6 +126,18 @@ def safe_next(target: str | None) -> str:
             or parts.path.startswith("//"):
         return "/"
     return target
+
+
+# -- icon ----------------------------------------------------------------------------------
+
+FAVICON = Path(__file__).parent / "static" / "favicon.svg"
+
+
+@router.get("/favicon.ico", dependencies=[Depends(public)])
+def favicon() -> FileResponse:
+    """The icon browsers ask for unprompted; the pages link the same SVG."""
+    return FileResponse(FAVICON, media_type="image/svg+xml",
+                        headers={"Cache-Control": "public, max-age=86400"})
 
 
 # -- sign-in -------------------------------------------------------------------------------

@@ -284,7 +284,10 @@ class Search(BaseModel):
 @router.post("/cases/{case_id}/search")
 def search(request: Request, actor: Searcher, case_id: CaseId,
            body: Search) -> dict[str, Any]:
-    """The recorded faces nearest to the case's subjects, inside its scope (audited)."""
+    """The recorded faces nearest to the case's subjects, inside its scope (audited), with
+    what could be searched: ``outcome`` (found, none_near, nothing_searchable, no_tracks),
+    a plain ``summary``, and the face tracks counted per camera, with or without a
+    descriptor, and why not where known."""
     with answers():
         result = get_node(request).cases.search(actor, case_id, cameras=body.cameras,
                                                 start=body.start, end=body.end, k=body.k)
@@ -292,6 +295,15 @@ def search(request: Request, actor: Searcher, case_id: CaseId,
         "case_id": result.case_id, "cameras": list(result.cameras), "start": result.start,
         "end": result.end, "k": result.k,
         "hits": [hit_json(result.case_id, h) for h in result.hits],
+        # An empty list alone would not say whether anything could be compared at all.
+        "outcome": result.outcome.value, "summary": result.summary,
+        "coverage": {
+            "tracks": result.tracks, "searchable": result.searchable,
+            "without_descriptors": result.missing,
+            "cameras": [{"camera": c.camera, "tracks": c.tracks, "searchable": c.searchable,
+                         "without_descriptors": c.missing, "reason": c.reason}
+                        for c in result.coverage],
+        },
     }
 
 

@@ -163,7 +163,8 @@ def _done(request: Request, actor: Actor, export_id: str) -> tuple[Node, ExportR
 @router.get("/{export_id}/download", response_class=FileResponse,
             responses={200: {"content": {"application/zip": {}}}})
 def download(request: Request, actor: Exporter, export_id: ExportId) -> FileResponse:
-    """The bundle as a zip: the video, manifest.json, manifest.sig and signing.pub."""
+    """The bundle as a zip: the video, manifest.json, manifest.sig and signing.pub, and beside
+    them a README.txt on playing and verifying it."""
     node, record = _done(request, actor, export_id)
     if not record.redacted and not actor.can(Permission.EXPORT_UNREDACTED):
         _refuse(node, actor, record.camera, "this export is unredacted: downloading it "

@@ -396,6 +396,19 @@
         el("td", {}, play));
     }
 
+    // Face tracks per camera in the searched window: how many could be compared, and why
+    // the others could not.
+    function coverageRows(cov) {
+      const table = document.getElementById("coverage-table");
+      if (!table) return;
+      table.classList.toggle("hidden", !cov || !cov.tracks);
+      document.getElementById("coverage").replaceChildren(...(cov ? cov.cameras : []).map((c) =>
+        el("tr", { "data-camera": c.camera }, el("td", {}, c.camera),
+          el("td", { class: "num" }, String(c.tracks)), el("td", { class: "num" }, String(c.searchable)),
+          el("td", { class: "num" }, String(c.without_descriptors)),
+          el("td", { class: "muted" }, c.reason || "—"))));
+    }
+
     const searchForm = document.getElementById("search");
     if (searchForm) searchForm.addEventListener("submit", async (e) => {
       e.preventDefault();
@@ -410,14 +423,20 @@
       try {
         const r = await custodes.api("POST", `/api/cases/${id}/search`, body);
         document.getElementById("hits").replaceChildren(...r.hits.map((h, i) => hitRow(h, i + 1)));
-        document.getElementById("hits-table").classList.remove("hidden");
-        document.getElementById("search-count").textContent = `${r.hits.length} hit${r.hits.length === 1 ? "" : "s"} on ${r.cameras.join(", ")}, ${range(r.start, r.end)}`;
-        custodes.message(smsg, r.hits.length ? "" : "No recorded face is near enough to the subject.", r.hits.length ? "" : "busy");
+        document.getElementById("hits-table").classList.toggle("hidden", !r.hits.length);
+        const cov = r.coverage;
+        document.getElementById("search-count").textContent = `${r.hits.length} hit${r.hits.length === 1 ? "" : "s"} on ${r.cameras.join(", ")}, ${range(r.start, r.end)}; ${cov.searchable} of ${cov.tracks} face track${cov.tracks === 1 ? "" : "s"} searchable`;
+        // The server's sentence says what was searched and, when nothing could be, why: an
+        // empty list alone would read as "not there" when no face was compared at all.
+        custodes.message(smsg, r.summary, { found: cov.without_descriptors ? "busy" : "",
+          none_near: "busy", nothing_searchable: "bad", no_tracks: "busy" }[r.outcome] || "busy");
+        coverageRows(cov);
       } catch (err) {
         // Nothing of an earlier search stays on screen beside the refusal.
         document.getElementById("hits").replaceChildren();
         document.getElementById("hits-table").classList.add("hidden");
         document.getElementById("search-count").textContent = "";
+        coverageRows(null);
         custodes.message(smsg, "Refused: " + err.message, "bad");
       } finally { button.disabled = false; }
     });

@@ -16,6 +16,7 @@ from typing import Any
 
 import httpx
 import yaml
+from playwright.sync_api import Browser, sync_playwright
 
 from conftest import require
 from custodes.app import Node
@@ -103,3 +104,13 @@ def fresh_screenshots() -> Path:
         shutil.rmtree(SCREENSHOTS)
     SCREENSHOTS.mkdir(parents=True)
     return SCREENSHOTS
+
+
+def launch_chromium() -> Iterator[Browser]:
+    """Debian's headless Chromium under Playwright, closed after use (a module's fixture)."""
+    with sync_playwright() as p:
+        b = p.chromium.launch(executable_path=str(CHROMIUM), args=["--no-sandbox"])
+        try:
+            yield b
+        finally:
+            b.close()

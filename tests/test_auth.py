@@ -7,6 +7,7 @@ helpers at the top are shared with test_api_security.py and test_api_fuzz.py.
 from __future__ import annotations
 
 import json
+import time
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
@@ -599,3 +600,13 @@ def test_server_config_checks_networks_and_tls_pairs() -> None:
     with pytest.raises(ValidationError, match="go together"):
         ServerConfig(tls_cert=Path("c.pem"))
 
+
+def wait_done(c: Any, export_id: str, timeout: float = 120) -> dict[str, Any]:
+    """An export's record once it is done or failed (tests of the export routes)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        [x] = [x for x in c.get("/api/exports").json()["exports"] if x["id"] == export_id]
+        if x["state"] in ("done", "failed"):
+            return dict(x)
+        time.sleep(0.2)
+    raise AssertionError(f"export {export_id} not done in {timeout} s")

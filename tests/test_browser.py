@@ -19,16 +19,16 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import pytest
-from playwright.sync_api import Browser, Page, expect, sync_playwright
+from playwright.sync_api import Browser, Page, expect
 from sqlalchemy import select
 
 from browser_env import (
-    CHROMIUM,
     PASSWORD,
     SEGMENT_SECONDS,
     Recorder,
     chromium_available,
     fresh_screenshots,
+    launch_chromium,
     start_recorder,
 )
 from custodes.record.manifest import verify_bundle
@@ -47,12 +47,7 @@ def recorder(shared_data: Path, tmp_path_factory: pytest.TempPathFactory) -> Ite
 
 @pytest.fixture(scope="module")
 def browser(recorder: Recorder) -> Iterator[Browser]:
-    with sync_playwright() as p:
-        b = p.chromium.launch(executable_path=str(CHROMIUM), args=["--no-sandbox"])
-        try:
-            yield b
-        finally:
-            b.close()
+    yield from launch_chromium()
 
 
 @pytest.fixture(scope="module")

@@ -20,10 +20,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 import yaml
-from playwright.sync_api import Browser, Page, expect, sync_playwright
+from playwright.sync_api import Browser, Page, expect
 from sqlalchemy import select
 
-from browser_env import CHROMIUM, PASSWORD, SCREENSHOTS, chromium_available
+from browser_env import PASSWORD, SCREENSHOTS, chromium_available, launch_chromium
 from custodes.app import Node
 from custodes.auth.roles import Role
 from custodes.auth.users import Users
@@ -69,12 +69,7 @@ def start_node(folder: Path, profile: str) -> Iterator[tuple[Node, str]]:
 @pytest.fixture(scope="module")
 def browser() -> Iterator[Browser]:
     chromium_available()
-    with sync_playwright() as p:
-        b = p.chromium.launch(executable_path=str(CHROMIUM), args=["--no-sandbox"])
-        try:
-            yield b
-        finally:
-            b.close()
+    yield from launch_chromium()
 
 
 @pytest.fixture(scope="module")

@@ -26,9 +26,9 @@ import numpy.typing as npt
 import psutil
 import pytest
 import yaml
-from playwright.sync_api import Browser, Page, sync_playwright
+from playwright.sync_api import Browser, Page
 
-from browser_env import CHROMIUM, PASSWORD, SCREENSHOTS, chromium_available
+from browser_env import PASSWORD, SCREENSHOTS, chromium_available, launch_chromium
 from custodes.app import Node
 from custodes.auth.roles import Role
 from custodes.auth.users import Users
@@ -97,12 +97,7 @@ def nine(shared_data: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterato
 
 @pytest.fixture(scope="module")
 def browser(nine: Nine) -> Iterator[Browser]:
-    with sync_playwright() as p:
-        b = p.chromium.launch(executable_path=str(CHROMIUM), args=["--no-sandbox"])
-        try:
-            yield b
-        finally:
-            b.close()
+    yield from launch_chromium()
 
 
 TILES_JS = """() => ({

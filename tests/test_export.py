@@ -43,7 +43,7 @@ from custodes.record.playback import (
 from custodes.store import schema
 from custodes.store.db import Store
 from footage import SEGMENT_SECONDS, add_segments, encode_clips, open_node
-from test_auth import add_user, audit_entries, make_app, node_config, signed_in
+from test_auth import add_user, audit_entries, make_app, node_config, signed_in, wait_done
 from test_auth import open_node as open_api_node
 
 T0 = 1_700_000_000.0  # 2023-11-14 22:13:20 UTC
@@ -239,16 +239,6 @@ def fake_export(node: Node, *, redacted: bool, case: int | None, created_at: flo
         "state": state, "error": None, "bytes": 7, "duration": 4.0, "audit_seq": None, **extra,
     }))
     return export_id
-
-
-def wait_done(c: Any, export_id: str, timeout: float = 120) -> dict[str, Any]:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        [x] = [x for x in c.get("/api/exports").json()["exports"] if x["id"] == export_id]
-        if x["state"] in ("done", "failed"):
-            return dict(x)
-        time.sleep(0.2)
-    raise AssertionError(f"export {export_id} not done in {timeout} s")
 
 
 def test_an_export_names_only_an_active_case_its_user_works_on(api: FastAPI,

@@ -33,7 +33,7 @@ from custodes.redaction.copies import RedactedCopies
 from custodes.redaction.live import picture_path, watch_path
 from custodes.store import schema
 from footage import SEGMENT_SECONDS, add_segments, encode_clips
-from test_auth import add_user, audit_entries, client, open_node, signed_in
+from test_auth import add_user, audit_entries, client, open_node, signed_in, wait_done
 
 T0 = 1_714_557_600.0  # 2024-05-01 10:00:00 UTC
 DAY = "2024-05-01"
@@ -345,16 +345,6 @@ def test_events_filter_page_and_show_their_snapshots(app: FastAPI, node: Node) -
 
 
 # -- exports -----------------------------------------------------------------------------------
-
-
-def wait_done(c: Any, export_id: str, timeout: float = 120) -> dict[str, Any]:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        [x] = [x for x in c.get("/api/exports").json()["exports"] if x["id"] == export_id]
-        if x["state"] in ("done", "failed"):
-            return dict(x)
-        time.sleep(0.2)
-    raise AssertionError(f"export {export_id} not done in {timeout} s")
 
 
 def test_a_redacted_export_is_made_downloaded_and_verifies(

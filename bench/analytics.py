@@ -78,6 +78,7 @@ import multiprocessing
 import multiprocessing.connection
 import multiprocessing.synchronize
 import os
+import secrets
 import shutil
 import signal
 import socket
@@ -103,6 +104,7 @@ import yaml
 
 from custodes.analytics.motion import MotionDetector
 from custodes.analytics.worker import CameraAnalysis, FaceTrack, Message, WorkerSpec
+from custodes.api.deps import CSRF_COOKIE, CSRF_HEADER
 from custodes.config import AnalyticsConfig, FacesConfig, load_config
 from custodes.sim import SimServer, prepare_clip
 from custodes.vision.decode import Frame, file_frames
@@ -307,6 +309,8 @@ class NodeApi:
             request.add_header("Content-Type", "application/json")
         if self.cookies:
             request.add_header("Cookie", "; ".join(f"{k}={v}" for k, v in self.cookies.items()))
+        if CSRF_COOKIE in self.cookies:  # what the browser's pages send with every change
+            request.add_header(CSRF_HEADER, self.cookies[CSRF_COOKIE])
         try:
             with urllib.request.urlopen(request, timeout=timeout) as reply:
                 for header in reply.headers.get_all("Set-Cookie") or []:
@@ -330,7 +334,12 @@ class NodeApi:
             raise NodeError(f"{method} {path}: {exc!r}") from None
 
     def sign_in(self, name: str, password: str) -> None:
-        self.call("POST", "/api/auth/login", {"name": name, "password": password})
+        """Sign in; a password someone else made (`custodes user add` prints it) is replaced
+        first, as the node asks of every such account before anything else."""
+        answer = self.call("POST", "/api/auth/login", {"name": name, "password": password})
+        if answer.get("must_change_password"):
+            self.call("POST", "/api/auth/password", {
+                "old_password": password, "new_password": secrets.token_urlsafe(18)})
 
     def status(self) -> dict[str, Any]:
         status: dict[str, Any] = self.call("GET", "/api/status")

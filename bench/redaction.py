@@ -43,6 +43,7 @@ Detections are not ground truth: the auditor has false faces and misses of its o
 from __future__ import annotations
 
 import argparse
+import csv
 import os
 import resource
 import subprocess
@@ -63,8 +64,10 @@ import numpy as np
 import numpy.typing as npt
 
 from custodes.media import ffmpeg_exe
-from custodes.redaction.detect import NODE_SETTINGS
-from custodes.redaction.video import plan_boxes, redact_file
+from custodes.redaction.blur import FACE_MARGIN
+from custodes.redaction.copies import PLAYBACK_LINES
+from custodes.redaction.detect import NODE_SETTINGS, blur_boxes, snapshot_scale
+from custodes.redaction.video import keyframe_before, plan_boxes, redact_file, redact_stream
 from custodes.vision.faces import Box
 
 U8 = npt.NDArray[np.uint8]
@@ -230,10 +233,14 @@ def cost(work: Path, seconds: float | None, old_frames: int) -> None:
 
     NODE_SETTINGS.detector()  # the first load imports onnx (seconds): not the redaction's
     started, wall = cpu_seconds(), time.perf_counter()
+    with (work / "first.mp4").open("wb") as out:
+        redact_stream(source, out, max_lines=PLAYBACK_LINES)
+    row("first viewer (one pass, streamed)", cpu_seconds() - started, time.perf_counter() - wall)
+    started, wall = cpu_seconds(), time.perf_counter()
     plan = plan_boxes(source)
     search, search_wall = cpu_seconds() - started, time.perf_counter() - wall
-    redact_file(source, work / "first.mp4", plan=plan)
-    row("first viewer (search + encode)", cpu_seconds() - started, time.perf_counter() - wall)
+    redact_file(source, work / "two-pass.mp4", plan=plan)
+    row("two passes (search, then encode)", cpu_seconds() - started, time.perf_counter() - wall)
     row("  of which the search", search, search_wall)
     started, wall = cpu_seconds(), time.perf_counter()
     redact_file(source, work / "cached.mp4", plan=plan)
@@ -242,10 +249,42 @@ def cost(work: Path, seconds: float | None, old_frames: int) -> None:
     redact_file(source, work / "copy.mp4", plan=plan, max_lines=360)
     row("cache hit, copy at 360 lines", cpu_seconds() - started, time.perf_counter() - wall)
     export_cost(work, source, row)
+    mid_segment(work, source, at=round(0.7 * min(video, 10.0), 1))
     old = old_detector_cost(old_frames)
     print(f"old HOG + Haar detector, 640x360: {old:.2f} s a frame measured now over "
           f"{old_frames} frames (issue 9: {OLD_COST} s; {OLD_PER_10S_720P:.0f} CPU-s per 10 s "
           f"of 720p); {plan.detections} faces found in {count // plan.stride} searched frames")
+
+
+def mid_segment(work: Path, source: Path, at: float) -> None:
+    """A viewer who clicks `at` seconds into a 720p segment (the stream's first 10 s) nobody
+    watched: CPU seconds
+    until the frame at `at` is encoded, from the segment's start (the whole copy, as before)
+    and from the keyframe before `at` (a tail, custodes.redaction.copies)."""
+    segment = work / "segment-10s.mp4"
+    ffmpeg("-i", str(source), "-t", "10", "-c", "copy", str(segment))
+    rate, count = rate_and_count(segment)
+    begins = keyframe_before(segment, at)
+    results = []
+    for start in (0.0, begins):
+        reached: list[float] = []
+        started = cpu_seconds()
+        wanted = round((at - start) * float(rate))
+
+        def progress(stage: str, done: int, _total: int, wanted: int = wanted,
+                     reached: list[float] = reached, started: float = started) -> None:
+            if stage == "blur" and done == wanted + 1 and not reached:
+                reached.append(cpu_seconds() - started)
+
+        with (work / "mid.mp4").open("wb") as out:
+            redact_stream(segment, out, max_lines=PLAYBACK_LINES, start=start,
+                          progress=progress)
+        results.append(reached[0] if reached else float("nan"))
+    print(f"click {at:g} s into a {count / float(rate):.0f} s 720p segment: {results[0]:.2f} "
+          f"CPU-s to its frame from "
+          f"the segment's start, {results[1]:.2f} from the keyframe at {begins:.2f} s (the "
+          f"CPU-s include ffmpeg's only once it has exited: the encoder's share, ~20 %, is "
+          f"missing from both)")
 
 
 def export_cost(work: Path, source: Path, row: Callable[[str, float, float], None]) -> None:
@@ -408,6 +447,72 @@ def audience(work: Path, every: int, upsample: int) -> None:
           f"{between.faces}", flush=True)
 
 
+# Ways the node searches a picture for faces (custodes.redaction): the picture's size (lines,
+# its smaller side; None: as photographed) and the detector's scale at that size.
+GROUND_MODES = {
+    "snapshot, event picture (720 lines)": (None, snapshot_scale),
+    "live tile, 9-grid (320 px wide)": (180, lambda h, w: 1.0),
+    "live tile, single (640 px wide)": (360, lambda h, w: 1.0),
+    "720p video frame (searched at 240 lines)": (720, NODE_SETTINGS.scale),
+}
+GROUND_SIZES = ((0, 10), (10, 20), (20, 40), (40, 100_000))  # px, smaller side at that size
+HIDDEN = 0.8  # share of a face's annotated box under the blur for it to count as hidden
+
+
+def ground_truth(every: int) -> None:
+    """Redaction against people, not a detector: WIDER FACE's official face boxes (faceboxes/,
+    drawn by hand: profiles, occlusion, crowds, small faces) in every `every`-th photo. Each
+    photo is shrunk as each way of redacting sees it and searched as that way does; a face is
+    hidden when HIDDEN of its annotated box lies under a blur ellipse (`blur_regions`'
+    geometry). By the face's size in the picture redacted: a face under 10 px is hard to
+    recognise by anyone, one over 40 px easy."""
+    folder = DATA / "faceboxes"
+    truth: dict[str, list[Box]] = {}
+    with (folder / "boxes.csv").open(newline="") as f:
+        for line in csv.DictReader(f):
+            truth.setdefault(line["image"], []).append(
+                Box(int(line["x"]), int(line["y"]), int(line["w"]), int(line["h"])))
+    names = sorted(truth)[::every]
+    detector = NODE_SETTINGS.detector()
+    print(f"\nground truth: {len(names)} WIDER FACE photos, "
+          f"{sum(len(truth[n]) for n in names)} annotated faces; hidden = {HIDDEN:.0%} of the "
+          f"face's box under the blur (load average {os.getloadavg()[0]:.1f})")
+    sizes = [f"{lo}-{hi} px" if hi < 100_000 else f"{lo}+ px" for lo, hi in GROUND_SIZES]
+    print(f"{'redacted as':42} {'hidden':>13} " + " ".join(f"{s:>14}" for s in sizes))
+    for mode, (lines, scale) in GROUND_MODES.items():
+        hidden = [0] * len(GROUND_SIZES)
+        total = [0] * len(GROUND_SIZES)
+        for name in names:
+            bgr = cv2.imread(str(folder / name), cv2.IMREAD_COLOR)
+            assert bgr is not None, name
+            factor = 1.0 if lines is None else lines / min(bgr.shape[:2])
+            if factor != 1.0:
+                bgr = cv2.resize(bgr, None, fx=factor, fy=factor, interpolation=cv2.INTER_AREA)
+            rgb: U8 = np.ascontiguousarray(bgr[:, :, ::-1], dtype=np.uint8)
+            height, width = rgb.shape[:2]
+            mask = np.zeros((height, width), np.uint8)
+            for box in blur_boxes(detector.find(rgb, scale=scale(height, width))):
+                grown = box.expand(FACE_MARGIN)
+                cx, cy = grown.center
+                cv2.ellipse(mask, (round(cx), round(cy)), (grown.w // 2, grown.h // 2), 0, 0,
+                            360, 255, thickness=-1)
+            for annotated in truth[name]:
+                face = _scaled_box(annotated, factor).clip(width, height)
+                if face.area == 0:
+                    continue
+                under = np.count_nonzero(mask[face.y:face.bottom, face.x:face.right])
+                size = min(face.w, face.h)
+                k = next(i for i, (lo, hi) in enumerate(GROUND_SIZES) if lo <= size < hi)
+                total[k] += 1
+                hidden[k] += int(under >= HIDDEN * face.area)
+        cells = " ".join(f"{pct(hidden[k], total[k]):>14}" for k in range(len(GROUND_SIZES)))
+        print(f"{mode:42} {pct(sum(hidden), sum(total)):>13} {cells}", flush=True)
+
+
+def pct(part: int, whole: int) -> str:
+    return f"{part / whole:.1%} of {whole}" if whole else "-"
+
+
 def live(seconds: float, work: Path, cameras: int = 9) -> None:
     """The live picture service (custodes.live) with `cameras` watched at a 9-grid tile's
     width: each picture's age when it appears on disk, pictures a second, CPU per camera."""
@@ -486,9 +591,11 @@ def main() -> None:
     if args.live:
         run = [lambda work: live(args.live, work)]
     elif args.quick:
-        run = [lambda work: cost(work, 3.0, 2), lambda work: audience(work, 12, 0)]
+        run = [lambda work: cost(work, 3.0, 2), lambda work: audience(work, 12, 0),
+               lambda work: ground_truth(every=20)]
     else:
         run = [lambda work: cost(work, None, 5), lambda work: audience(work, 1, 1),
+               lambda work: ground_truth(every=1),
                lambda work: residuals(clips(args.clips), work, fps=args.audit_fps,
                                       most=max(2, args.audit_max), crops=args.crops),
                lambda work: small_faces(work, fps=args.audit_fps,

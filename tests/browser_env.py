@@ -63,7 +63,9 @@ def chromium_available() -> None:
     require(CHROMIUM.is_file(), "Debian's chromium at /usr/bin/chromium")
 
 
-def start_recorder(shared_data: Path, folder: Path) -> Iterator[Recorder]:
+def start_recorder(shared_data: Path, folder: Path, *,
+                   timezone: str | None = None) -> Iterator[Recorder]:
+    """``timezone``: the site's (node.timezone); None leaves it to the machine's."""
     people = prepare_clip(shared_data / "video/face_recognition_short_hamilton_clip.mp4",
                           folder / "clips", width=480, height=270, bitrate_kbps=500)
     pattern = ensure_sample(folder / "clips", width=480, height=270, fps=15, bitrate_kbps=300,
@@ -72,7 +74,7 @@ def start_recorder(shared_data: Path, folder: Path) -> Iterator[Recorder]:
         urls = {"cam01": sim.add_camera("cam01", people),
                 "cam02": sim.add_camera("cam02", pattern)}
         config = parse_config(yaml.safe_dump({
-            "node": {"name": "browser-test"},
+            "node": {"name": "browser-test", **({"timezone": timezone} if timezone else {})},
             "sites": {"school": {"name": "Test school"}},
             "cameras": {
                 name: {

@@ -230,7 +230,7 @@ def test_event_maintainer_stores_and_publishes(tmp_path: Path) -> None:
         published = [events.get(timeout=1) for _ in range(3)]
     assert [(r.kind, r.start, r.end) for r in rows] == [
         ("motion", 100.0, 104.5), ("face", 101.0, 103.0)]
-    assert json.loads(rows[0].data) == {"peak": 0.12}
+    assert json.loads(rows[0].data) == {"peak": 0.12, "ended": "quiet"}
     assert (motion.start, motion.end, motion.peak) == (100.0, 104.5, 0.12)
     assert (face.event_id, face.detections, face.embedding) == (rows[1].id, 9, None)
     assert [(e.kind, e.end, e.site) for e in published if e is not None] == [

@@ -316,6 +316,9 @@ def test_the_default_allows_only_this_machine(app: FastAPI) -> None:
     assert client(app, ("10.0.0.1", 1)).get("/api/health").status_code == 403
 
 
+CAMERA_SOURCES = frozenset({"main_url", "sub_url", "onvif_url", "url"})
+
+
 def test_no_route_sends_pictures_to_other_devices(app: FastAPI) -> None:
     """The agency's rule: pictures must not be transmittable to phones or other devices. No
     route takes a URL, address, phone number or e-mail to send something to."""
@@ -331,6 +334,10 @@ def test_no_route_sends_pictures_to_other_devices(app: FastAPI) -> None:
             if ref:
                 model = schema["components"]["schemas"][ref.rsplit("/", 1)[1]]
                 names += list(model.get("properties", {}))
+            if path.startswith("/api/system/cameras"):
+                # Cameras installed by the administrator: their URLs are sources the node
+                # reads video from (as in the config file), never a place pictures are sent.
+                names = [n for n in names if n not in CAMERA_SOURCES]
             found += [f"{method.upper()} {path}: {n}" for n in names if suspicious.search(n)]
             if suspicious.search(path):
                 found.append(f"{method.upper()} {path}")

@@ -48,6 +48,8 @@ FAST_HASH = PasswordHasher(time_cost=1, memory_cost=1024, parallelism=1)
 def node_config(root: Path, **server: Any) -> dict[str, Any]:
     return {
         "profile": "police",  # the profile that allows the most: routes refuse by role only
+        # Days and times in UTC whatever the machine's zone (the default), as the tests expect.
+        "node": {"timezone": "UTC"},
         "sites": {"site": {"name": "Test site"}},
         "cameras": {
             name: {"site": "site", "location": "corridor", "purpose": "test camera",
@@ -359,6 +361,12 @@ def test_admin_manages_users_with_random_passwords(app: FastAPI, node: Node) -> 
     olga = client(app)
     assert olga.post("/api/auth/login",
                      json={"name": "olga", "password": password}).status_code == 200
+    # The administrator saw that password: olga must choose her own before anything else.
+    assert olga.get("/api/status").status_code == 403
+    olga.headers[CSRF_HEADER] = olga.cookies[CSRF_COOKIE]
+    assert olga.post("/api/auth/password", json={
+        "old_password": password, "new_password": "olga's own password"}).status_code == 200
+    olga.headers[CSRF_HEADER] = olga.cookies[CSRF_COOKIE]
     assert [c["name"] for c in olga.get("/api/status").json()["cameras"]] == ["cam1"]
     assert admin.patch("/api/users/olga", json={"cameras": None}).json()["cameras"] is None
     assert len(olga.get("/api/status").json()["cameras"]) == 2  # takes effect at once

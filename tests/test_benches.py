@@ -70,6 +70,13 @@ BENCHES = (
         "## 2. WIDER FACE",
         "## 3. Hand-annotated crowd photos",
     )),
+    Bench("hub.py", (
+        "| ingester | messages | seconds | msg/s | headroom over the city |",
+        "| batched (ours) |",
+        "| naive (one INSERT + commit per message) |",
+        "city load:",
+        "end to end delay (site write -> hub row)",
+    ), data=False),
     Bench("identification.py", (
         "# Identification:",
         "## FPIR / FNIR per threshold",
@@ -86,7 +93,11 @@ BENCHES = (
     ), timeout=600, data=False),
     Bench("redaction.py", (
         "x real time",
+        "first viewer (one pass, streamed)",
         "export from kept boxes",
+        "720p segment:",
+        "ground truth:",
+        "720p video frame (searched at 240 lines)",
         "old HOG + Haar detector, 640x360",
         "Hamilton audience",
     )),

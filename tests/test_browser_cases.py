@@ -43,7 +43,7 @@ DAY = 24 * HOUR
 
 def start_node(folder: Path, profile: str) -> Iterator[tuple[Node, str]]:
     config = parse_config(yaml.safe_dump({
-        "node": {"name": f"{profile}-test"},
+        "node": {"name": f"{profile}-test", "timezone": "UTC"},  # times typed as UTC
         "profile": profile,
         "sites": {"site": {"name": "Test site"}},
         "cameras": {

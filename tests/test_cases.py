@@ -662,6 +662,14 @@ def test_the_command_line_acts_as_a_signed_in_user(tmp_path: Path, people: Peopl
                       (cli_actor().name, "login", "failed"), ("bob", "case.approve", "ok"),
                       ("alice", "face.search", "refused"), ("alice", "face.search", "ok"),
                       ("alice", "face.search", "ok")]
+    # Each search is in the case's use log, with its results in order (issue 13).
+    result = run(municipal, "alice", "alice-password-1", "log", "1")
+    assert result.exit_code == 0, result.output
+    record = json.loads(result.output)
+    assert [len(u["results"]) for u in record["uses"]] == [0, 2]
+    assert [x["level"] for x in record["uses"][1]["results"]] == ["match", "possible"]
+    assert record["uses"][1]["reference_db"]["cameras"] == ["cam1"]
+    assert record["authorisation"] is None
 
 
 def test_the_person_who_decided_a_case_never_works_it(env: Env, people: People) -> None:

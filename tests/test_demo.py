@@ -38,6 +38,12 @@ def test_demo_records_simulated_cameras_and_serves_status(tmp_path: Path) -> Non
         assert client.get("api/status").status_code == 401  # nothing without signing in
         signed_in = client.post("api/auth/login", json={"name": "admin", "password": password})
         assert signed_in.status_code == 200, signed_in.text
+        # The printed password opens nothing until the administrator chooses their own.
+        assert client.get("api/status").status_code == 403
+        changed = client.post("api/auth/password", json={
+            "old_password": password, "new_password": "demo-admin-password-1"},
+            headers={"X-CSRF-Token": client.cookies["custodes_csrf"]})
+        assert changed.status_code == 200, changed.text
         cameras: list[dict[str, Any]] = []
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:

@@ -419,6 +419,6 @@ def test_a_recorder_node_publishes_what_its_cameras_see(
             node.stop()
     assert set(motion) == set(face) == EVENT_KEYS
     assert (face["camera"], face["site"], face["kind"]) == ("stage", "school", "face")
-    assert set(face["data"]) == {"detections", "quality", "box"}
+    assert set(face["data"]) == {"tracks", "detections", "quality", "box"}  # one per visit
     assert face["has_snapshot"] is True
     assert listener.receive("custodes/hall-node/availability", 10).payload == b"offline"

@@ -103,6 +103,11 @@ def test_round_trip_segments_indexed_and_durations_add_up(sim: SimServer, tmp_pa
         with httpx.Client(base_url=node.web.url) as client:
             client.post("api/auth/login",
                         json={"name": "admin", "password": node.first_admin_password})
+            # The printed password must be replaced before anything else answers.
+            client.post("api/auth/password", json={
+                "old_password": node.first_admin_password,
+                "new_password": "the recorder test's password"},
+                headers={"X-CSRF-Token": client.cookies["custodes_csrf"]}).raise_for_status()
             status = client.get("api/status").json()
     finally:
         node.stop()

@@ -12,7 +12,10 @@ from collections.abc import AsyncGenerator, AsyncIterator, Callable, Iterator
 from pathlib import Path
 
 import av
+import cv2
 import httpx
+import numpy as np
+import numpy.typing as npt
 import pytest
 import uvicorn
 from sqlalchemy import select
@@ -27,6 +30,7 @@ from custodes.redaction.copies import RedactedCopies
 from custodes.redaction.detect import RedactionSettings
 from custodes.redaction.video import BoxPlan, RedactionError
 from custodes.store import schema
+from custodes.vision.faces import Box, FaceDetector
 from footage import add_segments, encode_clips
 from test_auth import add_user, open_node
 
@@ -95,8 +99,8 @@ def test_two_viewers_of_a_copy_in_the_making_get_it_from_one_redaction(
     caplog.set_level(logging.INFO, logger="custodes.redaction.copies")
 
     async def two_viewers() -> tuple[bytes, bytes]:
-        return await asyncio.gather(read_all(copies.open(node, seg)),
-                                    read_all(copies.open(node, seg)))
+        return await asyncio.gather(read_all(copies.open(node, seg)[0]),
+                                    read_all(copies.open(node, seg)[0]))
 
     first, second = asyncio.run(two_viewers())
 
@@ -111,7 +115,7 @@ def test_two_viewers_of_a_copy_in_the_making_get_it_from_one_redaction(
     assert kept.frames == decoded(copy)
     assert not [name for name in made_files(node) if name.endswith(".partial")]
     # Whole now: a later viewer gets the file (with byte ranges).
-    assert copies.open(node, seg) == copy
+    assert copies.open(node, seg) == (copy, 0.0)
 
 
 @pytest.fixture
@@ -123,6 +127,7 @@ def long_segment(segment: tuple[Node, Segment], shared_data: Path) -> tuple[Node
         ffmpeg_exe(), "-hide_banner", "-nostdin", "-loglevel", "error", "-y",
         "-i", str(shared_data / "video" / "face_recognition_short_hamilton_clip.mp4"),
         "-t", "10", "-vf", "scale=640:-2,fps=15", "-c:v", "libx264", "-preset", "ultrafast",
+        "-g", "30",  # a keyframe every 2 s, as cameras send them
         "-an", str(node.layout.recordings / seg.path),
     ], check=True)
     return node, seg
@@ -134,7 +139,7 @@ def test_a_copy_whose_viewer_left_is_given_up_and_made_again_for_the_next(
     copies = RedactedCopies(workers=1)
 
     async def look_and_leave() -> bytes:
-        chunks = copies.open(node, seg)
+        chunks, _ = copies.open(node, seg)
         assert isinstance(chunks, AsyncGenerator)
         first: bytes = await anext(chunks)
         await chunks.aclose()  # what the server does when the browser goes
@@ -202,13 +207,82 @@ def ffmpegs_of(pid: int) -> list[int]:
     return found
 
 
+def test_a_viewer_who_starts_mid_segment_gets_a_redacted_tail_from_the_keyframe_before(
+        long_segment: tuple[Node, Segment], caplog: pytest.LogCaptureFixture) -> None:
+    """A click 7 s into a 10 s segment: the copy starts at the keyframe before 7 s, searched
+    from there, instead of after the search of the 7 s before. Its faces are blurred as in the
+    whole copy, and nothing of it is kept (a whole copy is what later viewers get)."""
+    node, seg = long_segment
+    source = node.layout.recordings / seg.path
+    copies = RedactedCopies(workers=1)
+    caplog.set_level(logging.INFO, logger="custodes.redaction.copies")
+
+    chunks, begins = copies.open(node, seg, 7.0)
+    tail = asyncio.run(read_all(chunks))
+
+    keyframes = keyframe_times(source)
+    assert begins == max(k for k in keyframes if k <= 7.0 + 1e-6)
+    assert 0 < begins <= 7.0
+    path = node.layout.root / "tail.mp4"
+    path.write_bytes(tail)
+    with av.open(str(path)) as container:
+        frames = [np.asarray(v.to_ndarray(format="rgb24"), dtype=np.uint8)
+                  for v in container.decode(video=0)]
+    with av.open(str(source)) as container:
+        stream = container.streams.video[0]
+        originals = [v for v in container.decode(stream)
+                     if v.time is not None and v.time - (stream.start_time or 0)
+                     * float(stream.time_base or 0) >= begins - 1e-6]
+    assert len(frames) == len(originals)  # every frame from the keyframe on, none before
+    # The faces the node's detector finds in the original frames are blurred in the tail:
+    # their detail, all together, mostly gone (as test_redact_video judges exports).
+    detector = FaceDetector()
+    before = after = 0.0
+    checked = 0
+    for original, shown in list(zip(originals, frames, strict=True))[::5]:
+        rgb = np.asarray(original.to_ndarray(format="rgb24"), dtype=np.uint8)
+        for face in detector.detect(rgb):
+            box = face.box.expand(-0.15).clip(rgb.shape[1], rgb.shape[0])
+            before += sharpness(rgb, box)
+            after += sharpness(shown, box)
+            checked += 1
+    assert checked >= 5
+    assert after < 0.1 * before
+    made = [r.getMessage() for r in caplog.records
+            if r.getMessage().startswith("redacted copy of segment")]
+    assert len(made) == 1
+    assert f"from {begins:.1f} s" in made[0]
+    # Nothing of the tail is kept: no copy, no boxes, no partial file.
+    assert made_files(node) == []
+    # A viewer near the start gets the whole copy, as before.
+    chunks, begins = copies.open(node, seg, 1.0)
+    assert begins == 0.0
+    asyncio.run(read_all(chunks))
+    assert copies.path(node, seg).is_file()
+
+
+def keyframe_times(path: Path) -> list[float]:
+    with av.open(str(path)) as container:
+        stream = container.streams.video[0]
+        first = stream.start_time or 0
+        base = float(stream.time_base or 0)
+        return [(p.pts - first) * base for p in container.demux(stream)
+                if p.is_keyframe and p.pts is not None]
+
+
+def sharpness(rgb: npt.NDArray[np.uint8], box: Box) -> float:
+    grey = cv2.cvtColor(np.ascontiguousarray(rgb[box.y:box.bottom, box.x:box.right]),
+                        cv2.COLOR_RGB2GRAY)
+    return float(cv2.Laplacian(grey, cv2.CV_64F).var())
+
+
 def test_a_failed_redaction_leaves_no_copy(segment: tuple[Node, Segment]) -> None:
     node, seg = segment
     (node.layout.recordings / seg.path).write_bytes(b"not a video" * 1000)
     copies = RedactedCopies(workers=1)
 
     with pytest.raises(RedactionError):
-        asyncio.run(read_all(copies.open(node, seg)))
+        asyncio.run(read_all(copies.open(node, seg)[0]))
 
     assert made_files(node) == []
     (node.layout.recordings / seg.path).unlink()

@@ -171,7 +171,7 @@ def test_subject_access_requests_are_in_the_pack_and_lapse_with_their_photo(
     assert listed == [("SAR-11", "school card and parent present", "dora", "eve", "expired"),
                       ("SAR-12", "passport", "dora", None, "expired")]
     text = (pack.folder / "report.md").read_text()
-    assert "## Subject access requests" in text
+    assert "## Requests by people for their own footage" in text
     assert "| SAR-11 | hall |" in text
     assert "Pupil" not in text
     assert "Pupil" not in (pack.folder / "report.json").read_text()
@@ -214,5 +214,5 @@ def test_the_pack_flags_what_separation_of_duties_depends_on(tmp_path: Path) -> 
     ]
     markdown = (pack.folder / "report.md").read_text()
     assert "## Separation of duties" in markdown
-    assert "Pinned profile: school" in markdown
+    assert "Profile fixed: school since " in markdown
     assert "- **case 1 was decided by the user who opened it (mallory)**" in markdown

@@ -166,7 +166,9 @@ def test_timeline_merges_segments_and_shows_gaps_motion_and_faces(
     day_start = T0 - 10 * 3600
     assert (tl["start"], tl["end"]) == (day_start, day_start + 86400)
     assert tl["coverage"] == [{"start": T0, "end": T0 + 8}, {"start": T0 + 14, "end": T0 + 18}]
-    assert tl["gaps"] == [{"start": day_start, "end": T0}, {"start": T0 + 8, "end": T0 + 14},
+    # cam1 was installed at T0 (its first recording): the hours before are no gap.
+    assert tl["installed"] == T0
+    assert tl["gaps"] == [{"start": T0 + 8, "end": T0 + 14},
                           {"start": T0 + 18, "end": day_start + 86400}]
     assert tl["motion"] == [{"start": T0 + 1, "end": T0 + 3, "peak": 0.2}]
     assert tl["faces"] == [{"start": T0 + 2.5, "end": T0 + 3.5}]
@@ -458,8 +460,8 @@ def test_pages_ask_for_sign_in_and_show_only_what_the_role_may_use(app: FastAPI)
     inspector = as_role(app, Role.INSPECTOR)
     landing = inspector.get("/", follow_redirects=False)
     assert landing.status_code == 303
-    # The first page of the role's navigation that this build serves (Cases, then Audit).
-    assert landing.headers["location"] in {"/cases", "/audit"}
+    # The first page of the role's navigation: the inspection pack.
+    assert landing.headers["location"] == "/inspection"
     assert inspector.get("/timeline").status_code == 403
     system = inspector.get("/system")
     assert system.status_code == 200

@@ -11,12 +11,14 @@ from __future__ import annotations
 import json
 import logging
 import os
+import shutil
 import signal
 import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import Future
 from dataclasses import dataclass
+from pathlib import Path
 from types import FrameType
 
 from sqlalchemy import insert, select
@@ -28,7 +30,7 @@ from custodes.audit.actions import Action
 from custodes.audit.log import SYSTEM, SigningRefused
 from custodes.auth.users import ensure_admin
 from custodes.capture.supervisor import CaptureSupervisor, Health, State
-from custodes.config import Config, RecordMode
+from custodes.config import CameraConfig, Config, RecordMode
 from custodes.data import NodeData
 from custodes.events.bus import EventBus
 from custodes.events.maintainer import EventMaintainer
@@ -37,6 +39,7 @@ from custodes.faces.descriptors import FaceDescriptors
 from custodes.faces.gallery import Gallery
 from custodes.faces.watchlist import Watchlist
 from custodes.live.service import LiveCamera
+from custodes.live.stream import LiveStreams, camera_streams
 from custodes.live.supervisor import LiveSupervisor
 from custodes.privacy import exports as export_rules
 from custodes.privacy.cases import Cases, descriptor_gaps
@@ -49,7 +52,9 @@ from custodes.record.layout import DATA_UMASK
 from custodes.record.maintainer import Maintainer, ReconcileReport
 from custodes.redaction.copies import RedactedCopies
 from custodes.redaction.video import warm as warm_redaction
+from custodes.sitetime import site_zone
 from custodes.store import schema
+from custodes.uplink.worker import Uplink
 
 log = logging.getLogger(__name__)
 
@@ -64,9 +69,21 @@ class CameraStatus:
     health: Health | None
 
 
+def live_cameras(config: Config) -> list[LiveCamera]:
+    """Live pictures for every enabled camera, analysed or not: a viewer may watch any."""
+    return [LiveCamera(name, cam.light_source, tuple(cam.privacy_zones))
+            for name, cam in config.cameras.items() if cam.enabled]
+
+
 class Node:
-    def __init__(self, config: Config) -> None:
+    def __init__(self, config: Config, config_path: Path | None = None) -> None:
         self.config = config
+        # The file the config was loaded from: the web UI writes camera changes back to it
+        # (custodes.config_edit); None when the node was built from text (tests, demo).
+        self.config_path = config_path
+        # Held while cameras are added, changed or removed at run time (custodes.onboarding).
+        self.reconfigure_lock = threading.Lock()
+        self.running = False  # set once start() has started the workers
         # Keys load (or are created) before anything else: a node that cannot sign its audit
         # log or seal biometric data must not start.
         self.data = NodeData.of(config)
@@ -76,18 +93,10 @@ class Node:
         self.retention = Retention(self.store, self.layout, config, audit=self.audit)
         self.supervisors: dict[str, CaptureSupervisor] = {}
         self.bus = EventBus()
-        self.analytics = AnalyticsSupervisor([
-            WorkerSpec(name, cam.light_source, cam.analytics, self.layout.snapshots,
-                       zones=cam.privacy_zones)
-            for name, cam in config.cameras.items()
-            if cam.enabled and cam.analytics.enabled
-        ], workers=config.analytics.workers, keyframes=config.analytics.main_stream == "keyframes",
-            min_fps=config.analytics.min_fps)
-        # Live pictures for every enabled camera, analysed or not: a viewer may watch any.
-        self.live = LiveSupervisor(self.layout.live, [
-            LiveCamera(name, cam.light_source, tuple(cam.privacy_zones))
-            for name, cam in config.cameras.items() if cam.enabled
-        ])
+        self.analytics = self.analytics_pool(config)
+        self.live = LiveSupervisor(self.layout.live, live_cameras(config))
+        # Live video by stream copy, for roles allowed originals; started by its first viewer.
+        self.live_streams = LiveStreams(lambda: camera_streams(self.config))
         sites = {name: cam.site for name, cam in config.cameras.items()}
         # Biometric data: descriptors sealed at rest, searched only through a case; the
         # watchlist acts only in the police profile, inside an approved case.
@@ -102,12 +111,20 @@ class Node:
         self.redacted_copies = RedactedCopies()
         # Signed exports made in the background, for the exports and subject access routes.
         self.exports = ExportJobs(self.store, self.layout, self.keys, self.audit,
-                                  node=config.node.name)
+                                  node=config.node.name, zone=site_zone(config.node.timezone))
         self.events = EventMaintainer(
             self.store, self.bus, sites, self.analytics.queue,
             descriptors=self.descriptors, on_face=self.watchlist.on_face,
         )
         self.mqtt = MqttPublisher(config.mqtt, config.node.name) if config.mqtt else None
+        # Reports to a hub when configured: the database is the outbox, recording never waits.
+        self.uplink = Uplink(self.store, config.uplink, sorted(config.cameras),
+                             health=self._uplink_health,
+                             # a minute's coverage is final once its segments are indexed
+                             coverage_lag=2.0 * max((c.record.segment_seconds
+                                                     for c in config.cameras.values()),
+                                                    default=60) + 30,
+                             ) if config.uplink else None
         self.stop_event = threading.Event()
         self.started_at = time.time()
         self.reconcile_report: ReconcileReport | None = None
@@ -167,18 +184,7 @@ class Node:
             log.info("sealed %d face descriptors stored in plaintext by an older version", sealed)
         self.maintainer.start()
         for name, cam in self.config.cameras.items():
-            if not cam.enabled or cam.record.mode == RecordMode.OFF:
-                continue
-            sup = CaptureSupervisor(
-                name,
-                cam.main_source,
-                self.layout.cache_dir(name),
-                cam.record.segment_seconds,
-                on_segment=self.maintainer.submit,
-                on_state=self._record_state,
-            )
-            self.supervisors[name] = sup
-            sup.start()
+            self.start_capture(name, cam)
         self.events.start()
         if self.mqtt is not None:
             self.mqtt.attach(self.bus)
@@ -194,17 +200,47 @@ class Node:
         privacy = threading.Thread(target=self._privacy_upkeep, name="privacy-upkeep", daemon=True)
         privacy.start()
         self._threads.append(privacy)
+        if self.uplink is not None:
+            self.uplink.start()
         if web:
             # Viewers of redacted video should not wait for the detector to load.
             threading.Thread(target=warm_redaction, name="redaction-warm", daemon=True).start()
             self.web = WebServer(self)
             self.web.start()
+        self.running = True
         log.info("node %s started: %d cameras recording, %d analysed", self.config.node.name,
                  len(self.supervisors), len(self.analytics.specs))
 
+    def analytics_pool(self, config: Config) -> AnalyticsSupervisor:
+        """The analysis pool for the enabled, analysed cameras of ``config``."""
+        return AnalyticsSupervisor([
+            WorkerSpec(name, cam.light_source, cam.analytics, self.layout.snapshots,
+                       zones=cam.privacy_zones)
+            for name, cam in config.cameras.items()
+            if cam.enabled and cam.analytics.enabled
+        ], workers=config.analytics.workers, keyframes=config.analytics.main_stream == "keyframes",
+            min_fps=config.analytics.min_fps)
+
+    def start_capture(self, name: str, cam: CameraConfig) -> bool:
+        """Start recording ``cam`` unless it is disabled or set not to record."""
+        if not cam.enabled or cam.record.mode == RecordMode.OFF:
+            return False
+        sup = CaptureSupervisor(
+            name,
+            cam.main_source,
+            self.layout.cache_dir(name),
+            cam.record.segment_seconds,
+            on_segment=self.maintainer.submit,
+            on_state=self._record_state,
+        )
+        self.supervisors[name] = sup
+        sup.start()
+        return True
+
     def stop(self) -> None:
         begun = time.monotonic()
-        self.stop_event.set()
+        with self.reconfigure_lock:  # a camera change under way finishes first; none follows
+            self.stop_event.set()
         # Analysis winds down while the recorders close their last segments: the two waits
         # overlap instead of adding up (the node must stop within 10 s).
         self.analytics.request_stop()
@@ -216,6 +252,7 @@ class Node:
         recorders = time.monotonic() - begun
         self.analytics.stop()
         self.live.stop()
+        self.live_streams.stop()
         analysis = time.monotonic() - begun
         self.events.stop()
         if self.mqtt is not None:
@@ -233,6 +270,8 @@ class Node:
         except SigningRefused as exc:
             # The refusal is in the log and the stop goes on: footage is already safe on disk.
             log.error("%s", exc)
+        if self.uplink is not None:
+            self.uplink.stop()  # what it had not sent goes at the next start
         self.store.close()
         # What a slow stop waited for, from the stop request: the recorders, then analysis.
         log.info("node %s stopped in %.1f s (recorders done at %.1f s, analysis at %.1f s)",
@@ -316,7 +355,26 @@ class Node:
             ))
         return out
 
+    def _uplink_health(self) -> dict[str, object]:
+        """What the hub shows of this node between its durable reports."""
+        try:
+            disk = shutil.disk_usage(self.layout.root)
+            disk_json: dict[str, int] | None = {"total": disk.total, "used": disk.used,
+                                                "free": disk.free}
+        except OSError:
+            disk_json = None
+        return {
+            "node": self.config.node.name, "profile": self.config.profile.value,
+            "started_at": self.started_at, "disk": disk_json,
+            "retention_limit_hours": {name: self.config.retention_hours(name)
+                                      for name in self.config.cameras},
+            "cameras": {c.name: {"recording": c.recording,
+                                 "state": c.health.state.value if c.health else "off"}
+                        for c in self.cameras()},
+        }
+
     def _record_state(self, camera: str, state: State, reason: str) -> None:
+        self.events.camera_state(camera, state, reason)  # offline alerts, and back online
         if self.mqtt is not None:
             self.mqtt.publish_camera_state(self.config.cameras[camera].site, camera, state,
                                            reason)

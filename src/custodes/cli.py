@@ -31,20 +31,29 @@ from custodes.commands import (
 )
 from custodes.commands import load as _load
 from custodes.commands.audit import audit_app
+from custodes.commands.cameras import cameras_app
 from custodes.commands.case import case_app
+from custodes.commands.demo import case_steps, demo_cameras, demo_config, subject_photo
 from custodes.commands.export import export_app
 from custodes.commands.faces import faces_app
 from custodes.commands.gallery import gallery_app
 from custodes.commands.profile import profile_app
 from custodes.commands.redact import redact
+from custodes.commands.signage import signage
 from custodes.commands.user import user_app
+from custodes.hub.cli import hub_app
 from custodes.masking import install_log_filter
 from custodes.privacy.pinning import ProfileMismatch
-from custodes.privacy.policy import Profile
+from custodes.privacy.policy import Action as ProfileAction
+from custodes.privacy.policy import Profile, allows
 from custodes.record.holds import active_holds, add_hold, release_hold
 from custodes.record.layout import DATA_UMASK, Layout
-from custodes.sim import SimServer, ensure_sample, run_sim
+from custodes.sim import SimServer, run_sim
+from custodes.sim.digest import AuthScheme
+from custodes.sim.onvif import OnvifIdentity
+from custodes.sim.runner import SimOptions
 from custodes.store.db import Store
+from custodes.uplink.cli import uplink_app
 
 app = typer.Typer(
     help="custodes: a network video recorder whose watchers are watched.",
@@ -61,7 +70,11 @@ app.add_typer(user_app, name="user")
 app.add_typer(gallery_app, name="gallery")
 app.add_typer(profile_app, name="profile")
 app.command("redact")(redact)
+app.command("signage")(signage)
 app.add_typer(faces_app, name="faces")
+app.add_typer(cameras_app, name="cameras")
+app.add_typer(hub_app, name="hub")
+app.add_typer(uplink_app, name="uplink")
 
 
 def _setup_logging(verbose: bool) -> None:
@@ -97,7 +110,7 @@ def run(
     """Run a recorder node for the cameras in the configuration."""
     _setup_logging(verbose)
 
-    node = Node(_load(config))
+    node = Node(_load(config), config_path=config)
     try:
         node.start()
     except ProfileMismatch as exc:
@@ -114,7 +127,8 @@ def _print_first_admin(node: Node) -> None:
         # To stdout, never to the log: the password must not end up in journald.
         console.print(
             f"first start: sign in as 'admin' with the password {node.first_admin_password} "
-            "(shown only now; change it after signing in)", markup=False, highlight=False,
+            "(shown only now; the first sign-in asks you to choose your own before anything "
+            "else)", markup=False, highlight=False,
         )
 
 
@@ -134,28 +148,33 @@ def demo(
     profile: Annotated[
         Profile, typer.Option(help="Deployment profile (school allows no identification)")
     ] = Profile.SCHOOL,
+    video: Annotated[list[Path] | None, typer.Option(
+        exists=True, dir_okay=False,
+        help="Your own clip, served as a camera (repeat for more; replaces --cameras)")] = None,
     verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
 ) -> None:
     """Record simulated cameras on the embedded default: SQLite, local disk, loopback RTSP."""
     _setup_logging(verbose)
 
     data = data.resolve()
-    console.print(f"preparing sample video ({width}x{height}, {bitrate} kbit/s)…")
-    sample = ensure_sample(data / "samples", width=width, height=height, fps=15,
-                           bitrate_kbps=bitrate, codec="h264", seconds=10)
+    videos = [v.resolve() for v in video or []]
+    what = f"{len(videos)} clip(s)" if videos else "sample video"
+    console.print(f"preparing {what} ({width}x{height}, {bitrate} kbit/s)…")
     with SimServer() as sim:
-        urls = {f"cam{i:02d}": sim.add_camera(f"cam{i:02d}", sample) for i in range(1, cameras + 1)}
+        cams = demo_cameras(sim, data, videos, cameras, width=width, height=height,
+                            bitrate=bitrate)
         config_path = data / "demo.yaml"
         config_path.write_text(
-            yaml.safe_dump(_demo_config(urls, port, profile), sort_keys=False)
+            yaml.safe_dump(demo_config(cams, port, profile), sort_keys=False)
         )
-        node = Node(_load(config_path))
+        node = Node(_load(config_path), config_path=config_path)
         try:
             node.start()
         except ProfileMismatch as exc:  # a demo folder made earlier with another profile
             err.print(f"[red]{exc}[/red] (or use another --data folder)", highlight=False)
             raise typer.Exit(2) from None
-        console.print(f"[bold]custodes demo[/bold]: {cameras} simulated cameras on RTSP loopback, "
+        source = "your clips" if videos else "simulated cameras"
+        console.print(f"[bold]custodes demo[/bold]: {len(cams)} {source} on RTSP loopback, "
                       f"{profile.value} profile")
         console.print(f"  web interface: {node.web.url if node.web else '—'}")
         console.print(f"  config:        {config_path}")
@@ -165,30 +184,14 @@ def demo(
         console.print(f"  new password:  custodes user reset-password admin --config {config_path}")
         console.print("  stop:          Ctrl-C")
         _print_first_admin(node)
+        photo = None
+        if videos and allows(profile, ProfileAction.SEARCH) and cams[0].clip is not None:
+            photo = subject_photo(cams[0].clip, data / "subject-cam01.jpg")
+        for line in case_steps(config_path, profile, cams[0].name, photo):
+            console.print(line, markup=False, highlight=False)
         if seconds:
             threading.Timer(seconds, node.stop_event.set).start()
         node.run_until_signalled()
-
-
-def _demo_config(urls: dict[str, str], port: int, profile: Profile) -> dict[str, object]:
-    locations = ["entrance", "corridor", "exterior", "corridor"]
-    return {
-        "profile": profile.value,
-        "node": {"name": "demo"},
-        "sites": {"demo-school": {"name": "Demo primary school"}},
-        "cameras": {
-            name: {
-                "site": "demo-school",
-                "location": locations[i % len(locations)],
-                "purpose": "Demonstration: simulated camera (generated test pattern)",
-                "main_url": url,
-            }
-            for i, (name, url) in enumerate(urls.items())
-        },
-        "storage": {"path": ".", "quota": "10GB"},
-        "security": {"key_dir": "keys"},
-        "server": {"host": "127.0.0.1", "port": port},
-    }
 
 
 @app.command()
@@ -203,6 +206,19 @@ def sim(
     cache: Annotated[Path, typer.Option(help="Folder for generated samples")] = Path(
         "var/samples"
     ),
+    auth: Annotated[AuthScheme | None, typer.Option(
+        help="Require credentials (user --username, password $CUSTODES_SIM_PASSWORD or made "
+        "up and printed)")] = None,
+    username: Annotated[str, typer.Option(help="User name with --auth")] = "admin",
+    onvif: Annotated[bool, typer.Option(help="Serve an ONVIF device per camera and answer "
+                                        "WS-Discovery")] = False,
+    discovery_port: Annotated[int, typer.Option(min=0, max=65535)] = 3702,
+    manufacturer: Annotated[str, typer.Option(help="ONVIF identity")] = "custodes",
+    model: Annotated[str, typer.Option(help="ONVIF identity")] = "SIM-CAM",
+    firmware: Annotated[str, typer.Option(help="ONVIF identity")] = "1.0.0",
+    clock_offset: Annotated[float, typer.Option(help="ONVIF clock minus real, s")] = 0.0,
+    anonymous_users: Annotated[bool, typer.Option(
+        help="ONVIF GetUsers answers without credentials (a weakness to audit)")] = False,
 ) -> None:
     """Serve looping sample video as N RTSP cameras on 127.0.0.1, one port each.
 
@@ -212,8 +228,12 @@ def sim(
 
     if codec not in ("h264", "h265"):
         raise typer.BadParameter("codec must be h264 or h265")
+    identity = OnvifIdentity(manufacturer=manufacturer, model=model, firmware=firmware,
+                             clock_offset_s=clock_offset, anonymous_users=anonymous_users)
+    options = SimOptions(auth=auth, username=username, onvif=identity if onvif else None,
+                         discovery_port=discovery_port)
     run_sim(cache, cameras, width=width, height=height, fps=fps, bitrate_kbps=bitrate,
-            codec=codec, base_port=base_port)
+            codec=codec, base_port=base_port, options=options)
 
 
 @app.command()
@@ -236,7 +256,7 @@ def report(
             err.print(f"[red]report refused:[/red] {exc}", highlight=False)
             raise typer.Exit(1) from None
     chain = pack.facts["audit_chain"]
-    console.print(f"{pack.folder}: report.md, report.json, {AUDIT_FILE}, signed")
+    console.print(f"{pack.folder}: report.pdf, report.md, report.json, {AUDIT_FILE}, signed")
     console.print(f"audit log: {chain['summary']}", markup=False, highlight=False)
     if not chain["ok"]:
         raise typer.Exit(1)

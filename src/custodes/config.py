@@ -32,6 +32,7 @@ from pydantic import (
 )
 
 from custodes.privacy.policy import Action, Profile, allows, placement_problem
+from custodes.sitetime import check_zone_name
 
 # Names end up in file paths, URLs and MQTT topics: keep them to a safe alphabet.
 NAME_PATTERN = r"^[a-z0-9][a-z0-9_-]{0,62}$"
@@ -177,6 +178,13 @@ class MotionConfig(Strict):
     end_after: float = Field(
         3.0, gt=0, le=60, description="Seconds without motion that end a motion event"
     )
+    # A busy corridor moves all day: without a ceiling its one span would stay "ongoing"
+    # until the scene went quiet, and an event nobody can review until it ends.
+    max_span: float = Field(
+        300.0, ge=10, le=3600,
+        description="Longest motion event in seconds; motion going on past it continues as "
+        "a new event",
+    )
 
 
 class FacesConfig(Strict):
@@ -245,6 +253,10 @@ class CameraConfig(Strict):
         "username and password are given"
     )
     sub_url: str | None = Field(None, description="RTSP URL of the low-resolution sub stream")
+    onvif_url: str | None = Field(
+        None, description="ONVIF device service (http://HOST[:PORT]/onvif/device_service), "
+        "for probes and the fleet risk audit; default: port 80 of the main_url host"
+    )
     username: str | None = Field(
         None, min_length=1, description="User name at the camera (put in both URLs, encoded)"
     )
@@ -265,6 +277,16 @@ class CameraConfig(Strict):
     @classmethod
     def _url(cls, v: str | None) -> str | None:
         return None if v is None else _check_stream_url(v)
+
+    @field_validator("onvif_url")
+    @classmethod
+    def _onvif(cls, v: str | None) -> str | None:
+        if v is not None:
+            parts = urlsplit(v)
+            if parts.scheme not in ("http", "https") or not parts.hostname or "@" in parts.netloc:
+                raise ValueError("give http(s)://HOST[:PORT]/onvif/device_service, without "
+                                 "credentials (they go in username and password)")
+        return v
 
     @field_validator("username", "password", mode="before")
     @classmethod
@@ -409,8 +431,77 @@ class MqttConfig(Strict):
     )
 
 
+class UplinkConfig(Strict):
+    site: Name = Field(description="This site's name at the hub, as `custodes hub add-site` "
+                       "enrolled it; also its NATS user name")
+    urls: list[str] = Field(min_length=1, description="The hub's NATS servers, nats://host:port")
+    password: SecretStr = Field(description="The site's NATS credential (use ${ENV_VAR})")
+    health_seconds: float = Field(5, ge=0.5, le=3600,
+                                  description="How often the node's health is published")
+    batch: int = Field(500, ge=1, le=10000,
+                       description="Messages published before waiting for their acks")
+
+    @field_validator("urls")
+    @classmethod
+    def _nats_urls(cls, urls: list[str]) -> list[str]:
+        for url in urls:
+            if urlsplit(url).scheme not in ("nats", "tls"):
+                raise ValueError(f"{url!r}: a NATS URL starts with nats:// or tls://")
+        return urls
+
+
+class LegalConfig(Strict):
+    """The legal record of the system, printed on the signs (`custodes signage`) and in the
+    inspection pack. Optional at load for every profile: a recorder must not stop recording
+    because its paperwork is late; its absence is what the signs and the pack report."""
+
+    controller: str = Field(min_length=2, max_length=200,
+                            description="Who is responsible (the controller), as on the sign")
+    controller_address: str | None = Field(None, max_length=300,
+                                           description="The controller's postal address")
+    contact: str = Field(min_length=3, max_length=200,
+                         description="The data-protection officer or contact: name and e-mail "
+                         "or telephone")
+    legal_basis: str = Field(min_length=3, max_length=500,
+                             description="The legal basis of the recording (law and article)")
+    dpia_reference: str = Field(min_length=1, max_length=200,
+                                description="Reference of the data-protection impact assessment")
+    decision_reference: str = Field(min_length=1, max_length=200,
+                                    description="Reference of the written decision to install "
+                                    "and run the system")
+    notice_url: str = Field(max_length=500, description="Where the second-layer notice is "
+                            "published (http or https URL): the sign's QR code leads there")
+
+    @field_validator("controller", "contact", "legal_basis", "dpia_reference",
+                     "decision_reference")
+    @classmethod
+    def _said(cls, v: str) -> str:
+        if not v.strip():
+            raise ValueError("must not be blank")
+        return v.strip()
+
+    @field_validator("notice_url")
+    @classmethod
+    def _url(cls, v: str) -> str:
+        parts = urlsplit(v)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ValueError(f"{v!r} is not an http:// or https:// URL")
+        return v
+
+
 class NodeConfig(Strict):
     name: Name = Field("custodes", description="Name of this recorder node")
+    timezone: str | None = Field(
+        None,
+        description="The site's time zone, an IANA name (Europe/Oslo): every time the pages, "
+        "exports and reports show is in it (storage stays UTC); default: the machine's zone, "
+        "else UTC",
+    )
+
+    @field_validator("timezone")
+    @classmethod
+    def _zone(cls, v: str | None) -> str | None:
+        return None if v is None else check_zone_name(v)
 
 
 class SecurityConfig(Strict):
@@ -437,6 +528,11 @@ class Config(Strict):
     mqtt: MqttConfig | None = Field(None, description="Publish events to an MQTT broker")
     security: SecurityConfig = Field(default_factory=SecurityConfig)
     analytics: AnalysisPoolConfig = Field(default_factory=AnalysisPoolConfig)
+    legal: LegalConfig | None = Field(
+        None, description="Controller, contact, legal basis, DPIA and decision references: "
+        "the signs and the inspection pack print them")
+    uplink: UplinkConfig | None = Field(
+        None, description="Report to a hub (`custodes hub add-site` prints this section)")
 
     @model_validator(mode="after")
     def _cross_checks(self) -> Config:
@@ -499,6 +595,10 @@ class Config(Strict):
         cameras = data.pop("cameras")
         if data.get("mqtt"):
             data["mqtt"]["password"] = None
+        if data.get("uplink") is None:
+            data.pop("uplink", None)  # configs without one keep their digest
+        if data.get("legal") is None:
+            data.pop("legal", None)  # configs without one keep their digest
         for cam in cameras.values():
             for key in ("main_url", "sub_url"):
                 if cam[key]:

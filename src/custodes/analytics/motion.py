@@ -10,6 +10,7 @@ coordinates: the face detector searches only there.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from enum import StrEnum
 
 import cv2
 import numpy as np
@@ -76,20 +77,38 @@ class MotionDetector:
         return MotionResult(min(1.0, area / self.counted), boxes)
 
 
+class SpanEnd(StrEnum):
+    """Why a motion span (or a visit, or an outage) ended: stored with its event as
+    ``ended``, so a reviewer knows whether the motion really stopped."""
+
+    QUIET = "quiet"  # no motion for end_after seconds
+    CEILING = "max_span"  # still moving at max_span seconds: a new span continues it
+    STREAM = "stream"  # the stream ended or the node stopped
+    RESTART = "restart"  # found open at the node's start: the last run stopped without ending it
+    # Found open when a new one began on the camera: its analysis process crashed (the node's
+    # event maintainer closes it; also used for face visits).
+    LOST = "lost"
+    STOP = "stop"  # a camera outage open when the node stopped recording the camera
+
+
 @dataclass
 class MotionSpan:
     start: float
     last: float  # time of the latest frame with motion
     peak: float
     peak_at: float
+    ended: SpanEnd = SpanEnd.QUIET
+    continues: bool = False  # the span before it was cut at max_span
 
 
 class MotionTracker:
     """Turns per-frame results into motion spans: started at the first moving frame, ended
-    ``end_after`` seconds after the last one."""
+    ``end_after`` seconds after the last one, or cut at ``max_span`` seconds (and continued in
+    a new span) so that a scene that never goes quiet still gives spans that end."""
 
-    def __init__(self, end_after: float) -> None:
+    def __init__(self, end_after: float, max_span: float | None = None) -> None:
         self.end_after = end_after
+        self.max_span = max_span
         self.current: MotionSpan | None = None
 
     def update(
@@ -98,6 +117,11 @@ class MotionTracker:
         """(span that started at t, span that ended before t)."""
         span = self.current
         if result.boxes:
+            if span is not None and self.max_span is not None \
+                    and t - span.start >= self.max_span:
+                span.ended, span.last = SpanEnd.CEILING, t  # the next one takes over at t
+                self.current = MotionSpan(t, t, result.area, t, continues=True)
+                return self.current, span
             if span is None:
                 self.current = MotionSpan(t, t, result.area, t)
                 return self.current, None
@@ -112,4 +136,6 @@ class MotionTracker:
 
     def flush(self) -> MotionSpan | None:
         span, self.current = self.current, None
+        if span is not None:
+            span.ended = SpanEnd.STREAM
         return span

@@ -33,7 +33,13 @@ from typing import Protocol
 
 import numpy as np
 
-from custodes.analytics.motion import MotionDetector, MotionResult, MotionSpan, MotionTracker
+from custodes.analytics.motion import (
+    MotionDetector,
+    MotionResult,
+    MotionSpan,
+    MotionTracker,
+    SpanEnd,
+)
 from custodes.config import AnalyticsConfig, FacesConfig
 from custodes.masking import install_log_filter, mask_credentials
 from custodes.process import backoff, die_with_parent
@@ -58,6 +64,24 @@ SCAN_EVERY = 3
 # frame in 2 s), so a fast mover stays one track.
 FOLLOW_MARGIN = 0.5
 FOLLOW_REACH = 64
+# One event per visit, not per track: a face lost behind a shoulder for half a second, or a
+# group walking past, makes many tracks (17 in the 10 s Hamilton clip). Tracks that follow
+# within VISIT_GAP seconds of the last one are one visit, cut at VISIT_MAX seconds so that a
+# corridor busy all day still gives events that end.
+VISIT_GAP = 10.0
+VISIT_MAX = 300.0
+SNAPSHOT_BUSY = "skipped: too many snapshots were waiting to be redacted (node busy)"
+SNAPSHOT_NO_FRAME = "the frame of the best face was no longer held (analysis fell behind)"
+
+
+@dataclass
+class _Visit:
+    key: int
+    start: float
+    end: float
+    tracks: int = 0
+    detections: int = 0
+    snapshot: bool = False  # one of its tracks carries the visit's picture
 
 
 @dataclass(frozen=True)
@@ -77,6 +101,7 @@ class MotionStarted:
     camera: str
     key: int  # matches the MotionEnded of the same span
     start: float
+    continues: bool = False  # the span before it was cut at max_span: the motion goes on
 
 
 @dataclass(frozen=True)
@@ -87,6 +112,8 @@ class MotionEnded:
     end: float
     peak: float
     snapshot: str | None  # relative to the snapshot folder
+    ended: SpanEnd = SpanEnd.QUIET
+    no_snapshot: str = ""  # why there is none, when snapshot is None
 
 
 @dataclass(frozen=True)
@@ -102,6 +129,22 @@ class FaceTrack:
     # (n, 128) float32 of the track's best faces (the best first), for deciding per track: a
     # watchlist names someone only when several agree. Never stored: only `embedding` is.
     samples: bytes | None = None
+    # The visit the track belongs to (see VisitEnded); 0: a track on its own, one event.
+    visit: int = 0
+    no_snapshot: str = ""  # why there is none, when snapshot is None
+
+
+@dataclass(frozen=True)
+class VisitEnded:
+    """The face tracks of one visit are complete: no face was seen for VISIT_GAP seconds,
+    the visit reached VISIT_MAX, or the stream ended. One event stands for the whole visit."""
+
+    camera: str
+    visit: int  # the `visit` of its FaceTracks
+    start: float
+    end: float
+    tracks: int
+    detections: int
 
 
 @dataclass(frozen=True)
@@ -119,7 +162,7 @@ class Stats:
     shed: bool = False  # the rate is below the configured one: the worker is overloaded
 
 
-Message = MotionStarted | MotionEnded | FaceTrack | Stats
+Message = MotionStarted | MotionEnded | FaceTrack | VisitEnded | Stats
 
 
 class Outbox(Protocol):
@@ -199,7 +242,7 @@ class CameraAnalysis:
             self.embedder = FaceEmbedder("onnx", threads=1)
         self.tracker = Tracker(max_age=1.0)
         self.motion: MotionDetector | None = None
-        self.spans = MotionTracker(self.config.motion.end_after)
+        self.spans = MotionTracker(self.config.motion.end_after, self.config.motion.max_span)
         self._span_keys = itertools.count(1)
         self._span_key = 0
         self._peak_frame: Frame | None = None
@@ -207,6 +250,9 @@ class CameraAnalysis:
         self.snapshots = SnapshotWriter(spec.snapshots, faces, zones=spec.zones)
         self._frames = 0
         self._thumbnail: Thumbnail | None = None  # of the last frame, while faces are followed
+        # Visit keys unique across restarts of the worker, like the node's event ids are.
+        self._visit_keys = itertools.count(int(time.time() * 1000))
+        self._visit: _Visit | None = None
 
     def process(self, frame: Frame) -> None:
         grey = frame.grey
@@ -220,7 +266,8 @@ class CameraAnalysis:
             if started is not None:
                 self._span_key = next(self._span_keys)
                 self._peak_frame = frame
-                self.outbox.put(MotionStarted(self.spec.camera, self._span_key, started.start))
+                self.outbox.put(MotionStarted(self.spec.camera, self._span_key, started.start,
+                                              started.continues))
             elif self.spans.current is not None and self.spans.current.peak_at == frame.t:
                 self._peak_frame = frame
         faces = []
@@ -240,6 +287,8 @@ class CameraAnalysis:
             self._thumbnail = thumbnail or Thumbnail.of(frame.rgb())
         else:
             self._thumbnail = None
+            if self._visit is not None and frame.t - self._visit.end > VISIT_GAP:
+                self._end_visit()
 
     def _end_tracks_at_cut(self, frame: Frame) -> Thumbnail | None:
         """End every track if the picture cut to another (the camera moved, was masked, its
@@ -273,15 +322,39 @@ class CameraAnalysis:
             self._end_motion(span)
         for track in self.tracker.flush():
             self._finish_track(track)
+        self._end_visit()
         self.snapshots.drain()
 
     def _end_motion(self, span: MotionSpan) -> None:
-        snapshot = None
+        snapshot, why = None, SNAPSHOT_NO_FRAME
         if self._peak_frame is not None:
-            snapshot = self._snapshot(self._peak_frame, "motion")
+            snapshot, why = self._snapshot(self._peak_frame, "motion")
         self.outbox.put(MotionEnded(self.spec.camera, self._span_key, span.start, span.last,
-                                    span.peak, snapshot))
+                                    span.peak, snapshot, span.ended, why))
         self._peak_frame = None
+
+    def _visit_of(self, track: FinishedTrack) -> _Visit:
+        """The visit ``track`` belongs to, a new one if it came too late or the current one
+        is at its longest."""
+        visit = self._visit
+        if visit is not None and (track.first_seen - visit.end > VISIT_GAP
+                                  or track.last_seen - visit.start > VISIT_MAX):
+            self._end_visit()
+            visit = None
+        if visit is None:
+            visit = self._visit = _Visit(next(self._visit_keys), track.first_seen,
+                                         track.last_seen)
+        visit.start = min(visit.start, track.first_seen)
+        visit.end = max(visit.end, track.last_seen)
+        visit.tracks += 1
+        visit.detections += track.detections
+        return visit
+
+    def _end_visit(self) -> None:
+        visit, self._visit = self._visit, None
+        if visit is not None:
+            self.outbox.put(VisitEnded(self.spec.camera, visit.key, visit.start, visit.end,
+                                       visit.tracks, visit.detections))
 
     def _finish_track(self, track: FinishedTrack) -> None:
         best = track.best
@@ -292,19 +365,31 @@ class CameraAnalysis:
                                     for s in track.samples])
             vectors = self.embedder.embed_chips(chips).astype(np.float32)
             embedding, samples = vectors[0].tobytes(), vectors.tobytes()
-        frame = next((f for f in self._colour if f.t == best.time), None)
-        snapshot = self._snapshot(frame, "face", [best.box]) if frame is not None else None
+        visit = self._visit_of(track)
+        # One picture per visit (its event has one): the first track that can give one.
+        # Pictures of the visit's other tracks would be files no event names, which nothing
+        # would delete with the footage.
+        snapshot, why = None, ""
+        if not visit.snapshot:
+            frame = next((f for f in self._colour if f.t == best.time), None)
+            snapshot, why = (self._snapshot(frame, "face", [best.box]) if frame is not None
+                             else (None, SNAPSHOT_NO_FRAME))
+            visit.snapshot = snapshot is not None
         b = best.box
         self.outbox.put(FaceTrack(
             self.spec.camera, track.first_seen, track.last_seen, track.detections,
             (b.x, b.y, b.w, b.h), best.quality, embedding, snapshot, samples,
+            visit=visit.key, no_snapshot=why,
         ))
 
-    def _snapshot(self, frame: Frame, kind: str, known: list[Box] | None = None) -> str | None:
-        """Have a redacted JPEG of ``frame`` written; its path below the snapshot folder."""
+    def _snapshot(self, frame: Frame, kind: str,
+                  known: list[Box] | None = None) -> tuple[str | None, str]:
+        """Have a redacted JPEG of ``frame`` written: (its path below the snapshot folder,
+        "") or (None, why not)."""
         # Faces the tracker follows are blurred even where the redaction scan misses them.
         boxes = [*(known or []), *self.tracker.predict(frame.t)]
-        return self.snapshots.submit(self.spec.camera, frame, kind, boxes)
+        path = self.snapshots.submit(self.spec.camera, frame, kind, boxes)
+        return (path, "") if path is not None else (None, SNAPSHOT_BUSY)
 
 
 # -- the process ----------------------------------------------------------------------------

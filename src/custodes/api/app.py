@@ -26,6 +26,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from custodes.api import errors
 from custodes.api.bodies import BodyGuard
+from custodes.api.devices import PictureDevices
 from custodes.audit.actions import Action
 from custodes.audit.log import ANONYMOUS
 from custodes.auth.sessions import Sessions
@@ -61,6 +62,7 @@ def create_app(node: Node) -> FastAPI:
     app.mount("/static", StaticFiles(directory=str(static)), name="static")
     # Outermost last: the allowlist first, then the headers (on refusals too), then bodies.
     app.add_middleware(BodyGuard, api=app)
+    app.add_middleware(PictureDevices, api=app, node=node)  # no pictures to phones (profile)
     app.add_middleware(SecurityHeaders)
     app.add_middleware(ClientAllowlist, node=node)
     return app

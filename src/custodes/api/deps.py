@@ -17,6 +17,7 @@ import hmac
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Annotated, Any, NoReturn
+from urllib.parse import quote
 
 from fastapi import Depends, FastAPI, HTTPException, Request
 from fastapi.routing import APIRoute, iter_route_contexts
@@ -25,7 +26,7 @@ from custodes.audit.actions import Action
 from custodes.auth.roles import Actor, Permission
 from custodes.auth.sessions import SessionInfo, Sessions
 from custodes.auth.throttle import LoginThrottle
-from custodes.auth.users import User, Users
+from custodes.auth.users import PASSWORD_FIRST, PASSWORD_PAGE, User, Users
 
 if TYPE_CHECKING:
     from fastapi.dependencies.models import Dependant
@@ -36,6 +37,10 @@ SESSION_COOKIE = "custodes_session"
 CSRF_COOKIE = "custodes_csrf"
 CSRF_HEADER = "X-CSRF-Token"
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
+# All a user whose password somebody else chose may reach until they choose their own.
+OPEN_BEFORE_PASSWORD_CHANGE = frozenset({
+    PASSWORD_PAGE, "/api/auth/password", "/api/auth/logout", "/api/auth/me",
+})
 
 SIGNED_IN = "signed-in"
 PUBLIC = "public"
@@ -98,6 +103,8 @@ def _authenticate(request: Request) -> User | None:
         if found is None:
             raise HTTPException(401, "the API token is not valid (revoked, expired or unknown)")
         user, request.state.token = found
+        get_sessions(request).touch_token(request.state.token, client_address(request))
+        _password_first(request, user)
         return user
     cookie = request.cookies.get(SESSION_COOKIE)
     if not cookie:
@@ -112,7 +119,26 @@ def _authenticate(request: Request) -> User | None:
                error=HTTPException(403, f"missing or wrong {CSRF_HEADER} header (CSRF "
                                         "protection)"))
     request.state.session = info
+    get_sessions(request).touch(info, client_address(request))
+    _password_first(request, info.user)
     return info.user
+
+
+def _password_first(request: Request, user: User) -> None:
+    """Until a user replaces a password someone else chose, only the password change and
+    sign-out answer: a page redirects there, an API call gets 403 with the reason."""
+    path = request.url.path
+    if not user.must_change_password or path in OPEN_BEFORE_PASSWORD_CHANGE:
+        return
+    # A browser navigating (it asks for HTML) is sent to the page; a script gets the reason.
+    navigating = "text/html" in request.headers.get("accept", "")
+    if navigating and not path.startswith("/api/") and request.method in SAFE_METHODS:
+        target = path + (f"?{request.url.query}" if request.url.query else "")
+        raise HTTPException(303, PASSWORD_FIRST, headers={
+            "Location": f"{PASSWORD_PAGE}?next={quote(target, safe='')}"})
+    refuse(get_node(request), user.name, Action.ACCESS, path, "password change required",
+           detail={"method": request.method}, address=client_address(request),
+           error=HTTPException(403, PASSWORD_FIRST))
 
 
 def _csrf_ok(request: Request, info: SessionInfo) -> bool:

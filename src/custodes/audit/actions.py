@@ -20,6 +20,7 @@ class Action(StrEnum):
 
     # -- footage: watching, exporting, keeping and deleting recordings ------------------------
     LIVE_VIEW = "live.view"  # live pictures (redacted): once per session and camera per 10 min
+    LIVE_ORIGINAL = "live.original"  # live video as the camera sends it: per session+camera+hour
     PLAYBACK = "playback"  # a playback range, redacted or not (the detail says)
     SEGMENT_ORIGINAL = "segment.original"  # an original (unredacted) recording segment
     EXPORT = "export"  # a signed export made (or refused, or failed)
@@ -28,15 +29,19 @@ class Action(StrEnum):
     RETENTION_DELETE = "retention.delete"  # one deletion pass of recordings
     HOLD_ADD = "hold.add"  # recordings kept from retention
     HOLD_RELEASE = "hold.release"
+    EVENT_ACKNOWLEDGE = "event.acknowledge"  # events marked as reviewed (the ids in the detail)
 
     # -- who may ask: sign-in, sessions, tokens, refused requests ----------------------------
     LOGIN = "login"
     LOGOUT = "logout"
     TOKEN_CREATE = "token.create"  # noqa: S105 - the name of an action, not a secret
     TOKEN_REVOKE = "token.revoke"  # noqa: S105
+    SESSION_END = "session.end"  # a user ended one of their own sign-in sessions
     ACCESS = "access"  # a request refused: role lacks the permission, or no CSRF token
     CAMERA_ACCESS = "camera.access"  # a camera outside the user's cameras
     CLIENT_REFUSED = "client.refused"  # an address outside server.allow_networks
+    # Pictures refused to a phone or small screen under the profile's device policy
+    DEVICE_REFUSED = "device.refused"
 
     # -- user accounts (changes to roles need a second administrator: grants) ----------------
     USER_ADD = "user.add"
@@ -58,6 +63,8 @@ class Action(StrEnum):
     CASE_LIST = "case.list"
     CASE_SUBJECT_CROP = "case.subject_crop"  # a subject's face crop opened
     FACE_SEARCH = "face.search"  # recordings searched for a case subject's face
+    CASE_VERIFY = "case.verify"  # a person's verdict on one search result (the use log)
+    CASE_AUTHORISATION = "case.authorisation"  # the authority's reference and time, recorded
 
     # -- the gallery and the live watchlist ----------------------------------------------------
     GALLERY_ENROLL = "gallery.enroll"
@@ -93,6 +100,15 @@ class Action(StrEnum):
     NODE_START = "node.start"
     NODE_STOP = "node.stop"
     CONFIG_CHANGE = "config.change"  # the configuration differs from the last start's
+    # Cameras changed from the web UI (written to the config file and applied at once); the
+    # detail holds the file's digest before and after, never a password.
+    CAMERA_ADD = "camera.add"
+    CAMERA_UPDATE = "camera.update"  # changed, enabled or disabled
+    CAMERA_REMOVE = "camera.remove"
+    CAMERA_TEST = "camera.test"  # a stream opened to test it (a redacted picture shown)
+    CAMERA_DISCOVER = "camera.discover"  # ONVIF devices looked for on the network
+    RISK_DATA_UPDATE = "risk_data.update"  # the fleet risk data replaced from a file
+    CAMERA_AUDIT = "camera.audit"  # the fleet risk audit run (the detail: finding counts)
 
     # -- the audit log and the reports drawn from it -----------------------------------------
     AUDIT_SIGN = "audit.sign"  # recorded only when the node refuses to sign the log

@@ -259,12 +259,20 @@ class AuditLog:
 
         The database syncs its log lazily (WAL, synchronous=NORMAL); an anchor must never
         survive a power cut that its entry does not, or the node would refuse forever after.
+        The committed entries are in the WAL file (a checkpoint that moved them into the
+        database file synced it), so the WAL is what is synced here.
+
+        Never the database file itself: closing any descriptor of it drops every POSIX lock
+        this process holds on it, SQLite's included. A command run beside the node (custodes
+        user add) then finds no other connection, checkpoints and deletes the WAL and shared
+        memory under the node, whose next query fails with "disk I/O error". SQLite locks the
+        database and -shm files, never the WAL, so opening and closing the WAL is harmless.
         """
-        for path in (self.store.path, self.store.path.with_name(self.store.path.name + "-wal")):
-            try:
-                fd = os.open(path, os.O_RDONLY)
-            except FileNotFoundError:
-                continue
+        try:
+            fd = os.open(self.store.path.with_name(self.store.path.name + "-wal"), os.O_RDONLY)
+        except FileNotFoundError:
+            pass  # no WAL: everything committed was checkpointed into the database, synced
+        else:
             try:
                 os.fsync(fd)
             finally:

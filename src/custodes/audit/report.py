@@ -5,7 +5,9 @@ forbids; where each camera looks and why; how long footage is kept and whether i
 deleted on time; who was allowed to identify anyone, in which case, approved by whom; who
 looked at what; and whether the log that says all this is intact. The pack answers each from
 the database (not from documentation), adds the audit log of the period, and is signed like
-an export, so ``custodes export verify PACK`` checks it offline.
+an export, so plain ``openssl`` (or ``custodes export verify PACK``) checks it offline. The
+report is there three times over: report.pdf and report.md for people, report.json for
+machines, all signed.
 
 Nothing biometric is in it: no descriptors, crops or pictures; cases appear by reference.
 """
@@ -17,7 +19,6 @@ import os
 import shutil
 import time
 from collections import Counter
-from collections.abc import Iterator
 from dataclasses import dataclass
 from importlib.metadata import version
 from pathlib import Path
@@ -25,22 +26,29 @@ from typing import Any
 
 from sqlalchemy import Connection, func, select
 
+from custodes.audit import report_text
 from custodes.audit.actions import Action
 from custodes.audit.anchor import AnchorFile
 from custodes.audit.exchange import export_log
 from custodes.audit.log import SYSTEM, AuditLog, Outcome
+from custodes.audit.report_pdf import render_pdf
+from custodes.audit.report_text import PDF_FILE, readable, to_markdown
 from custodes.audit.verify import verify_store
+from custodes.cameras.audit import summary as camera_risk
 from custodes.config import Config
 from custodes.keys import NodeKeys
 from custodes.privacy import policy
 from custodes.privacy.policy import allows, placement_problem
 from custodes.record.cleanup import DeletionPass, retention_status
+from custodes.record.layout import Layout
 from custodes.record.manifest import FileEntry, iso, key_fingerprint, write_manifest
+from custodes.signage.pack import add_to_pack
+from custodes.sitetime import site_zone
 from custodes.store import schema
 from custodes.store.db import Store
 
 FORMAT = "custodes-inspection/1"
-AUDIT_FILE = "audit-log.jsonl"
+AUDIT_FILE = report_text.AUDIT_FILE
 # Refusals listed one by one (the counts are always complete).
 MAX_LISTED = 200
 
@@ -275,6 +283,7 @@ def inspection_facts(
             "software": f"custodes {version('custodes')}",
             "generated_at": iso(now),
             "period": [iso(since), iso(now)],
+            "timezone": site_timezone(config),
             "deployment": _profile(config),
             "cameras": _cameras(config),
             "retention": _retention(conn, config, now, since),
@@ -284,6 +293,8 @@ def inspection_facts(
             "access": _access(conn, since),
             "users": _users(conn),
             "separation_of_duties": _duties(conn, since),
+            # The last fleet risk audit (custodes cameras audit), as it was kept on the node.
+            "camera_risk": camera_risk(Layout(config.storage.path).root, config),
         }
     anchors = AnchorFile.in_folder(keys.folder)
     report = verify_store(store, keys.public_pem, anchors=anchors)
@@ -298,125 +309,14 @@ def inspection_facts(
     return facts
 
 
-def _table(header: list[str], rows: list[list[Any]]) -> Iterator[str]:
-    yield "| " + " | ".join(header) + " |"
-    yield "|" + "---|" * len(header)
-    for row in rows:
-        yield "| " + " | ".join("—" if v is None else str(v).replace("|", "/") for v in row) + " |"
+def render_markdown(facts: dict[str, Any], *, folder: str = "the pack's folder") -> str:
+    """The report for people: the same facts in plain words (custodes.audit.report_text)."""
+    return to_markdown(readable(facts, folder=folder, max_listed=MAX_LISTED))
 
 
-def render_markdown(facts: dict[str, Any]) -> str:
-    """The report for people: the same facts, in the order an inspection goes."""
-    d, r, acc = facts["deployment"], facts["retention"], facts["access"]
-    out = [
-        f"# Inspection report: node {facts['node']}",
-        "",
-        f"Period {facts['period'][0]} to {facts['period'][1]}; generated {facts['generated_at']} "
-        f"by {facts['software']}. Signed with key {facts['audit_chain']['public_key_fingerprint']}"
-        " (verify with `custodes export verify`).",
-        "",
-        "## Deployment profile",
-        f"Profile **{d['profile']}**. Allowed: "
-        + ", ".join(a for a, ok in d["allows"].items() if ok) + "; refused: "
-        + (", ".join(a for a, ok in d["allows"].items() if not ok) or "nothing") + ".",
-        f"Attribute inference: {d['attribute_inference']}. Audio: {d['audio']}.",
-        "",
-        "## Cameras",
-        *_table(["camera", "site", "location", "placement", "purpose", "retention h",
-                 "face descriptors", "privacy zones"],
-                [[c["name"], c["site"], c["location"], c["placement"], c["purpose"],
-                  c["retention_hours"], "yes" if c["face_descriptors"] else "no",
-                  c["privacy_zones"]] for c in facts["cameras"]]),
-        "",
-        "## Retention",
-        f"Default {r['default_hours']:g} h, ceiling {r['ceiling_days']:g} days.",
-        "",
-        *_table(["camera", "limit h", "oldest footage", "age h", "within limit", "segments"],
-                [[c["camera"], c["retention_hours"], c["oldest"], c["oldest_age_hours"],
-                  "yes" if c["within_limit"] else "**NO**", c["segments"]]
-                 for c in r["cameras"]]),
-        "",
-        "Deletions in the period: " + (", ".join(
-            f"{t}: {v['passes']} passes, {v['segments']} segments, {v['bytes']} bytes"
-            for t, v in r["deletions_by_trigger"].items()) or "none") + ".",
-        "",
-        "Active holds:",
-        *([f"- hold {h['id']}: {h['camera']} {h['start']} to {h['end']}, {h['reason']} "
-           f"(by {h['by']}, expires {h['expires'] or 'never'})" for h in r["holds_active"]]
-          or ["- none"]),
-        "",
-        "## Cases (identification)",
-        *(_table(["id", "reference", "legal basis", "status", "opened by", "decided by",
-                  "cameras", "searches", "alerts"],
-                 [[c["id"], c["reference"], c["legal_basis"], c["status"], c["opened_by"],
-                   c["decided_by"], ", ".join(c["cameras"] or []), c["searches"], c["alerts"]]
-                  for c in facts["cases"]]) if facts["cases"] else ["No cases."]),
-        "",
-        "## Subject access requests",
-        *(_table(["id", "reference", "camera", "span", "identity checked (how, by, when)",
-                  "recorded by", "status", "decided by"],
-                 [[x["id"], x["reference"], x["camera"], " to ".join(x["span"]),
-                   f"{x['identity_check']}, {x['identity_checked_by']}, "
-                   f"{x['identity_checked_at']}", x["recorded_by"], x["status"],
-                   x["decided_by"]] for x in facts.get("subject_access", [])])
-          if facts.get("subject_access") else ["No subject access requests."]),
-        "",
-        "## Gallery",
-        f"Enrolled people by legal basis: {facts['gallery']['people_by_basis'] or 'none'}; "
-        f"expired but not yet deleted: {facts['gallery']['expired_not_yet_deleted']}.",
-        "",
-        "## Access (from the audit log)",
-        *_table(["action", "ok", "refused", "failed"],
-                [[a, v.get("ok", 0), v.get("refused", 0), v.get("failed", 0)]
-                 for a, v in acc["by_action"].items()]),
-        "",
-        f"Refusals (newest first, at most {MAX_LISTED}):",
-        *([f"- #{x['seq']} {x['at']} {x['actor']} {x['action']} {x['target']}: {x['reason']}"
-           for x in acc["refusals"]] or ["- none"]),
-        "",
-        "## Users",
-        *_table(["name", "role", "cameras", "disabled"],
-                [[u["name"], u["role"], u["cameras"] if isinstance(u["cameras"], str)
-                  else ", ".join(u["cameras"]), "yes" if u["disabled"] else "no"]
-                 for u in facts["users"]]),
-        "",
-        *_duties_markdown(facts["separation_of_duties"]),
-        "## Audit log integrity",
-        facts["audit_chain"]["summary"],
-        *[f"- {p}" for p in facts["audit_chain"]["problems"]],
-        *([] if not facts["audit_chain"].get("anchor") else [
-            f"The node last signed entry {facts['audit_chain']['anchor']['seq']} (hash "
-            f"`{facts['audit_chain']['anchor']['hash']}`); keep this pack: "
-            "`custodes audit verify --witness PACK` holds any later log against it.", ""]),
-        f"The entries of the period are in `{AUDIT_FILE}`; "
-        "`custodes audit verify --file audit-log.jsonl --key signing.pub` checks them offline.",
-        "",
-    ]
-    return "\n".join(out)
-
-
-def _duties_markdown(duties: dict[str, Any]) -> list[str]:
-    pinned = duties["profile_pinned"]
-    return [
-        "## Separation of duties",
-        "Pinned profile: " + (f"{pinned['profile']} since {pinned['since']} (by {pinned['by']})"
-                              if pinned else "none") + ".",
-        *[f"- #{e['seq']} {e['at']} {e['by']} {e['action']}: {e['detail']}"
-          for e in duties["profile_events"]],
-        "",
-        "Grants of privileged roles and password resets (a second administrator confirms):",
-        *(_table(["grant", "kind", "user", "role", "asked by", "status", "confirmed by"],
-                 [[x["id"], x["kind"], x["user"], x["role"], x["requested_by"], x["status"],
-                   x["decided_by"]] for x in duties["grants"]])
-          if duties["grants"] else ["- none"]),
-        "",
-        f"Gallery entries waiting for a second person's approval (not matched): "
-        f"{duties['gallery_pending_approval']}.",
-        "",
-        "Flags:",
-        *([f"- **{flag}**" for flag in duties["flags"]] or ["- none"]),
-        "",
-    ]
+def site_timezone(config: Config) -> str:
+    """The zone the report shows times in: the site's (custodes.sitetime), else UTC."""
+    return site_zone(config.node.timezone).name
 
 
 @dataclass(frozen=True)
@@ -445,8 +345,12 @@ def write_pack(
         export_log(audit, work / AUDIT_FILE, actor=actor, node=config.node.name, since=since)
         facts = inspection_facts(config, store, keys, since=since, now=now)
         (work / "report.json").write_text(json.dumps(facts, indent=2, ensure_ascii=False) + "\n")
-        (work / "report.md").write_text(render_markdown(facts))
-        names = ["report.md", "report.json", AUDIT_FILE]
+        report = readable(facts, folder=out.name, max_listed=MAX_LISTED)
+        (work / "report.md").write_text(to_markdown(report))
+        (work / PDF_FILE).write_bytes(render_pdf(report))
+        names = [PDF_FILE, "report.md", "report.json", AUDIT_FILE]
+        # The signs, the notice, each camera's redacted view, sound and retention achieved.
+        names += add_to_pack(work, config, store, now)
         write_manifest(work, {
             "format": FORMAT, "node": config.node.name, "created_at": iso(now),
             "created_by": actor, "period": facts["period"],

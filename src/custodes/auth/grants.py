@@ -131,7 +131,7 @@ class Accounts:
         detail: dict[str, Any] = {"role": role.value, "cameras": allowed}
         if role not in PRIVILEGED:
             password = random_password()
-            user = self.users.add(name, role, password, allowed)
+            user = self.users.add(name, role, password, allowed, temporary=True)
             self.audit.record(actor.name, action, name, detail=detail, address=actor.address)
             return Change(user, password)
         check_name(name)
@@ -182,7 +182,7 @@ class Accounts:
             return Change(user, None, self._request(actor, GrantKind.PASSWORD, name, user.role,
                                                     None))
         password = random_password()
-        self.users.set_password(name, password)
+        self.users.set_password(name, password, temporary=True)
         self.audit.record(actor.name, action, name, address=actor.address)
         return Change(user, password)
 
@@ -240,7 +240,8 @@ class Accounts:
     def _carry_out(self, actor: Actor, grant: Grant, password: str | None) -> User:
         if grant.kind is GrantKind.ADD:
             assert password is not None
-            user = self.users.add(grant.user_name, grant.role, password, grant.cameras)
+            user = self.users.add(grant.user_name, grant.role, password, grant.cameras,
+                                  temporary=True)
             self.audit.record(actor.name, Action.USER_ADD, grant.user_name, address=actor.address,
                               detail={"role": grant.role.value,
                                       "cameras": None if grant.cameras is None
@@ -254,7 +255,7 @@ class Accounts:
                                       "requested_by": grant.requested_by})
         else:
             assert password is not None
-            self.users.set_password(grant.user_name, password)
+            self.users.set_password(grant.user_name, password, temporary=True)
             user = self._existing(grant.user_name)
             self.audit.record(actor.name, Action.USER_RESET_PASSWORD, grant.user_name,
                               address=actor.address,

@@ -26,6 +26,7 @@ class Permission(StrEnum):
     PLAYBACK_REDACTED = "playback.redacted"
     PLAYBACK_UNREDACTED = "playback.unredacted"
     EVENTS_VIEW = "events.view"  # events with redacted snapshots
+    EVENTS_ACKNOWLEDGE = "events.acknowledge"  # the review queue: mark events as seen
     EXPORT = "export"  # redacted, signed exports
     EXPORT_UNREDACTED = "export.unredacted"  # only inside an approved case
     HOLDS_MANAGE = "holds.manage"
@@ -39,11 +40,13 @@ class Permission(StrEnum):
     AUDIT_VIEW = "audit.view"
     SYSTEM_VIEW = "system.view"  # retention, deletion passes, cameras, users (read)
     USERS_MANAGE = "users.manage"
+    CAMERAS_MANAGE = "cameras.manage"  # add, change, remove cameras (the config file)
 
 
 P = Permission
 _VIEWER = frozenset({P.STATUS_VIEW, P.LIVE_VIEW, P.PLAYBACK_REDACTED, P.EVENTS_VIEW})
-_OPERATOR = _VIEWER | {P.PLAYBACK_UNREDACTED, P.EXPORT, P.HOLDS_MANAGE}
+# The operator (the caretaker) works through the review queue; a viewer watches only.
+_OPERATOR = _VIEWER | {P.PLAYBACK_UNREDACTED, P.EXPORT, P.HOLDS_MANAGE, P.EVENTS_ACKNOWLEDGE}
 
 PERMISSIONS: dict[Role, frozenset[Permission]] = {
     Role.VIEWER: _VIEWER,
@@ -57,9 +60,14 @@ PERMISSIONS: dict[Role, frozenset[Permission]] = {
         P.AUDIT_VIEW, P.SYSTEM_VIEW, P.EVENTS_VIEW,
     }),
     Role.INSPECTOR: frozenset({P.STATUS_VIEW, P.SYSTEM_VIEW, P.AUDIT_VIEW, P.CASE_VIEW}),
-    Role.ADMIN: frozenset({
-        P.STATUS_VIEW, P.LIVE_VIEW, P.SYSTEM_VIEW, P.USERS_MANAGE, P.AUDIT_VIEW,
-    }),
+    # An administrator also watches as a viewer does (redacted live view and playback,
+    # events with blurred snapshots): a head teacher who runs the node needs no second account
+    # to watch it. Nothing unredacted and no biometric data: those roles stay other people's,
+    # behind the two-person rule (custodes.auth.grants).
+    Role.ADMIN: _VIEWER | {
+        P.SYSTEM_VIEW, P.USERS_MANAGE, P.AUDIT_VIEW,
+        P.CAMERAS_MANAGE,
+    },
 }
 
 

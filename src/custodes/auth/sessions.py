@@ -20,6 +20,9 @@ from custodes.auth.users import User, user_from_row
 from custodes.store import schema
 from custodes.store.db import Store
 
+TOUCH_EVERY = 60.0  # seconds: "last used" is kept to the minute, not written on every request
+MAX_TOKEN_DAYS = 365  # an API token lives at most a year: a forgotten one does not work forever
+DEFAULT_TOKEN_DAYS = 90
 TOKEN_PREFIX = "cst_"  # noqa: S105 - not a secret; makes a leaked token recognisable to secret scanners
 
 
@@ -40,6 +43,28 @@ class SessionInfo:
     csrf: str
     expires_at: float
     user: User
+    handle: str | None = None
+    last_used_at: float | None = None
+
+
+@dataclass(frozen=True)
+class SessionView:
+    """One of a user's sessions as their own page shows it (never the cookie or its hash)."""
+
+    handle: str
+    created_at: float
+    expires_at: float
+    address: str | None
+    last_used_at: float | None
+    last_address: str | None
+    user_agent: str | None
+    current: bool
+
+    def public(self) -> dict[str, object]:
+        return {"id": self.handle, "created_at": self.created_at,
+                "expires_at": self.expires_at, "address": self.address,
+                "last_used_at": self.last_used_at, "last_address": self.last_address,
+                "user_agent": self.user_agent, "current": self.current}
 
 
 class TokenError(ValueError):
@@ -54,11 +79,14 @@ class ApiToken:
     expires_at: float | None
     revoked_at: float | None
     parent_id: int | None = None
+    last_used_at: float | None = None
+    last_address: str | None = None
 
     def public(self) -> dict[str, object]:
         return {"id": self.id, "name": self.name, "created_at": self.created_at,
                 "expires_at": self.expires_at, "revoked_at": self.revoked_at,
-                "parent_id": self.parent_id}
+                "parent_id": self.parent_id, "last_used_at": self.last_used_at,
+                "last_address": self.last_address}
 
 
 class Sessions:
@@ -68,7 +96,8 @@ class Sessions:
 
     # -- cookie sessions ------------------------------------------------------------------
 
-    def create(self, user: User, address: str | None, replaces: str | None = None) -> Session:
+    def create(self, user: User, address: str | None, replaces: str | None = None,
+               user_agent: str | None = None) -> Session:
         """A fresh session for ``user``; the one presented before sign-in (if any) is ended.
 
         Always a new random value: a session id set by someone else before sign-in is never
@@ -78,7 +107,9 @@ class Sessions:
         csrf = secrets.token_urlsafe(32)
         now = time.time()
         row = {"token_hash": digest(token), "user_id": user.id, "csrf": csrf,
-               "created_at": now, "expires_at": now + self.seconds, "address": address}
+               "created_at": now, "expires_at": now + self.seconds, "address": address,
+               "handle": secrets.token_hex(12), "last_used_at": now, "last_address": address,
+               "user_agent": None if user_agent is None else user_agent[:200]}
 
         def create(conn: Connection) -> None:
             if replaces:
@@ -95,14 +126,43 @@ class Sessions:
         s, u = schema.sessions, schema.users
         with self.store.read() as conn:
             row = conn.execute(
-                select(u, s.c.token_hash, s.c.csrf, s.c.expires_at.label("session_expires"))
+                select(u, s.c.token_hash, s.c.csrf, s.c.expires_at.label("session_expires"),
+                       s.c.handle, s.c.last_used_at.label("session_used"))
                 .join(s, s.c.user_id == u.c.id)
                 .where(s.c.token_hash == digest(token), s.c.expires_at > time.time(),
                        u.c.disabled == 0)
             ).first()
         if row is None:
             return None
-        return SessionInfo(row.token_hash, row.csrf, row.session_expires, user_from_row(row))
+        return SessionInfo(row.token_hash, row.csrf, row.session_expires, user_from_row(row),
+                           row.handle, row.session_used)
+
+    def touch(self, info: SessionInfo, address: str | None) -> None:
+        """Note that the session was used now, from ``address`` (at most once a minute)."""
+        now = time.time()
+        if info.last_used_at is not None and now - info.last_used_at < TOUCH_EVERY:
+            return
+        s = schema.sessions
+        self.store.write(lambda conn: conn.execute(
+            update(s).where(s.c.token_hash == info.token_hash)
+            .values(last_used_at=now, last_address=address)))
+
+    def sessions(self, user: User, current_hash: str | None) -> list[SessionView]:
+        """``user``'s live sessions, the most recently used first."""
+        s = schema.sessions
+        with self.store.read() as conn:
+            rows = conn.execute(select(s).where(s.c.user_id == user.id,
+                                                s.c.expires_at > time.time())).all()
+        views = [SessionView(r.handle or "", r.created_at, r.expires_at, r.address,
+                             r.last_used_at, r.last_address, r.user_agent,
+                             r.token_hash == current_hash) for r in rows]
+        return sorted(views, key=lambda v: -(v.last_used_at or v.created_at))
+
+    def end_handle(self, user: User, handle: str) -> bool:
+        """End one of ``user``'s own sessions by its handle; False when there is none."""
+        s = schema.sessions
+        return bool(self.store.write(lambda conn: conn.execute(
+            delete(s).where(s.c.user_id == user.id, s.c.handle == handle)).rowcount))
 
     def end(self, token_hash: str) -> None:
         self.store.write(lambda conn: conn.execute(
@@ -157,7 +217,7 @@ class Sessions:
             row = conn.execute(
                 select(u, t.c.id.label("token_id"), t.c.name.label("token_name"),
                        t.c.created_at.label("token_created"), t.c.expires_at.label("token_expires"),
-                       t.c.parent_id)
+                       t.c.parent_id, t.c.last_used_at.label("token_used"))
                 .join(t, t.c.user_id == u.c.id)
                 .where(t.c.token_hash == digest(token), t.c.revoked_at.is_(None),
                        (t.c.expires_at.is_(None)) | (t.c.expires_at > now), u.c.disabled == 0)
@@ -165,14 +225,24 @@ class Sessions:
         if row is None:
             return None
         return user_from_row(row), ApiToken(row.token_id, row.token_name, row.token_created,
-                                            row.token_expires, None, row.parent_id)
+                                            row.token_expires, None, row.parent_id,
+                                            row.token_used)
+
+    def touch_token(self, token: ApiToken, address: str | None) -> None:
+        """Note that the token was used now, from ``address`` (at most once a minute)."""
+        now = time.time()
+        if token.last_used_at is not None and now - token.last_used_at < TOUCH_EVERY:
+            return
+        t = schema.api_tokens
+        self.store.write(lambda conn: conn.execute(
+            update(t).where(t.c.id == token.id).values(last_used_at=now, last_address=address)))
 
     def tokens(self, user: User) -> list[ApiToken]:
         t = schema.api_tokens
         with self.store.read() as conn:
             rows = conn.execute(select(t).where(t.c.user_id == user.id).order_by(t.c.id))
             return [ApiToken(r.id, r.name, r.created_at, r.expires_at, r.revoked_at,
-                             r.parent_id) for r in rows]
+                             r.parent_id, r.last_used_at, r.last_address) for r in rows]
 
     def revoke_token(self, user: User, token_id: int) -> bool:
         """Revoke one of ``user``'s own tokens and every token made with it (and with those);

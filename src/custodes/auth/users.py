@@ -28,6 +28,10 @@ from custodes.store.db import Store
 USER_NAME = r"^[a-z0-9][a-z0-9._-]{0,62}$"
 MIN_PASSWORD = 12
 ADMIN = "admin"
+PASSWORD_PAGE = "/account/password"  # noqa: S105 - a page, not a password
+PASSWORD_FIRST = ("your password was made for you by someone else (at the first start, for a "
+                  "new account or by a reset): choose your own on " + PASSWORD_PAGE +
+                  " (POST /api/auth/password) before anything else")
 
 _hasher = PasswordHasher()  # argon2id at the library's current recommended cost
 
@@ -53,6 +57,9 @@ class User:
     disabled: bool
     created_at: float
     password_changed_at: float
+    # The password is one somebody else chose or saw (first start, a new account, a reset):
+    # until the user sets their own, custodes.api.deps lets them do nothing else.
+    must_change_password: bool = False
 
     def actor(self, address: str | None = None) -> Actor:
         return Actor(self.name, self.role, self.cameras, address)
@@ -64,6 +71,7 @@ class User:
             "cameras": None if self.cameras is None else sorted(self.cameras),
             "disabled": self.disabled, "created_at": self.created_at,
             "password_changed_at": self.password_changed_at,
+            "must_change_password": self.must_change_password,
         }
 
 
@@ -99,6 +107,7 @@ def user_from_row(row: object) -> User:
         cameras=None if cams is None else frozenset(json.loads(cams)),
         disabled=bool(m["disabled"]), created_at=m["created_at"],
         password_changed_at=m["password_changed_at"],
+        must_change_password=bool(m["must_change_password"]),
     )
 
 
@@ -137,14 +146,16 @@ class Users:
             return int(conn.execute(select(func.count()).select_from(schema.users)).scalar_one())
 
     def add(self, name: str, role: Role, password: str,
-            cameras: Iterable[str] | None = None) -> User:
+            cameras: Iterable[str] | None = None, *, temporary: bool = False) -> User:
+        """``temporary``: the password was made for the user by someone else, who saw it;
+        the user must change it before anything else."""
         check_name(name)
         check_password(password)
         now = time.time()
         values = {
             "name": name, "role": role.value, "cameras": _cameras_json(cameras),
             "password_hash": self.hasher.hash(password), "disabled": 0, "created_at": now,
-            "password_changed_at": now,
+            "password_changed_at": now, "must_change_password": int(temporary),
         }
 
         def add(conn: Connection) -> None:
@@ -185,7 +196,9 @@ class Users:
             ))
         return user
 
-    def set_password(self, name: str, password: str) -> None:
+    def set_password(self, name: str, password: str, *, temporary: bool = False) -> None:
+        """A new password; ``temporary`` when someone other than the user chose or saw it (a
+        reset): the user must change it at the next sign-in."""
         check_password(password)
         new_hash = self.hasher.hash(password)
         now = time.time()
@@ -197,7 +210,8 @@ class Users:
             if user_id is None:
                 raise UserError(f"no user named {name!r}")
             conn.execute(update(schema.users).where(schema.users.c.id == user_id)
-                         .values(password_hash=new_hash, password_changed_at=now))
+                         .values(password_hash=new_hash, password_changed_at=now,
+                                 must_change_password=int(temporary)))
             # A new password ends every session and token made with the old one.
             _end_access(conn, user_id)
 
@@ -261,7 +275,8 @@ def ensure_admin(store: Store, audit: AuditLog) -> str | None:
     if users.count():
         return None
     password = random_password()
-    users.add(ADMIN, Role.ADMIN, password)
+    # Printed on the console, so possibly seen or logged by others: changed at first sign-in.
+    users.add(ADMIN, Role.ADMIN, password, temporary=True)
     audit.record(SYSTEM, Action.USER_ADD, ADMIN,
                  detail={"role": Role.ADMIN.value, "first_run": True})
     return password

@@ -23,7 +23,7 @@ from rich.console import Console
 from custodes.audit.actions import Action
 from custodes.audit.log import AuditLog, Outcome
 from custodes.auth.roles import Actor, Role
-from custodes.auth.users import Users
+from custodes.auth.users import PASSWORD_FIRST, Users
 from custodes.config import Config, ConfigError, load_config
 from custodes.data import NodeData
 from custodes.keys import KeyFileError, NodeKeys
@@ -156,6 +156,12 @@ def signed_in(config_path: Path, user: str) -> Iterator[SignedIn]:
             audit.record(cli_actor().name, Action.LOGIN, user, outcome=Outcome.FAILED,
                          detail={"via": "cli", "claimed": user})
             err.print("[red]wrong user name or password[/red]")
+            raise typer.Exit(EXIT_REFUSED)
+        if account.must_change_password:
+            # As on the web (custodes.api.deps): a password someone else saw opens nothing.
+            audit.record_refusal(account.name, Action.LOGIN, user, "password change required",
+                                 detail={"via": "cli"})
+            err.print(f"[red]refused:[/red] {PASSWORD_FIRST}", highlight=False)
             raise typer.Exit(EXIT_REFUSED)
         try:
             yield SignedIn(config, store, keys, audit, account.actor())

@@ -8,6 +8,7 @@ and exits with status 3; it is in the audit log either way.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -28,6 +29,7 @@ from custodes.commands import (
     parse_time,
     signed_in,
 )
+from custodes.privacy.case_log import CaseLog, log_json
 from custodes.privacy.cases import Case, CaseError, Cases, SubjectPhoto, descriptor_gaps
 
 case_app = typer.Typer(help="Cases: the only context in which a face may be searched for.",
@@ -121,6 +123,16 @@ def show(config: ConfigOption, user: UserOption, case_id: CaseId) -> None:
     """A case's details (no biometric data)."""
     with _session(config, user) as s:
         _show(s.cases.get(s.actor, case_id))
+
+
+@case_app.command("log")
+def use_log(config: ConfigOption, user: UserOption, case_id: CaseId) -> None:
+    """A case's use log (JSON): its authorisation, each face search with what it searched and
+    with what, every result, and who verified it (custodes.privacy.case_log)."""
+    with _session(config, user) as s:
+        log = CaseLog(s.cases.store, s.cases.audit, s.cases)
+        record = log_json(log.uses(s.actor, case_id), log.authorisation(s.actor, case_id))
+    console.print_json(json.dumps(record))
 
 
 @case_app.command("approve")

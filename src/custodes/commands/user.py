@@ -74,8 +74,8 @@ def _cameras(config: Config, text: str | None) -> list[str] | None:
 
 def _print_password(name: str, password: str) -> None:
     console.print(f"password for {name}: {password}", markup=False, highlight=False)
-    console.print("It is shown only this once; hand it over in person and ask for it to be "
-                  "changed at the first sign-in.")
+    console.print("It is shown only this once; hand it over in person. The user must choose "
+                  "their own at the first sign-in (nothing else works until then).")
 
 
 @user_app.command("add")

@@ -9,8 +9,13 @@ from typing import Any
 
 class EventKind(StrEnum):
     MOTION = "motion"  # data: peak (share of the frame that moved, 0..1)
-    FACE = "face"  # data: track (id), detections, quality, box [x, y, w, h]
+    # One per visit: data: tracks, detections, quality and box [x, y, w, h] of the best face
+    FACE = "face"
     WATCHLIST = "watchlist"  # data: alert, case (ids) and status; never a picture or a vector
+    # The capture supervisor's view of a camera: down (data: reason; ends when it is back)
+    # and back (data: offline_for seconds, offline_event id). Metadata only.
+    CAMERA_OFFLINE = "camera_offline"
+    CAMERA_ONLINE = "camera_online"
 
 
 @dataclass(frozen=True)

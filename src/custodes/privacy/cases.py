@@ -16,6 +16,7 @@ The deployment's profile comes first (policy.require): a school may do none of t
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import time
@@ -35,7 +36,7 @@ from custodes.faces.calibration import MatchLevel, meaning, no_hit_meaning, trac
 from custodes.faces.descriptors import FaceDescriptors, FaceHit
 from custodes.faces.photos import PhotoError, describe_photo, read_image
 from custodes.keys import NodeKeys
-from custodes.privacy import policy
+from custodes.privacy import case_log, policy
 from custodes.privacy.policy import DAY, Profile, Refused, allows, limits
 from custodes.store import schema
 from custodes.store.db import Store
@@ -185,6 +186,7 @@ class CaseSearchResult:
     coverage: tuple[CameraCoverage, ...]  # one per camera searched, tracks or not
     outcome: SearchOutcome
     summary: str  # the answer in a plain sentence or two, counts and reasons included
+    use_id: int | None = None  # its entry in the case's use log (custodes.privacy.case_log)
 
     @property
     def tracks(self) -> int:
@@ -629,6 +631,7 @@ class Cases:
         ``cameras``, ``start`` and ``end`` may narrow the scope; asking for anything outside it
         is refused rather than quietly cut down, so the request on record is what was searched.
         """
+        started = self.clock()
         action, target = Action.FACE_SEARCH, f"case {case_id}"
         request: dict[str, Any] = {
             "cameras": None if cameras is None else sorted(cameras), "start": start,
@@ -676,8 +679,15 @@ class Cases:
             "searchable": sum(c.searchable for c in coverage) if subjects else 0,
             "outcome": outcome.value,
         })
-        return CaseSearchResult(case.id, tuple(wanted), t0, t1, k, hits, coverage, outcome,
-                                summary)
+        result = CaseSearchResult(case.id, tuple(wanted), t0, t1, k, hits, coverage, outcome,
+                                  summary)
+        ended = self.clock()
+        # The use log an AI-Act-style record needs: when, what was searched, with what input,
+        # every result in order (to be verified by two people: custodes.privacy.case_log).
+        use_id = self.store.write(lambda conn: case_log.record_search(
+            conn, case, actor, started=started, ended=ended, result=result, searched=visible,
+            subjects=[subject for subject, _ in subjects]))
+        return dataclasses.replace(result, use_id=use_id)
 
     def _coverage(self, case: Case, cameras: Sequence[str], start: float,
                   end: float) -> tuple[CameraCoverage, ...]:

@@ -81,6 +81,19 @@ def limits(profile: Profile) -> Limits:
     return LIMITS[profile]
 
 
+# Whether video and pictures may be shown on phones and small screens (custodes.privacy.
+# devices). The agency: pictures must not be transmittable to phones, in schools and in
+# municipal buildings alike; police officers work from phones and tablets in the field. Fixed
+# per profile for the same reason as the limits above.
+_PICTURES_ON_SMALL_CLIENTS: dict[Profile, bool] = {
+    Profile.SCHOOL: False, Profile.MUNICIPAL: False, Profile.POLICE: True,
+}
+
+
+def pictures_on_small_clients(profile: Profile) -> bool:
+    return _PICTURES_ON_SMALL_CLIENTS[profile]
+
+
 # The privacy agency: cameras in schools only in corridors and entrances (and outside).
 SCHOOL_LOCATIONS = frozenset({"corridor", "entrance", "exterior"})
 

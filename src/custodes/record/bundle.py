@@ -19,6 +19,7 @@ this module makes the bundle it is asked for and records who asked.
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import shutil
 import time
@@ -33,6 +34,7 @@ from custodes.audit.log import AuditLog, Outcome, SigningRefused
 from custodes.auth.roles import Actor
 from custodes.keys import NodeKeys
 from custodes.media import MediaError, probe
+from custodes.privacy.case_log import CASE_LOG_FILE, case_record
 from custodes.record.layout import Layout
 from custodes.record.manifest import FileEntry, build_manifest, iso, write_manifest
 from custodes.record.playback import ExportError, Span, export_range
@@ -129,6 +131,14 @@ def _create(  # noqa: PLR0917
         except MediaError as exc:
             raise ExportError(f"the exported video cannot be read back: {exc}") from None
         files = [FileEntry.of(work, video_name)]
+        if case is not None and str(case).isdigit():
+            # Evidence in a case carries the case's legal record and use log (who searched,
+            # what, and who verified each result), signed with the video.
+            with store.read() as conn:
+                record = case_record(conn, int(case))
+            if record is not None:
+                (work / CASE_LOG_FILE).write_text(json.dumps(record, indent=2) + "\n")
+                files.append(FileEntry.of(work, CASE_LOG_FILE))
         manifest = build_manifest(
             node=node, camera=camera, start=start, end=end, created_by=actor.name,
             files=files, public_pem=keys.public_pem, case=case, redaction=redaction,

@@ -57,6 +57,7 @@ from custodes.record.layout import Layout
 from custodes.record.manifest import MANIFEST, iso
 from custodes.record.readme import NAME as README
 from custodes.record.readme import export_readme
+from custodes.sitetime import SiteZone
 from custodes.store.db import Store
 from custodes.store.schema import cases
 
@@ -171,8 +172,9 @@ class ExportJobs:
     """The node's export jobs: submitted by the routes, made by ``workers`` threads."""
 
     def __init__(self, store: Store, layout: Layout, keys: NodeKeys, audit: AuditLog, *,
-                 node: str, workers: int = 1) -> None:
+                 node: str, workers: int = 1, zone: SiteZone | None = None) -> None:
         self.store = store
+        self.zone = zone  # the site's: the README gives times in it too
         self.layout = layout
         self.keys = keys
         self.audit = audit
@@ -415,7 +417,7 @@ class ExportJobs:
             record.subject_access.reference
         )
         return export_readme(manifest, export_id, case_reference=reference,
-                             subject_access=access)
+                             subject_access=access, zone=self.zone)
 
 
 def _read(folder: Path) -> ExportRecord | None:

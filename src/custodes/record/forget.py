@@ -23,9 +23,11 @@ from sqlalchemy import (
     exists,
     func,
     literal,
+    or_,
     select,
 )
 
+from custodes.events.types import EventKind
 from custodes.record.layout import Layout
 from custodes.store import schema
 from custodes.store.db import Store
@@ -34,6 +36,10 @@ log = logging.getLogger(__name__)
 
 BATCH: Final = 500  # rows per write, so that other writers never wait long
 NO_FOOTAGE_GRACE: Final = 3600.0
+# A camera's outages describe no one, and no footage covers them (that is what they say):
+# they are kept for the longest retention allowed (30 days), then deleted.
+CAMERA_STATES: Final = (EventKind.CAMERA_OFFLINE.value, EventKind.CAMERA_ONLINE.value)
+CAMERA_STATES_KEPT: Final = 30 * 86400.0
 
 
 def _gone(table: Table, now: float) -> ColumnElement[bool]:
@@ -63,7 +69,11 @@ def forget_without_footage(store: Store, layout: Layout, now: float | None = Non
     while True:
         with store.read() as conn:
             rows = conn.execute(
-                select(events.c.id, events.c.snapshot).where(_gone(events, now)).limit(BATCH)
+                select(events.c.id, events.c.snapshot).where(or_(
+                    and_(events.c.kind.not_in(CAMERA_STATES), _gone(events, now)),
+                    and_(events.c.kind.in_(CAMERA_STATES),
+                         func.coalesce(events.c.end, literal(now)) < now - CAMERA_STATES_KEPT),
+                )).limit(BATCH)
             ).all()
         if not rows:
             break

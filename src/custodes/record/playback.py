@@ -14,10 +14,11 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Connection, Row, select
+from sqlalchemy import Connection, Row, func, select
 
 from custodes.media import MediaError, ffmpeg_exe, probe
 from custodes.record.layout import Layout
+from custodes.store import schema
 from custodes.store.db import Store
 from custodes.store.schema import segments
 
@@ -82,6 +83,16 @@ def segments_in_range(conn: Connection, camera: str, start: float, end: float) -
         .order_by(segments.c.start, segments.c.id)
     )
     return [Segment.from_row(row) for row in rows]
+
+
+def installed_at(conn: Connection, camera: str) -> float | None:
+    """When the node first recorded or tried to record ``camera`` (its first segment or
+    state change), None if never: hours before it are not missing footage."""
+    seg, states = schema.segments.c, schema.camera_states.c
+    first = [conn.execute(select(func.min(seg.start)).where(seg.camera == camera)).scalar(),
+             conn.execute(select(func.min(states.at)).where(states.camera == camera)).scalar()]
+    known = [float(t) for t in first if t is not None]
+    return min(known) if known else None
 
 
 def coverage(

@@ -8,10 +8,12 @@ Its facts are taken from the signed manifest, so it says nothing the manifest do
 
 from __future__ import annotations
 
+from datetime import datetime
 from typing import Any
 
 from custodes.keys import PUBLIC_KEY
 from custodes.record.manifest import MANIFEST, SIGNATURE
+from custodes.sitetime import SiteZone
 
 NAME = "README.txt"
 
@@ -22,8 +24,21 @@ def export_readme(
     *,
     case_reference: str | None = None,
     subject_access: str | None = None,
+    zone: SiteZone | None = None,
 ) -> str:
-    """The README for the bundle in ``folder`` (its name in the zip) with ``manifest``."""
+    """The README for the bundle in ``folder`` (its name in the zip) with ``manifest``; its
+    times in UTC (as signed) and, with ``zone``, in the site's local time too."""
+
+    def when(value: object) -> str:
+        text = f"{value} (UTC)"
+        if zone is None or not isinstance(value, str):
+            return text
+        try:
+            t = datetime.fromisoformat(value.replace("Z", "+00:00")).timestamp()
+        except ValueError:
+            return text
+        return f"{text} = {zone.text(t, zone=True)} (local time at the site)"
+
     redaction = manifest.get("redaction") or {}
     videos = [f["name"] for f in manifest.get("files", []) if str(f["name"]).endswith(".mp4")]
     video = videos[0] if videos else "the .mp4 file"
@@ -43,11 +58,11 @@ def export_readme(
         "",
         f"Camera:      {manifest.get('camera')}",
         f"Recorder:    {manifest.get('node')} (the recording node's name)",
-        f"From:        {manifest.get('start')} (UTC)",
-        f"To:          {manifest.get('end')} (UTC)",
+        f"From:        {when(manifest.get('start'))}",
+        f"To:          {when(manifest.get('end'))}",
         f"Footage:     {shown}",
         f"Case:        {case}",
-        f"Exported:    {manifest.get('created_at')} (UTC) by {manifest.get('created_by')}",
+        f"Exported:    {when(manifest.get('created_at'))} by {manifest.get('created_by')}",
     ]
     if gaps:
         lines.append(f"Gaps:        {len(gaps)} stretch(es) without recording, listed in "

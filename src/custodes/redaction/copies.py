@@ -3,6 +3,7 @@
     <storage>/redacted/<camera>/<id>-<digest>.boxes.json   where to blur: the search's result
     <storage>/redacted/<camera>/<id>-<digest>.mp4          the copy a viewer is sent
     <storage>/redacted/<camera>/.<id>-<digest>.mp4.<pid>.<n>.partial   the copy being made
+                                                 (or a tail, see below: deleted once read)
 
 A copy is made in one pass (`custodes.redaction.video.redact_stream`): the segment is decoded,
 searched for faces and blurred frame by frame, and ffmpeg writes fragmented MP4, a fragment a
@@ -33,8 +34,12 @@ thread goes to the next request, and the next viewer of that segment starts it a
 
 Costs, 2-core box (`custodes.redaction.video`): a 2 s 480x270 15 fps segment (the browser
 test's) takes ~0.75 CPU-s, 0.25 of them before its first frame is out; 720p ~34 CPU-ms a
-frame, 20 from kept boxes. A viewer who starts in the middle of a segment waits for the search
-up to there and `hold` beyond: at 480x270 ~0.6 CPU-s for a click 1 s in. A copy is at most
+frame, 20 from kept boxes. A viewer who starts TAIL_FROM or more into a segment whose whole
+copy is neither made nor under way gets a tail: a copy from the keyframe before that moment,
+searched from there (`redact_stream`'s `start`), sent as it is made and never kept (the whole
+copy is what later viewers get, and exports use). A click 7 s into a 10 s 720p segment then
+waits ~0.3 CPU-s instead of ~3.9 (`bench/redaction.py`); nearer the start, for the search up to
+there and `hold` beyond (at 480x270 ~0.6 CPU-s for a click 1 s in). A copy is at most
 PLAYBACK_LINES lines: a browser's picture, not the original's.
 Nothing outlives its segment: retention's deletions are followed by a prune of both files.
 """
@@ -61,7 +66,14 @@ from sqlalchemy import select
 
 from custodes.record.playback import Segment
 from custodes.redaction.detect import NODE_SETTINGS, RedactionSettings
-from custodes.redaction.video import BoxPlan, Stage, plan_boxes, redact_stream
+from custodes.redaction.video import (
+    BoxPlan,
+    RedactionError,
+    Stage,
+    keyframe_before,
+    plan_boxes,
+    redact_stream,
+)
 from custodes.store import schema
 
 if TYPE_CHECKING:
@@ -78,6 +90,9 @@ COPY_FORMAT: Final = "fmp4"
 # own request makes the copy if it is still wanted.
 PREFETCH_PER_WORKER: Final = 4
 VIEWER, PREFETCH = 0, 1  # priorities: a viewer waiting goes first
+# A viewer who starts this far (seconds) into a segment whose copy is not made gets a copy from
+# the keyframe before that moment (a tail) instead of waiting for the search of all before it.
+TAIL_FROM: Final = 2.0
 PREFETCH_NICE: Final = 10  # added to the niceness of the thread that makes prefetches
 FOLLOW_EVERY: Final = 0.02  # seconds between looks at a partial copy for new bytes
 CHUNK: Final = 256 * 1024  # bytes read from a copy at a time
@@ -97,6 +112,7 @@ class _Job:
     target: Path
     partial: Path  # written while made, renamed to target when whole
     priority: int
+    begins: float = 0.0  # seconds into the segment: 0 for the whole copy, else a tail's start
     done: threading.Event = field(default_factory=threading.Event)
     started: bool = False
     error: BaseException | None = None
@@ -118,7 +134,7 @@ class RedactedCopies:
         self.keep = keep
         self.settings = settings
         self.workers = max(1, workers or os.cpu_count() or 1)
-        self._jobs: dict[int, _Job] = {}
+        self._jobs: dict[tuple[int, float], _Job] = {}  # by segment id and `begins`
         self._lock = threading.Condition()
         self._viewers: deque[_Job] = deque()
         self._prefetches: deque[_Job] = deque()  # newest first
@@ -163,7 +179,7 @@ class RedactedCopies:
         target = self.path(node, segment)
         if target.is_file():
             return target
-        job = self._attach(node, segment, target)
+        job = self._attach(node, segment, target, 0.0)
         try:
             job.done.wait()
         finally:
@@ -172,23 +188,47 @@ class RedactedCopies:
             raise job.error
         return target
 
-    def open(self, node: Node, segment: Segment) -> Path | AsyncIterator[bytes]:
-        """The copy of ``segment``: its path when it is whole, else its bytes as they are made
-        (the copy is started at a viewer's priority, if nobody has, when the first are asked
-        for). The bytes end with the copy; an error (RedactionError, FileNotFoundError) is
-        raised in their place, also after some were given: they are then not the whole copy.
+    def open(self, node: Node, segment: Segment, at: float = 0.0
+             ) -> tuple[Path | AsyncIterator[bytes], float]:
+        """The copy of ``segment`` for a viewer starting ``at`` seconds into it, and where the
+        copy begins (seconds into the segment; its first frame is at time 0).
+
+        The whole copy's path when it is made; else bytes as they are made (started at a
+        viewer's priority if nobody has): of the whole copy, or of a tail from the keyframe
+        before ``at`` when that is TAIL_FROM or more in and the whole copy is not under way.
+        The bytes end with the copy; an error (RedactionError, FileNotFoundError) is raised
+        in their place, also after some were given: they are then not the whole copy.
         Raises FileNotFoundError at once when the segment's file is missing."""
         target = self.path(node, segment)
         if target.is_file():
-            return target
-        self._source(node, segment)
-        return self._follow(node, segment, target)
+            return target, 0.0
+        begins = self._begins(segment, self._source(node, segment), at)
+        return self._follow(node, segment, target, begins), begins
 
-    def start(self, node: Node, segment: Segment) -> None:
-        """A viewer is about to ask for ``segment``: start its copy now, as the viewer would."""
+    def start(self, node: Node, segment: Segment, at: float = 0.0) -> float:
+        """A viewer is about to ask for ``segment`` from ``at``: start its copy now, as the
+        viewer would. Returns where the copy begins (see `open`), to ask `open` for."""
         target = self.path(node, segment)
-        if not target.is_file():
-            self._submit(node, segment, target, VIEWER)
+        if target.is_file():
+            return 0.0
+        try:
+            begins = self._begins(segment, self._source(node, segment), at)
+        except FileNotFoundError:
+            return 0.0  # the viewer's own request says so
+        self._submit(node, segment, target, VIEWER, begins)
+        return begins
+
+    def _begins(self, segment: Segment, source: Path, at: float) -> float:
+        if at < TAIL_FROM:
+            return 0.0
+        with self._lock:
+            whole = self._jobs.get((segment.id, 0.0))
+            if whole is not None and whole.started:
+                return 0.0  # under way: following it is quicker than starting anew
+        try:
+            return keyframe_before(source, at)
+        except RedactionError:
+            return 0.0  # the whole copy's maker says what is wrong with the file
 
     def prefetch(self, node: Node, segment: Segment) -> None:
         """Make the copy in the background, so it is ready when playback reaches it."""
@@ -196,9 +236,9 @@ class RedactedCopies:
         if not target.is_file():
             self._submit(node, segment, target, PREFETCH)
 
-    async def _follow(self, node: Node, segment: Segment, target: Path
+    async def _follow(self, node: Node, segment: Segment, target: Path, begins: float
                       ) -> AsyncIterator[bytes]:
-        job = self._attach(node, segment, target)
+        job = self._attach(node, segment, target, begins)
         try:
             async for chunk in self._tail(job):
                 yield chunk
@@ -230,12 +270,14 @@ class RedactedCopies:
             if finished:  # renamed (or deleted) before we looked
                 if job.error is not None:
                     raise job.error
+                if job.begins:  # a tail is never renamed: deleted, so not for this reader
+                    raise FileNotFoundError(job.partial)
                 return job.target.open("rb")
             await asyncio.sleep(FOLLOW_EVERY)
 
-    def _attach(self, node: Node, segment: Segment, target: Path) -> _Job:
+    def _attach(self, node: Node, segment: Segment, target: Path, begins: float) -> _Job:
         with self._lock:
-            job = self._submit(node, segment, target, VIEWER)
+            job = self._submit(node, segment, target, VIEWER, begins)
             job.readers += 1
             return job
 
@@ -244,21 +286,31 @@ class RedactedCopies:
             job.readers -= 1
             if job.readers == 0 and not job.done.is_set():
                 job.left = True
+            self._drop_tail(job)
 
-    def _submit(self, node: Node, segment: Segment, target: Path, priority: int) -> _Job:
+    def _drop_tail(self, job: _Job) -> None:
+        """A tail's file, read by whoever had it open, goes when it is done and unread (it
+        is never kept: the next viewer may start elsewhere). Under the lock."""
+        if job.begins and job.readers == 0 and job.done.is_set():
+            job.partial.unlink(missing_ok=True)
+
+    def _submit(self, node: Node, segment: Segment, target: Path, priority: int,
+                begins: float = 0.0) -> _Job:
         with self._lock:
-            job = self._jobs.get(segment.id)
+            key = (segment.id, begins)
+            job = self._jobs.get(key)
             if job is None or job.target != target:
                 partial = target.with_name(
                     f".{target.name}.{os.getpid()}.{next(self._partials)}.partial")
-                job = self._jobs[segment.id] = _Job(node, segment, target, partial, priority)
+                job = self._jobs[key] = _Job(node, segment, target, partial, priority,
+                                             begins)
                 if priority == VIEWER:
                     self._viewers.append(job)
                 else:
                     self._prefetches.appendleft(job)
                     if len(self._prefetches) > PREFETCH_PER_WORKER * self.workers:
                         dropped = self._prefetches.pop()
-                        del self._jobs[dropped.segment.id]
+                        del self._jobs[(dropped.segment.id, dropped.begins)]
                         dropped.error = Abandoned("dropped from the prefetch queue")
                         dropped.done.set()
             elif priority == VIEWER and job.priority == PREFETCH and not job.started:
@@ -308,19 +360,20 @@ class RedactedCopies:
                                   job.segment.id)
             finally:
                 with self._lock:
-                    if self._jobs.get(job.segment.id) is job:
-                        del self._jobs[job.segment.id]
+                    if self._jobs.get((job.segment.id, job.begins)) is job:
+                        del self._jobs[(job.segment.id, job.begins)]
                     if not prefetch:
                         self._running -= 1
+                    job.done.set()
+                    self._drop_tail(job)
                     self._lock.notify_all()  # the prefetch thread may go on
-                job.done.set()
 
     def _check(self, job: _Job) -> None:
         with self._lock:
             if job.left and job.readers == 0:
                 # Out of _jobs before anyone else can attach: whoever asks next starts anew.
-                if self._jobs.get(job.segment.id) is job:
-                    del self._jobs[job.segment.id]
+                if self._jobs.get((job.segment.id, job.begins)) is job:
+                    del self._jobs[(job.segment.id, job.begins)]
                 raise Abandoned(f"segment {job.segment.id}: nobody is waiting for the copy")
 
     def _source(self, node: Node, segment: Segment) -> Path:
@@ -332,7 +385,8 @@ class RedactedCopies:
 
     def _make(self, job: _Job) -> None:
         node, segment, target = job.node, job.segment, job.target
-        if target.is_file():  # made while this job waited in the queue
+        tail = job.begins > 0
+        if target.is_file() and not tail:  # made while this job waited in the queue
             return
         started = time.monotonic()
         source = self._source(node, segment)
@@ -345,17 +399,24 @@ class RedactedCopies:
         target.parent.mkdir(parents=True, exist_ok=True)
         try:
             with job.partial.open("wb") as out:
-                plan = redact_stream(source, out, settings=self.settings, plan=kept,
+                # A tail is searched afresh from its keyframe: kept boxes would need every
+                # frame before it decoded to be matched to their frames.
+                plan = redact_stream(source, out, settings=self.settings,
+                                     plan=None if tail else kept,
                                      zones=node.config.cameras[segment.camera].privacy_zones,
-                                     max_lines=PLAYBACK_LINES, progress=progress)
-            if kept is None:
-                plan.save(boxes_path)
-            os.replace(job.partial, target)
-        finally:
+                                     max_lines=PLAYBACK_LINES, progress=progress,
+                                     start=job.begins)
+            if not tail:
+                if kept is None:
+                    plan.save(boxes_path)
+                os.replace(job.partial, target)
+        except BaseException:
             job.partial.unlink(missing_ok=True)
-        log.info("redacted copy of segment %d (%s, %.1f s of video) made in %.1f s%s",
-                 segment.id, segment.camera, segment.duration, time.monotonic() - started,
-                 " (boxes reused)" if kept is not None else "")
+            raise
+        log.info("redacted copy of segment %d (%s, %.1f s of video%s) made in %.1f s%s",
+                 segment.id, segment.camera, segment.duration,
+                 f", from {job.begins:.1f} s" if tail else "", time.monotonic() - started,
+                 " (boxes reused)" if kept is not None and not tail else "")
         self.prune(node)
 
     def prune(self, node: Node) -> int:

@@ -4,7 +4,7 @@ settings that say how finely and how often it looks.
 
     settings = NODE_SETTINGS                       # what the node uses
     detector = settings.detector()
-    boxes = blur_boxes(detector.detect(rgb, scale=settings.scale(360, 640)))
+    boxes = blur_boxes(detector.find(rgb, scale=settings.scale(360, 640)))
 
 Fail closed: a face the detector is unsure of (score below DETECT_THRESHOLD, the cut for
 analytics) is blurred over a larger box than a sure one, because an unsure box is the one most
@@ -28,7 +28,7 @@ from dataclasses import asdict, dataclass
 from fractions import Fraction
 from typing import Final
 
-from custodes.vision.faces import DETECT_THRESHOLD, REDACT_THRESHOLD, Box, Face, FaceDetector
+from custodes.vision.faces import DETECT_THRESHOLD, REDACT_THRESHOLD, Box, Face, FaceDetector, Found
 
 # An unsure face's box grows by this much of its size on each side, before the blur's margin.
 UNSURE_GROWTH: Final = 0.2
@@ -99,7 +99,7 @@ def grown(box: Box, score: float) -> Box:
     return box if score >= DETECT_THRESHOLD else box.expand(UNSURE_GROWTH)
 
 
-def blur_boxes(faces: Iterable[Face]) -> list[Box]:
+def blur_boxes(faces: Iterable[Found | Face]) -> list[Box]:
     """Where to blur these detected faces (`grown`)."""
     return [grown(face.box, face.score) for face in faces]
 

@@ -183,7 +183,7 @@ class LiveRedactor:
         the whole picture obscured if the search fails."""
         height, width = rgb.shape[:2]
         try:
-            found = blur_boxes(self.detector.detect(rgb, scale=1.0))
+            found = blur_boxes(self.detector.find(rgb, scale=1.0))
         except Exception:
             # Fail closed: without a search nothing in the picture is known to be safe.
             if self.failures == 0:

@@ -49,15 +49,17 @@ looked alike. Anything `keep` is not asked about stays blurred: it fails closed.
 subject's face is detected, another track's held box (a guess) is not drawn over it (`_Boxes`).
 
 Costs, one core of the 2-core box, a 720p 15 fps stream (`python bench/redaction.py`), CPU
-seconds of this process and ffmpeg per frame (load average ~3.5; the old detector measured
-1.18 s a 640x360 frame in the same run): the search (240 lines, every 3rd frame, decoding)
-16 ms, the blur and encoding (YUV planes, libx264 ultrafast) 18 ms; a first copy 35 ms a
-frame, 1.9x real time; a copy from cached boxes 18 ms (3.7x), at 360 lines 10 ms (7x). The
-old HOG + Haar redaction took 216 CPU-s per 10 s of 720p; this takes 5.2 (2.7 from cached
-boxes). In one pass (`redact_stream`, 4 s of 720p 15 fps, load average ~8): 34 CPU-ms a frame
-against 40 for two passes (one decoding less), 20 from kept boxes; 0.27 CPU-s before the first
-frame is out. So a viewer who starts t seconds into a segment waits for ~0.3 + 0.5 t CPU-s of
-redaction at 720p (0.25 + 0.37 t at 480x270, where the search is at full size).
+seconds of this process and ffmpeg per frame (load average 3; the old detector measured
+1.26 s a 640x360 frame in the same run): a first copy in one pass (`redact_stream`) 24.4 ms a
+frame, 2.7x real time (32.8 ms, 2.0x, at load 13), of which the search (240 lines, every 3rd
+frame, with decoding) ~16 ms; a copy from kept boxes 12.1 ms (5.5x), at 360 lines 6.6 ms
+(10x). Landmarks are not computed for
+redaction (`FaceDetector.find`), and the blur is an area average enlarged bilinearly
+(`custodes.redaction.blur`): together ~11 ms a frame less than before. The old HOG + Haar
+redaction took 216 CPU-s per 10 s of 720p; this takes 3.7 (1.8 from kept boxes). 0.27 CPU-s
+before the first frame is out. A viewer who starts t seconds into a segment would wait for
+~0.3 + 0.5 t CPU-s at 720p: with `start` the copy begins at the keyframe before t instead
+(`custodes.redaction.copies`, a tail), ~0.3 CPU-s plus the search from that keyframe.
 """
 
 from __future__ import annotations
@@ -89,7 +91,7 @@ from custodes.redaction.blur import FACE_MARGIN, Polygon, blur_polygons, blur_re
 from custodes.redaction.detect import NODE_SETTINGS, RedactionSettings, grown
 from custodes.vision.cuts import SIZE as CUT_SIZE
 from custodes.vision.cuts import Thumbnail
-from custodes.vision.faces import Box, Face, FaceDetector
+from custodes.vision.faces import Box, Face, FaceDetector, Found
 from custodes.vision.tracker import CROP_MARGIN, BestFace
 
 log = logging.getLogger(__name__)
@@ -376,7 +378,7 @@ class _Scan:
         previous, self._thumbnail = self._thumbnail, _thumbnail(video)
         if previous is not None and self._thumbnail.cut_from(previous):
             self.linker.cut(index)
-        found = self.detector.detect(rgb)
+        found = self.detector.find(rgb)
         self.detections += len(found)
         seen = [_scaled(face.box, 1 / self._scale) for face in found]
         tracks = self.linker.add(index, seen)
@@ -474,8 +476,9 @@ class BoxStream:
     """
 
     def __init__(self, src: Path, settings: RedactionSettings = NODE_SETTINGS, *,
-                 progress: Progress | None = None) -> None:
+                 progress: Progress | None = None, start: float = 0.0) -> None:
         self.src = src
+        self.start = start  # seconds: from the keyframe at or before it (`keyframe_before`)
         self.settings = settings
         self.progress = progress
         self.total = frame_count(src) if progress is not None else 0  # for `progress`
@@ -489,7 +492,7 @@ class BoxStream:
         scan = self._scan
         boxes = _Boxes(scan.tracks, scan.hold, scan.spread)
         pending: deque[tuple[int, av.VideoFrame]] = deque()
-        for video in _frames(self.src):
+        for video in _frames(self.src, self.start):
             scan.add(video)
             if self.progress is not None:
                 self.progress("search", scan.frames, self.total)
@@ -507,7 +510,7 @@ class BoxStream:
 def redact_stream(src: Path, out: BinaryIO, *, zones: Sequence[Polygon] = (),
                   settings: RedactionSettings = NODE_SETTINGS, plan: BoxPlan | None = None,
                   max_lines: int | None = None,
-                  progress: Progress | None = None) -> BoxPlan:
+                  progress: Progress | None = None, start: float = 0.0) -> BoxPlan:
     """`src` redacted as by `redact_file` (no `keep`), written to `out` while it is made:
     fragmented MP4, a fragment a frame, each written as soon as the frame is encoded, so that
     a player can start before the end (`custodes.redaction.copies`).
@@ -517,7 +520,14 @@ def redact_stream(src: Path, out: BinaryIO, *, zones: Sequence[Polygon] = (),
     (the same settings) its boxes are used, and it is returned. `out` is an open file: ffmpeg
     writes to its descriptor. Raises RedactionError; whatever was written to `out` is then
     to be thrown away.
+
+    With `start` (seconds), the copy begins at the keyframe at or before it
+    (`keyframe_before`), its first frame at time 0, and is searched from there: a viewer who
+    starts in the middle of a segment does not wait for the search of what comes before. Its
+    plan then covers those frames only: not one to keep for the segment. Not with `plan`.
     """
+    if plan is not None and start > 0:
+        raise ValueError("a copy from a kept plan starts at the beginning")
     if plan is not None:
         if plan.settings != settings.digest():
             raise ValueError("a reused plan must be made with the same settings")
@@ -525,7 +535,7 @@ def redact_stream(src: Path, out: BinaryIO, *, zones: Sequence[Polygon] = (),
                 max_lines=max_lines, total=plan.frames, progress=progress,
                 size=(plan.width, plan.height))
         return plan
-    stream = BoxStream(src, settings, progress=progress)
+    stream = BoxStream(src, settings, progress=progress, start=start)
     _encode(src.name, iter(stream), out, rate=stream.rate, zones=zones, max_lines=max_lines,
             total=stream.total, progress=progress, size=stream.size)
     assert stream.plan is not None  # set when the frames are all out
@@ -610,12 +620,48 @@ def _open(src: Path) -> av.container.InputContainer:
     return container
 
 
-def _frames(src: Path) -> Iterator[av.VideoFrame]:
+def _frames(src: Path, start: float = 0.0) -> Iterator[av.VideoFrame]:
+    """The frames of `src`; with `start` (seconds after its first frame), from the keyframe
+    at or before it (`keyframe_before`)."""
     container = _open(src)
     try:
         stream = container.streams.video[0]
         stream.thread_type = "AUTO"
+        if start > 0:
+            _seek(container, stream, start)
         yield from container.decode(stream)
+    except av.FFmpegError as exc:
+        raise RedactionError(f"{src.name} cannot be decoded: {exc}") from None
+    finally:
+        container.close()
+
+
+def _seek(container: av.container.InputContainer, stream: av.VideoStream, t: float) -> None:
+    """Position the demuxer on the keyframe at or before `t` seconds after the first frame."""
+    base = stream.time_base
+    if base is None:
+        raise RedactionError("the video stream has no time base: it cannot be seeked")
+    first = stream.start_time or 0
+    # Rounded, not truncated: a keyframe's own time, given back, must find that keyframe.
+    container.seek(first + round(t / base), stream=stream, backward=True, any_frame=False)
+
+
+def keyframe_before(src: Path, t: float) -> float:
+    """Where a copy of `src` asked to start at `t` seconds (after its first frame) really
+    starts: the keyframe at or before `t`, the first frame a decoder can begin with. 0 for
+    the file's start; raises RedactionError when it cannot be read."""
+    if t <= 0:
+        return 0.0
+    container = _open(src)
+    try:
+        stream = container.streams.video[0]
+        first = stream.start_time or 0
+        _seek(container, stream, t)
+        for video in container.decode(stream):
+            if video.pts is None or stream.time_base is None:
+                return 0.0
+            return max(0.0, float((video.pts - first) * stream.time_base))
+        return 0.0
     except av.FFmpegError as exc:
         raise RedactionError(f"{src.name} cannot be decoded: {exc}") from None
     finally:
@@ -647,7 +693,7 @@ def warm(settings: RedactionSettings = NODE_SETTINGS) -> None:
     first run (0.7-4.8 s measured under load), and the first viewer of a redacted copy waits
     for it."""
     lines = settings.detect_lines
-    _detector(settings).detect(np.zeros((lines, lines * 16 // 9, 3), np.uint8))
+    _detector(settings).find(np.zeros((lines, lines * 16 // 9, 3), np.uint8))
 
 
 def _thumbnail(video: av.VideoFrame) -> Thumbnail:
@@ -658,7 +704,7 @@ def _thumbnail(video: av.VideoFrame) -> Thumbnail:
 
 
 def _sample(video: av.VideoFrame, detector: FaceDetector, t: float,
-            found: Iterable[tuple[Face, Box, _Track]]) -> None:
+            found: Iterable[tuple[Found, Box, _Track]]) -> None:
     """Keep the faces of this frame that are among their track's best, at full resolution
     (the subject's comparison needs the detail the shrunk search picture lost)."""
     rgb = np.asarray(video.to_ndarray(format="rgb24"), dtype=np.uint8)

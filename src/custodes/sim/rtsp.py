@@ -25,6 +25,7 @@ from types import TracebackType
 from typing import Any, Self, TypeVar
 from urllib.parse import urlsplit
 
+from custodes.sim.digest import AuthScheme, DigestVerifier
 from custodes.sim.rtp import DEFAULT_MAX_PAYLOAD, RTP_CLOCK, AccessUnit, Clip, load_clip
 
 log = logging.getLogger(__name__)
@@ -208,8 +209,8 @@ class _Client:
         handler = self._handlers.get(request.method)
         if handler is None:
             return _Reply(501, {})
-        if request.method != "OPTIONS" and not self.camera.authorized(request.headers):
-            return _Reply(401, {"WWW-Authenticate": 'Basic realm="custodes-sim"'})
+        if request.method != "OPTIONS" and (challenge := self.camera.refusal(request)):
+            return _Reply(401, {"WWW-Authenticate": challenge})
         if request.method in ("PLAY", "PAUSE", "TEARDOWN"):
             if self.session is None:
                 return _Reply(455, {})
@@ -280,6 +281,7 @@ class _Camera:
         clip: Clip,
         credentials: tuple[str, str] | None,
         max_client_buffer: int | None,
+        auth: AuthScheme = AuthScheme.BASIC,
     ) -> None:
         self.name = name
         self.host = host
@@ -291,7 +293,13 @@ class _Camera:
         )
         self._auth = (
             base64.b64encode(f"{credentials[0]}:{credentials[1]}".encode()).decode()
-            if credentials
+            if credentials and auth is AuthScheme.BASIC
+            else None
+        )
+        # Dahua's realm names the device; ours names the camera.
+        self._digest = (
+            DigestVerifier(credentials[0], credentials[1], f"custodes-sim {name}")
+            if credentials and auth is AuthScheme.DIGEST
             else None
         )
         self.wanted = True  # stays stopped across SimServer.start once stop_camera was called
@@ -363,11 +371,18 @@ class _Camera:
         self.clients.clear()
         log.info("%s: stopped", self.name)
 
-    def authorized(self, headers: dict[str, str]) -> bool:
+    def refusal(self, request: _Request) -> str | None:
+        """None if the request may proceed, else the WWW-Authenticate challenge to answer."""
+        header = request.headers.get("authorization", "")
+        if self._digest is not None:
+            verdict = self._digest.verify(header, request.method)
+            return None if verdict else self._digest.challenge(stale=verdict is None)
         if self._auth is None:
-            return True
-        scheme, _, value = headers.get("authorization", "").partition(" ")
-        return scheme.lower() == "basic" and hmac.compare_digest(value.strip(), self._auth)
+            return None
+        scheme, _, value = header.partition(" ")
+        if scheme.lower() == "basic" and hmac.compare_digest(value.strip(), self._auth):
+            return None
+        return 'Basic realm="custodes-sim"'
 
     def sdp(self) -> str:
         ip = "IP6" if ":" in self.host else "IP4"
@@ -490,10 +505,12 @@ class SimServer:
         port: int = 0,
         username: str | None = None,
         password: str | None = None,
+        auth: AuthScheme = AuthScheme.BASIC,
     ) -> str:
         """Serve `media` (MP4, H.264/H.265, no B-frames) in a loop; port 0 picks a free one.
 
-        With `username` and `password`, every request but OPTIONS needs Basic auth.
+        With `username` and `password`, every request but OPTIONS needs Basic or (with
+        `auth=AuthScheme.DIGEST`) Digest authentication.
         """
         if (username is None) != (password is None):
             raise ValueError("give both username and password, or neither")
@@ -514,6 +531,7 @@ class SimServer:
                 clip=self._clips[key],
                 credentials=credentials,
                 max_client_buffer=self._max_client_buffer,
+                auth=auth,
             )
             camera.reserve()
             self._cameras[name] = camera
@@ -532,6 +550,10 @@ class SimServer:
         for camera in list(self._cameras.values()):
             if camera.wanted:
                 self._call(camera.open())
+
+    def clip(self, name: str) -> Clip:
+        """What camera `name` serves: codec, size, frame rate (the simulated ONVIF profiles)."""
+        return self._camera(name).clip
 
     def stop_camera(self, name: str) -> None:
         """Close the port and drop every client: new clients get "connection refused"."""

@@ -3,21 +3,39 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 import os
+import secrets
 import signal
 import stat
 import sys
 import threading
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType
 from typing import TextIO
 
+from custodes.sim.digest import AuthScheme
 from custodes.sim.media import Codec, ensure_sample
+from custodes.sim.onvif import OnvifIdentity, OnvifSim, SimProfile
 from custodes.sim.rtsp import SimServer
 
 log = logging.getLogger(__name__)
+
+PASSWORD_ENV = "CUSTODES_SIM_PASSWORD"  # noqa: S105 - a variable's name
+
+
+@dataclass(frozen=True, slots=True)
+class SimOptions:
+    """What makes the simulated cameras look like real ones: credentials and ONVIF."""
+
+    auth: AuthScheme | None = None  # None: streams play without credentials
+    username: str = "admin"
+    password: str | None = None  # None with `auth`: taken from $CUSTODES_SIM_PASSWORD or made up
+    onvif: OnvifIdentity | None = None  # an ONVIF device per camera, with a sub stream
+    discovery_port: int = 3702  # WS-Discovery (0: any free port)
 
 
 def run_sim(
@@ -32,11 +50,14 @@ def run_sim(
     base_port: int,
     host: str = "127.0.0.1",
     stop: threading.Event | None = None,
+    options: SimOptions | None = None,
 ) -> None:
     """Serve cam01..camNN on base_port.. until `stop` is set or SIGINT/SIGTERM arrives.
 
     Prints `NAME URL` per camera on stdout once all listen. When stdin is a pipe it reads
-    `stop NAME` / `start NAME` lines and answers `ok` (or `error: ...`) on stdout.
+    `stop NAME` / `start NAME` lines and answers `ok` (or `error: ...`) on stdout. With
+    `options`, it also prints `credentials USER PASSWORD`, `NAME onvif URL` per camera and
+    `discovery HOST:PORT`.
     """
     if codec not in ("h264", "h265"):
         raise ValueError(f"codec must be 'h264' or 'h265', not {codec!r}")
@@ -53,11 +74,42 @@ def run_sim(
         codec=checked_codec,
     )
     width_digits = max(2, len(str(cameras)))
-    with SimServer(host) as server, _stop_on_signals(stop):
-        for index in range(cameras):
-            server.add_camera(f"cam{index + 1:0{width_digits}d}", sample, port=base_port + index)
+    options = options or SimOptions()
+    password = options.password
+    if options.auth is not None and password is None:
+        password = os.environ.get(PASSWORD_ENV) or secrets.token_urlsafe(9)
+    user = options.username if options.auth is not None else None
+    auth = options.auth or AuthScheme.BASIC
+    onvif = OnvifSim(host, discovery_port=options.discovery_port) if options.onvif else None
+    with SimServer(host) as server, _stop_on_signals(stop), contextlib.ExitStack() as stack:
+        names = [f"cam{index + 1:0{width_digits}d}" for index in range(cameras)]
+        for index, name in enumerate(names):
+            # Base port 0: every camera on a free port of its own, not 0, 1, 2...
+            port = base_port + index if base_port else 0
+            server.add_camera(name, sample, port=port, username=user,
+                              password=password if user else None, auth=auth)
         for name, url in server.urls.items():
             print(f"{name} {url}", flush=True)
+        if user is not None:
+            print(f"credentials {user} {password}", flush=True)
+        if onvif is not None and options.onvif is not None:
+            stack.enter_context(onvif)
+            for index, name in enumerate(names):
+                # The sub stream is the same sample on a port of its own (a real camera's is
+                # smaller); what matters to a client is that ONVIF names two streams.
+                sub = server.add_camera(f"{name}-sub", sample, username=user,
+                                        password=password if user else None, auth=auth)
+                clip = server.clip(name)
+                profiles = [
+                    SimProfile(token, uri, clip.codec, clip.width, clip.height, round(clip.fps))
+                    for token, uri in (("main", server.urls[name]), ("sub", sub))
+                ]
+                identity = dataclasses.replace(
+                    options.onvif, name=name, serial=f"{options.onvif.serial}-{index + 1}")
+                device = onvif.add_device(identity, profiles, username=user,
+                                          password=password if user else None)
+                print(f"{name} onvif {device.url}", flush=True)
+            print(f"discovery {host}:{onvif.discovery_port}", flush=True)
         if _is_pipe(sys.stdin):
             threading.Thread(
                 target=_serve_commands,

@@ -86,6 +86,8 @@ events = Table(
     Column("end", Float),
     Column("data", Text, nullable=False),
     Column("snapshot", Text),
+    Column("acknowledged_at", Float),
+    Column("acknowledged_by", Text),
 )
 
 faces = Table(
@@ -331,4 +333,74 @@ subject_access_requests = Table(
     Column("expires_at", Float, nullable=False),
     Column("export_id", Text),
     Column("exported_at", Float),
+)
+
+# 0011_account_administration: forced password changes; where sessions and tokens were used.
+users.append_column(Column("must_change_password", Integer, nullable=False, server_default="0"))
+sessions.append_column(Column("handle", Text, unique=True))
+sessions.append_column(Column("last_used_at", Float))
+sessions.append_column(Column("last_address", Text))
+sessions.append_column(Column("user_agent", Text))
+api_tokens.append_column(Column("last_used_at", Float))
+api_tokens.append_column(Column("last_address", Text))
+
+uplink_cursors = Table(
+    "uplink_cursors",
+    metadata,
+    Column("stream", Text, primary_key=True),
+    Column("seq", Integer, nullable=False),
+    Column("hash", Text),
+    Column("at", Float, nullable=False),
+)
+
+# 0015_case_use_log: each use of face search in a case, its results, who verified them, and
+# the authorisation the case rests on (custodes.privacy.case_log).
+case_uses = Table(
+    "case_uses",
+    metadata,
+    Column("id", Integer, primary_key=True),
+    Column("case_id", Integer, ForeignKey("cases.id"), nullable=False),
+    Column("kind", Text, nullable=False),
+    Column("actor", Text, nullable=False),
+    Column("started_at", Float, nullable=False),
+    Column("ended_at", Float, nullable=False),
+    Column("reference_db", Text, nullable=False),
+    Column("input", Text, nullable=False),
+    Column("outcome", Text, nullable=False),
+    Column("results", Integer, nullable=False),
+)
+
+case_use_results = Table(
+    "case_use_results",
+    metadata,
+    Column("use_id", Integer, ForeignKey("case_uses.id"), primary_key=True),
+    Column("rank", Integer, primary_key=True),
+    Column("face_id", Integer),
+    Column("camera", Text, nullable=False),
+    Column("start", Float, nullable=False),
+    Column("distance", Float, nullable=False),
+    Column("level", Text, nullable=False),
+    Column("subject_id", Integer),
+)
+
+case_verifications = Table(
+    "case_verifications",
+    metadata,
+    Column("id", Integer, primary_key=True),
+    Column("use_id", Integer, nullable=False),
+    Column("rank", Integer, nullable=False),
+    Column("verified_by", Text, nullable=False),
+    Column("verified_at", Float, nullable=False),
+    Column("verdict", Text, nullable=False),
+    Column("note", Text),
+)
+
+case_authorisations = Table(
+    "case_authorisations",
+    metadata,
+    Column("case_id", Integer, ForeignKey("cases.id"), primary_key=True),
+    Column("reference", Text, nullable=False),
+    Column("authorised_at", Float, nullable=False),
+    Column("recorded_by", Text, nullable=False),
+    Column("recorded_at", Float, nullable=False),
 )

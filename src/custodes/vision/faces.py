@@ -151,6 +151,16 @@ class Box:
 
 
 @dataclass(frozen=True, slots=True, eq=False)
+class Found:
+    """A face the network found, before landmarks (`FaceDetector.find`): its box, score and
+    CenterFace's own five points (see `Face.points`)."""
+
+    box: Box
+    score: float  # the detector's confidence, 0..1
+    points: F32
+
+
+@dataclass(frozen=True, slots=True, eq=False)
 class Face:
     """One detected face. `landmarks` is dlib's 5 points (5, 2) int32 x, y in the same
     coordinates as `box`: what the descriptor's alignment needs. `points` is CenterFace's own
@@ -268,6 +278,20 @@ class FaceDetector:
         scans nothing. The keyword arguments override the detector's settings for this call.
         `grey` (the frame's luma, when the caller has it) saves a conversion for the landmarks.
         """
+        found = self.find(rgb, regions, scale=scale, min_size=min_size, threshold=threshold)
+        if not found:
+            return []
+        if grey is None:
+            grey = np.asarray(cv2.cvtColor(rgb, cv2.COLOR_RGB2GRAY), dtype=np.uint8)
+        grey = np.ascontiguousarray(grey)
+        return [Face(box=f.box, score=f.score, landmarks=self.landmarks(grey, f.box),
+                     points=f.points) for f in found]
+
+    def find(self, rgb: U8, regions: Sequence[Box] | None = None, *,
+             scale: float | None = None, min_size: int | None = None,
+             threshold: float | None = None) -> list[Found]:
+        """As `detect`, without dlib's landmarks: the boxes and scores alone, which is all
+        redaction needs (the landmarks cost ~0.2 ms a face, 1.5 ms a frame of a crowd)."""
         if rgb.dtype != np.uint8 or rgb.ndim != 3 or rgb.shape[2] != 3:
             raise ValueError(f"rgb must be uint8 (rows, cols, 3), got {rgb.dtype} {rgb.shape}")
         factor = self.scale if scale is None else scale
@@ -276,7 +300,7 @@ class FaceDetector:
         height, width = rgb.shape[:2]
         full = Box(0, 0, width, height)
         crops = [full] if regions is None else self.scan_boxes(regions, width, height, smallest)
-        found: list[tuple[Box, float, F32]] = []
+        found: list[Found] = []
         for crop in crops:
             pixels = rgb if crop == full else rgb[crop.y:crop.bottom, crop.x:crop.right]
             boxes, scores, points = self.net.run(np.ascontiguousarray(pixels), scale=factor,
@@ -286,15 +310,8 @@ class FaceDetector:
                                                      strict=True):
                 box = Box.from_corners(x0 + crop.x, y0 + crop.y, x1 + crop.x, y1 + crop.y)
                 if min(box.w, box.h) >= smallest:
-                    found.append((box, float(score), five + shift))
-        kept = _dedupe(found)
-        if not kept:
-            return []
-        if grey is None:
-            grey = np.asarray(cv2.cvtColor(rgb, cv2.COLOR_RGB2GRAY), dtype=np.uint8)
-        grey = np.ascontiguousarray(grey)
-        return [Face(box=box, score=score, landmarks=self.landmarks(grey, box), points=five)
-                for box, score, five in kept]
+                    found.append(Found(box, float(score), five + shift))
+        return _dedupe(found)
 
     def scan_boxes(self, regions: Iterable[Box], width: int, height: int,
                    min_size: int | None = None) -> list[Box]:
@@ -343,12 +360,11 @@ def _merge(boxes: list[Box]) -> list[Box]:
     return merged
 
 
-def _dedupe(found: list[tuple[Box, float, F32]], max_iou: float = 0.5
-            ) -> list[tuple[Box, float, F32]]:
+def _dedupe(found: list[Found], max_iou: float = 0.5) -> list[Found]:
     """Keep the best-scoring box of any group overlapping by more than max_iou (crops that
     touch after merging can see the same face twice)."""
-    kept: list[tuple[Box, float, F32]] = []
-    for item in sorted(found, key=lambda item: -item[1]):
-        if all(item[0].iou(other) <= max_iou for other, _, _ in kept):
+    kept: list[Found] = []
+    for item in sorted(found, key=lambda item: -item.score):
+        if all(item.box.iou(other.box) <= max_iou for other in kept):
             kept.append(item)
     return kept

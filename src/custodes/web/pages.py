@@ -12,7 +12,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import UTC, date, datetime
+from datetime import date
 from pathlib import Path
 from typing import Annotated, Any
 from urllib.parse import quote, urlsplit
@@ -29,9 +29,22 @@ from custodes.app import Node
 from custodes.audit.actions import Action
 from custodes.auth.roles import Actor, Permission
 from custodes.auth.users import Users
+from custodes.cameras.audit import summary as camera_risk
+from custodes.live.stream import originals_allowed
+from custodes.privacy.devices import classify, picture_refusal
+from custodes.sitetime import site_zone
 
 router = APIRouter(include_in_schema=False)
-templates = Jinja2Templates(directory=str(Path(__file__).parent / "templates"))
+
+
+def _site_time(request: Request) -> dict[str, Any]:
+    """Every page shows times in the site's zone and names it (custodes.sitetime)."""
+    zone = site_zone(get_node(request).config.node.timezone)
+    return {"site_tz": zone.name, "fmt_time": zone.text}
+
+
+templates = Jinja2Templates(directory=str(Path(__file__).parent / "templates"),
+                            context_processors=[_site_time])
 
 
 @dataclass(frozen=True)
@@ -47,10 +60,14 @@ NAV = (
     NavItem("timeline", "/timeline", "Timeline", Permission.PLAYBACK_REDACTED),
     NavItem("events", "/events", "Events", Permission.EVENTS_VIEW),
     NavItem("exports", "/exports", "Exports", Permission.EXPORT),
+    # Before Cases: an inspector, who has no live view, lands here (custodes.web.inspection).
+    NavItem("inspection", "/inspection", "Inspection", Permission.AUDIT_VIEW),
     NavItem("cases", "/cases", "Cases", Permission.CASE_VIEW),
     NavItem("gallery", "/gallery", "Gallery", Permission.GALLERY_MANAGE),
     NavItem("audit", "/audit", "Audit", Permission.AUDIT_VIEW),
     NavItem("system", "/system", "System", Permission.SYSTEM_VIEW),
+    NavItem("users", "/users", "Users", Permission.USERS_MANAGE),  # custodes.web.admin
+    NavItem("cameras", "/cameras", "Cameras", Permission.CAMERAS_MANAGE),
 )
 
 
@@ -94,13 +111,18 @@ def _render(request: Request, actor: Actor, page: str, title: str,
     }, status_code=status_code)
 
 
-def gate(request: Request, actor: Actor | None, permission: Permission) -> Response | None:
-    """The response that replaces the page when the user may not see it, else None."""
+def gate(request: Request, actor: Actor | None, permission: Permission, *,
+         pictures: bool = False) -> Response | None:
+    """The response that replaces the page when the user may not see it, else None.
+
+    ``pictures``: the page shows video or pictures, which the profile's device policy may
+    keep off phones and small screens (custodes.privacy.devices).
+    """
     if actor is None:
         target = request.url.path + (f"?{request.url.query}" if request.url.query else "")
         return RedirectResponse(f"/login?next={quote(target, safe='')}", status_code=303)
     if actor.can(permission):
-        return None
+        return device_gate(request, actor) if pictures else None
     get_node(request).audit.record_refusal(
         actor.name, Action.ACCESS, request.url.path, None,
         detail={"method": request.method, "permission": permission.value},
@@ -109,6 +131,19 @@ def gate(request: Request, actor: Actor | None, permission: Permission) -> Respo
     return _render(request, actor, "denied", "Not allowed", {
         "reason": f"the {actor.role.value} role lacks the permission {permission.value!r}",
     }, status_code=403)
+
+
+def device_gate(request: Request, actor: Actor) -> Response | None:
+    """The page that explains why this device gets no pictures, else None (audited)."""
+    node = get_node(request)
+    seen = classify(request.headers, request.cookies)
+    reason = picture_refusal(node.config.profile, seen)
+    if reason is None:
+        return None
+    node.audit.record_refusal(actor.name, Action.DEVICE_REFUSED, request.url.path, reason,
+                              detail={"client": seen.kind.value}, address=actor.address)
+    return _render(request, actor, "device_refused", "Not on this device",
+                   {"reason": reason, "client": seen.kind.value}, status_code=403)
 
 
 def safe_next(target: str | None) -> str:
@@ -172,13 +207,15 @@ def live_page(request: Request, actor: Landing) -> Response:
         first = [item for item in nav_for(actor) if item.href in served]
         if first:
             return RedirectResponse(first[0].href, status_code=303)
-    if (refused := gate(request, actor, Permission.LIVE_VIEW)) is not None:
+    if (refused := gate(request, actor, Permission.LIVE_VIEW, pictures=True)) is not None:
         return refused
     assert actor is not None
     node = get_node(request)
     return _render(request, actor, "live", "Live", {
         "cameras": cameras_for(node, actor),
         "canPlayback": actor.can(Permission.PLAYBACK_REDACTED),
+        # Original live video by stream copy (custodes.live.stream), else redacted pictures.
+        "liveOriginal": originals_allowed(actor),
     })
 
 
@@ -190,30 +227,33 @@ def timeline_page(
     day: date | None = None,
     at: Annotated[float | None, Query(ge=0, le=2**32)] = None,
 ) -> Response:
-    if (refused := gate(request, actor, Permission.PLAYBACK_REDACTED)) is not None:
+    if (refused := gate(request, actor, Permission.PLAYBACK_REDACTED, pictures=True)) is not None:
         return refused
     assert actor is not None
     cameras = cameras_for(get_node(request), actor)
     names = [c["name"] for c in cameras]
     chosen = camera if camera in names else (names[0] if names else None)
     if day is None:
-        day = datetime.fromtimestamp(at if at is not None else time.time(), UTC).date()
+        zone = site_zone(get_node(request).config.node.timezone)
+        day = zone.day_of(at if at is not None else time.time())
     return _render(request, actor, "timeline", "Timeline", {
         "cameras": cameras, "camera": chosen, "day": day.isoformat(), "at": at,
         "can_unredacted": actor.can(Permission.PLAYBACK_UNREDACTED),
         "can_export": actor.can(Permission.EXPORT),
+        "can_hold": actor.can(Permission.HOLDS_MANAGE),  # custodes.web.static.holds.js
     })
 
 
 @router.get("/events", response_class=HTMLResponse)
 def events_page(request: Request,
                 actor: EventsReader) -> Response:
-    if (refused := gate(request, actor, Permission.EVENTS_VIEW)) is not None:
+    if (refused := gate(request, actor, Permission.EVENTS_VIEW, pictures=True)) is not None:
         return refused
     assert actor is not None
     return _render(request, actor, "events", "Events", {
         "cameras": cameras_for(get_node(request), actor),
         "canPlayback": actor.can(Permission.PLAYBACK_REDACTED),
+        "canAcknowledge": actor.can(Permission.EVENTS_ACKNOWLEDGE),
     })
 
 
@@ -256,21 +296,18 @@ def system_page(request: Request,
         for name, cam in config.cameras.items() if actor.sees_camera(name)
     ]
     users = [u.public() for u in Users(node.store).list()]
+    risk = camera_risk(node.layout.root, config)
+    risk["cameras"] = [c for c in risk["cameras"] if actor.sees_camera(c["camera"])]
     return templates.TemplateResponse(request, "system.html", {
         "actor": actor, "nav": nav_for(actor), "page": "system", "title": "System",
         "node_name": config.node.name, "data": {}, "status": status, "cameras": cameras,
-        "users": users, "profile": config.profile.value,
+        "users": users, "profile": config.profile.value, "camera_risk": risk,
         "retention": {"default_hours": config.retention.default_hours,
                       "ceiling_days": config.retention.ceiling_days,
                       "quota": config.storage.quota, "min_free": config.storage.min_free},
-        "fmt_time": _fmt_time, "fmt_bytes": _fmt_bytes, "fmt_duration": _fmt_duration,
+        "fmt_bytes": _fmt_bytes, "fmt_duration": _fmt_duration,
+        "time_zone": site_zone(config.node.timezone).describe(),
     })
-
-
-def _fmt_time(t: float | None) -> str:
-    if t is None:
-        return "—"
-    return datetime.fromtimestamp(t, UTC).strftime("%Y-%m-%d %H:%M:%S")
 
 
 def _fmt_duration(seconds: float) -> str:

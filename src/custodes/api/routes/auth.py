@@ -1,4 +1,4 @@
-"""Signing in and out, one's own password, and API tokens."""
+"""Signing in and out, one's own password, one's own sessions and API tokens."""
 
 from __future__ import annotations
 
@@ -25,7 +25,7 @@ from custodes.api.deps import (
 from custodes.audit.actions import Action
 from custodes.audit.log import ANONYMOUS, Outcome
 from custodes.auth.roles import PERMISSIONS
-from custodes.auth.sessions import Session, TokenError
+from custodes.auth.sessions import DEFAULT_TOKEN_DAYS, MAX_TOKEN_DAYS, Session, TokenError
 from custodes.auth.users import MIN_PASSWORD, User, UserError
 
 router = APIRouter(prefix="/api/auth", tags=["auth"])
@@ -47,7 +47,8 @@ class PasswordChange(Body):
 
 class NewToken(Body):
     name: str = Field(min_length=1, max_length=100, description="What the token is for")
-    days: float | None = Field(None, gt=0, le=3650, description="Lifetime; none: until revoked")
+    days: float | None = Field(None, gt=0, le=MAX_TOKEN_DAYS,
+                               description=f"Lifetime in days; none: {DEFAULT_TOKEN_DAYS}")
 
 
 def _me(user: User, csrf: str | None = None) -> dict[str, Any]:
@@ -93,7 +94,8 @@ def login(body: Login, request: Request, response: Response) -> dict[str, Any]:
     throttle.succeeded(body.name, address)
     # Never adopt the session id the client came with: always a fresh one (session fixation).
     session = get_sessions(request).create(user, address,
-                                           replaces=request.cookies.get(SESSION_COOKIE))
+                                           replaces=request.cookies.get(SESSION_COOKIE),
+                                           user_agent=request.headers.get("user-agent"))
     _set_cookies(request, response, session)
     node.audit.record(user.name, Action.LOGIN, user.name, address=address)
     return _me(user, session.csrf)
@@ -143,7 +145,8 @@ def change_password(body: PasswordChange, request: Request, response: Response,
     node.audit.record(actor.name, Action.USER_PASSWORD, user.name, address=actor.address)
     if request.state.session is not None:
         _set_cookies(request, response,
-                     get_sessions(request).create(user, actor.address))
+                     get_sessions(request).create(
+                         user, actor.address, user_agent=request.headers.get("user-agent")))
     return {"detail": "password changed; other sessions and API tokens were ended"}
 
 
@@ -159,14 +162,15 @@ def create_token(body: NewToken, request: Request,
                  user: SignedInUser) -> dict[str, Any]:
     """A bearer token acting as oneself (same role and cameras); shown this once only.
 
-    Made with another token, it expires no later than that one (400 otherwise) and is revoked
-    with it: a stolen short-lived token cannot be turned into a lasting one."""
+    It lives ``days`` (at most a year; 90 when not given). Made with another token, it
+    expires no later than that one (400 otherwise) and is revoked with it: a stolen
+    short-lived token cannot be turned into a lasting one."""
     actor = user.actor(client_address(request))
     node = get_node(request)
     parent = request.state.token
     try:
-        token_id, token = get_sessions(request).create_token(user, body.name, body.days,
-                                                             parent=parent)
+        token_id, token = get_sessions(request).create_token(
+            user, body.name, body.days or DEFAULT_TOKEN_DAYS, parent=parent)
     except TokenError as exc:
         refuse(node, actor.name, Action.TOKEN_CREATE, body.name, str(exc),
                detail={"days": body.days}, address=actor.address,
@@ -188,3 +192,30 @@ def revoke_token(token_id: Annotated[int, Path(ge=1, le=2**62)], request: Reques
     get_node(request).audit.record(actor.name, Action.TOKEN_REVOKE, str(token_id),
                                    address=actor.address)
     return {"detail": "revoked"}
+
+
+SessionId = Annotated[str, Path(pattern=r"^[0-9a-f]{24}$", description="Session id")]
+
+
+@router.get("/sessions")
+def list_sessions(request: Request, user: SignedInUser) -> list[dict[str, Any]]:
+    """One's own signed-in sessions: when made, last used and from where (never the cookie)."""
+    info = request.state.session
+    current = info.token_hash if info is not None else None
+    return [v.public() for v in get_sessions(request).sessions(user, current)]
+
+
+@router.delete("/sessions/{session_id}")
+def end_session(session_id: SessionId, request: Request, response: Response,
+                user: SignedInUser) -> dict[str, str]:
+    """End one of one's own sessions (another browser, a lost laptop); audited."""
+    actor = user.actor(client_address(request))
+    info = request.state.session
+    if not get_sessions(request).end_handle(user, session_id):
+        raise HTTPException(404, f"you have no live session {session_id}")
+    get_node(request).audit.record(actor.name, Action.SESSION_END, session_id,
+                                   address=actor.address)
+    if info is not None and info.handle == session_id:
+        response.delete_cookie(SESSION_COOKIE, path="/")
+        response.delete_cookie(CSRF_COOKIE, path="/")
+    return {"detail": "session ended"}

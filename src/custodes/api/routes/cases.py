@@ -292,7 +292,8 @@ def search(request: Request, actor: Searcher, case_id: CaseId,
         result = get_node(request).cases.search(actor, case_id, cameras=body.cameras,
                                                 start=body.start, end=body.end, k=body.k)
     return {
-        "case_id": result.case_id, "cameras": list(result.cameras), "start": result.start,
+        "case_id": result.case_id, "use_id": result.use_id,
+        "cameras": list(result.cameras), "start": result.start,
         "end": result.end, "k": result.k,
         "hits": [hit_json(result.case_id, h) for h in result.hits],
         # An empty list alone would not say whether anything could be compared at all.

@@ -3,7 +3,8 @@
 custodes.audit.report.write_pack writes the pack (report, facts, the period's audit log, a
 signed manifest) and records the request in the audit log; this route makes it in a
 temporary folder under the storage's cache, zips it, and removes both once sent. Unzipped,
-the folder verifies with ``custodes export verify`` like any export.
+the folder verifies with plain ``openssl`` (the report prints the commands) or ``custodes
+export verify``, like any export. The page that links here is custodes.web.inspection.
 """
 
 from __future__ import annotations

@@ -21,7 +21,7 @@ import logging
 import threading
 import time
 from collections.abc import AsyncIterator
-from datetime import UTC, date, datetime, timedelta
+from datetime import UTC, date, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
@@ -36,7 +36,7 @@ from custodes.api.deps import client_address, get_node, require, require_camera
 from custodes.audit.actions import Action
 from custodes.auth.roles import Actor, Permission
 from custodes.config import NAME_PATTERN
-from custodes.record.playback import Segment, coverage
+from custodes.record.playback import Segment, coverage, installed_at
 from custodes.redaction.copies import RedactedCopies
 from custodes.redaction.live import (
     LiveState,
@@ -48,6 +48,7 @@ from custodes.redaction.live import (
     request_live,
 )
 from custodes.redaction.video import RedactionError
+from custodes.sitetime import SiteZone, site_zone
 from custodes.store import schema
 
 if TYPE_CHECKING:
@@ -223,18 +224,18 @@ def _mtime(path: Path) -> float:
 
 # -- timeline ------------------------------------------------------------------------------
 
-def _range(day: date | None, start: float | None, end: float | None) -> tuple[float, float]:
+def _range(zone: SiteZone, day: date | None, start: float | None,
+           end: float | None) -> tuple[float, float]:
     if day is not None:
         if start is not None or end is not None:
             raise HTTPException(400, "give either day or start and end, not both")
-        first = datetime(day.year, day.month, day.day, tzinfo=UTC)
         try:
-            after = first + timedelta(days=1)
-        except OverflowError:  # 9999-12-31 has no next day to end at
+            # The site's day, from its local midnight: 23 or 25 hours when the clocks change.
+            return zone.day_range(day)
+        except (OverflowError, ValueError):  # 9999-12-31 has no next day to end at
             raise HTTPException(400, f"day {day} is out of range") from None
-        return first.timestamp(), after.timestamp()
     if start is None or end is None:
-        raise HTTPException(400, "give day=YYYY-MM-DD (UTC) or both start and end")
+        raise HTTPException(400, "give day=YYYY-MM-DD (the site's day) or both start and end")
     if end <= start:
         raise HTTPException(400, "end must come after start")
     if end - start > TIMELINE_MAX:
@@ -248,21 +249,25 @@ def timeline(
     actor: Player,
     camera: CameraName,
     *,
-    day: Annotated[date | None, Query(description="A UTC day")] = None,
+    day: Annotated[date | None, Query(description="A day in the site's time zone")] = None,
     start: Annotated[float | None, Query(ge=0, le=1e11)] = None,
     end: Annotated[float | None, Query(ge=0, le=1e11)] = None,
 ) -> dict[str, Any]:
     """Recorded spans (contiguous segments merged), gaps, motion spans and face times.
 
-    Gaps end at the present: the future is not missing footage.
+    Gaps end at the present: the future is not missing footage. Nor is the time before the
+    camera was installed (its first state or recording, ``installed``): gaps start there.
     """
     node = get_node(request)
     require_camera(node, actor, camera)
-    first, last = _range(day, start, end)
+    zone = site_zone(node.config.node.timezone)
+    first, last = _range(zone, day, start, end)
     now = time.time()
     motion, events = schema.motion, schema.events
     with node.store.read() as conn:
-        spans, gaps = coverage(conn, camera, first, min(last, now)) if first < now else ([], [])
+        installed = installed_at(conn, camera)
+        since = max(first, installed) if installed is not None else last
+        spans, gaps = coverage(conn, camera, since, min(last, now)) if since < now else ([], [])
         moving = conn.execute(
             select(motion.c.start, motion.c.end, motion.c.peak)
             .where(motion.c.camera == camera, motion.c.start < last, motion.c.end > first)
@@ -282,7 +287,8 @@ def timeline(
             .order_by(events.c.start).limit(TIMELINE_ROWS)
         ).all()
     return {
-        "camera": camera, "start": first, "end": last, "now": now,
+        "camera": camera, "start": first, "end": last, "now": now, "installed": installed,
+        "timezone": zone.name,
         "coverage": [{"start": s.start, "end": s.end} for s in spans],
         "gaps": [{"start": g.start, "end": g.end} for g in gaps],
         "motion": [{"start": m.start, "end": m.end, "peak": m.peak} for m in moving]
@@ -318,10 +324,11 @@ def playback(
     if not found:
         raise HTTPException(404, f"no recordings of {camera} at or after {_utc(at)}")
     offset = max(0.0, at - found[0].start)
+    begins = 0.0  # where the first file starts, seconds into its segment
     if use_redacted:
         # The browser asks for the first copy at once: start it now, a round trip (and this
         # audit entry's write) earlier.
-        redacted_copies(request).start(node, found[0])
+        begins = redacted_copies(request).start(node, found[0], offset)
     node.audit.record(actor.name, Action.PLAYBACK, camera, detail={
         "start": found[0].start + offset, "end": found[-1].end, "segments": len(found),
         "redacted": use_redacted,
@@ -336,8 +343,16 @@ def playback(
         "redacted": use_redacted, "more": len(found) == PLAYBACK_SEGMENTS,
         "segments": [
             {"id": s.id, "start": s.start, "end": s.end, "duration": s.duration,
-             "url": f"/api/segments/{s.id}/{kind}", "redacted": use_redacted}
+             "url": f"/api/segments/{s.id}/{kind}", "redacted": use_redacted, "from": 0.0}
             for s in found
+        ] if not begins else [
+            # A redacted tail: the file starts at `from` seconds into the segment.
+            {"id": found[0].id, "start": found[0].start, "end": found[0].end,
+             "duration": found[0].duration, "redacted": True, "from": begins,
+             "url": f"/api/segments/{found[0].id}/redacted?from={begins:.6f}"},
+            *({"id": s.id, "start": s.start, "end": s.end, "duration": s.duration,
+               "url": f"/api/segments/{s.id}/redacted", "redacted": True, "from": 0.0}
+              for s in found[1:]),
         ],
     }
 
@@ -399,12 +414,17 @@ class OriginalsLog(WatchLog):
 
 @router.get("/api/segments/{segment_id}/redacted", response_class=FileResponse,
             responses={200: {"content": {"video/mp4": {}}}})
-async def segment_redacted(request: Request, actor: Player,
-                           segment_id: SegmentId) -> Response:
+async def segment_redacted(
+    request: Request, actor: Player, segment_id: SegmentId,
+    from_: Annotated[float, Query(alias="from", ge=0, le=86_400,
+                                  description="seconds into the segment to start at")] = 0.0,
+) -> Response:
     """A recorded segment with faces and privacy zones blurred. Made on first request and
     sent as it is made (fragmented MP4, no length, no byte ranges: a player must take it as a
     stream, e.g. through Media Source Extensions); once made, a file with HTTP range
-    requests."""
+    requests. With ``from``, while the whole copy is not made: a copy from the keyframe at
+    or before it (custodes.redaction.copies, a tail); ``X-Copy-From`` says where the answer
+    starts (seconds into the segment; its first frame is at time 0)."""
     node = get_node(request)
     segment = await run_in_threadpool(_segment, node, actor, segment_id)
     copies = redacted_copies(request)
@@ -413,11 +433,12 @@ async def segment_redacted(request: Request, actor: Player,
         copies.prefetch(node, following)
     missing = f"segment {segment_id} is indexed but its file is missing"
     try:
-        made = copies.open(node, segment)
+        made, begins = await run_in_threadpool(copies.open, node, segment, from_)
     except FileNotFoundError:
         raise HTTPException(404, missing) from None
+    where = {"X-Copy-From": f"{begins:.6f}"}
     if isinstance(made, Path):
-        return FileResponse(made, media_type="video/mp4")
+        return FileResponse(made, media_type="video/mp4", headers=where)
     # The first bytes (the file's index) come with the first frame: an error before them is
     # still an HTTP error; one after them cuts the answer short, which no player takes for a
     # whole file.
@@ -429,7 +450,7 @@ async def segment_redacted(request: Request, actor: Player,
         raise HTTPException(500, f"segment {segment_id} could not be redacted: {exc}"
                             ) from None
     return StreamingResponse(_chained(first, made), media_type="video/mp4",
-                             headers={"Cache-Control": "no-store"})
+                             headers={"Cache-Control": "no-store", **where})
 
 
 async def _chained(first: bytes, rest: AsyncIterator[bytes]) -> AsyncIterator[bytes]:

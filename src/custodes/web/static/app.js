@@ -1,4 +1,5 @@
-// custodes: helpers shared by every page (API calls with the CSRF header, time and size formats).
+// custodes: helpers shared by every page (API calls with the CSRF header, site-local time and
+// size formats).
 "use strict";
 
 const custodes = (() => {
@@ -40,21 +41,62 @@ const custodes = (() => {
   }
 
   const pad = (n) => String(n).padStart(2, "0");
-  // Times are UTC everywhere, as in the index and the audit log.
-  function utc(t, withDate = true) {
-    if (t === null || t === undefined) return "—";
-    const d = new Date(t * 1000);
-    const time = `${pad(d.getUTCHours())}:${pad(d.getUTCMinutes())}:${pad(d.getUTCSeconds())}`;
-    if (!withDate) return time;
-    return `${d.getUTCFullYear()}-${pad(d.getUTCMonth() + 1)}-${pad(d.getUTCDate())} ${time}`;
+  // Times are shown in the site's time zone (node.timezone), whose name every page carries
+  // and shows; the API, the database and the audit log keep UTC epoch seconds. The
+  // viewer's own computer may be set to any zone: it does not matter here.
+  const zone = () => (document.body && document.body.dataset.timezone) || "UTC";
+  const formats = new Map();
+  function fields(t) {
+    const z = zone();
+    let f = formats.get(z);
+    if (!f) {
+      f = new Intl.DateTimeFormat("en-GB", { timeZone: z, hourCycle: "h23", year: "numeric",
+        month: "2-digit", day: "2-digit", hour: "2-digit", minute: "2-digit", second: "2-digit" });
+      formats.set(z, f);
+    }
+    const o = {};
+    for (const p of f.formatToParts(new Date(Math.floor(t) * 1000))) o[p.type] = Number(p.value);
+    return o;
   }
-  const day = (t) => utc(t).slice(0, 10);
-  // <input type="datetime-local"> values, read and written as UTC.
-  function toInput(t) { return utc(t).replace(" ", "T"); }
+  // Seconds the site's clock is ahead of UTC at t.
+  function offset(t) {
+    const f = fields(t);
+    return Date.UTC(f.year, f.month - 1, f.day, f.hour, f.minute, f.second) / 1000 - Math.floor(t);
+  }
+  // The UTC epoch seconds of a site-local wall-clock time (month 1-12). A time the clocks
+  // skip in spring is read with the offset before the change.
+  function fromLocal(year, month, day, hour = 0, minute = 0, second = 0) {
+    const wall = Date.UTC(year, month - 1, day, hour, minute, second) / 1000;
+    const first = wall - offset(wall);
+    return wall - offset(first);
+  }
+  // "YYYY-MM-DD HH:MM:SS", 24-hour, in the site's zone.
+  function local(t, withDate = true) {
+    if (t === null || t === undefined) return "—";
+    const f = fields(t);
+    const time = `${pad(f.hour)}:${pad(f.minute)}:${pad(f.second)}`;
+    if (!withDate) return time;
+    return `${f.year}-${pad(f.month)}-${pad(f.day)} ${time}`;
+  }
+  const day = (t) => local(t).slice(0, 10);
+  // The site-local midnights that start "YYYY-MM-DD" and the day after (23 or 25 hours
+  // apart when the clocks change); null for anything else.
+  function dayRange(text) {
+    const m = /^(\d{4})-(\d{2})-(\d{2})$/.exec(text || "");
+    if (!m) return null;
+    const [y, mo, d] = [Number(m[1]), Number(m[2]), Number(m[3])];
+    const next = new Date(Date.UTC(y, mo - 1, d + 1));
+    return [fromLocal(y, mo, d), fromLocal(next.getUTCFullYear(), next.getUTCMonth() + 1, next.getUTCDate())];
+  }
+  // Text inputs of site-local times: "YYYY-MM-DD HH:MM[:SS]" (a "T" works too); no AM/PM.
+  function toInput(t) { return local(t); }
   function fromInput(v) {
-    if (!v) return null;
-    const t = Date.parse(v.length === 16 ? v + ":00Z" : v + "Z");
-    return Number.isNaN(t) ? null : t / 1000;
+    const m = /^\s*(\d{4})-(\d{2})-(\d{2})[ T](\d{2}):(\d{2})(?::(\d{2}))?\s*$/.exec(v || "");
+    if (!m) return null;
+    const [y, mo, d, h, mi, s] = m.slice(1).map((x) => Number(x || 0));
+    if (mo < 1 || mo > 12 || d < 1 || d > 31 || h > 23 || mi > 59 || s > 59) return null;
+    if (new Date(Date.UTC(y, mo - 1, d)).getUTCDate() !== d) return null;  // 31 April
+    return fromLocal(y, mo, d, h, mi, s);
   }
   function bytes(b) {
     if (b === null || b === undefined) return "—";
@@ -94,5 +136,7 @@ const custodes = (() => {
     });
   });
 
-  return { api, ApiError, utc, day, toInput, fromInput, bytes, duration, el, message, cookie };
+  // `utc` is the historic name of `local`: callers written before the site's zone get it too.
+  return { api, ApiError, local, utc: local, day, dayRange, fromLocal, offset, zone, toInput,
+           fromInput, bytes, duration, el, message, cookie };
 })();

@@ -1,13 +1,19 @@
-// Live grid: each visible tile polls its camera's newest redacted picture and shows its age
-// and state (live, starting, server busy, camera down, no permission).
+// Live grid: each visible tile shows its camera live and says what it shows and its state
+// (live, starting, server busy, camera down, no permission):
+// - roles allowed originals: the camera's own video by stream copy (live_stream.js), the sub
+//   stream in the grid, the main stream in single view;
+// - everyone else: the camera's newest redacted picture, polled, with its age.
+// Single view has fullscreen and digital zoom (wheel or pinch, drag to pan).
 "use strict";
 (() => {
-  const { cameras, canPlayback } = JSON.parse(document.getElementById("page-data").textContent);
+  const { cameras, canPlayback, liveOriginal } =
+    JSON.parse(document.getElementById("page-data").textContent);
   const grid = document.getElementById("grid");
   const params = new URLSearchParams(location.search);
   let layout = [1, 4, 9].includes(Number(params.get("layout"))) ? Number(params.get("layout")) : 4;
   let first = Math.max(0, Number(params.get("from")) || 0);
   let generation = 0; // bumps on every re-layout: old tile loops stop
+  let players = []; // the video tiles' players, closed on every re-layout
 
   function remember() {
     const p = new URLSearchParams({ layout: String(layout), from: String(first) });
@@ -20,8 +26,13 @@
     forbidden: "no permission", offline: "no connection to the recorder",
   };
 
-  function tile(cam, gen) {
-    const img = custodes.el("img", { alt: "live picture of " + cam.name });
+  function tile(cam, gen, original = liveOriginal) {
+    const video = original ? custodes.el("video", { muted: true, playsinline: true,
+      "aria-label": "live video of " + cam.name }) : null;
+    const img = custodes.el("img", { alt: "live picture of " + cam.name,
+                                     class: video ? "hidden" : null });
+    const shows = custodes.el("span", { class: "shows" }, video ? "original video" : "redacted picture");
+    const full = custodes.el("button", { type: "button", class: "full", title: "Fullscreen" }, "⛶");
     const badge = custodes.el("span", { class: "badge " + cam.state }, cam.state);
     const latency = custodes.el("span", { class: "latency hidden" });
     const state = custodes.el("span", { class: "state" }, "connecting…");
@@ -29,11 +40,15 @@
     const box = custodes.el("div", { class: "tile", "data-camera": cam.name,
       "data-state": "starting",
       title: canPlayback ? "Click: this camera alone · double-click: its timeline" : "" },
-      img, note,
+      video, img, note,
       custodes.el("div", { class: "label" },
         custodes.el("span", { class: "name" }, cam.name),
-        custodes.el("span", { class: "where" }, cam.location + " · " + cam.site), badge),
+        custodes.el("span", { class: "where" }, cam.location + " · " + cam.site), shows, badge,
+        layout === 1 ? full : null),
       state, latency);
+    box.dataset.shows = video ? "original" : "redacted";
+    const zoom = liveStream.zoomable(box, video || img, () => layout === 1);
+    full.addEventListener("click", (e) => { e.stopPropagation(); liveStream.fullscreen(box); });
     box.addEventListener("click", () => {
       if (layout === 1) return;
       first = cameras.indexOf(cam); layout = 1; render();
@@ -42,6 +57,10 @@
       location.href = "/timeline?camera=" + encodeURIComponent(cam.name);
     });
     box.badge = badge;
+    if (video) {
+      playVideo();
+      return box;
+    }
     let url = null;
     let frames = 0;
     let last = 0; // capture time of the picture shown
@@ -127,7 +146,7 @@
           img.dataset.frames = String(frames);
           img.dataset.served = served.toFixed(3);
           img.dataset.latency = shown.toFixed(3);
-          latency.title = `taken ${custodes.utc(capture)} UTC; ${(served * 1000).toFixed(0)} ms old when sent`;
+          latency.title = `taken ${custodes.local(capture)} ${custodes.zone()}; ${(served * 1000).toFixed(0)} ms old when sent`;
           latency.classList.remove("hidden");
           showAge();
           note.classList.add("hidden");
@@ -143,12 +162,60 @@
     }
     loop();
     return box;
+
+    // The camera's own video. A browser that cannot play its codec (H.265 in most) gets the
+    // redacted pictures instead, and the tile says so.
+    function playVideo() {
+      let lastAge = null;
+      const player = liveStream.play(video, cam.name, layout === 1 ? "main" : "sub", {
+        state(kind, why) {
+          const playing = Number(video.dataset.frames || 0) > 0;
+          box.dataset.state = kind;
+          box.classList.toggle("stale", kind !== "live");
+          const words = STATES[kind] || kind;
+          state.textContent = why && !why.startsWith(words) ? `${words}: ${why}` : (why || words);
+          state.title = why || "";
+          note.textContent = state.textContent;
+          note.classList.toggle("hidden", kind === "live" || (playing && kind !== "forbidden"));
+          if (kind === "forbidden") video.classList.add("hidden");
+          else video.classList.remove("hidden");
+        },
+        unsupported(mime) {
+          players = players.filter((p) => p !== player);
+          video.remove();
+          zoom.reset();
+          box.replaceWith(fallback(cam, gen, `this browser cannot play ${mime}`));
+        },
+        signin() { location.href = "/login?next=" + encodeURIComponent(location.pathname + location.search); },
+      });
+      players.push(player);
+      // The age of the frame on screen (see live_stream.js), shown as the picture tiles do.
+      const ticker = setInterval(() => {
+        if (gen !== generation) { clearInterval(ticker); return; }
+        const a = video.dataset.latency;
+        if (a === undefined || a === lastAge) return;
+        lastAge = a;
+        latency.textContent = (Number(a) * 1000).toFixed(0) + " ms";
+        latency.style.color = Number(a) > 1 ? "var(--warn)" : "";
+        latency.classList.remove("hidden");
+      }, 500);
+    }
+  }
+
+  // A redacted picture tile for an original-allowed viewer whose browser cannot play the
+  // camera's video.
+  function fallback(cam, gen, why) {
+    const box = tile(cam, gen, false);
+    box.querySelector(".shows").title = why;
+    return box;
   }
 
   const sleep = (ms) => new Promise((res) => setTimeout(res, ms));
 
   function render() {
     generation += 1;
+    for (const p of players) p.close();
+    players = [];
     if (first >= cameras.length) first = 0;
     first = Math.floor(first / layout) * layout;
     grid.className = "grid n" + layout;

@@ -11,10 +11,11 @@
   const videos = [$("va"), $("vb")];
   const clock = $("clock"), stateEl = $("state"), msg = $("message");
   const redactedBox = $("redacted");
-  const DAY = 86400;
 
+  // The day shown is the site's (its time zone's midnight to midnight: 23 or 25 hours when
+  // the clocks change), and every time on the page is the site's local time.
   let camera = cameraSel.value;
-  let dayStart = Date.parse(dayInput.value + "T00:00:00Z") / 1000;
+  let [dayStart, dayEnd] = custodes.dayRange(dayInput.value) || custodes.dayRange(custodes.day(Date.now() / 1000));
   let zoom = Number(zoomSel.value);
   let detailStart = dayStart;
   let tl = null;
@@ -95,20 +96,22 @@
     bar.head = head; bar.hover = hover; bar.from = from; bar.to = to;
   }
 
+  // Ticks on the site's round hours and minutes (a zone may be 30 or 45 min off UTC).
   function ticks(target, from, to, step) {
     const out = [];
-    for (let t = Math.ceil(from / step) * step; t <= to; t += step) {
+    const shift = custodes.offset(from);
+    for (let t = Math.ceil((from + shift) / step) * step - shift; t <= to; t += step) {
       out.push(place(custodes.el("span", {}, custodes.utc(t, false).slice(0, 5)), from, to, t));
     }
     target.replaceChildren(...out);
   }
 
   function draw() {
-    fill(dayBar, dayStart, dayStart + DAY);
-    const win = place(custodes.el("div", { class: "window" }), dayStart, dayStart + DAY,
+    fill(dayBar, dayStart, dayEnd);
+    const win = place(custodes.el("div", { class: "window" }), dayStart, dayEnd,
                       detailStart, detailStart + zoom);
     dayBar.insertBefore(win, dayBar.head);
-    ticks($("dayticks"), dayStart, dayStart + DAY, 7200);
+    ticks($("dayticks"), dayStart, dayEnd, 7200);
     fill(detailBar, detailStart, detailStart + zoom);
     ticks($("detailticks"), detailStart, detailStart + zoom,
           zoom <= 600 ? 60 : zoom <= 3600 ? 300 : 1800);
@@ -123,7 +126,7 @@
       bar.head.classList.toggle("hidden", !inside);
       if (inside) place(bar.head, bar.from, bar.to, t);
     }
-    if (t !== null) clock.textContent = custodes.utc(t) + " UTC";
+    if (t !== null) clock.textContent = custodes.local(t) + " " + custodes.zone();
   }
 
   function timeAt(bar, event) {
@@ -133,7 +136,7 @@
   }
 
   function centreDetail(t) {
-    detailStart = Math.min(Math.max(dayStart, t - zoom / 2), dayStart + DAY - zoom);
+    detailStart = Math.min(Math.max(dayStart, t - zoom / 2), dayEnd - zoom);
     detailStart = Math.floor(detailStart / 60) * 60;
   }
 
@@ -169,7 +172,11 @@
   function setSource(v, seg) {
     detach(v);
     v.dataset.url = seg.url;
-    if (!seg.redacted || !window.MediaSource) { v.src = seg.url; return; }
+    if (!seg.redacted || !window.MediaSource) {
+      // Without MSE a tail (see stream) cannot be placed in its segment: the whole copy.
+      v.src = seg.from ? seg.url.replace(/\?from=[^&]*$/, "") : seg.url;
+      return;
+    }
     const source = new MediaSource();
     const abort = new AbortController();
     v.feed = { abort, url: URL.createObjectURL(source) };
@@ -206,6 +213,10 @@
           const codec = avcCodec(head);
           if (!codec) continue;
           buffer = source.addSourceBuffer(`video/mp4; codecs="${codec}"`);
+          // A tail (a click into the middle of a segment whose copy was not made) starts at
+          // a keyframe `from` seconds in, its first frame at 0: placed there, the segment's
+          // times stay the player's.
+          buffer.timestampOffset = seg.from || 0;
           bytes = head;
         }
         buffer.appendBuffer(bytes);
@@ -389,7 +400,7 @@
       if (now === null) return;
       const target = now + Number(b.dataset.step);
       const seg = queue[idx];
-      if (target >= seg.start && target < seg.end - 0.2) {
+      if (target >= seg.start + (seg.from || 0) && target < seg.end - 0.2) {
         videos[active].currentTime = target - seg.start; // inside this file: a plain seek
       } else {
         playAt(target);
@@ -420,9 +431,9 @@
   // -- navigation -------------------------------------------------------------------------
 
   function setDay(t) {
-    dayStart = Math.floor(t / DAY) * DAY;
-    dayInput.value = custodes.day(dayStart);
-    centreDetail(Math.min(Date.now() / 1000, dayStart + DAY));
+    dayInput.value = custodes.day(t);
+    [dayStart, dayEnd] = custodes.dayRange(dayInput.value);
+    centreDetail(Math.min(Date.now() / 1000, dayEnd));
   }
   cameraSel.addEventListener("change", () => {
     camera = cameraSel.value; playSeq++; queue = [];
@@ -431,11 +442,55 @@
     load();
   });
   dayInput.addEventListener("change", () => {
-    const t = Date.parse(dayInput.value + "T00:00:00Z") / 1000;
-    if (!Number.isNaN(t)) { setDay(t); load(); }
+    const range = custodes.dayRange(dayInput.value.trim());
+    if (range) { setDay(range[0]); load(); }
+    else custodes.message(msg, `"${dayInput.value}" is not a day: write YYYY-MM-DD`, "bad");
   });
-  $("prevday").addEventListener("click", () => { setDay(dayStart - DAY); load(); });
-  $("nextday").addEventListener("click", () => { setDay(dayStart + DAY); load(); });
+  $("prevday").addEventListener("click", () => { setDay(dayStart - 1); load(); });
+  $("nextday").addEventListener("click", () => { setDay(dayEnd); load(); });
+
+  // -- go to a time -----------------------------------------------------------------------
+
+  // Show the day of t with t in the detail bar, and play from there.
+  async function goTo(t) {
+    const sameDay = t >= dayStart && t < dayEnd;
+    if (!sameDay) setDay(t);
+    centreDetail(t);
+    if (sameDay) draw(); else await load();
+    await playAt(t);
+  }
+  // "YYYY-MM-DD HH:MM[:SS]", or "HH:MM[:SS]" on the day shown; site-local, 24-hour.
+  function readGoTo(text) {
+    const v = text.trim();
+    if (/^\d{2}:\d{2}(:\d{2})?$/.test(v)) return custodes.fromInput(custodes.day(dayStart) + " " + v);
+    return custodes.fromInput(v);
+  }
+  $("goto-form").addEventListener("submit", (e) => {
+    e.preventDefault();
+    const t = readGoTo($("goto").value);
+    if (t === null) {
+      custodes.message(msg, `"${$("goto").value}" is not a time: write YYYY-MM-DD HH:MM:SS or HH:MM (24-hour, ${custodes.zone()})`, "bad");
+      return;
+    }
+    goTo(t);
+  });
+  // The latest recording: a segment is in the index once it is closed, so "now" is the end
+  // of the newest one, a few seconds back.
+  $("goto-now").addEventListener("click", async () => {
+    const now = Date.now() / 1000;
+    if (now < dayStart || now >= dayEnd) { setDay(now); }
+    await load();
+    const last = tl && tl.coverage.length ? tl.coverage[tl.coverage.length - 1] : null;
+    if (!last) { custodes.message(msg, "nothing recorded today yet", "busy"); return; }
+    const t = Math.max(last.start, last.end - 5);
+    $("goto").value = custodes.local(t);
+    goTo(t);
+  });
+  $("goto-back2").addEventListener("click", () => {
+    const t = Date.now() / 1000 - 120;
+    $("goto").value = custodes.local(t);
+    goTo(t);
+  });
   zoomSel.addEventListener("change", () => {
     const centre = playing() ?? detailStart + zoom / 2;
     zoom = Number(zoomSel.value);
@@ -443,18 +498,18 @@
     draw();
   });
 
-  centreDetail(data.at ?? Math.min(Date.now() / 1000, dayStart + DAY));
+  centreDetail(data.at ?? Math.min(Date.now() / 1000, dayEnd));
   load();
   setInterval(() => {
     const now = Date.now() / 1000;
-    if (now >= dayStart && now < dayStart + DAY + 60) load();
+    if (now >= dayStart && now < dayEnd + 60) load();
   }, 10000);
   setInterval(moveHead, 250);
   if (data.at !== null && data.at !== undefined) playAt(data.at);
 
   // For the browser tests and for anyone curious: what plays and how fast it started.
   window.custodesPlayer = {
-    playAt, playing, firstFrames, video: () => videos[active],
+    playAt, playing, goTo, firstFrames, video: () => videos[active],
     source: () => videos[active].dataset.url || null,  // the segment's URL (src may be a blob:)
   };
 })();

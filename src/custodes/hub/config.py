@@ -1,0 +1,56 @@
+"""The hub's configuration: a YAML file with one ``hub`` section, as strict as the node's."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import yaml
+from pydantic import Field, SecretStr, ValidationError
+
+from custodes.config import Strict
+
+
+class HubSettings(Strict):
+    data: Path = Field(Path("hub-data"), description="Folder of the embedded PostgreSQL and "
+                       "NATS JetStream store, and the hub's own keys")
+    database_url: str | None = Field(None, description="An existing PostgreSQL 14+ instead of "
+                                     "the embedded one (postgresql://...)")
+    nats_urls: list[str] = Field(default_factory=list, description="An existing NATS cluster "
+                                 "with JetStream instead of the embedded server")
+    nats_user: str | None = Field(None, description="The hub's user on an existing cluster")
+    nats_password: SecretStr | None = Field(None, description="Its password (${ENV_VAR})")
+    nats_host: str = Field("127.0.0.1", description="Where the embedded NATS server listens")
+    nats_port: int = Field(4222, ge=0, le=65535, description="Its port (0: any free one)")
+    advertise_url: str | None = Field(None, description="The NATS URL the sites are told to "
+                                      "use (default: nats://nats_host:nats_port)")
+    web_host: str = Field("127.0.0.1", description="Where the hub's web pages listen")
+    web_port: int = Field(8090, ge=0, le=65535, description="Their port (0: any free one)")
+    silent_after_seconds: float = Field(120, ge=5, le=7 * 86400,
+                                        description="A site not heard for this long is silent")
+
+
+class HubConfig(Strict):
+    hub: HubSettings = Field(default_factory=HubSettings)
+
+
+class HubConfigError(Exception):
+    pass
+
+
+def load_hub_config(path: Path | None, data: Path | None = None) -> HubSettings:
+    """The ``hub`` section of ``path`` (defaults when None), ``data`` overriding its folder;
+    relative paths are relative to the file."""
+    raw: object = {}
+    if path is not None:
+        try:
+            raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        except (OSError, yaml.YAMLError) as exc:
+            raise HubConfigError(f"{path}: {exc}") from None
+    try:
+        settings = HubConfig.model_validate(raw).hub
+    except ValidationError as exc:
+        raise HubConfigError(f"{path}: {exc}") from None
+    folder = data if data is not None else settings.data
+    if path is not None and not folder.is_absolute():
+        folder = path.parent / folder
+    return settings.model_copy(update={"data": folder.resolve()})

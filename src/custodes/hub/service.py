@@ -1,0 +1,290 @@
+"""A hub: ordered start and stop of its parts.
+
+Start: PostgreSQL (embedded, or ``database_url``) and its migrations; NATS (embedded, with one
+account per enrolled site, or ``nats_urls``); the JetStream stream and the ingest consumer; the
+watch (silent sites, newly enrolled sites -> NATS reload); the web pages. Stop in reverse.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import nats
+import nats.errors
+import psycopg
+from nats.aio.client import Client as NATS
+from nats.js.api import AckPolicy, ConsumerConfig, StorageType, StreamConfig
+from nats.js.errors import NotFoundError
+
+from custodes.hub import db
+from custodes.hub.alarms import AlarmKind, clear_alarm, raise_alarm
+from custodes.hub.config import HubSettings
+from custodes.hub.ingest import BatchResult, Received, write_batch
+from custodes.hub.nats_server import HUB_USER, EmbeddedNats, free_port
+from custodes.hub.postgres import EmbeddedPostgres
+from custodes.hub.sites import Enrolment, accounts, add_site
+from custodes.hub.web import HubWebServer
+from custodes.uplink.wire import STREAM_NAME, SUBJECT_PREFIX
+
+log = logging.getLogger(__name__)
+
+CONSUMER = "hub-ingest"
+FETCH = 500
+# JetStream drops a message id it saw within this window; the hub's tables drop the rest.
+DUPLICATE_WINDOW = 600.0
+WATCH_SECONDS = 2.0
+
+
+@dataclass
+class IngestCounters:
+    stored: int = 0
+    duplicates: int = 0
+    conflicts: int = 0
+    rejected: int = 0
+    batches: int = 0
+    failures: int = 0
+    last_batch_at: float | None = None
+    per_stream: dict[str, int] = field(default_factory=dict)
+
+    def add(self, r: BatchResult) -> None:
+        self.stored += r.stored
+        self.duplicates += r.duplicates
+        self.conflicts += r.conflicts
+        self.rejected += r.rejected
+        self.batches += 1
+        self.last_batch_at = time.time()
+
+
+def database_url(settings: HubSettings) -> tuple[str, EmbeddedPostgres | None]:
+    """The database to use, starting the embedded one when none is configured."""
+    if settings.database_url:
+        return settings.database_url, None
+    pg = EmbeddedPostgres(settings.data / "postgres")
+    pg.start()
+    return pg.url, pg
+
+
+class Hub:
+    def __init__(self, settings: HubSettings) -> None:
+        self.settings = settings
+        self.pg: EmbeddedPostgres | None = None
+        self.nats: EmbeddedNats | None = None
+        self.db_url = ""
+        self.counters = IngestCounters()
+        self.stop_event = threading.Event()
+        self._threads: list[threading.Thread] = []
+        self._sites_seen: tuple[int, float] = (0, 0.0)
+        self._consumer_ready = threading.Event()
+        self.web: Any = None
+
+    @property
+    def nats_urls(self) -> list[str]:
+        if self.settings.nats_urls:
+            return list(self.settings.nats_urls)
+        assert self.nats is not None
+        return [self.nats.url]
+
+    @property
+    def first_admin_password(self) -> str | None:
+        """The password of the hub's first ``admin``, made at its first start (else None)."""
+        return self.web.first_admin_password if self.web is not None else None
+
+    @property
+    def advertised_urls(self) -> list[str]:
+        if self.settings.advertise_url:
+            return [self.settings.advertise_url]
+        return self.nats_urls
+
+    def start(self, *, web: bool = True) -> None:
+        self.settings.data.mkdir(parents=True, exist_ok=True, mode=0o700)
+        self.db_url, self.pg = database_url(self.settings)
+        applied = db.migrate(self.db_url)
+        if applied:
+            log.info("hub database ready (%s)", ", ".join(applied))
+        if not self.settings.nats_urls:
+            port = self.settings.nats_port or free_port()
+            self.nats = EmbeddedNats(self.settings.data / "nats", port)
+            with db.connect(self.db_url) as conn:
+                self.nats.start(accounts(conn))
+                self._sites_seen = _site_marker(conn)
+        for target, name in ((self._ingest_main, "hub-ingest"), (self._watch, "hub-watch")):
+            thread = threading.Thread(target=target, name=name, daemon=True)
+            thread.start()
+            self._threads.append(thread)
+        if not self._consumer_ready.wait(60):
+            log.error("hub: the ingest consumer is not ready after 60 s")
+        if web:
+            self.web = HubWebServer(self)
+            self.web.start()
+        log.info("hub started: NATS %s, database %s", ", ".join(self.nats_urls),
+                 "embedded" if self.pg else "external")
+
+    def stop(self) -> None:
+        self.stop_event.set()
+        if self.web is not None:
+            self.web.stop()
+        for thread in self._threads:
+            thread.join(15)
+        if self.nats is not None:
+            self.nats.stop()
+        if self.pg is not None:
+            self.pg.stop()
+
+    def enrol(self, name: str, group: str, public_pem: bytes) -> Enrolment:
+        """Enrol a site (``custodes.hub.sites.add_site``) and let it in at once."""
+        with db.connect(self.db_url) as conn:
+            enrolment = add_site(conn, name, group, public_pem)
+            conn.commit()
+            if self.nats is not None:
+                self.nats.reload(accounts(conn))
+                self._sites_seen = _site_marker(conn)
+        return enrolment
+
+    def wait_ready(self, timeout: float = 60) -> bool:
+        return self._consumer_ready.wait(timeout)
+
+    # -- ingest -----------------------------------------------------------------------------
+
+    def _ingest_main(self) -> None:
+        loop = asyncio.new_event_loop()
+        try:
+            loop.run_until_complete(self._ingest())
+        except Exception:
+            log.exception("hub: the ingest consumer stopped by an error")
+        finally:
+            pending = [t for t in asyncio.all_tasks(loop) if not t.done()]
+            for task in pending:
+                task.cancel()
+            if pending:
+                loop.run_until_complete(asyncio.gather(*pending, return_exceptions=True))
+            loop.close()
+
+    async def _connect(self) -> NATS:
+        if self.settings.nats_urls:
+            user = self.settings.nats_user
+            password = (self.settings.nats_password.get_secret_value()
+                        if self.settings.nats_password else None)
+        else:
+            assert self.nats is not None
+            user, password = HUB_USER, self.nats.hub_password
+        return await nats.connect(servers=self.nats_urls, user=user, password=password,
+                                  name="custodes-hub", max_reconnect_attempts=-1,
+                                  reconnect_time_wait=1)
+
+    async def _ingest(self) -> None:
+        nc = None
+        while nc is None and not self.stop_event.is_set():
+            try:
+                nc = await self._connect()
+            except Exception as exc:
+                log.error("hub: cannot connect to NATS (%r); retrying", exc)
+                await asyncio.sleep(2)
+        if nc is None:
+            return
+        js = nc.jetstream()
+        await _ensure_stream(js)
+        psub = await js.pull_subscribe(
+            f"{SUBJECT_PREFIX}.>", durable=CONSUMER, stream=STREAM_NAME,
+            config=ConsumerConfig(ack_policy=AckPolicy.EXPLICIT, ack_wait=60,
+                                  max_ack_pending=20000))
+        self._consumer_ready.set()
+        conn = db.connect(self.db_url)
+        try:
+            while not self.stop_event.is_set():
+                try:
+                    msgs = await psub.fetch(FETCH, timeout=0.5)
+                except (TimeoutError, nats.errors.TimeoutError):
+                    continue
+                except Exception as exc:
+                    log.warning("hub: fetch failed: %r", exc)
+                    await asyncio.sleep(1)
+                    continue
+                batch = [Received(m.subject, m.data) for m in msgs]
+                try:
+                    result = await asyncio.to_thread(self._write, conn, batch)
+                except Exception:
+                    # Not acked: JetStream delivers them again after ack_wait.
+                    log.exception("hub: could not write a batch of %d messages", len(batch))
+                    self.counters.failures += 1
+                    with contextlib.suppress(Exception):
+                        conn.close()
+                    conn = db.connect(self.db_url)
+                    await asyncio.sleep(1)
+                    continue
+                self.counters.add(result)
+                for m in msgs:
+                    with contextlib.suppress(Exception):
+                        await m.ack()
+        finally:
+            conn.close()
+            with contextlib.suppress(Exception):
+                await nc.close()
+
+    @staticmethod
+    def _write(conn: Any, batch: list[Received]) -> BatchResult:
+        try:
+            with conn.transaction():
+                return write_batch(conn, batch)
+        except psycopg.DataError as exc:
+            log.warning("hub: the database refused a message of this batch (%s); writing the "
+                        "batch again one message at a time", exc)
+        with conn.transaction():
+            return write_batch(conn, batch, safe=True)
+
+    # -- watch: silent sites, new sites ----------------------------------------------------
+
+    def _watch(self) -> None:
+        conn = None
+        while not self.stop_event.wait(WATCH_SECONDS):
+            try:
+                if conn is None:
+                    conn = db.connect(self.db_url)
+                with conn.transaction():
+                    self._check_silent(conn)
+                    marker = _site_marker(conn)
+                    if self.nats is not None and marker != self._sites_seen:
+                        self.nats.reload(accounts(conn))
+                        self._sites_seen = marker
+                        log.info("hub: site accounts reloaded (%d sites)", marker[0])
+            except Exception:
+                log.exception("hub: watch pass failed")
+                if conn is not None:
+                    with contextlib.suppress(Exception):
+                        conn.close()
+                conn = None
+        if conn is not None:
+            conn.close()
+
+    def _check_silent(self, conn: Any) -> None:
+        now = time.time()
+        limit = self.settings.silent_after_seconds
+        for name, heard, enrolled in conn.execute(
+                "SELECT name, last_heard, enrolled_at FROM sites").fetchall():
+            since = heard if heard is not None else enrolled
+            if now - since > limit:
+                raise_alarm(conn, name, AlarmKind.SILENT,
+                            f"nothing heard from the site for more than {limit:.0f} s")
+            elif heard is not None and now - heard <= limit:
+                clear_alarm(conn, name, AlarmKind.SILENT)
+
+
+def _site_marker(conn: Any) -> tuple[int, float]:
+    row = conn.execute("SELECT count(*), COALESCE(max(enrolled_at), 0) FROM sites").fetchone()
+    return int(row[0]), float(row[1])
+
+
+async def _ensure_stream(js: Any) -> None:
+    config = StreamConfig(name=STREAM_NAME, subjects=[f"{SUBJECT_PREFIX}.>"],
+                          storage=StorageType.FILE, duplicate_window=DUPLICATE_WINDOW,
+                          max_age=14 * 86400.0)
+    try:
+        await js.stream_info(STREAM_NAME)
+    except NotFoundError:
+        await js.add_stream(config)
+        log.info("hub: created the JetStream stream %s", STREAM_NAME)

@@ -1,0 +1,274 @@
+"""The hub's web pages, on the node's rules: the same sign-in API (``/api/auth``: sessions,
+CSRF on every state-changing request, password first, throttled and audited sign-ins), the
+same roles and permissions, the same look (the node's templates and static files), refusals
+recorded in an audit log.
+
+The hub's own users, sessions and audit log live in a small node-format SQLite database in
+its data folder (``web/hub.sqlite``), signed with the hub's own key (``keys/``): the code that
+guards a node guards the hub, unchanged. At the first start an ``admin`` is created with a
+random password, printed once, to be changed at the first sign-in.
+
+Pages: the fleet by municipality (``/``), a site (``/sites/{name}``), the alarms
+(``/alarms``); ``/metrics`` in Prometheus' text format for an API token of a role that may
+view the system (``Authorization: Bearer``).
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from importlib import resources
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Any
+
+import jinja2
+import uvicorn
+from fastapi import Depends, FastAPI, Request
+from fastapi.responses import HTMLResponse, PlainTextResponse, RedirectResponse, Response
+from fastapi.staticfiles import StaticFiles
+from fastapi.templating import Jinja2Templates
+
+from custodes.api import deps, errors
+from custodes.api.app import SecurityHeaders
+from custodes.api.bodies import BodyGuard
+from custodes.api.routes import auth as auth_routes
+from custodes.audit.actions import Action
+from custodes.audit.log import AuditLog
+from custodes.auth.roles import Actor, Permission
+from custodes.auth.sessions import Sessions
+from custodes.auth.throttle import LoginThrottle
+from custodes.auth.users import MIN_PASSWORD, Users, ensure_admin
+from custodes.hub import db, fleet
+from custodes.keys import NodeKeys
+from custodes.store.db import Store
+
+if TYPE_CHECKING:
+    from custodes.hub.service import Hub
+
+SESSION_HOURS = 12.0
+
+
+@dataclass
+class HubAccounts:
+    """What the node's auth code finds on ``app.state.node``: a store and an audit log."""
+
+    store: Store
+    audit: AuditLog
+
+    @classmethod
+    def open(cls, folder: Path) -> HubAccounts:
+        keys = NodeKeys.load_or_create(folder / "keys")
+        store = Store(folder / "web" / "hub.sqlite")
+        store.open()
+        return cls(store, AuditLog(store, keys))
+
+
+@dataclass(frozen=True)
+class NavItem:
+    key: str
+    href: str
+    label: str
+    permission: Permission
+
+
+NAV = (
+    NavItem("fleet", "/", "Fleet", Permission.STATUS_VIEW),
+    NavItem("alarms", "/alarms", "Alarms", Permission.STATUS_VIEW),
+)
+
+
+def page(permission: Permission | None) -> Callable[[Request], Actor | None]:
+    """A page's dependency: the signed-in actor or None (the page redirects to sign-in),
+    declaring ``permission`` as the node's pages do."""
+    def dependency(request: Request) -> Actor | None:
+        return deps.page_actor(request)
+
+    deps.declare_access(dependency, permission if permission is not None else deps.SIGNED_IN)
+    return dependency
+
+
+# Module level: FastAPI resolves these annotations by name in this module.
+Viewer = Annotated[Actor | None, Depends(page(Permission.STATUS_VIEW))]
+SignedIn = Annotated[Actor | None, Depends(page(None))]
+MetricsReader = Annotated[Actor, Depends(deps.require(Permission.SYSTEM_VIEW))]
+
+
+def _when(t: float | None) -> str:
+    if t is None:
+        return "never"
+    return datetime.fromtimestamp(t, UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
+
+
+def _ago(t: float | None) -> str:
+    if t is None:
+        return "never"
+    s = max(0.0, time.time() - t)
+    if s < 120:
+        return f"{s:.0f} s ago"
+    if s < 7200:
+        return f"{s / 60:.0f} min ago"
+    if s < 172800:
+        return f"{s / 3600:.0f} h ago"
+    return f"{s / 86400:.0f} days ago"
+
+
+def _templates() -> Jinja2Templates:
+    node_templates = resources.files("custodes").joinpath("web/templates")
+    hub_templates = Path(__file__).parent / "templates"
+    env = jinja2.Environment(
+        loader=jinja2.ChoiceLoader([jinja2.FileSystemLoader(str(hub_templates)),
+                                    jinja2.FileSystemLoader(str(node_templates))]),
+        autoescape=True)
+    env.globals.update(when=_when, ago=_ago)
+    return Jinja2Templates(env=env)
+
+
+def create_hub_app(hub: Hub, accounts: HubAccounts) -> FastAPI:  # noqa: PLR0915 - routes
+    """The hub's application; its routes are closures over ``hub`` and ``accounts``."""
+    app = FastAPI(title="custodes hub", docs_url=None, redoc_url=None,
+                  openapi_url="/api/openapi.json")
+    app.state.node = accounts  # the node's auth routes record through .audit
+    app.state.users = Users(accounts.store)
+    app.state.sessions = Sessions(accounts.store, SESSION_HOURS)
+    app.state.throttle = LoginThrottle.stored(accounts.store)
+    app.state.secure_cookies = False
+    errors.install(app)
+    app.include_router(auth_routes.router)
+    templates = _templates()
+    silent = hub.settings.silent_after_seconds
+
+    def render(request: Request, actor: Actor, page: str, title: str,
+               data: dict[str, Any], *, view: dict[str, Any] | None = None,
+               status_code: int = 200) -> HTMLResponse:
+        """``data`` goes to the page's scripts as JSON (the node's templates read it);
+        ``view`` is what the hub's own templates render on the server."""
+        return templates.TemplateResponse(request, f"{page}.html", {
+            "actor": actor, "nav": [n for n in NAV if actor.can(n.permission)],
+            "page": page, "title": title, "node_name": "hub", "site_tz": "UTC",
+            "data": data, "view": view or {}}, status_code=status_code)
+
+    def gate(request: Request, actor: Actor | None, permission: Permission) -> Response | None:
+        if actor is None:
+            return RedirectResponse(f"/login?next={request.url.path}", status_code=303)
+        if actor.can(permission):
+            return None
+        accounts.audit.record_refusal(
+            actor.name, Action.ACCESS, request.url.path, None,
+            detail={"method": request.method, "permission": permission.value},
+            address=actor.address)
+        return render(request, actor, "denied", "Not allowed", {
+            "reason": f"the {actor.role.value} role lacks the permission "
+                      f"{permission.value!r}"}, status_code=403)
+
+    @app.get("/login", dependencies=[Depends(deps.public)], response_class=HTMLResponse)
+    def login(request: Request, next: str = "/") -> HTMLResponse:
+        from custodes.web.pages import safe_next  # noqa: PLC0415 - the node's, same rule
+
+        return templates.TemplateResponse(request, "login.html", {
+            "node_name": "hub", "data": {"next": safe_next(next)}})
+
+    @app.get("/account/password", response_class=HTMLResponse)
+    def password(request: Request, actor: SignedIn) -> Response:
+        if actor is None:
+            return RedirectResponse("/login?next=/account/password", status_code=303)
+        user = Users(accounts.store).get(actor.name)
+        return render(request, actor, "password", "Password", {
+            "me": actor.name, "min": MIN_PASSWORD,
+            "forced": bool(user and user.must_change_password)})
+
+    @app.get("/", response_class=HTMLResponse)
+    def overview(request: Request, actor: Viewer) -> Response:
+        refused = gate(request, actor, Permission.STATUS_VIEW)
+        if refused is not None or actor is None:
+            return refused or RedirectResponse("/login", status_code=303)
+        with db.connect(hub.db_url) as conn:
+            rows = fleet.sites(conn, silent)
+            open_alarms = fleet.alarms(conn, open_only=True, limit=20)
+        return render(request, actor, "hub_fleet", "Fleet", {}, view={
+            "groups": fleet.groups(rows), "sites": len(rows),
+            "online": sum(r.online for r in rows), "alarms": open_alarms})
+
+    @app.get("/sites/{name}", response_class=HTMLResponse)
+    def site(request: Request, name: str, actor: Viewer) -> Response:
+        refused = gate(request, actor, Permission.STATUS_VIEW)
+        if refused is not None or actor is None:
+            return refused or RedirectResponse("/login", status_code=303)
+        with db.connect(hub.db_url) as conn:
+            rows = fleet.sites(conn, silent, name)
+            if not rows:
+                return render(request, actor, "denied", "No such site",
+                              {"reason": f"no site is enrolled as {name!r}"}, status_code=404)
+            detail = fleet.site_detail(conn, name)
+            site_alarms = fleet.alarms(conn, site=name, limit=50)
+            row = conn.execute("SELECT health FROM sites WHERE name = %s", (name,)).fetchone()
+            health: dict[str, Any] = dict(row[0] or {}) if row else {}  # type: ignore[call-overload]
+        return render(request, actor, "hub_site", name, {"site": name}, view={
+            "site": rows[0], "detail": detail, "alarms": site_alarms,
+            "cameras": health.get("cameras") or {}})
+
+    @app.get("/alarms", response_class=HTMLResponse)
+    def alarm_list(request: Request, actor: Viewer) -> Response:
+        refused = gate(request, actor, Permission.STATUS_VIEW)
+        if refused is not None or actor is None:
+            return refused or RedirectResponse("/login", status_code=303)
+        with db.connect(hub.db_url) as conn:
+            rows = fleet.alarms(conn)
+        return render(request, actor, "hub_alarms", "Alarms", {}, view={"alarms": rows})
+
+    @app.get("/metrics", response_class=PlainTextResponse)
+    def metrics(_actor: MetricsReader) -> PlainTextResponse:
+        with db.connect(hub.db_url) as conn:
+            values = fleet.metrics(conn, silent)
+        c = hub.counters
+        values.update({
+            "custodes_hub_ingested_total": float(c.stored),
+            "custodes_hub_duplicates_total": float(c.duplicates),
+            "custodes_hub_conflicts_total": float(c.conflicts),
+            "custodes_hub_ingest_failures_total": float(c.failures),
+        })
+        lines = []
+        for key, value in values.items():
+            kind = "counter" if key.endswith("_total") else "gauge"
+            lines += [f"# TYPE {key} {kind}", f"{key} {value:g}"]
+        return PlainTextResponse("\n".join(lines) + "\n",
+                                 media_type="text/plain; version=0.0.4")
+
+    static = resources.files("custodes").joinpath("web/static")
+    app.mount("/static", StaticFiles(directory=str(static)), name="static")
+    app.add_middleware(BodyGuard, api=app)
+    app.add_middleware(SecurityHeaders)
+    return app
+
+
+class HubWebServer:
+    """uvicorn in a thread, as the node's ``WebServer``."""
+
+    def __init__(self, hub: Hub) -> None:
+        self.accounts = HubAccounts.open(hub.settings.data)
+        self.first_admin_password = ensure_admin(self.accounts.store, self.accounts.audit)
+        self._server = uvicorn.Server(uvicorn.Config(
+            create_hub_app(hub, self.accounts), host=hub.settings.web_host,
+            port=hub.settings.web_port, log_level="warning", access_log=False,
+            lifespan="off", proxy_headers=False))
+        self._thread = threading.Thread(target=self._server.run, name="hub-web", daemon=True)
+
+    def start(self, timeout: float = 10.0) -> None:
+        self._thread.start()
+        deadline = time.monotonic() + timeout
+        while not self._server.started:
+            if not self._thread.is_alive() or time.monotonic() > deadline:
+                raise RuntimeError("the hub's web server could not start (port in use?)")
+            time.sleep(0.05)
+
+    @property
+    def url(self) -> str:
+        host, port = self._server.servers[0].sockets[0].getsockname()[:2]
+        return f"http://{host}:{port}/"
+
+    def stop(self) -> None:
+        self._server.should_exit = True
+        self._thread.join(timeout=10)
+        self.accounts.store.close()

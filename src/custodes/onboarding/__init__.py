@@ -1,0 +1,1 @@
+"""Cameras installed, changed and removed while the node runs (the camera page)."""

@@ -20,7 +20,8 @@
   const pad = (n) => String(n).padStart(2, "0");
   function now() {
     const t = Date.now() / 1000;
-    const c = window.custodes;
+    // app.js's `const custodes` is a global binding, not a property of window.
+    const c = typeof custodes === "undefined" ? null : custodes;
     if (c && typeof c.local === "function" && typeof c.zone === "function") {
       return `${c.local(t)} ${c.zone()}`;
     }

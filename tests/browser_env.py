@@ -13,10 +13,11 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 import httpx
 import yaml
-from playwright.sync_api import Browser, sync_playwright
+from playwright.sync_api import Browser, Page, sync_playwright
 
 from conftest import require
 from custodes.app import Node
@@ -116,3 +117,24 @@ def launch_chromium() -> Iterator[Browser]:
             yield b
         finally:
             b.close()
+
+
+def wait_until_running(node: Node, cameras: int, timeout: float = 90) -> None:
+    """Until the node's live process is up and every camera is analysed: a node that has run
+    for a while before anyone signs in, as a customer's has (its start is not measured)."""
+    deadline = time.monotonic() + timeout
+    while not (node.live.running and len(node.events.stats) == cameras):
+        assert time.monotonic() < deadline, "the recorder did not start its parts"
+        time.sleep(0.5)
+
+
+def sign_in_to(browser: Browser, url: str, name: str, then: str) -> tuple[Page, float]:
+    """A fresh 1400x900 page signed in as ``name``, sent on to ``then``; and the monotonic
+    time of the sign-in click, for measuring what follows it."""
+    page = browser.new_context(viewport={"width": 1400, "height": 900}).new_page()
+    page.goto(url + "/login?next=" + quote(then, safe=""))
+    page.fill("#name", name)
+    page.fill("#password", PASSWORD)
+    clicked = time.monotonic()
+    page.click("button[type=submit]")
+    return page, clicked

@@ -18,7 +18,6 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from urllib.parse import quote
 
 import cv2
 import numpy as np
@@ -28,7 +27,14 @@ import pytest
 import yaml
 from playwright.sync_api import Browser, Page
 
-from browser_env import PASSWORD, SCREENSHOTS, chromium_available, launch_chromium
+from browser_env import (
+    PASSWORD,
+    SCREENSHOTS,
+    chromium_available,
+    launch_chromium,
+    sign_in_to,
+    wait_until_running,
+)
 from custodes.app import Node
 from custodes.auth.roles import Role
 from custodes.auth.users import Users
@@ -234,20 +240,9 @@ def wait_for_state(page: Page, camera: str, state: str, timeout_ms: int) -> str:
 
 def test_nine_redacted_tiles_for_a_viewer(browser: Browser, nine: Nine) -> None:
     node = nine.node
-    # The node has run for a while before anyone signs in, as a customer's has: the live
-    # process is up (its start is not what is measured), the cameras record and are analysed.
-    deadline = time.monotonic() + 60
-    while not (node.live.running and len(node.events.stats) == len(CAMERAS)):
-        assert time.monotonic() < deadline, "the recorder did not start its parts"
-        time.sleep(0.5)
+    wait_until_running(node, len(CAMERAS))
     SHOTS.mkdir(parents=True, exist_ok=True)
-    context = browser.new_context(viewport={"width": 1400, "height": 900})
-    page = context.new_page()
-    page.goto(nine.url + "/login?next=" + quote("/?layout=9", safe=""))
-    page.fill("#name", VIEWER)
-    page.fill("#password", PASSWORD)
-    clicked = time.monotonic()
-    page.click("button[type=submit]")
+    page, clicked = sign_in_to(browser, nine.url, VIEWER, "/?layout=9")
     page.wait_for_function(
         "() => { const t = [...document.querySelectorAll('.tile[data-camera] img')];"
         " return t.length === 9 && t.every(i => Number(i.dataset.frames) >= 1); }",
@@ -333,4 +328,4 @@ def test_nine_redacted_tiles_for_a_viewer(browser: Browser, nine: Nine) -> None:
     page.screenshot(path=SHOTS / "down-and-forbidden.png")
     nine.sim.start_camera("cam08")
     nine.users.update(VIEWER, cameras=None)
-    context.close()
+    page.context.close()

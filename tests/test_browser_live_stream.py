@@ -23,14 +23,20 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from urllib.parse import quote
 
 import psutil
 import pytest
 import yaml
 from playwright.sync_api import Browser
 
-from browser_env import PASSWORD, SCREENSHOTS, chromium_available, launch_chromium
+from browser_env import (
+    PASSWORD,
+    SCREENSHOTS,
+    chromium_available,
+    launch_chromium,
+    sign_in_to,
+    wait_until_running,
+)
 from custodes.app import Node
 from custodes.auth.roles import Role
 from custodes.auth.users import Users
@@ -136,19 +142,10 @@ def percentile(values: list[float], q: float) -> float:
 
 def test_eight_tiles_play_the_cameras_own_video(browser: Browser, eight: Eight) -> None:
     node = eight.node
-    deadline = time.monotonic() + 90
-    while not (node.live.running and len(node.events.stats) == len(CAMERAS)):
-        assert time.monotonic() < deadline, "the recorder did not start its parts"
-        time.sleep(0.5)
+    wait_until_running(node, len(CAMERAS))
     time.sleep(5)  # recording and analysis settle, as on a node that has run for a while
     SHOTS.mkdir(parents=True, exist_ok=True)
-    context = browser.new_context(viewport={"width": 1400, "height": 900})
-    page = context.new_page()
-    page.goto(eight.url + "/login?next=" + quote("/?layout=9", safe=""))
-    page.fill("#name", OPERATOR)
-    page.fill("#password", PASSWORD)
-    clicked = time.monotonic()
-    page.click("button[type=submit]")
+    page, clicked = sign_in_to(browser, eight.url, OPERATOR, "/?layout=9")
     page.wait_for_function(
         "() => { const v = [...document.querySelectorAll('.tile[data-camera] video')];"
         f" return v.length === {len(CAMERAS)} && v.every(e => Number(e.dataset.frames) >= 1); }}",
@@ -215,7 +212,7 @@ def test_eight_tiles_play_the_cameras_own_video(browser: Browser, eight: Eight) 
     page.evaluate("() => document.exitFullscreen()")
     print(f"single view: main stream {MAIN[0]}x{MAIN[1]} playing, zoomed {zoom:.1f}x, "
           "fullscreen entered and left")
-    context.close()
+    page.context.close()
 
 
 # A page script of the viewer's own session trying the original video anyway.
@@ -231,12 +228,7 @@ TRY_ORIGINAL_JS = """() => new Promise((resolve) => {
 
 def test_a_redacted_only_role_gets_pictures_and_never_video(browser: Browser,
                                                              eight: Eight) -> None:
-    context = browser.new_context(viewport={"width": 1400, "height": 900})
-    page = context.new_page()
-    page.goto(eight.url + "/login?next=" + quote("/?layout=9", safe=""))
-    page.fill("#name", VIEWER)
-    page.fill("#password", PASSWORD)
-    page.click("button[type=submit]")
+    page, _ = sign_in_to(browser, eight.url, VIEWER, "/?layout=9")
     page.wait_for_function(
         "() => [...document.querySelectorAll('.tile[data-camera] img')]"
         ".some(i => Number(i.dataset.frames) >= 1)", timeout=120_000)
@@ -250,7 +242,7 @@ def test_a_redacted_only_role_gets_pictures_and_never_video(browser: Browser,
           f"{tried['reason']!r}, {tried['binary']} binary messages")
     assert tried["code"] == 4403
     assert tried["binary"] == 0
-    context.close()
+    page.context.close()
 
 
 def test_a_browser_without_the_cameras_codec_gets_redacted_pictures(
@@ -275,12 +267,7 @@ def test_a_browser_without_the_cameras_codec_gets_redacted_pictures(
         try:
             Users(node.store).add(OPERATOR, Role.OPERATOR, PASSWORD)
             assert node.web is not None
-            context = browser.new_context(viewport={"width": 1400, "height": 900})
-            page = context.new_page()
-            page.goto(node.web.url + "login")
-            page.fill("#name", OPERATOR)
-            page.fill("#password", PASSWORD)
-            page.click("button[type=submit]")
+            page, _ = sign_in_to(browser, node.web.url.rstrip("/"), OPERATOR, "/")
             page.wait_for_function(
                 "() => Number(document.querySelector('.tile[data-camera] img')?.dataset.frames)"
                 " >= 1", timeout=120_000)
@@ -290,6 +277,6 @@ def test_a_browser_without_the_cameras_codec_gets_redacted_pictures(
             why = page.locator(".tile .shows").get_attribute("title") or ""
             print(f"\nH.265 camera for an operator: {why!r}")
             assert why.startswith("this browser cannot play video/mp4; codecs=\"hev1.")
-            context.close()
+            page.context.close()
         finally:
             node.stop()

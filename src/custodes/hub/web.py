@@ -44,6 +44,7 @@ from custodes.auth.users import MIN_PASSWORD, Users, ensure_admin
 from custodes.hub import db, fleet
 from custodes.keys import NodeKeys
 from custodes.store.db import Store
+from custodes.web.pages import NavItem  # the node's menu entries: one look, one rule
 
 if TYPE_CHECKING:
     from custodes.hub.service import Hub
@@ -64,14 +65,6 @@ class HubAccounts:
         store = Store(folder / "web" / "hub.sqlite")
         store.open()
         return cls(store, AuditLog(store, keys))
-
-
-@dataclass(frozen=True)
-class NavItem:
-    key: str
-    href: str
-    label: str
-    permission: Permission
 
 
 NAV = (

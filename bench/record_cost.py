@@ -28,6 +28,7 @@ import itertools
 import json
 import os
 import re
+import secrets
 import shutil
 import signal
 import sqlite3
@@ -45,6 +46,7 @@ from typing import Any
 import psutil
 import yaml
 
+from custodes.api.deps import CSRF_COOKIE, CSRF_HEADER
 from custodes.media import ffmpeg_exe
 
 WINDOW = 30.0
@@ -179,10 +181,20 @@ def analysis_status(stdout: str) -> dict[str, Any]:
         data=json.dumps({"name": "admin", "password": password[1]}).encode(),
         headers={"Content-Type": "application/json"})
     try:
-        opener.open(login, timeout=10).read()
+        answer = json.loads(opener.open(login, timeout=10).read())
+        if answer.get("must_change_password"):
+            # The printed password is the admin's first: the node takes nothing else from
+            # the account before it is replaced, as the browser's account page does.
+            csrf = next(c.value or "" for c in jar if c.name == CSRF_COOKIE)
+            change = urllib.request.Request(
+                url[1].rstrip("/") + "/api/auth/password", method="POST",
+                data=json.dumps({"old_password": password[1],
+                                 "new_password": secrets.token_urlsafe(18)}).encode(),
+                headers={"Content-Type": "application/json", CSRF_HEADER: csrf})
+            opener.open(change, timeout=10).read()
         status = json.loads(opener.open(url[1].rstrip("/") + "/api/status", timeout=30).read())
-    except (OSError, ValueError) as exc:
-        return {"error": str(exc)}
+    except (OSError, ValueError, StopIteration) as exc:
+        return {"error": str(exc) or type(exc).__name__}
     rows = [c["analytics"] for c in status["cameras"] if c.get("analytics")]
     online = [r for r in rows if r["online"]]
     if not online:

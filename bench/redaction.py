@@ -38,12 +38,24 @@ Small faces (SMALL_FACES: MOT20's night crowd, vtest's plaza), which the auditor
 the clips' own size, are audited again on frames enlarged for the auditor only (the redactor
 sees the clip as it is), at most `--small-max` frames a figure: ~20-50 CPU-s a frame.
 Detections are not ground truth: the auditor has false faces and misses of its own.
+
+Ground truth. WIDER FACE's hand-drawn boxes (`ground_truth`): each photo searched once as each
+way of redacting sees it (a 720p video frame: as the coarse and as the fine search do), and
+(`video_truth`) each photo made into 2 s of slowly panning 720p video and redacted as a video
+is (searches, fine searches, followed faces, holds): the share of face-frames hidden.
+
+Settings side by side: `--variants fine_lines=480,fine_every=1 fine_lines=0` measures the
+first viewer's and the search's cost, and both ground truths, for each, in the same run (the
+same load); `--settings` replaces the node's settings throughout; `--only cost video` runs
+only those parts.
 """
 
 from __future__ import annotations
 
 import argparse
 import csv
+import dataclasses
+import functools
 import os
 import resource
 import subprocess
@@ -66,8 +78,20 @@ import numpy.typing as npt
 from custodes.media import ffmpeg_exe
 from custodes.redaction.blur import FACE_MARGIN
 from custodes.redaction.copies import PLAYBACK_LINES
-from custodes.redaction.detect import NODE_SETTINGS, blur_boxes, snapshot_scale
-from custodes.redaction.video import keyframe_before, plan_boxes, redact_file, redact_stream
+from custodes.redaction.detect import (
+    NODE_SETTINGS,
+    RedactionSettings,
+    blur_boxes,
+    snapshot_scale,
+)
+from custodes.redaction.video import (
+    BoxStream,
+    keyframe_before,
+    plan_boxes,
+    redact_file,
+    redact_stream,
+    warm,
+)
 from custodes.vision.faces import Box
 
 U8 = npt.NDArray[np.uint8]
@@ -213,7 +237,8 @@ def old_detector_cost(frames: int) -> float:
     return (cpu_seconds() - started) / frames
 
 
-def cost(work: Path, seconds: float | None, old_frames: int) -> None:
+def cost(work: Path, seconds: float | None, old_frames: int, settings: RedactionSettings,
+         variants: list[RedactionSettings]) -> None:
     """New redaction of a 720p 15 fps stream on one core, against the old detector."""
     source = stream_720p(work, seconds)
     rate, count = rate_and_count(source)
@@ -231,32 +256,48 @@ def cost(work: Path, seconds: float | None, old_frames: int) -> None:
         print(f"{name:34} {cpu:6.1f} {wall:6.1f} {1000 * cpu / count:8.1f} "
               f"{video / cpu:11.2f} {10 * cpu / video:14.1f}", flush=True)
 
-    NODE_SETTINGS.detector()  # the first load imports onnx (seconds): not the redaction's
+    for each in (settings, *variants):  # loading and onnxruntime's first runs at each
+        warm(each)                      # size are the process's (the node warms at start)
     started, wall = cpu_seconds(), time.perf_counter()
     with (work / "first.mp4").open("wb") as out:
-        redact_stream(source, out, max_lines=PLAYBACK_LINES)
+        redact_stream(source, out, max_lines=PLAYBACK_LINES, settings=settings)
     row("first viewer (one pass, streamed)", cpu_seconds() - started, time.perf_counter() - wall)
+    for variant in variants:  # the same, other settings, side by side at the same load
+        started, wall = cpu_seconds(), time.perf_counter()
+        with (work / "first.mp4").open("wb") as out:
+            redact_stream(source, out, max_lines=PLAYBACK_LINES, settings=variant)
+        row(f"  with {changed(variant)}", cpu_seconds() - started, time.perf_counter() - wall)
     started, wall = cpu_seconds(), time.perf_counter()
-    plan = plan_boxes(source)
+    plan = plan_boxes(source, settings)
     search, search_wall = cpu_seconds() - started, time.perf_counter() - wall
-    redact_file(source, work / "two-pass.mp4", plan=plan)
+    redact_file(source, work / "two-pass.mp4", plan=plan, settings=settings)
     row("two passes (search, then encode)", cpu_seconds() - started, time.perf_counter() - wall)
     row("  of which the search", search, search_wall)
+    for variant in variants:
+        started, wall = cpu_seconds(), time.perf_counter()
+        stream = BoxStream(source, variant)
+        for _ in stream:
+            pass
+        row(f"  search with {changed(variant)}", cpu_seconds() - started,
+            time.perf_counter() - wall)
+        scan = stream._scan  # the bench reports what the search did
+        print(f"    {scan.fine_searches} fine searches, {scan.followed} faces followed, "
+              f"{scan.detections} detections", flush=True)
     started, wall = cpu_seconds(), time.perf_counter()
-    redact_file(source, work / "cached.mp4", plan=plan)
+    redact_file(source, work / "cached.mp4", plan=plan, settings=settings)
     row("box cache hit (encode only)", cpu_seconds() - started, time.perf_counter() - wall)
     started, wall = cpu_seconds(), time.perf_counter()
-    redact_file(source, work / "copy.mp4", plan=plan, max_lines=360)
+    redact_file(source, work / "copy.mp4", plan=plan, max_lines=360, settings=settings)
     row("cache hit, copy at 360 lines", cpu_seconds() - started, time.perf_counter() - wall)
     export_cost(work, source, row)
-    mid_segment(work, source, at=round(0.7 * min(video, 10.0), 1))
+    mid_segment(work, source, at=round(0.7 * min(video, 10.0), 1), settings=settings)
     old = old_detector_cost(old_frames)
     print(f"old HOG + Haar detector, 640x360: {old:.2f} s a frame measured now over "
           f"{old_frames} frames (issue 9: {OLD_COST} s; {OLD_PER_10S_720P:.0f} CPU-s per 10 s "
           f"of 720p); {plan.detections} faces found in {count // plan.stride} searched frames")
 
 
-def mid_segment(work: Path, source: Path, at: float) -> None:
+def mid_segment(work: Path, source: Path, at: float, settings: RedactionSettings) -> None:
     """A viewer who clicks `at` seconds into a 720p segment (the stream's first 10 s) nobody
     watched: CPU seconds
     until the frame at `at` is encoded, from the segment's start (the whole copy, as before)
@@ -278,7 +319,7 @@ def mid_segment(work: Path, source: Path, at: float) -> None:
 
         with (work / "mid.mp4").open("wb") as out:
             redact_stream(segment, out, max_lines=PLAYBACK_LINES, start=start,
-                          progress=progress)
+                          progress=progress, settings=settings)
         results.append(reached[0] if reached else float("nan"))
     print(f"click {at:g} s into a {count / float(rate):.0f} s 720p segment: {results[0]:.2f} "
           f"CPU-s to its frame from "
@@ -343,18 +384,18 @@ def export_cost(work: Path, source: Path, row: Callable[[str, float, float], Non
 
 
 def residuals(paths: list[Path], work: Path, *, fps: float, most: int,
-              crops: Path | None) -> None:
+              crops: Path | None, settings: RedactionSettings) -> None:
     auditor = Auditor()
-    print(f"\nresidual: redactor {NODE_SETTINGS.describe()}; auditor dlib CNN (MMOD), "
+    print(f"\nresidual: redactor {settings.describe()}; auditor dlib CNN (MMOD), "
           f"{fps:g} frames a second, at most {most} a clip")
     print(f"{'clip':44} {'size':>9} {'stride':>6} {'figure':>7} {'audited':>7} {'faces':>5} "
           f"{'leaks':>5} {'residual':>8} {'other':>5}", flush=True)
     totals = {"tuned": Tally(), "honest": Tally()}
     for path in paths:
         rate, count = rate_and_count(path)
-        stride = NODE_SETTINGS.stride(rate)
+        stride = settings.stride(rate)
         out = work / f"{path.stem}.redacted.mp4"
-        redact_file(path, out)
+        redact_file(path, out, settings=settings)
         for figure, shift in (("tuned", 0), ("honest", 1 if stride > 1 else 0)):
             indexes = audited(count, rate, fps, most, shift)
             before, after = decode(path, set(indexes)), decode(out, set(indexes))
@@ -375,7 +416,8 @@ def residuals(paths: list[Path], work: Path, *, fps: float, most: int,
               f"{total.leaks:5d} {total.residual():>8} {total.other:5d}")
 
 
-def small_faces(work: Path, *, fps: float, most: int) -> None:
+def small_faces(work: Path, *, fps: float, most: int,
+                settings: RedactionSettings) -> None:
     """The clips whose faces are too small for the auditor at their own size (SMALL_FACES):
     the auditor sees their frames enlarged (the redactor sees them as they are), with
     upsample 1 on top: faces from ~40 / (2 * scale) px of the original. The auditor costs
@@ -395,9 +437,9 @@ def small_faces(work: Path, *, fps: float, most: int) -> None:
     for name, scale in SMALL_FACES.items():
         path = DATA / "video" / name
         rate, count = rate_and_count(path)
-        stride = NODE_SETTINGS.stride(rate)
+        stride = settings.stride(rate)
         out = work / f"{path.stem}.small.redacted.mp4"
-        redact_file(path, out)
+        redact_file(path, out, settings=settings)
         for figure, shift in (("tuned", 0), ("honest", 1 if stride > 1 else 0)):
             indexes = audited(count, rate, fps, most, shift)
             before = decode(path, set(indexes))
@@ -420,17 +462,18 @@ def _scaled_box(box: Box, factor: float) -> Box:
                             box.bottom * factor)
 
 
-def audience(work: Path, every: int, upsample: int) -> None:
+def audience(work: Path, every: int, upsample: int,
+             settings: RedactionSettings) -> None:
     """The Hamilton clip's audience, faces turned to the stage: audited frame by frame."""
     auditor = Auditor(upsample)
     source = DATA / "video" / HAMILTON
     out = work / "hamilton.redacted.mp4"
-    redact_file(source, out)
+    redact_file(source, out, settings=settings)
     with av.open(str(source)) as container:
         stream = container.streams.video[0]
         indexes = {i for i, v in enumerate(container.decode(stream))
                    if v.time is not None and AUDIENCE[0] <= v.time < AUDIENCE[1]}
-        stride = NODE_SETTINGS.stride(Fraction(stream.guessed_rate or stream.average_rate or 25))
+        stride = settings.stride(Fraction(stream.guessed_rate or stream.average_rate or 25))
     # Every `every`-th of the searched frames and of those between searches, so that both
     # kinds are audited whatever the stride.
     ordered = sorted(indexes)
@@ -449,64 +492,197 @@ def audience(work: Path, every: int, upsample: int) -> None:
 
 # Ways the node searches a picture for faces (custodes.redaction): the picture's size (lines,
 # its smaller side; None: as photographed) and the detector's scale at that size.
-GROUND_MODES = {
+Scale = Callable[[int, int], float]
+GROUND_MODES: dict[str, tuple[int | None, Scale]] = {
     "snapshot, event picture (720 lines)": (None, snapshot_scale),
     "live tile, 9-grid (320 px wide)": (180, lambda h, w: 1.0),
     "live tile, single (640 px wide)": (360, lambda h, w: 1.0),
-    "720p video frame (searched at 240 lines)": (720, NODE_SETTINGS.scale),
 }
 GROUND_SIZES = ((0, 10), (10, 20), (20, 40), (40, 100_000))  # px, smaller side at that size
 HIDDEN = 0.8  # share of a face's annotated box under the blur for it to count as hidden
+PAN = 2  # px a frame: the video ground truth's photos drift sideways, as a slow camera pan
+PAN_SECONDS = 2.0
+PAN_RATE = 15
 
 
-def ground_truth(every: int) -> None:
+def wider_truth(every: int) -> dict[str, list[Box]]:
+    """WIDER FACE's annotated face boxes of every `every`-th photo, by photo name."""
+    truth: dict[str, list[Box]] = {}
+    with (DATA / "faceboxes" / "boxes.csv").open(newline="") as f:
+        for line in csv.DictReader(f):
+            truth.setdefault(line["image"], []).append(
+                Box(int(line["x"]), int(line["y"]), int(line["w"]), int(line["h"])))
+    return {name: truth[name] for name in sorted(truth)[::every]}
+
+
+def photo(name: str, lines: int | None) -> tuple[U8, float]:
+    """A WIDER photo as RGB, shrunk to `lines` lines (None: as it is), and the factor."""
+    bgr = cv2.imread(str(DATA / "faceboxes" / name), cv2.IMREAD_COLOR)
+    assert bgr is not None, name
+    factor = 1.0 if lines is None else lines / min(bgr.shape[:2])
+    if factor != 1.0:
+        bgr = cv2.resize(bgr, None, fx=factor, fy=factor, interpolation=cv2.INTER_AREA)
+    return np.ascontiguousarray(bgr[:, :, ::-1], dtype=np.uint8), factor
+
+
+def blur_mask(boxes: list[Box], height: int, width: int) -> U8:
+    """Where `blur_regions` changes the picture for these boxes (its ellipses)."""
+    mask = np.zeros((height, width), np.uint8)
+    for box in boxes:
+        grown = box.expand(FACE_MARGIN)
+        cx, cy = grown.center
+        cv2.ellipse(mask, (round(cx), round(cy)), (grown.w // 2, grown.h // 2), 0, 0,
+                    360, 255, thickness=-1)
+    return mask
+
+
+def size_class(face: Box) -> int:
+    size = min(face.w, face.h)
+    return next(i for i, (lo, hi) in enumerate(GROUND_SIZES) if lo <= size < hi)
+
+
+def is_hidden(mask: U8, face: Box) -> bool:
+    return bool(np.count_nonzero(mask[face.y:face.bottom, face.x:face.right])
+                >= HIDDEN * face.area)
+
+
+def ground_truth(every: int, settings: RedactionSettings,
+                 variants: list[RedactionSettings]) -> None:
     """Redaction against people, not a detector: WIDER FACE's official face boxes (faceboxes/,
     drawn by hand: profiles, occlusion, crowds, small faces) in every `every`-th photo. Each
     photo is shrunk as each way of redacting sees it and searched as that way does; a face is
     hidden when HIDDEN of its annotated box lies under a blur ellipse (`blur_regions`'
     geometry). By the face's size in the picture redacted: a face under 10 px is hard to
-    recognise by anyone, one over 40 px easy."""
-    folder = DATA / "faceboxes"
-    truth: dict[str, list[Box]] = {}
-    with (folder / "boxes.csv").open(newline="") as f:
-        for line in csv.DictReader(f):
-            truth.setdefault(line["image"], []).append(
-                Box(int(line["x"]), int(line["y"]), int(line["w"]), int(line["h"])))
-    names = sorted(truth)[::every]
-    detector = NODE_SETTINGS.detector()
-    print(f"\nground truth: {len(names)} WIDER FACE photos, "
-          f"{sum(len(truth[n]) for n in names)} annotated faces; hidden = {HIDDEN:.0%} of the "
+    recognise by anyone, one over 40 px easy. A 720p video frame is searched once as the
+    coarse search sees it and once as each setting's fine search does (`video_truth` says what
+    the two do together in a video)."""
+    truth = wider_truth(every)
+    detector = settings.detector()
+    print(f"\nground truth: {len(truth)} WIDER FACE photos, "
+          f"{sum(map(len, truth.values()))} annotated faces; hidden = {HIDDEN:.0%} of the "
           f"face's box under the blur (load average {os.getloadavg()[0]:.1f})")
     sizes = [f"{lo}-{hi} px" if hi < 100_000 else f"{lo}+ px" for lo, hi in GROUND_SIZES]
     print(f"{'redacted as':42} {'hidden':>13} " + " ".join(f"{s:>14}" for s in sizes))
-    for mode, (lines, scale) in GROUND_MODES.items():
+    modes = dict(GROUND_MODES)
+    modes[f"720p video frame (searched at {settings.detect_lines} lines)"] = (
+        720, settings.scale)
+    for variant in (settings, *variants):
+        if variant.fine_lines:
+            modes[f"720p video frame, fine ({variant.fine_lines} lines)"] = (
+                720, functools.partial(fine_scale, variant))
+    for mode, (lines, scale) in modes.items():
         hidden = [0] * len(GROUND_SIZES)
         total = [0] * len(GROUND_SIZES)
-        for name in names:
-            bgr = cv2.imread(str(folder / name), cv2.IMREAD_COLOR)
-            assert bgr is not None, name
-            factor = 1.0 if lines is None else lines / min(bgr.shape[:2])
-            if factor != 1.0:
-                bgr = cv2.resize(bgr, None, fx=factor, fy=factor, interpolation=cv2.INTER_AREA)
-            rgb: U8 = np.ascontiguousarray(bgr[:, :, ::-1], dtype=np.uint8)
+        for name, boxes in truth.items():
+            rgb, factor = photo(name, lines)
             height, width = rgb.shape[:2]
-            mask = np.zeros((height, width), np.uint8)
-            for box in blur_boxes(detector.find(rgb, scale=scale(height, width))):
-                grown = box.expand(FACE_MARGIN)
-                cx, cy = grown.center
-                cv2.ellipse(mask, (round(cx), round(cy)), (grown.w // 2, grown.h // 2), 0, 0,
-                            360, 255, thickness=-1)
-            for annotated in truth[name]:
+            mask = blur_mask(blur_boxes(detector.find(rgb, scale=scale(height, width))),
+                             height, width)
+            for annotated in boxes:
                 face = _scaled_box(annotated, factor).clip(width, height)
                 if face.area == 0:
                     continue
-                under = np.count_nonzero(mask[face.y:face.bottom, face.x:face.right])
-                size = min(face.w, face.h)
-                k = next(i for i, (lo, hi) in enumerate(GROUND_SIZES) if lo <= size < hi)
+                k = size_class(face)
                 total[k] += 1
-                hidden[k] += int(under >= HIDDEN * face.area)
+                hidden[k] += int(is_hidden(mask, face))
         cells = " ".join(f"{pct(hidden[k], total[k]):>14}" for k in range(len(GROUND_SIZES)))
         print(f"{mode:42} {pct(sum(hidden), sum(total)):>13} {cells}", flush=True)
+
+
+def video_truth(work: Path, every: int, settings: list[RedactionSettings]) -> None:
+    """The WIDER photos as 720p video (smaller side 720 lines), PAN_SECONDS at PAN_RATE fps,
+    drifting PAN px a frame sideways: the whole redaction of a video (coarse searches, fine
+    searches, faces followed, held, interpolated) against the hand-drawn boxes, moved with the
+    picture. A face-frame is hidden when HIDDEN of its box lies under the plan's blur in that
+    frame; "every frame": the faces hidden in all their frames; "blurred": the share of the
+    picture blurred, on average (in a crowd, boxes held and grown fail closed over
+    neighbours: what is hidden is then partly hidden by chance). The faces stand still but
+    for the pan: walkers are harder."""
+    truth = wider_truth(every)
+    frames = round(PAN_SECONDS * PAN_RATE)
+    print(f"\nvideo ground truth: {len(truth)} WIDER photos as {PAN_SECONDS:g} s of 720p at "
+          f"{PAN_RATE} fps panning {PAN} px a frame; share of face-frames hidden (load average "
+          f"{os.getloadavg()[0]:.1f})")
+    sizes = [f"{lo}-{hi} px" if hi < 100_000 else f"{lo}+ px" for lo, hi in GROUND_SIZES]
+    print(f"{'settings':42} {'search CPU s':>12} {'blurred':>7} {'every frame':>13} "
+          + " ".join(f"{s:>14}" for s in sizes), flush=True)
+    clips = {}
+    for name, boxes in truth.items():
+        rgb, factor = photo(name, 720)
+        clips[name] = (pan_clip(work / f"{Path(name).stem}.mp4", rgb, frames),
+                       [_scaled_box(b, factor) for b in boxes], rgb.shape[:2])
+    for variant in settings:
+        hidden, total = [0] * len(GROUND_SIZES), [0] * len(GROUND_SIZES)
+        whole, faces, cpu, blurred, pictures = 0, 0, 0.0, 0.0, 0
+        for path, boxes, (height, width) in clips.values():
+            started = cpu_seconds()
+            plan = plan_boxes(path, variant)
+            cpu += cpu_seconds() - started
+            always = [True] * len(boxes)
+            for i in range(plan.frames):
+                mask = blur_mask(plan.boxes.get(i, []), height, width)
+                blurred += np.count_nonzero(mask) / mask.size
+                pictures += 1
+                for j, annotated in enumerate(boxes):
+                    face = annotated.shift(PAN * i, 0).clip(width, height)
+                    if face.area < 0.5 * annotated.area:
+                        continue  # panned out of the picture
+                    k = size_class(annotated)
+                    total[k] += 1
+                    seen = is_hidden(mask, face)
+                    hidden[k] += int(seen)
+                    always[j] = always[j] and seen
+            whole += sum(always)
+            faces += len(boxes)
+        cells = " ".join(f"{pct(hidden[k], total[k]):>14}" for k in range(len(GROUND_SIZES)))
+        print(f"{changed(variant):42} {cpu:12.1f} {blurred / pictures:7.1%} "
+              f"{pct(whole, faces):>13} {cells}", flush=True)
+    for path, _, _ in clips.values():
+        path.unlink()
+
+
+def pan_clip(target: Path, rgb: U8, frames: int) -> Path:
+    """`rgb` drifting PAN px a frame to the right (the edge repeated), as H.264."""
+    height, width = rgb.shape[:2]
+    height, width = height // 2 * 2, width // 2 * 2
+    proc = subprocess.Popen(
+        [ffmpeg_exe(), "-hide_banner", "-nostdin", "-loglevel", "error", "-f", "rawvideo",
+         "-pix_fmt", "rgb24", "-s", f"{width}x{height}", "-framerate", str(PAN_RATE),
+         "-i", "-", "-c:v", "libx264", "-preset", "ultrafast", "-crf", "18",
+         "-pix_fmt", "yuv420p", "-an", str(target)], stdin=subprocess.PIPE)
+    assert proc.stdin is not None
+    for i in range(frames):
+        shift = np.array([[1, 0, PAN * i], [0, 1, 0]], dtype=np.float32)
+        moved = cv2.warpAffine(rgb[:height, :width], shift, (width, height),
+                               borderMode=cv2.BORDER_REPLICATE)
+        proc.stdin.write(np.ascontiguousarray(moved).tobytes())
+    proc.stdin.close()
+    if proc.wait() != 0:
+        raise RuntimeError(f"ffmpeg could not write {target}")
+    return target
+
+
+def fine_scale(settings: RedactionSettings, height: int, width: int) -> float:
+    return settings.fine_scale(height, width) or settings.scale(height, width)
+
+
+def changed(settings: RedactionSettings) -> str:
+    """The settings that differ from the node's, as key=value (or "node settings")."""
+    base, mine = NODE_SETTINGS.describe(), settings.describe()
+    diff = [f"{k}={v}" for k, v in mine.items() if base.get(k) != v]
+    return " ".join(diff) if diff else "node settings"
+
+
+def parse_settings(text: str) -> RedactionSettings:
+    """"fine_lines=480,fine_every=1" -> the node's settings with those changed."""
+    fields = {f.name: f.type for f in dataclasses.fields(RedactionSettings)}
+    values: dict[str, Any] = {}
+    for item in filter(None, text.split(",")):
+        key, _, value = item.partition("=")
+        if key not in fields:
+            raise SystemExit(f"unknown redaction setting {key!r}: one of {sorted(fields)}")
+        values[key] = int(value) if fields[key] in ("int", int) else float(value)
+    return dataclasses.replace(NODE_SETTINGS, **values)
 
 
 def pct(part: int, whole: int) -> str:
@@ -569,6 +745,9 @@ def clips(names: list[str]) -> list[Path]:
     return [p for p in found if not names or any(n in p.name for n in names)]
 
 
+PARTS = {"cost", "audience", "truth", "video", "residual", "small", "live"}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true",
@@ -584,22 +763,50 @@ def main() -> None:
                         help="write each leak (original | redacted) as a PNG here")
     parser.add_argument("--live", type=float, default=0.0, metavar="SECONDS",
                         help="only measure live pictures, for this long")
+    parser.add_argument("--settings", type=parse_settings, default=NODE_SETTINGS,
+                        metavar="KEY=VALUE,...",
+                        help="the redaction settings measured (default: the node's), e.g. "
+                             "fine_lines=480,fine_every=1")
+    parser.add_argument("--variants", type=parse_settings, nargs="*", default=[],
+                        metavar="KEY=VALUE,...",
+                        help="other settings measured side by side: first viewer and search "
+                             "cost, ground truth, video ground truth")
+    parser.add_argument("--only", nargs="*", choices=sorted(PARTS), default=[],
+                        help="run only these parts")
+    parser.add_argument("--truth-every", type=int, default=0,
+                        help="every n-th WIDER photo (default: all, 20 with --quick)")
     args = parser.parse_args()
     if not DATA.is_dir():
         sys.exit(f"no test data at {DATA}")
-    run: list[Callable[[Path], None]]
-    if args.live:
-        run = [lambda work: live(args.live, work)]
-    elif args.quick:
-        run = [lambda work: cost(work, 3.0, 2), lambda work: audience(work, 12, 0),
-               lambda work: ground_truth(every=20)]
+    settings: RedactionSettings = args.settings
+    variants: list[RedactionSettings] = args.variants
+    quick = args.quick
+    every = args.truth_every or (20 if quick else 1)
+    parts: dict[str, Callable[[Path], None]] = {
+        "cost": lambda work: cost(work, 3.0 if quick else None, 2 if quick else 5, settings,
+                                  variants),
+        "audience": lambda work: audience(work, 12 if quick else 1, 0 if quick else 1,
+                                          settings),
+        "truth": lambda work: ground_truth(every, settings, variants),
+        "video": lambda work: video_truth(work, 2 * every if quick else max(every, 4),
+                                          [settings, *variants]),
+        "residual": lambda work: residuals(clips(args.clips), work, fps=args.audit_fps,
+                                           most=max(2, args.audit_max), crops=args.crops,
+                                           settings=settings),
+        "small": lambda work: small_faces(work, fps=args.audit_fps,
+                                          most=max(2, args.small_max), settings=settings),
+        "live": lambda work: live(args.live or 30.0, work),
+    }
+    assert set(parts) == PARTS
+    if args.only:
+        names = args.only
+    elif args.live:
+        names = ["live"]
+    elif quick:
+        names = ["cost", "audience", "truth", "video"]
     else:
-        run = [lambda work: cost(work, None, 5), lambda work: audience(work, 1, 1),
-               lambda work: ground_truth(every=1),
-               lambda work: residuals(clips(args.clips), work, fps=args.audit_fps,
-                                      most=max(2, args.audit_max), crops=args.crops),
-               lambda work: small_faces(work, fps=args.audit_fps,
-                                        most=max(2, args.small_max))]
+        names = ["cost", "audience", "truth", "video", "residual", "small"]
+    run = [parts[name] for name in names]
     started = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="custodes-redaction-") as work:
         for step in run:

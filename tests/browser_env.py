@@ -12,7 +12,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Final
 from urllib.parse import quote
 
 import httpx
@@ -64,6 +64,47 @@ def chromium_available() -> None:
     require(CHROMIUM.is_file(), "Debian's chromium at /usr/bin/chromium")
 
 
+# Two cameras configured but never started: for pages that need the node's users, cases and
+# web server, not video.
+IDLE_CAMERAS: Final[dict[str, dict[str, Any]]] = {
+    name: {"location": location, "main_url": f"rtsp://127.0.0.1:1/{name}", "enabled": False}
+    for name, location in (("cam01", "entrance"), ("cam02", "corridor"))
+}
+
+
+def node_config(folder: Path, name: str, cameras: dict[str, dict[str, Any]], *,
+                profile: str | None = None, timezone: str | None = None) -> dict[str, Any]:
+    """The config of a browser test's node: one site (``school``), ``cameras`` (name: its
+    location, URL and other keys), storage under ``folder``, the web server on a free port of
+    127.0.0.1. ``profile`` None is the default (the strictest); ``timezone`` None leaves the
+    site's zone to the machine's."""
+    return {
+        "node": {"name": name, **({"timezone": timezone} if timezone else {})},
+        **({"profile": profile} if profile else {}),
+        "sites": {"school": {"name": "Test school"}},
+        "cameras": {camera: {"site": "school", "purpose": "browser test", **keys}
+                    for camera, keys in cameras.items()},
+        "storage": {"path": str(folder / "var")},
+        "server": {"host": "127.0.0.1", "port": 0},
+    }
+
+
+def serve_node(config: dict[str, Any], users: dict[str, Role],
+               password: str = PASSWORD) -> Iterator[Recorder]:
+    """The node of ``config`` started (recording what its cameras send, web server up), with
+    ``users`` (name: role) added under ``password``; stopped after use."""
+    node = Node(parse_config(yaml.safe_dump(config)))
+    node.start()
+    try:
+        accounts = Users(node.store)
+        for name, role in users.items():
+            accounts.add(name, role, password)
+        assert node.web is not None
+        yield Recorder(node, node.web.url.rstrip("/"))
+    finally:
+        node.stop()
+
+
 def start_recorder(shared_data: Path, folder: Path, *,
                    timezone: str | None = None) -> Iterator[Recorder]:
     """``timezone``: the site's (node.timezone); None leaves it to the machine's."""
@@ -74,32 +115,13 @@ def start_recorder(shared_data: Path, folder: Path, *,
     with SimServer() as sim:
         urls = {"cam01": sim.add_camera("cam01", people),
                 "cam02": sim.add_camera("cam02", pattern)}
-        config = parse_config(yaml.safe_dump({
-            "node": {"name": "browser-test", **({"timezone": timezone} if timezone else {})},
-            "sites": {"school": {"name": "Test school"}},
-            "cameras": {
-                name: {
-                    "site": "school", "location": location, "purpose": "browser test",
-                    "main_url": url,
-                    "record": {"segment_seconds": SEGMENT_SECONDS},
-                    "analytics": {"width": 480},
-                }
-                for (name, url), location in zip(urls.items(), ("entrance", "corridor"),
-                                                 strict=True)
-            },
-            "storage": {"path": str(folder / "var")},
-            "server": {"host": "127.0.0.1", "port": 0},
-        }))
-        node = Node(config)
-        users = Users(node.store)
-        node.start()
-        try:
-            for name, role in USERS.items():
-                users.add(name, role, PASSWORD)
-            assert node.web is not None
-            yield Recorder(node, node.web.url.rstrip("/"))
-        finally:
-            node.stop()
+        cameras = {
+            name: {"location": location, "main_url": url,
+                   "record": {"segment_seconds": SEGMENT_SECONDS}, "analytics": {"width": 480}}
+            for (name, url), location in zip(urls.items(), ("entrance", "corridor"), strict=True)
+        }
+        yield from serve_node(node_config(folder, "browser-test", cameras, timezone=timezone),
+                              USERS)
 
 
 def fresh_screenshots() -> Path:

@@ -254,6 +254,61 @@ def test_an_administrator_cannot_raise_themselves_through_the_page(
     assert 'id="hold-form"' not in root.get("/timeline").text
 
 
+def test_the_grants_list_is_filtered_by_user_camera_kind_and_state(
+        app: FastAPI, node: Node) -> None:
+    root = signed_in(app, add_user(app, "root", Role.ADMIN))
+    ada = signed_in(app, add_user(app, "ada", Role.ADMIN))
+    add_user(app, "dora", Role.APPROVER, ["cam2"])
+    ivan = root.post("/api/users", json={"name": "ivan", "role": "investigator",
+                                         "cameras": ["cam1"]}).json()["grant"]["id"]
+    anna = root.post("/api/users", json={"name": "anna", "role": "approver"}).json()[
+        "grant"]["id"]  # every camera
+    reset = ada.post("/api/users/dora/password").json()["grant"]["id"]
+    assert ada.post(f"/api/grants/{ivan}/confirm").status_code == 200
+    # A grant nobody confirmed in time reads "expired" (the row itself still says pending).
+    now = time.time()
+    node.store.write(lambda conn: conn.execute(insert(schema.user_grants).values(
+        kind="add", user_name="old", role="admin", cameras=None, requested_by="cli:root",
+        requested_at=now - 9 * 86400, expires_at=now - 2 * 86400, status="pending")))
+
+    def ids(**query: str) -> list[int]:
+        r = ada.get("/api/grants", params=query)
+        assert r.status_code == 200, r.text
+        return [g["id"] for g in r.json()]
+
+    lapsed = max(ids())
+    assert ids() == [lapsed, reset, anna, ivan]
+    # A user: the account concerned, who asked, or who decided.
+    assert ids(user="ivan") == [ivan]
+    assert ids(user="root") == [anna, ivan]
+    assert ids(user="ada") == [reset, ivan]
+    assert ids(user="cli:root") == [lapsed]
+    assert ids(user="nobody") == []
+    # A camera: grants limited to it, and those for every camera (a password reset names no
+    # camera, so it is listed under each).
+    assert ids(camera="cam1") == [lapsed, reset, anna, ivan]
+    assert ids(camera="cam2") == [lapsed, reset, anna]
+    assert ids(kind="password") == [reset]
+    assert ids(kind="add", camera="cam2") == [lapsed, anna]
+    assert ids(status="confirmed") == [ivan]
+    assert ids(status="pending") == ids(pending="true") == [reset, anna]
+    assert ids(status="expired") == [lapsed]
+    assert ids(status="pending", user="root") == [anna]
+    # Bad filters are 4xx with a reason, never a 500 or a silently wider list.
+    for bad in ({"kind": "everything"}, {"status": "done"}, {"camera": "../cam1"},
+                {"user": ""}, {"user": "x" * 129}):
+        assert ada.get("/api/grants", params=bad).status_code == 422, bad
+    r = ada.get("/api/grants", params={"pending": "true", "status": "confirmed"})
+    assert r.status_code == 400
+    assert "two states" in r.json()["detail"]
+    # The page offers the same choices.
+    page = ada.get("/users/grants").text
+    assert 'id="grant-filters"' in page
+    assert '<option value="cam2">cam2</option>' in page
+    assert '<option value="password">password reset</option>' in page
+    assert '<option value="expired">expired</option>' in page
+
+
 # -- one's own sessions and tokens ----------------------------------------------------------------
 
 

@@ -300,11 +300,11 @@ def test_analysis_process_is_restarted_and_follows_camera_outages(
 
 def test_the_pool_is_sized_by_the_machine_not_the_camera_count() -> None:
     plenty = 64 * 1024
-    assert pool_size(64, cpus=2, memory_mib=plenty) == 1
-    assert pool_size(64, cpus=16, memory_mib=plenty) == 15
+    assert pool_size(64, cpus=2, memory_mib=plenty) == 2
+    assert pool_size(64, cpus=16, memory_mib=plenty) == 16
     assert pool_size(3, cpus=16, memory_mib=plenty) == 3
     assert pool_size(1, cpus=1, memory_mib=plenty) == 1
-    # Memory for 64 cameras' models and three workers' bases, not the fifteen cores allow.
+    # Memory for 64 cameras' models and three workers' bases, not the sixteen cores allow.
     assert pool_size(64, cpus=16, memory_mib=64 * 110 + 3 * 150) == 3
     # Short of memory: one worker still (the cameras' models, not the workers, take it).
     assert pool_size(64, cpus=16, memory_mib=1024) == 1

@@ -67,7 +67,12 @@ def node(tmp_path: Path) -> Iterator[Node]:
 
 
 def open_node(tmp_path: Path, **server: Any) -> Iterator[Node]:
-    node = Node(parse_config(yaml.safe_dump(node_config(tmp_path, **server))))
+    yield from opened(Node(parse_config(yaml.safe_dump(node_config(tmp_path, **server)))))
+
+
+def opened(node: Node) -> Iterator[Node]:
+    """``node`` with its folders made and its database open, no worker running (the API is
+    called in-process); closed after use."""
     node.layout.create()
     node.store.open()
     try:

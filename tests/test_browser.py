@@ -20,10 +20,12 @@ from urllib.parse import urlsplit
 
 import pytest
 from playwright.sync_api import Browser, Page, expect
+from playwright.sync_api import TimeoutError as PlaywrightTimeout
 from sqlalchemy import select
 
 from browser_env import (
     PASSWORD,
+    SCREENSHOTS,
     SEGMENT_SECONDS,
     Recorder,
     chromium_available,
@@ -31,6 +33,7 @@ from browser_env import (
     launch_chromium,
     start_recorder,
 )
+from custodes.app import Node
 from custodes.record.manifest import verify_bundle
 from custodes.record.playback import Segment
 from custodes.store import schema
@@ -132,14 +135,17 @@ def test_the_live_grid_shows_moving_redacted_pictures(
 
 
 def click_at(page: Page, bar: str, t: float) -> None:
+    """Click the bar where it shows time ``t``. The position is relative to the bar and
+    Playwright clicks once the bar is stable and on top: on a loaded machine the page can
+    still move (a message, a redraw) between measuring and clicking, and a click at page
+    coordinates then lands beside the bar and plays nothing."""
     box = page.evaluate(
         """([sel, t]) => {
              const b = document.querySelector(sel), r = b.getBoundingClientRect();
-             return {x: r.left + r.width * (t - b.from) / (b.to - b.from),
-                     y: r.top + r.height / 2};
+             return {x: r.width * (t - b.from) / (b.to - b.from), y: r.height / 2};
            }""",
         [bar, t])
-    page.mouse.click(box["x"], box["y"])
+    page.locator(bar).click(position=box)
 
 
 def video_state(page: Page) -> dict[str, Any]:
@@ -233,9 +239,9 @@ def test_a_viewer_cannot_reach_cases_or_unredacted_playback(
     expect(page.locator("#redacted")).to_be_disabled()
     page.select_option("#zoom", "600")
     now = time.time()
+    errors = page_errors(page)
     click_at(page, "#detailbar", now - 20)
-    page.wait_for_function("() => window.custodesPlayer.firstFrames.length >= 1",
-                           timeout=120_000)
+    wait_for_first_frame(page, 1, recorder.node, errors)
     state = video_state(page)
     assert state["url"].endswith("/redacted")
     print(f"\nclick to first frame, redacted copy made on demand (the first, with the "
@@ -264,6 +270,7 @@ def measure_redacted_first_frames(page: Page, recorder: Recorder, clicks: int = 
     # What the player is sent, digested as it arrives (a copy to one side of its fetch): a
     # body the player streams into a SourceBuffer is not kept for the DevTools protocol.
     page.add_init_script(TEE_REDACTED)
+    errors = page_errors(page)
     page.goto(recorder.url + "/timeline?camera=cam01")
     page.wait_for_function("() => document.querySelectorAll('#daybar .span').length > 0")
     page.select_option("#zoom", "600")
@@ -280,8 +287,7 @@ def measure_redacted_first_frames(page: Page, recorder: Recorder, clicks: int = 
             continue  # made or started already: not what is measured
         before = len(video_state(page)["frames"])
         click_at(page, "#detailbar", seg.start + seg.duration / 2)
-        page.wait_for_function(
-            f"() => window.custodesPlayer.firstFrames.length > {before}", timeout=120_000)
+        wait_for_first_frame(page, before + 1, node, errors)
         state = video_state(page)
         if state["url"] != f"/api/segments/{seg.id}/redacted":
             continue  # the click fell beside it (a gap, a pixel off): not counted
@@ -308,6 +314,53 @@ def measure_redacted_first_frames(page: Page, recorder: Recorder, clicks: int = 
         kept = copies.path(node, seg).read_bytes()
         assert answer["sha256"] == hashlib.sha256(kept).hexdigest()
         assert kept != (node.layout.recordings / seg.path).read_bytes()
+
+
+def page_errors(page: Page) -> list[str]:
+    """The page's script errors and console errors from now on, for a failure's message."""
+    errors: list[str] = []
+    page.on("pageerror", lambda e: errors.append(str(e)))
+    page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
+    return errors
+
+
+def wait_for_first_frame(page: Page, count: int, node: Node, errors: list[str],
+                         timeout: float = 120_000) -> None:
+    """Wait for the player's ``count``-th first frame; if it does not come, fail with what
+    the player and the copy makers were doing (a frame that never comes is a bug to find,
+    not a slow machine: a 2 s copy takes under a CPU-second)."""
+    try:
+        page.wait_for_function(
+            f"() => window.custodesPlayer.firstFrames.length >= {count}", timeout=timeout)
+    except PlaywrightTimeout:
+        player = page.evaluate(PLAYER_STATE)
+        page.screenshot(path=SCREENSHOTS / "no-first-frame.png")
+        copies = node.redacted_copies
+        with copies._lock:
+            jobs = [{"segment": j.segment.id, "begins": j.begins, "started": j.started,
+                     "readers": j.readers, "left": j.left, "done": j.done.is_set(),
+                     "priority": j.priority, "error": repr(j.error)}
+                    for j in copies._jobs.values()]
+            waiting = (len(copies._viewers), len(copies._prefetches), copies._running)
+        raise AssertionError(
+            f"no first frame in {timeout / 1000:.0f} s: player {player}; copies in the making "
+            f"{jobs}; viewers, prefetches queued, viewers' copies running {waiting}; page "
+            f"errors {errors}; load {os.getloadavg()}") from None
+
+
+PLAYER_STATE = """() => {
+  const p = window.custodesPlayer;
+  const videos = [...document.querySelectorAll("video")].map((v) => ({
+    url: v.dataset.url || null, ready: v.readyState, network: v.networkState,
+    error: v.error && v.error.code, paused: v.paused, hidden: v.classList.contains("hidden"),
+    current: v.currentTime,
+    buffered: [...Array(v.buffered.length).keys()].map((i) => [v.buffered.start(i),
+                                                              v.buffered.end(i)]),
+  }));
+  return {source: p.source(), frames: p.firstFrames.length, videos,
+          state: document.getElementById("state")?.textContent,
+          message: document.getElementById("message")?.textContent};
+}"""
 
 
 TEE_REDACTED = """

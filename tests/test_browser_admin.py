@@ -1,35 +1,43 @@
 """Administration in a real browser (Debian's chromium under Playwright): the first
 administrator's forced password change, adding a user, resetting a password, a grant confirmed
-by a second administrator, ending another session, and placing and releasing a hold on the
-timeline. Screenshots go to test-artifacts/screenshots/admin-*.png.
+by a second administrator, the grants page's filter, ending another session, and placing and
+releasing a hold on the timeline. Screenshots go to test-artifacts/screenshots/admin-*.png.
 
-The node runs with its cameras disabled: none of this needs video.
+The node runs with its cameras disabled (none of this needs video) but one, whose address
+answers nothing: it is down, for the count of cameras down that every page shows.
 """
 
 from __future__ import annotations
 
+import re
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-import yaml
 from playwright.sync_api import Browser, Page, expect
 from sqlalchemy import select
 
-from browser_env import SCREENSHOTS, chromium_available, launch_chromium
+from browser_env import (
+    IDLE_CAMERAS,
+    SCREENSHOTS,
+    chromium_available,
+    launch_chromium,
+    node_config,
+    serve_node,
+)
 from custodes.app import Node
 from custodes.audit.actions import Action
 from custodes.auth.roles import Role
 from custodes.auth.users import Users
-from custodes.config import parse_config
 from custodes.store import schema
 
 pytestmark = pytest.mark.slow
 
 PASSWORD = "browser-admin-password"
 ADMIN_PASSWORD = "the head teacher's own password"
+DOWN = "cam03"  # recorded from an address where nothing answers: always down
 
 
 @dataclass
@@ -41,29 +49,13 @@ class Site:
 
 @pytest.fixture(scope="module")
 def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Site]:
-    folder = tmp_path_factory.mktemp("admin")
-    config = parse_config(yaml.safe_dump({
-        "node": {"name": "admin-test"},
-        "sites": {"school": {"name": "Test school"}},
-        "cameras": {
-            name: {"site": "school", "location": location, "purpose": "browser test",
-                   "main_url": f"rtsp://127.0.0.1:1/{name}", "enabled": False}
-            for name, location in (("cam01", "entrance"), ("cam02", "corridor"))
-        },
-        "storage": {"path": str(folder / "var")},
-        "server": {"host": "127.0.0.1", "port": 0},
-    }))
-    node = Node(config)
-    node.start()
-    try:
-        assert node.first_admin_password is not None
-        users = Users(node.store)
-        for name, role in (("olga", Role.OPERATOR), ("ada", Role.ADMIN)):
-            users.add(name, role, PASSWORD)
-        assert node.web is not None
-        yield Site(node, node.web.url.rstrip("/"), node.first_admin_password)
-    finally:
-        node.stop()
+    cameras = {**IDLE_CAMERAS, DOWN: {"location": "corridor",
+                                      "main_url": f"rtsp://127.0.0.1:1/{DOWN}",
+                                      "analytics": {"enabled": False}}}
+    config = node_config(tmp_path_factory.mktemp("admin"), "admin-test", cameras)
+    for web in serve_node(config, {"olga": Role.OPERATOR, "ada": Role.ADMIN}, PASSWORD):
+        assert web.node.first_admin_password is not None
+        yield Site(web.node, web.url, web.node.first_admin_password)
 
 
 @pytest.fixture(scope="module")
@@ -182,6 +174,52 @@ def test_add_a_user_reset_a_password_and_confirm_a_grant(browser: Browser, site:
     ivan = Users(site.node.store).get("ivan")
     assert ivan is not None
     assert (ivan.role, ivan.must_change_password) == (Role.INVESTIGATOR, True)
+
+
+def test_the_grants_page_filters_by_user_kind_and_state(browser: Browser, site: Site,
+                                                       shots: Path) -> None:
+    page = sign_in(browser, site, "admin", ADMIN_PASSWORD, "/users")
+    # A second grant: a reset of an administrator's password waits for another one.
+    page.once("dialog", lambda d: d.accept())
+    page.click('button[data-reset="ada"]')
+    expect(page.locator("#message")).to_contain_text("Grants page")
+    # The user's "waiting" leads to that user's pending grants, the filter filled in.
+    page.click('tr[data-user="ada"] a:has-text("waiting")')
+    page.wait_for_url("**/users/grants?status=pending&user=ada")
+    rows = page.locator("tr[data-grant]")
+    expect(rows).to_have_count(1)
+    expect(rows.first).to_contain_text("password reset")
+    expect(page.locator('#grant-filters [name="user"]')).to_have_value("ada")
+    expect(page.locator('#grant-filters [name="status"]')).to_have_value("pending")
+    # Every grant, then by kind (kept in the URL), then a filter nothing matches.
+    page.click("#grant-filters-clear")
+    expect(rows).to_have_count(2)
+    page.select_option('#grant-filters [name="kind"]', "add")
+    page.click("#grant-filters button[type=submit]")
+    expect(rows).to_have_count(1)
+    expect(rows.first).to_contain_text("ivan")
+    expect(rows.first).to_contain_text("confirmed")
+    assert page.url.endswith("/users/grants?kind=add")
+    page.screenshot(path=shots / "admin-04b-grants-filtered.png")
+    page.fill('#grant-filters [name="user"]', "olga")
+    page.click("#grant-filters button[type=submit]")
+    expect(page.locator("#grant-rows")).to_have_text("No grant matches this filter.")
+    page.context.close()
+
+
+def test_every_page_counts_the_cameras_down(browser: Browser, site: Site, shots: Path) -> None:
+    # An administrator (olga's sessions are counted below): any role that sees events.
+    page = sign_in(browser, site, "ada", target="/account")
+    events = page.locator('header nav a[data-nav="events"]')
+    badge = events.locator("#cameras-down")
+    expect(badge).to_have_text("1 down", timeout=60_000)
+    expect(badge).to_have_attribute("title", re.compile(f"^{DOWN}: "))
+    expect(events).to_have_attribute("href", "/events?kind=camera_offline")
+    page.screenshot(path=shots / "admin-04c-camera-down.png")
+    events.click()
+    page.wait_for_url("**/events?kind=camera_offline")
+    expect(page.locator("#rows")).to_contain_text(DOWN)
+    page.context.close()
 
 
 def test_end_another_session_and_make_a_token(browser: Browser, site: Site,

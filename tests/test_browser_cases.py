@@ -19,15 +19,21 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import yaml
 from playwright.sync_api import Browser, Page, expect
 from sqlalchemy import select
 
-from browser_env import PASSWORD, SCREENSHOTS, chromium_available, launch_chromium
+from browser_env import (
+    IDLE_CAMERAS,
+    PASSWORD,
+    SCREENSHOTS,
+    chromium_available,
+    launch_chromium,
+    node_config,
+    serve_node,
+)
 from custodes.app import Node
 from custodes.auth.roles import Role
 from custodes.auth.users import Users
-from custodes.config import parse_config
 from custodes.faces.photos import describe_photo, read_image
 from custodes.redaction.blur import blur_regions, encode_jpeg
 from custodes.store import schema
@@ -42,28 +48,10 @@ DAY = 24 * HOUR
 
 
 def start_node(folder: Path, profile: str) -> Iterator[tuple[Node, str]]:
-    config = parse_config(yaml.safe_dump({
-        "node": {"name": f"{profile}-test", "timezone": "UTC"},  # times typed as UTC
-        "profile": profile,
-        "sites": {"site": {"name": "Test site"}},
-        "cameras": {
-            name: {"site": "site", "location": location, "purpose": "browser test",
-                   "main_url": f"rtsp://127.0.0.1:1/{name}", "enabled": False}
-            for name, location in (("cam01", "entrance"), ("cam02", "corridor"))
-        },
-        "storage": {"path": str(folder / "var")},
-        "server": {"host": "127.0.0.1", "port": 0},
-    }))
-    node = Node(config)
-    node.start()
-    try:
-        users = Users(node.store)
-        for name, role in (("ivan", Role.INVESTIGATOR), ("dora", Role.APPROVER)):
-            users.add(name, role, PASSWORD)
-        assert node.web is not None
-        yield node, node.web.url.rstrip("/")
-    finally:
-        node.stop()
+    config = node_config(folder, f"{profile}-test", IDLE_CAMERAS, profile=profile,
+                         timezone="UTC")  # times typed as UTC
+    for web in serve_node(config, {"ivan": Role.INVESTIGATOR, "dora": Role.APPROVER}):
+        yield web.node, web.url
 
 
 @pytest.fixture(scope="module")

@@ -29,7 +29,7 @@ from custodes.config import load_config, parse_config
 from custodes.config_edit import edit_config
 from custodes.sim import SimServer
 from custodes.sim.onvif import OnvifIdentity, OnvifSim, SimProfile
-from test_auth import add_user, audit_entries, make_app, signed_in
+from test_auth import add_user, audit_entries, make_app, opened, signed_in
 
 CONFIG = """\
 # Test school: cameras are managed from the web UI from here on.
@@ -78,13 +78,7 @@ def config_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 
 @pytest.fixture
 def node(config_file: Path) -> Iterator[Node]:
-    node = Node(load_config(config_file), config_path=config_file)
-    node.layout.create()
-    node.store.open()
-    try:
-        yield node
-    finally:
-        node.store.close()
+    yield from opened(Node(load_config(config_file), config_path=config_file))
 
 
 @pytest.fixture

@@ -5,57 +5,51 @@ proxy between a site and the hub that cuts the link, and the witness's alarms.""
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import gc
 import random
 import shutil
-import socket
 import tempfile
-import threading
 import time
 import warnings
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import nats
 import pytest
-from sqlalchemy import select, text
+from sqlalchemy import text
 from typer.testing import CliRunner
 
 from custodes.audit.actions import Action
 from custodes.auth.roles import Role
 from custodes.auth.users import Users
 from custodes.cli import app
-from custodes.hub import db
 from custodes.hub.alarms import AlarmKind
-from custodes.hub.config import HubSettings
 from custodes.hub.demo import LightSite
 from custodes.hub.demo_nodes import start_real_node
 from custodes.hub.service import Hub
 from custodes.hub.web import HubAccounts, create_hub_app
 from custodes.keys import NodeKeys
-from custodes.store import schema
 from custodes.uplink.outbox import Outbox
 from custodes.uplink.wire import Message, Stream, inbox_prefix, subject
+from hub_env import (
+    NATS_SOCKET_WARNINGS,
+    Proxy,
+    hub_audit,
+    new_site,
+    open_alarms,
+    q,
+    running_hub,
+    site_audit,
+    wait_for,
+)
 
 with warnings.catch_warnings():
     # Starlette deprecates driving its test client with httpx; the replacement is not installed.
     warnings.simplefilter("ignore")
     from starlette.testclient import TestClient
 
-pytestmark = [
-    pytest.mark.slow,
-    # nats-py leaves some sockets to the garbage collector: the StreamWriter of a connection
-    # the proxy cut (its transport already closing), and a connection attempt cancelled inside
-    # its asyncio.wait_for(open_connection(...)) while reconnecting or closing. asyncio warns
-    # when the collector closes them; the tests collect after each test (below), so that
-    # these warnings come while the filter applies and not at the end of the session.
-    pytest.mark.filterwarnings(
-        r"ignore:Exception ignored in. (<function (StreamWriter|_SelectorTransport)\.__del__"
-        r"|<socket\.socket fd=\d+, family=2, type=1, proto=6, laddr=\('127\.0\.0\.1')"
-        r":pytest.PytestUnraisableExceptionWarning"),
-]
+pytestmark = [pytest.mark.slow, NATS_SOCKET_WARNINGS]
 
 
 @pytest.fixture(autouse=True)
@@ -64,121 +58,10 @@ def _collect_after() -> Iterator[None]:
     gc.collect()
 
 
-def wait_for(what: str, cond: Callable[[], bool], timeout: float = 90) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if cond():
-            return
-        time.sleep(0.3)
-    raise AssertionError(f"timed out waiting for: {what}")
-
-
-class Proxy:
-    """A TCP proxy that can cut the link: open connections are dropped, new ones refused."""
-
-    def __init__(self, target: int) -> None:
-        self.target = target
-        self.listener = socket.create_server(("127.0.0.1", 0))
-        self.port = self.listener.getsockname()[1]
-        self.cut_off = False
-        self.open: list[socket.socket] = []
-        self.lock = threading.Lock()
-        threading.Thread(target=self._accept, daemon=True).start()
-
-    @property
-    def url(self) -> str:
-        return f"nats://127.0.0.1:{self.port}"
-
-    def _accept(self) -> None:
-        while True:
-            try:
-                client, _ = self.listener.accept()
-            except OSError:
-                return
-            with self.lock:
-                if self.cut_off:
-                    client.close()
-                    continue
-                upstream = socket.create_connection(("127.0.0.1", self.target))
-                self.open += [client, upstream]
-            for a, b in ((client, upstream), (upstream, client)):
-                threading.Thread(target=self._pump, args=(a, b), daemon=True).start()
-
-    def _pump(self, src: socket.socket, dst: socket.socket) -> None:
-        try:
-            while data := src.recv(65536):
-                dst.sendall(data)
-        except OSError:
-            pass
-        for s in (src, dst):
-            with contextlib.suppress(OSError):
-                s.shutdown(socket.SHUT_RDWR)
-        with self.lock:  # the other direction's pump ends too: close both once
-            if src in self.open:
-                self.open.remove(src)
-                src.close()
-
-    def cut(self) -> None:
-        self.cut_off = True
-        with self.lock:
-            for s in self.open:
-                with contextlib.suppress(OSError):
-                    s.shutdown(socket.SHUT_RDWR)
-                s.close()
-            self.open.clear()
-
-    def restore(self) -> None:
-        self.cut_off = False
-
-    def close(self) -> None:
-        self.cut()
-        self.listener.close()
-
-
 @pytest.fixture(scope="module")
 def hub() -> Iterator[Hub]:
-    # Not under pytest's tmp folder: as root, PostgreSQL runs as its own account and must be
-    # able to reach its folder, and every pytest run resets pytest's root folder to 0700.
-    folder = Path(tempfile.mkdtemp(prefix="custodes-hub-test-"))
-    h = Hub(HubSettings(data=folder, nats_port=0, web_port=0, silent_after_seconds=5))
-    h.start(web=False)
-    try:
+    with running_hub() as h:
         yield h
-    finally:
-        h.stop()
-        gc.collect()
-        shutil.rmtree(folder, ignore_errors=True)
-
-
-def q(hub: Hub, sql: str, *args: object) -> list[tuple[Any, ...]]:
-    with db.connect(hub.db_url) as conn:
-        return [tuple(r) for r in conn.execute(sql.encode(), args or None).fetchall()]
-
-
-def site_audit(site: LightSite) -> list[tuple[int, str]]:
-    with site.store.read() as conn:
-        return [(int(r[0]), str(r[1])) for r in conn.execute(
-            select(schema.audit_log.c.seq, schema.audit_log.c.hash)
-            .order_by(schema.audit_log.c.seq))]
-
-
-def hub_audit(hub: Hub, name: str) -> list[tuple[int, str]]:
-    return [(int(r[0]), str(r[1])) for r in q(
-        hub, "SELECT seq, hash FROM audit_entries WHERE site = %s ORDER BY seq", name)]
-
-
-def open_alarms(hub: Hub, name: str) -> set[str]:
-    return {str(r[0]) for r in q(
-        hub, "SELECT kind FROM alarms WHERE site = %s AND cleared_at IS NULL", name)}
-
-
-def new_site(hub: Hub, root: Path, name: str, *, group: str = "Ashby",
-             url: str | None = None, connect: bool = True) -> tuple[LightSite, str]:
-    site = LightSite.create(root / name, name, cameras=3, checkpoint_every=5)
-    password = hub.enrol(name, group, site.keys.public_pem).password
-    if connect:
-        site.connect([url or hub.nats_urls[0]], password, health_seconds=1)
-    return site, password
 
 
 def test_a_cut_link_loses_nothing_and_counts_nothing_twice(hub: Hub, tmp_path: Path) -> None:

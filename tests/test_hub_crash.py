@@ -14,7 +14,6 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Callable
 from pathlib import Path
 
 import psycopg
@@ -25,24 +24,9 @@ from sqlalchemy import text
 from custodes.hub.demo import LightSite
 from custodes.hub.nats_server import EmbeddedNats, free_port
 from custodes.hub.postgres import EmbeddedPostgres
+from hub_env import NATS_SOCKET_WARNINGS, wait_for
 
-pytestmark = [
-    pytest.mark.slow,
-    # See tests/test_hub.py: sockets nats-py leaves to the garbage collector on reconnects.
-    pytest.mark.filterwarnings(
-        r"ignore:Exception ignored in. (<function (StreamWriter|_SelectorTransport)\.__del__"
-        r"|<socket\.socket fd=\d+, family=2, type=1, proto=6, laddr=\('127\.0\.0\.1')"
-        r":pytest.PytestUnraisableExceptionWarning"),
-]
-
-
-def wait_for(what: str, cond: Callable[[], bool], timeout: float = 120) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if cond():
-            return
-        time.sleep(0.5)
-    raise AssertionError(f"timed out waiting for: {what}")
+pytestmark = [pytest.mark.slow, NATS_SOCKET_WARNINGS]
 
 
 def serve(config: Path) -> subprocess.Popen[str]:

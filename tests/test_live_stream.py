@@ -302,6 +302,28 @@ def test_refusals_open_no_stream(app: FastAPI, node: Node) -> None:
     assert refusals.count(("olga", "access", path)) == 3 + 3  # three origins, three tokens
 
 
+@pytest.mark.slow
+def test_api_tokens_do_not_open_live_video(app: FastAPI, node: Node) -> None:
+    """Live originals are a person's view in a browser: a script's token is refused with the
+    reason (HTTP 401 at the handshake), even beside a valid session cookie."""
+    olga = add_user(app, "olga", Role.OPERATOR)
+    _, token = app.state.sessions.create_token(olga, "script")
+    for c, bearer in ((TestClient(app, client=("127.0.0.1", 50000)), token),
+                      (signed_in(app, olga), token),
+                      (TestClient(app, client=("127.0.0.1", 50000)), "cst_unknown")):
+        ws, _ = watch(c, "cam1", headers={"authorization": f"Bearer {bearer}"})
+        with pytest.raises(WebSocketDenialResponse) as denied, ws:
+            ws.receive()
+        assert denied.value.status_code == 401
+        assert "API tokens do not open live video" in denied.value.json()["detail"]
+    assert node.live_streams.upstreams == {}
+    assert audit_entries(node, Action.LIVE_ORIGINAL) == []
+    # The two attempts with olga's token are on record as hers; the unknown one names nobody.
+    refusals = [(e["actor"], e["target"]) for e in audit_entries(node, Action.ACCESS)
+                if e["outcome"] == "refused"]
+    assert refusals == [("olga", "/api/cameras/cam1/live/stream")] * 2
+
+
 # -- the fan-out's queues, without a camera -----------------------------------------------------
 
 def test_a_slow_viewer_skips_to_a_keyframe_and_holds_up_nobody() -> None:

@@ -26,7 +26,7 @@ from custodes.app import Node
 from custodes.auth.roles import Role
 from custodes.media import ffmpeg_exe
 from custodes.record.playback import Segment
-from custodes.redaction.copies import RedactedCopies
+from custodes.redaction.copies import Abandoned, RedactedCopies
 from custodes.redaction.detect import RedactionSettings
 from custodes.redaction.video import BoxPlan, RedactionError
 from custodes.store import schema
@@ -154,6 +154,26 @@ def test_a_copy_whose_viewer_left_is_given_up_and_made_again_for_the_next(
     copy = copies.get(node, seg)
     assert copy.is_file()
     assert decoded(copy) == decoded(node.layout.recordings / seg.path)
+
+
+def test_stopping_gives_up_the_copies_in_the_making_and_ends_the_threads(
+        long_segment: tuple[Node, Segment]) -> None:
+    """A thread left in the detector's native code when the process exits aborts it, so the
+    node's stop ends them: the copy under way is given up at its next frame, those waiting
+    are refused, and a request after the stop is refused at once rather than never made."""
+    node, seg = long_segment
+    copies = RedactedCopies(workers=1)
+    copies.start(node, seg)  # as a viewer's click does
+    threads = list(copies._threads)
+    assert threads
+    assert asyncio.run(wait_for(lambda: any(j.started for j in copies._jobs.values())))
+
+    copies.stop()
+
+    assert not [t for t in threads if t.is_alive()]
+    assert not made_files(node)
+    with pytest.raises(Abandoned, match="stopping"):
+        copies.get(node, seg)
 
 
 async def wait_for(condition: Callable[[], bool], seconds: float = 60.0) -> bool:

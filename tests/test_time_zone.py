@@ -19,7 +19,7 @@ from custodes.config import ConfigError, parse_config
 from custodes.record.readme import export_readme
 from custodes.sitetime import SiteZone, ZoneSource, machine_zone_name, site_zone
 from custodes.store import schema
-from test_auth import add_user, make_app, node_config, signed_in
+from test_auth import add_user, make_app, node_config, opened, signed_in
 
 ZONE = "Europe/Oslo"
 
@@ -65,13 +65,7 @@ def test_local_days_follow_the_clock_changes() -> None:
 
 @pytest.fixture
 def node(tmp_path: Path) -> Iterator[Node]:
-    node = Node(parse_config(config_text(tmp_path, timezone=ZONE)))
-    node.layout.create()
-    node.store.open()
-    try:
-        yield node
-    finally:
-        node.store.close()
+    yield from opened(Node(parse_config(config_text(tmp_path, timezone=ZONE))))
 
 
 @pytest.fixture

@@ -3,33 +3,22 @@ last acknowledged message, and the hub holds every row once."""
 
 from __future__ import annotations
 
-import gc
 import os
-import shutil
 import signal
 import subprocess
 import sys
-import tempfile
-import time
-from collections.abc import Callable, Iterator
-from pathlib import Path
+from collections.abc import Iterator
 
 import psycopg
 import pytest
 from sqlalchemy import text
 
-from custodes.hub.config import HubSettings
 from custodes.hub.service import Hub
 from custodes.keys import NodeKeys
 from custodes.store.db import Store
+from hub_env import NATS_SOCKET_WARNINGS, running_hub, wait_for
 
-pytestmark = [
-    pytest.mark.slow,
-    pytest.mark.filterwarnings(  # see tests/test_hub.py
-        r"ignore:Exception ignored in. (<function (StreamWriter|_SelectorTransport)\.__del__"
-        r"|<socket\.socket fd=\d+, family=2, type=1, proto=6, laddr=\('127\.0\.0\.1')"
-        r":pytest.PytestUnraisableExceptionWarning"),
-]
+pytestmark = [pytest.mark.slow, NATS_SOCKET_WARNINGS]
 
 # A site in its own process: the real uplink over a real node database, writing bursts.
 SITE = """
@@ -49,26 +38,10 @@ site.close()
 """
 
 
-def wait_for(what: str, cond: Callable[[], bool], timeout: float = 120) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if cond():
-            return
-        time.sleep(0.3)
-    raise AssertionError(f"timed out waiting for: {what}")
-
-
 @pytest.fixture
 def hub() -> Iterator[Hub]:
-    folder = Path(tempfile.mkdtemp(prefix="custodes-uplink-crash-"))
-    h = Hub(HubSettings(data=folder / "hub", nats_port=0, web_port=0, silent_after_seconds=60))
-    h.start(web=False)
-    try:
+    with running_hub(silent_after_seconds=60) as h:
         yield h
-    finally:
-        h.stop()
-        gc.collect()
-        shutil.rmtree(folder, ignore_errors=True)
 
 
 def test_a_site_killed_mid_publish_resumes_without_gap_or_double(hub: Hub) -> None:

@@ -264,6 +264,7 @@ class Node:
             self.web.stop()
         # After the web server: no new export can be asked for. Queued exports fail now.
         self.exports.stop()
+        self.redacted_copies.stop()  # nobody can be watching one now
         self.audit.record(SYSTEM, Action.NODE_STOP, self.config.node.name)
         try:
             self.audit.checkpoint("stop")
@@ -365,6 +366,8 @@ class Node:
             disk_json = None
         return {
             "node": self.config.node.name, "profile": self.config.profile.value,
+            # The hub shows this site's times in its zone, as the node's pages do.
+            "timezone": site_zone(self.config.node.timezone).name,
             "started_at": self.started_at, "disk": disk_json,
             "retention_limit_hours": {name: self.config.retention_hours(name)
                                       for name in self.config.cameras},

@@ -64,7 +64,11 @@ class WorkerHealth:
 def pool_size(cameras: int, *, cpus: int | None = None, memory_mib: int | None = None,
               configured: int | None = None) -> int:
     """How many analysis processes for ``cameras``: ``configured`` if given, else bounded by
-    the cores (all but one) and by the memory analysis may use; never more than cameras."""
+    the cores and by the memory analysis may use; never more than cameras. All the cores, not
+    all but one: the workers run at NICENESS 10, so recording, live view and the web server
+    take a core from them whenever they need it, and otherwise a second core stays idle
+    while analysis sheds its rate (bench/analytics.py, 8 cameras on 2 cores: 2.2 of 5 fps
+    with the node using 0.45 of the cores)."""
     if cameras <= 0:
         return 0
     if configured is not None:
@@ -80,7 +84,7 @@ def pool_size(cameras: int, *, cpus: int | None = None, memory_mib: int | None =
     if spare < WORKER_MIB:
         log.warning("analysis of %d cameras needs ~%d MiB, more than the %d MiB planned for it",
                     cameras, cameras * CAMERA_MIB + WORKER_MIB, memory_mib)
-    return max(1, min(cameras, cpus - 1, by_memory))
+    return max(1, min(cameras, cpus, by_memory))
 
 
 class AnalyticsSupervisor:

@@ -28,7 +28,18 @@ from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any, Final, NoReturn
 
-from sqlalchemy import Connection, Row, insert, select, update
+from sqlalchemy import (
+    Connection,
+    Row,
+    and_,
+    exists,
+    func,
+    insert,
+    literal,
+    or_,
+    select,
+    update,
+)
 
 from custodes.audit.actions import Action
 from custodes.audit.log import AuditLog
@@ -48,6 +59,7 @@ from custodes.store import schema
 # The roles that reach other people's data or hand out access to it.
 PRIVILEGED: Final = frozenset({Role.ADMIN, Role.INVESTIGATOR, Role.APPROVER})
 GRANT_DAYS: Final = 7  # a grant nobody confirmed within a week is stale: ask again
+GRANTS_LISTED: Final = 500  # newest first; a filter narrows them before this cut
 
 
 class GrantKind(StrEnum):
@@ -296,14 +308,40 @@ class Accounts:
             raise KeyError(f"there is no grant {grant_id}")
         return grant_from_row(row, self.clock())
 
-    def grants(self, *, pending_only: bool = False) -> list[Grant]:
-        """Grants, newest first."""
+    def grants(self, *, pending_only: bool = False, user: str | None = None,
+               camera: str | None = None, kind: GrantKind | None = None,
+               status: GrantStatus | None = None) -> list[Grant]:
+        """Grants, newest first (at most GRANTS_LISTED), narrowed to those that name ``user``
+        (as the account concerned, the one who asked or the one who decided), that reach
+        ``camera`` (one for every camera reaches each, and so does a password reset, which
+        names no camera), of ``kind``, in ``status``."""
+        if pending_only:
+            status = GrantStatus.PENDING
         now = self.clock()
+        g = schema.user_grants.c
+        query = select(schema.user_grants)
+        if user is not None:
+            query = query.where(or_(g.user_name == user, g.requested_by == user,
+                                    g.decided_by == user))
+        if camera is not None:
+            each = func.json_each(g.cameras).table_valued("value")
+            query = query.where(or_(g.cameras.is_(None), exists(
+                select(literal(1)).select_from(each).where(each.c.value == camera))))
+        if kind is not None:
+            query = query.where(g.kind == kind.value)
+        if status is not None:
+            # A pending grant past its expiry reads EXPIRED (grant_from_row): filter the same.
+            waiting = g.status == GrantStatus.PENDING.value
+            if status is GrantStatus.PENDING:
+                query = query.where(waiting, g.expires_at > now)
+            elif status is GrantStatus.EXPIRED:
+                query = query.where(or_(g.status == status.value,
+                                        and_(waiting, g.expires_at <= now)))
+            else:
+                query = query.where(g.status == status.value)
         with self.users.store.read() as conn:
-            rows = conn.execute(select(schema.user_grants)
-                                .order_by(schema.user_grants.c.id.desc()).limit(500)).all()
-        found = [grant_from_row(row, now) for row in rows]
-        return [g for g in found if g.status is GrantStatus.PENDING or not pending_only]
+            rows = conn.execute(query.order_by(g.id.desc()).limit(GRANTS_LISTED)).all()
+        return [grant_from_row(row, now) for row in rows]
 
     # -- internals ---------------------------------------------------------------------------
 

@@ -1,4 +1,5 @@
-"""`custodes hub ...`: serve a hub, enrol a site, verify every site's chain, run the demo."""
+"""`custodes hub ...`: serve a hub, enrol a site, verify every site's chain, run the demo,
+manage the hub's own users (``custodes hub user``)."""
 
 from __future__ import annotations
 
@@ -13,15 +14,21 @@ from types import FrameType
 from typing import Annotated
 
 import typer
+from rich.table import Table
 
-from custodes.commands import MAX_PROBLEMS, console, err
+from custodes.auth.grants import Accounts, Change, GrantStatus
+from custodes.auth.roles import Role
+from custodes.auth.users import UserError, Users, ensure_admin
+from custodes.commands import EXIT_REFUSED, MAX_PROBLEMS, cli_actor, console, err, fmt_time
 from custodes.hub import db
 from custodes.hub.config import HubConfigError, HubSettings, load_hub_config
 from custodes.hub.demo import run_demo
 from custodes.hub.postgres import EmbeddedPostgres, PostgresError
 from custodes.hub.service import Hub, database_url
 from custodes.hub.sites import EnrolmentError, add_site
+from custodes.hub.web import HubAccounts
 from custodes.hub.witness import verify_site
+from custodes.privacy.policy import Refused
 
 hub_app = typer.Typer(help="The hub: many sites, one place.", no_args_is_help=True)
 
@@ -158,3 +165,133 @@ def demo(  # noqa: PLR0917 - typer options are parameters
     _logging(verbose)
     run_demo(data.resolve(), sites=sites, nodes=min(nodes, sites), seconds=seconds,
              web_port=web_port)
+
+
+# -- the hub's users -------------------------------------------------------------------------
+
+user_app = typer.Typer(help="The people who may sign in to the hub's pages: the node's "
+                       "accounts, roles, passwords and two-person rule.", no_args_is_help=True)
+hub_app.add_typer(user_app, name="user")
+
+UserName = Annotated[str, typer.Argument(help="User name")]
+
+
+@contextmanager
+def _accounts(config: Path | None, data: Path | None) -> Iterator[Accounts]:
+    """The hub's accounts (``web/hub.sqlite`` in its data folder, audited in its signed log),
+    the same code as the node's: argon2id, roles, grants. A hub without any user gets its
+    ``admin`` first, as at its first start, so that a second administrator can exist."""
+    settings = _settings(config, data)
+    try:
+        hub = HubAccounts.open(settings.data)
+    except OSError as exc:
+        err.print(f"[red]cannot open the hub's accounts in {settings.data}:[/red] {exc}",
+                  highlight=False)
+        raise typer.Exit(2) from None
+    try:
+        first = ensure_admin(hub.store, hub.audit)
+        if first is not None:
+            console.print("no user yet: created [bold]admin[/bold]", highlight=False)
+            _print_password("admin", first)
+        yield Accounts(Users(hub.store), hub.audit)
+    except (UserError, KeyError) as exc:
+        err.print(f"[red]{exc.args[0] if exc.args else exc}[/red]", highlight=False)
+        raise typer.Exit(2) from None
+    except Refused as exc:
+        err.print(f"[red]refused:[/red] {exc.reason}", highlight=False)
+        raise typer.Exit(EXIT_REFUSED) from None
+    finally:
+        hub.store.close()
+
+
+def _print_password(name: str, password: str) -> None:
+    console.print(f"password for {name}: {password}", markup=False, highlight=False)
+    console.print("It is shown only this once; hand it over in person. The user must choose "
+                  "their own at the first sign-in (nothing else works until then).")
+
+
+def _print_change(name: str, change: Change) -> None:
+    grant = change.grant
+    if grant is not None and grant.status is GrantStatus.PENDING:
+        console.print(f"grant {grant.id}: {grant.kind.value} {name} ({grant.role.value}) waits "
+                      "for a second administrator to confirm it (custodes hub user confirm "
+                      f"{grant.id}, run by another local account)", highlight=False)
+    elif change.password is not None:
+        _print_password(name, change.password)
+
+
+@user_app.command("add")
+def user_add(name: UserName,
+             role: Annotated[Role, typer.Option(help="What the user may do")],
+             config: HubConfigOption = None, data: DataOption = None) -> None:
+    """Add a user with a random password, printed once (an administrator, investigator or
+    approver once a second administrator confirms the grant)."""
+    with _accounts(config, data) as accounts:
+        change = accounts.add(cli_actor(), name, role)
+    _print_change(name, change)
+
+
+@user_app.command("list")
+def user_list(config: HubConfigOption = None, data: DataOption = None) -> None:
+    """Every user with role and state."""
+    with _accounts(config, data) as accounts:
+        everyone = accounts.users.list()
+    table = Table("name", "role", "state", "password changed")
+    for u in everyone:
+        state = "disabled" if u.disabled else (
+            "enabled, must choose a password" if u.must_change_password else "enabled")
+        table.add_row(u.name, u.role.value, state, fmt_time(u.password_changed_at))
+    console.print(table)
+
+
+@user_app.command("disable")
+def user_disable(name: UserName, config: HubConfigOption = None,
+                 data: DataOption = None) -> None:
+    """Disable a user: their sessions and API tokens end at once."""
+    with _accounts(config, data) as accounts:
+        accounts.change(cli_actor(), name, disabled=True)
+    console.print(f"{name} disabled", highlight=False)
+
+
+@user_app.command("enable")
+def user_enable(name: UserName, config: HubConfigOption = None,
+                data: DataOption = None) -> None:
+    """Enable a disabled user again (with the password they had)."""
+    with _accounts(config, data) as accounts:
+        accounts.change(cli_actor(), name, disabled=False)
+    console.print(f"{name} enabled", highlight=False)
+
+
+@user_app.command("passwd")
+def user_passwd(name: UserName, config: HubConfigOption = None,
+                data: DataOption = None) -> None:
+    """Give a user a new random password, printed once, to be changed at the next sign-in;
+    their sessions and tokens end. For an administrator, investigator or approver, once a
+    second administrator confirms it."""
+    with _accounts(config, data) as accounts:
+        change = accounts.reset_password(cli_actor(), name)
+    _print_change(name, change)
+
+
+@user_app.command("grants")
+def user_grants(config: HubConfigOption = None, data: DataOption = None) -> None:
+    """Grants waiting for a second administrator."""
+    with _accounts(config, data) as accounts:
+        found = accounts.grants(pending_only=True)
+    table = Table("grant", "kind", "user", "role", "asked by", "asked")
+    for g in found:
+        table.add_row(str(g.id), g.kind.value, g.user_name, g.role.value, g.requested_by,
+                      fmt_time(g.requested_at))
+    console.print(table)
+
+
+@user_app.command("confirm")
+def user_confirm(grant: Annotated[int, typer.Argument(help="Grant number (user grants)")],
+                 config: HubConfigOption = None, data: DataOption = None) -> None:
+    """Carry out a grant another administrator asked for; a new password is printed once."""
+    with _accounts(config, data) as accounts:
+        change = accounts.confirm(cli_actor(), grant)
+    assert change.grant is not None
+    console.print(f"grant {grant} confirmed", highlight=False)
+    if change.password is not None:
+        _print_password(change.grant.user_name, change.password)

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import yaml
-from pydantic import Field, SecretStr, ValidationError
+from pydantic import Field, SecretStr, ValidationError, model_validator
 
 from custodes.config import Strict
 
@@ -19,6 +19,9 @@ class HubSettings(Strict):
                                  "with JetStream instead of the embedded server")
     nats_user: str | None = Field(None, description="The hub's user on an existing cluster")
     nats_password: SecretStr | None = Field(None, description="Its password (${ENV_VAR})")
+    nats_replicas: int = Field(1, ge=1, le=5, description="Copies JetStream keeps of the "
+                               "hub's stream: 1 on the embedded server; 3 on a cluster of 3 "
+                               "or more servers, which then loses nothing when one dies")
     nats_host: str = Field("127.0.0.1", description="Where the embedded NATS server listens")
     nats_port: int = Field(4222, ge=0, le=65535, description="Its port (0: any free one)")
     advertise_url: str | None = Field(None, description="The NATS URL the sites are told to "
@@ -27,6 +30,14 @@ class HubSettings(Strict):
     web_port: int = Field(8090, ge=0, le=65535, description="Their port (0: any free one)")
     silent_after_seconds: float = Field(120, ge=5, le=7 * 86400,
                                         description="A site not heard for this long is silent")
+
+
+    @model_validator(mode="after")
+    def _replicas_need_a_cluster(self) -> HubSettings:
+        if self.nats_replicas > 1 and not self.nats_urls:
+            raise ValueError("nats_replicas above 1 needs a NATS cluster (nats_urls): the "
+                             "embedded server is a single server")
+        return self
 
 
 class HubConfig(Strict):

@@ -65,11 +65,14 @@ class LightSite:
             "profile": "school", "cameras": cams, "config": {"node": "demo"}})
         return site
 
-    def connect(self, urls: list[str], password: str, health_seconds: float = 2.0) -> None:
+    def connect(self, urls: list[str], password: str, health_seconds: float = 2.0,
+                coverage_lag: float = 5.0) -> None:
+        """``coverage_lag``: the simulator writes a minute's segment when the minute ends;
+        a test that compares coverage gives it more than its writer can be late."""
         config = UplinkConfig(site=self.name, urls=urls, password=SecretStr(password),
                               health_seconds=health_seconds)
         self.uplink = Uplink(self.store, config, self.cameras, health=self.health,
-                             coverage_lag=5.0)
+                             coverage_lag=coverage_lag)
         self.uplink.start()
 
     def health(self) -> dict[str, object]:

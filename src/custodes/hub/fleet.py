@@ -1,5 +1,5 @@
 """What the hub's pages and /metrics show, read from its tables: the fleet by group, a site,
-the alarms. Plain queries, no writes."""
+the events across sites, the alarms. Plain queries, no writes."""
 
 from __future__ import annotations
 
@@ -8,8 +8,24 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import psycopg
+from psycopg import sql
+
+from custodes.events.types import EventKind
+from custodes.sitetime import SiteZone, ZoneSource, check_zone_name
 
 DAY_MINUTES = 24 * 60
+EVENTS_PAGE = 100
+
+
+def zone_of(name: object) -> SiteZone:
+    """The zone a site reports in its health (``timezone``, its node's zone); UTC when it
+    reports none, or one this machine does not know (a site's word is not trusted blindly)."""
+    if isinstance(name, str):
+        try:
+            return SiteZone(check_zone_name(name), ZoneSource.CONFIG)
+        except ValueError:
+            pass
+    return SiteZone("UTC", ZoneSource.FALLBACK)
 
 
 @dataclass(frozen=True)
@@ -31,6 +47,7 @@ class SiteRow:
     audit_held: int
     chain_broken_at: int | None
     profile: str | None
+    timezone: str = "UTC"  # the zone the site reports (its node.timezone), checked
 
 
 @dataclass
@@ -52,22 +69,35 @@ class Group:
 
 
 def sites(conn: psycopg.Connection[Any], silent_after: float,
-          name: str | None = None) -> list[SiteRow]:
-    now = time.time()
+          name: str | None = None, now: float | None = None) -> list[SiteRow]:
+    """Every site (or the one named), by group. The 24 h coverage is read from the hourly
+    sums (migration 0002) for the whole hours in the window and from the minutes for the
+    part of an hour it starts with: the same figure as summing every minute, at ~25 rows a
+    site instead of 1440 (the difference is what makes the overview of a year of the city
+    fast: bench/hub_overview.py)."""
+    now = time.time() if now is None else now
     first_minute = int(now // 60) - DAY_MINUTES
+    first_hour = -(-first_minute // 60)  # the first hour wholly inside the window
     rows = conn.execute(
         "SELECT s.name, s.grp, s.last_heard, s.health, s.audit_verified_seq, s.audit_max_seq, "
         "s.chain_broken_at, "
         "(SELECT count(*) FROM alarms a WHERE a.site = s.name AND a.cleared_at IS NULL), "
-        "(SELECT sum(v::numeric) FROM coverage c, jsonb_each_text(c.cameras) AS e(k, v) "
-        " WHERE c.site = s.name AND c.seq >= %s), "
-        "(SELECT sum((SELECT count(*) FROM jsonb_object_keys(c.cameras))) FROM coverage c "
-        " WHERE c.site = s.name AND c.seq >= %s) "
-        "FROM sites s WHERE (%s::text IS NULL OR s.name = %s) ORDER BY s.grp, s.name",
-        (first_minute, first_minute, name, name)).fetchall()
+        "h.seconds, h.camera_minutes, m.seconds, m.camera_minutes "
+        "FROM sites s "
+        "LEFT JOIN LATERAL (SELECT sum(ch.seconds) AS seconds, "
+        " sum(ch.camera_minutes) AS camera_minutes FROM coverage_hourly ch "
+        " WHERE ch.site = s.name AND ch.hour >= %(first_hour)s) h ON true "
+        "LEFT JOIN LATERAL (SELECT sum(e.value::double precision) AS seconds, "
+        " count(*) AS camera_minutes FROM coverage c, jsonb_each_text(c.cameras) e "
+        " WHERE c.site = s.name AND c.seq >= %(first_minute)s "
+        " AND c.seq < %(first_hour)s * 60) m ON true "
+        "WHERE (%(name)s::text IS NULL OR s.name = %(name)s) ORDER BY s.grp, s.name",
+        {"first_minute": first_minute, "first_hour": first_hour, "name": name}).fetchall()
     out = []
-    for (site, grp, heard, health, verified, held, broken, alarms, seconds,
-         camera_minutes) in rows:
+    for (site, grp, heard, health, verified, held, broken, alarms, hour_seconds,
+         hour_minutes, edge_seconds, edge_minutes) in rows:
+        seconds = float(hour_seconds or 0) + float(edge_seconds or 0)
+        camera_minutes = int(hour_minutes or 0) + int(edge_minutes or 0)
         h: dict[str, Any] = health or {}
         cams: dict[str, Any] = h.get("cameras") or {}
         recording = sum(1 for c in cams.values() if c.get("recording")
@@ -80,13 +110,13 @@ def sites(conn: psycopg.Connection[Any], silent_after: float,
             online=heard is not None and now - heard <= silent_after,
             cameras=len(cams), recording=recording, down=len(cams) - recording,
             backlog=sum(int(v) for v in (h.get("backlog") or {}).values()),
-            coverage_24h=(float(seconds) / (60.0 * float(camera_minutes))
-                          if seconds is not None and camera_minutes else None),
+            coverage_24h=seconds / (60.0 * camera_minutes) if camera_minutes else None,
             retention_hours=max(kept.values()) if kept else None,
             retention_limit=max(limits.values()) if limits else None,
             disk_used=(disk["used"] / disk["total"]) if disk.get("total") else None,
             alarms=int(alarms), audit_verified=int(verified), audit_held=int(held),
             chain_broken_at=broken, profile=h.get("profile"),
+            timezone=zone_of(h.get("timezone")).name,
         ))
     return out
 
@@ -125,12 +155,106 @@ def site_detail(conn: psycopg.Connection[Any], site: str) -> dict[str, Any]:
                       ("camera", "start_at", "end_at", "reason", "created_by")),
         "configs": rows("SELECT at, profile, digest FROM configs WHERE site = %s "
                         "ORDER BY seq DESC LIMIT 20", ("at", "profile", "digest")),
-        "gaps": rows("SELECT c.seq * 60, e.key, e.value::numeric FROM coverage c, "
-                     "jsonb_each_text(c.cameras) e WHERE c.site = %s AND e.value::numeric < 55 "
-                     "ORDER BY c.seq DESC LIMIT 50", ("minute", "camera", "seconds")),
+        # coverage_gaps is kept from coverage by a trigger (migration 0002): a site with few
+        # gaps would otherwise have its whole history expanded to find 50.
+        "gaps": rows("SELECT minute * 60, camera, seconds FROM coverage_gaps WHERE site = %s "
+                     "ORDER BY minute DESC, camera LIMIT 50", ("minute", "camera", "seconds")),
         "events": rows("SELECT camera, kind, start_at, end_at FROM events WHERE site = %s "
                        "ORDER BY seq DESC LIMIT 50", ("camera", "kind", "start_at", "end_at")),
     }
+
+
+@dataclass(frozen=True)
+class EventFilter:
+    """What the events page asks for; None: any. Times are UTC epoch seconds, ``end``
+    excluded. ``before``: the (start, site, seq) of the last event of the previous page."""
+
+    group: str | None = None
+    site: str | None = None
+    camera: str | None = None
+    kind: EventKind | None = None
+    start: float | None = None
+    end: float | None = None
+    before: tuple[float, str, int] | None = None
+
+
+@dataclass(frozen=True)
+class EventRow:
+    site: str
+    group: str
+    seq: int
+    camera: str
+    kind: str
+    start_at: float
+    end_at: float | None
+    timezone: str  # the site's, for showing its times
+
+    @property
+    def key(self) -> str:
+        """Where the next page starts: ``before`` of the following request."""
+        return f"{self.start_at!r}:{self.site}:{self.seq}"
+
+
+def events(conn: psycopg.Connection[Any], f: EventFilter,
+           limit: int = EVENTS_PAGE) -> list[EventRow]:
+    """Events across sites, newest first, ``limit`` at most. Only the conditions asked for
+    are in the query (no ``x IS NULL OR``), so that each can use its index (migration 0002)
+    whatever plan the server caches."""
+    where: list[sql.Composable] = []
+    args: dict[str, Any] = {"limit": limit}
+    for column, key, value in (("s.grp", "grp", f.group), ("e.site", "site", f.site),
+                               ("e.camera", "camera", f.camera),
+                               ("e.kind", "kind", None if f.kind is None else f.kind.value)):
+        if value is not None:
+            where.append(sql.SQL("{} = {}").format(sql.SQL(column), sql.Placeholder(key)))
+            args[key] = value
+    if f.start is not None:
+        where.append(sql.SQL("e.start_at >= %(start)s"))
+        args["start"] = f.start
+    if f.end is not None:
+        where.append(sql.SQL("e.start_at < %(end)s"))
+        args["end"] = f.end
+    if f.before is not None and f.before[1] == f.site:
+        # One site: the comparison its index (site, start_at, seq) can seek to.
+        where.append(sql.SQL("(e.start_at, e.seq) < (%(b_at)s, %(b_seq)s)"))
+        args.update(b_at=f.before[0], b_seq=f.before[2])
+    elif f.before is not None:
+        where.append(sql.SQL("(e.start_at, e.site, e.seq) < (%(b_at)s, %(b_site)s, %(b_seq)s)"))
+        args.update(b_at=f.before[0], b_site=f.before[1], b_seq=f.before[2])
+    query = sql.SQL(
+        "SELECT e.site, s.grp, e.seq, e.camera, e.kind, e.start_at, e.end_at, "
+        "s.health->>'timezone' FROM events e JOIN sites s ON s.name = e.site {} "
+        "ORDER BY e.start_at DESC, e.site DESC, e.seq DESC LIMIT %(limit)s").format(
+            sql.SQL("WHERE ") + sql.SQL(" AND ").join(where) if where else sql.SQL(""))
+    return [EventRow(str(r[0]), str(r[1]), int(r[2]), str(r[3]), str(r[4]), float(r[5]),
+                     None if r[6] is None else float(r[6]), zone_of(r[7]).name)
+            for r in conn.execute(query, args)]
+
+
+def event_choices(conn: psycopg.Connection[Any]) -> dict[str, Any]:
+    """The filters' options: groups and their sites, with each site's zone."""
+    rows = conn.execute("SELECT grp, name, health->>'timezone' FROM sites "
+                        "ORDER BY grp, name").fetchall()
+    groups: dict[str, list[str]] = {}
+    zones: dict[str, str] = {}
+    for grp, name, zone in rows:
+        groups.setdefault(str(grp), []).append(str(name))
+        zones[str(name)] = zone_of(zone).name
+    return {"groups": groups, "zones": zones}
+
+
+def site_cameras(conn: psycopg.Connection[Any], site: str) -> list[str]:
+    """The cameras a site reported last (its health, else its latest configuration)."""
+    row = conn.execute(
+        "SELECT s.health->'cameras', (SELECT c.cameras FROM configs c WHERE c.site = s.name "
+        "ORDER BY c.seq DESC LIMIT 1) FROM sites s WHERE s.name = %s", (site,)).fetchone()
+    if row is None:
+        return []
+    health, config = row
+    names = set(health) if isinstance(health, dict) else set()
+    if isinstance(config, list):
+        names |= {str(c) for c in config}
+    return sorted(str(n) for n in names)
 
 
 def metrics(conn: psycopg.Connection[Any], silent_after: float) -> dict[str, float]:

@@ -16,7 +16,7 @@ import json
 import logging
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import psycopg
@@ -49,53 +49,186 @@ def write_batch(conn: psycopg.Connection[Any], batch: Sequence[Received],
                 now: float | None = None, *, safe: bool = False) -> BatchResult:
     """Write ``batch`` in one transaction (the caller's); return what happened to it.
 
-    A message that does not parse is refused before any SQL runs for it. One that the
-    database refuses (a value out of a column's range) aborts the transaction: the caller
-    rolls back and calls again with ``safe``, which puts each message in a savepoint (two
-    more round trips per message, so not the default).
+    A message that does not parse is refused before any SQL runs for it. The rest go in one
+    multi-row INSERT per table (a round trip per table, not per message: a site back from
+    days offline sends tens of thousands), and of a site's health reports only the newest is
+    written (older ones would change nothing). One that the database refuses (a value out of
+    a column's range) aborts the transaction: the caller rolls back and calls again with
+    ``safe``, which writes each message alone in a savepoint (several round trips per message,
+    so not the default).
     """
     now = time.time() if now is None else now
     result = BatchResult()
-    known = {str(r[0]): str(r[1]) for r in conn.execute("SELECT name, public_key FROM sites")}
-    audited: dict[str, int] = {}
-    heard: set[str] = set()
+    parsed: list[tuple[Received, Message]] = []
     for item in batch:
         try:
-            msg = Message.decode(item.subject, item.data)
+            parsed.append((item, Message.decode(item.subject, item.data)))
+        except WireError as exc:
+            _reject(conn, item.subject, exc, now, result)
+    names = sorted({m.site for _, m in parsed})
+    known = {str(r[0]): str(r[1]) for r in conn.execute(
+        "SELECT name, public_key FROM sites WHERE name = ANY(%s::text[])", (names,))}
+    if safe:
+        heard, audited = _write_each(conn, parsed, known, now, result)
+    else:
+        heard, audited = _write_bulk(conn, parsed, known, now, result)
+    if heard:
+        conn.execute("UPDATE sites SET last_heard = GREATEST(COALESCE(last_heard, 0), %s) "
+                     "WHERE name = ANY(%s::text[])", (now, sorted(heard)))
+    if audited:
+        sites = sorted(audited)
+        conn.execute("UPDATE sites SET audit_max_seq = GREATEST(audit_max_seq, v.top) FROM "
+                     "unnest(%s::text[], %s::bigint[]) AS v(name, top) "
+                     "WHERE sites.name = v.name", (sites, [audited[s] for s in sites]))
+        for site in sites:
+            witness.advance(conn, site)
+    return result
+
+
+_REFUSED = (WireError, KeyError, TypeError, ValueError, binascii.Error)
+
+
+def _reject(conn: psycopg.Connection[Any], subject: str, exc: Exception, now: float,
+            result: BatchResult) -> None:
+    # Refused, with the reason on record; never dropped silently, never a crash of the
+    # consumer (that would stop every other site).
+    conn.execute("INSERT INTO rejected (subject, reason, received_at) VALUES (%s, %s, %s)",
+                 (subject, str(exc)[:500], now))
+    log.warning("hub: rejected a message on %s: %s", subject, exc)
+    result.rejected += 1
+
+
+def _count(result: BatchResult, outcome: str) -> None:
+    if outcome == "stored":
+        result.stored += 1
+    elif outcome == "duplicate":
+        result.duplicates += 1
+    else:
+        result.conflicts += 1
+
+
+def _write_each(conn: psycopg.Connection[Any], parsed: list[tuple[Received, Message]],
+                known: dict[str, str], now: float,
+                result: BatchResult) -> tuple[set[str], dict[str, int]]:
+    """One message at a time, each in a savepoint: one bad message does not undo the rest."""
+    audited: dict[str, int] = {}
+    heard: set[str] = set()
+    for item, msg in parsed:
+        try:
             if msg.site not in known:
                 raise WireError(f"site {msg.site!r} is not enrolled")
-            if safe:
-                with conn.transaction():  # a savepoint: one bad message does not undo the rest
-                    outcome = _write(conn, msg, known[msg.site], now)
-            else:
+            with conn.transaction():
                 outcome = _write(conn, msg, known[msg.site], now)
-        except (WireError, KeyError, TypeError, ValueError, psycopg.DataError) as exc:
-            if isinstance(exc, psycopg.DataError) and not safe:
-                raise
-            # Refused, with the reason on record; never dropped silently, never a crash of
-            # the consumer (that would stop every other site).
-            conn.execute("INSERT INTO rejected (subject, reason, received_at) VALUES "
-                         "(%s, %s, %s)", (item.subject, str(exc)[:500], now))
-            log.warning("hub: rejected a message on %s: %s", item.subject, exc)
-            result.rejected += 1
+        except (*_REFUSED, psycopg.DataError) as exc:
+            _reject(conn, item.subject, exc, now, result)
             continue
         heard.add(msg.site)
         if msg.stream == Stream.AUDIT:
             audited[msg.site] = max(audited.get(msg.site, 0), msg.seq)
-        if outcome == "stored":
+        _count(result, outcome)
+    return heard, audited
+
+
+@dataclass
+class _Sorted:
+    """A batch sorted by where it goes, each row's values already made (and so checked)."""
+
+    rows: dict[Stream, list[tuple[Message, tuple[Any, ...]]]] = field(default_factory=dict)
+    checkpoints: list[tuple[Received, Message]] = field(default_factory=list)
+    health: dict[str, tuple[float, Message]] = field(default_factory=dict)  # newest per site
+    heard: set[str] = field(default_factory=set)
+    audited: dict[str, int] = field(default_factory=dict)  # top entry per site
+
+
+def _write_bulk(conn: psycopg.Connection[Any], parsed: list[tuple[Received, Message]],
+                known: dict[str, str], now: float,
+                result: BatchResult) -> tuple[set[str], dict[str, int]]:
+    """Every table's rows of the batch in one statement each, in the order: audit entries,
+    checkpoints (matched against the entries just written), the other tables, health."""
+    batch = _sort(conn, parsed, known, now, result)
+    if Stream.AUDIT in batch.rows:
+        _audit_many(conn, batch.rows.pop(Stream.AUDIT), now, result)
+    for item, msg in batch.checkpoints:
+        try:
+            outcome = _write(conn, msg, known[msg.site], now)
+        except _REFUSED as exc:
+            _reject(conn, item.subject, exc, now, result)
+            continue
+        batch.heard.add(msg.site)
+        _count(result, outcome)
+    for stream, group in batch.rows.items():
+        table, columns = _TABLES[stream]
+        inserted = _insert_many(conn, table, columns, [v for _, v in group])
+        result.duplicates += len(_not_inserted(group, inserted, result))
+    if batch.health:
+        _health_many(conn, {site: msg.body for site, (_at, msg) in batch.health.items()})
+    return batch.heard, batch.audited
+
+
+def _sort(conn: psycopg.Connection[Any], parsed: list[tuple[Received, Message]],
+          known: dict[str, str], now: float, result: BatchResult) -> _Sorted:
+    out = _Sorted()
+    for item, msg in parsed:
+        try:
+            if msg.site not in known:
+                raise WireError(f"site {msg.site!r} is not enrolled")
+            if msg.stream == Stream.CHECKPOINT:
+                out.checkpoints.append((item, msg))  # signature checked, and counted, later
+                continue
+            if msg.stream == Stream.HEALTH:
+                at = float(msg.body["at"])
+                if msg.site not in out.health or out.health[msg.site][0] < at:
+                    out.health[msg.site] = (at, msg)
+                result.stored += 1
+            elif msg.stream == Stream.AUDIT:
+                out.rows.setdefault(msg.stream, []).append((msg, _audit_values(msg, now)))
+                out.audited[msg.site] = max(out.audited.get(msg.site, 0), msg.seq)
+            else:
+                out.rows.setdefault(msg.stream, []).append(
+                    (msg, _plain_values(msg.stream, msg.site, msg.seq, msg.body)))
+        except _REFUSED as exc:
+            _reject(conn, item.subject, exc, now, result)
+            continue
+        out.heard.add(msg.site)
+    return out
+
+
+def _insert_many(conn: psycopg.Connection[Any], table: str, columns: tuple[str, ...],
+                 values: list[tuple[Any, ...]]) -> set[tuple[str, int]]:
+    """INSERT ... ON CONFLICT DO NOTHING of every row; return the (site, seq) inserted."""
+    inserted: set[tuple[str, int]] = set()
+    one = "(" + ", ".join(["%s"] * len(columns)) + ")"
+    step = max(1, 30000 // len(columns))  # well under PostgreSQL's 65535 parameters
+    for i in range(0, len(values), step):
+        chunk = values[i:i + step]
+        sql = (f"INSERT INTO {table} ({', '.join(columns)}) VALUES "  # noqa: S608 - constants
+               f"{', '.join([one] * len(chunk))} ON CONFLICT DO NOTHING RETURNING site, seq")
+        params = [v for row in chunk for v in row]
+        inserted.update((str(r[0]), int(r[1])) for r in conn.execute(sql, params))
+    return inserted
+
+
+def _audit_many(conn: psycopg.Connection[Any], group: list[tuple[Message, tuple[Any, ...]]],
+                now: float, result: BatchResult) -> None:
+    inserted = _insert_many(conn, "audit_entries", _AUDIT_COLUMNS, [v for _, v in group])
+    # Not inserted: the same entry again (a duplicate), or another one under a number the
+    # hub holds (a rewritten log: flagged, the first version kept).
+    for msg in _not_inserted(group, inserted, result):
+        _count(result, _audit_not_inserted(conn, msg, now))
+
+
+def _not_inserted(group: list[tuple[Message, tuple[Any, ...]]], inserted: set[tuple[str, int]],
+                  result: BatchResult) -> list[Message]:
+    """Count the messages whose row was inserted as stored; return the others."""
+    others: list[Message] = []
+    for msg, _ in group:
+        key = (msg.site, msg.seq)
+        if key in inserted:
+            inserted.discard(key)  # a second copy in the same batch was not inserted
             result.stored += 1
-        elif outcome == "duplicate":
-            result.duplicates += 1
         else:
-            result.conflicts += 1
-    for site in sorted(heard):
-        conn.execute("UPDATE sites SET last_heard = GREATEST(COALESCE(last_heard, 0), %s) "
-                     "WHERE name = %s", (now, site))
-    for site, top in sorted(audited.items()):
-        conn.execute("UPDATE sites SET audit_max_seq = GREATEST(audit_max_seq, %s) "
-                     "WHERE name = %s", (top, site))
-        witness.advance(conn, site)
-    return result
+            others.append(msg)
+    return others
 
 
 def _write(conn: psycopg.Connection[Any], msg: Message, public_key: str, now: float) -> str:
@@ -130,56 +263,76 @@ def _write(conn: psycopg.Connection[Any], msg: Message, public_key: str, now: fl
     return "stored" if cur.rowcount else "duplicate"
 
 
+_TABLES: dict[Stream, tuple[str, tuple[str, ...]]] = {
+    Stream.CONFIG: ("configs", ("site", "seq", "at", "profile", "cameras", "digest")),
+    Stream.CAMERA_STATE: ("camera_states", ("site", "seq", "camera", "at", "state", "reason")),
+    Stream.COVERAGE: ("coverage", ("site", "seq", "cameras")),
+    Stream.EVENT: ("events", ("site", "seq", "camera", "kind", "start_at", "end_at", "data")),
+    Stream.DELETION: ("deletion_passes", ("site", "seq", "at", "trigger", "segments", "bytes",
+                                          "details")),
+    Stream.HOLD: ("holds", ("site", "seq", "camera", "start_at", "end_at", "reason",
+                            "created_at", "created_by", "expires_at")),
+}
+_AUDIT_COLUMNS = ("site", "seq", "at", "actor", "address", "action", "target", "outcome",
+                  "detail", "prev_hash", "hash", "received_at")
+
+
 def _plain(stream: Stream, site: str, seq: int, b: dict[str, Any]) -> tuple[Any, tuple[Any, ...]]:
+    if stream not in _TABLES:
+        raise WireError(f"no table for stream {stream.value}")
+    table, columns = _TABLES[stream]
+    return (f"INSERT INTO {table} ({', '.join(columns)}) VALUES "  # noqa: S608 - constants
+            f"({', '.join(['%s'] * len(columns))}) ON CONFLICT DO NOTHING",
+            _plain_values(stream, site, seq, b))
+
+
+def _plain_values(stream: Stream, site: str, seq: int, b: dict[str, Any]) -> tuple[Any, ...]:
+    """The row of ``stream``'s table, in ``_TABLES``' column order; raises on a bad body."""
     if stream == Stream.CONFIG:
-        return ("INSERT INTO configs (site, seq, at, profile, cameras, digest) VALUES "
-                "(%s, %s, %s, %s, %s, %s) ON CONFLICT DO NOTHING",
-                (site, seq, float(b["at"]), b.get("profile"), Jsonb(list(b["cameras"])),
-                 Jsonb(dict(b["digest"]))))
+        return (site, seq, float(b["at"]), b.get("profile"), Jsonb(list(b["cameras"])),
+                Jsonb(dict(b["digest"])))
     if stream == Stream.CAMERA_STATE:
-        return ("INSERT INTO camera_states (site, seq, camera, at, state, reason) VALUES "
-                "(%s, %s, %s, %s, %s, %s) ON CONFLICT DO NOTHING",
-                (site, seq, str(b["camera"]), float(b["at"]), str(b["state"]),
-                 str(b["reason"])))
+        return (site, seq, str(b["camera"]), float(b["at"]), str(b["state"]), str(b["reason"]))
     if stream == Stream.COVERAGE:
-        cams = {str(k): float(v) for k, v in dict(b["cameras"]).items()}
-        return ("INSERT INTO coverage (site, seq, cameras) VALUES (%s, %s, %s) "
-                "ON CONFLICT DO NOTHING", (site, seq, Jsonb(cams)))
+        return (site, seq, Jsonb({str(k): float(v) for k, v in dict(b["cameras"]).items()}))
     if stream == Stream.EVENT:
         end = b.get("end")
-        return ("INSERT INTO events (site, seq, camera, kind, start_at, end_at, data) VALUES "
-                "(%s, %s, %s, %s, %s, %s, %s) ON CONFLICT DO NOTHING",
-                (site, seq, str(b["camera"]), str(b["kind"]), float(b["start"]),
-                 None if end is None else float(end), Jsonb(dict(b["data"]))))
+        return (site, seq, str(b["camera"]), str(b["kind"]), float(b["start"]),
+                None if end is None else float(end), Jsonb(dict(b["data"])))
     if stream == Stream.DELETION:
-        return ("INSERT INTO deletion_passes (site, seq, at, trigger, segments, bytes, details) "
-                "VALUES (%s, %s, %s, %s, %s, %s, %s) ON CONFLICT DO NOTHING",
-                (site, seq, float(b["at"]), str(b["trigger"]), int(b["segments"]),
-                 int(b["bytes"]), Jsonb(dict(b["details"]))))
+        return (site, seq, float(b["at"]), str(b["trigger"]), int(b["segments"]),
+                int(b["bytes"]), Jsonb(dict(b["details"])))
     if stream == Stream.HOLD:
         expires = b.get("expires_at")
-        return ("INSERT INTO holds (site, seq, camera, start_at, end_at, reason, created_at, "
-                "created_by, expires_at) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s) "
-                "ON CONFLICT DO NOTHING",
-                (site, seq, b.get("camera"), float(b["start"]), float(b["end"]),
-                 str(b["reason"]), float(b["created_at"]), str(b["created_by"]),
-                 None if expires is None else float(expires)))
+        return (site, seq, b.get("camera"), float(b["start"]), float(b["end"]),
+                str(b["reason"]), float(b["created_at"]), str(b["created_by"]),
+                None if expires is None else float(expires))
     raise WireError(f"no table for stream {stream.value}")
 
 
-def _audit(conn: psycopg.Connection[Any], msg: Message, now: float) -> str:
+def _audit_values(msg: Message, now: float) -> tuple[Any, ...]:
     b = msg.body
     values = (msg.site, msg.seq, float(b["at"]), str(b["actor"]),
               None if b.get("address") is None else str(b["address"]), str(b["action"]),
               str(b["target"]), str(b["outcome"]), str(b["detail"]), str(b["prev_hash"]),
               str(b["hash"]), now)
     json.loads(values[8])  # the detail must be JSON, as the site hashed it
+    return values
+
+
+def _audit(conn: psycopg.Connection[Any], msg: Message, now: float) -> str:
+    values = _audit_values(msg, now)
     cur = conn.execute(
-        "INSERT INTO audit_entries (site, seq, at, actor, address, action, target, outcome, "
-        "detail, prev_hash, hash, received_at) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, "
-        "%s, %s, %s) ON CONFLICT DO NOTHING", values)
+        f"INSERT INTO audit_entries ({', '.join(_AUDIT_COLUMNS)}) VALUES "  # noqa: S608 - constants
+        f"({', '.join(['%s'] * len(_AUDIT_COLUMNS))}) ON CONFLICT DO NOTHING", values)
     if cur.rowcount:
         return "stored"
+    return _audit_not_inserted(conn, msg, now)
+
+
+def _audit_not_inserted(conn: psycopg.Connection[Any], msg: Message, now: float) -> str:
+    """An entry the table already held under its number: the same one, or another."""
+    b = msg.body
     held = conn.execute("SELECT hash FROM audit_entries WHERE site = %s AND seq = %s",
                         (msg.site, msg.seq)).fetchone()
     if held is not None and held[0] == b["hash"]:
@@ -191,6 +344,26 @@ def _audit(conn: psycopg.Connection[Any], msg: Message, now: float) -> str:
                 f"entry {msg.seq} arrived again with another hash: the site's audit log was "
                 "cut back or rewritten (the hub keeps the version it received first)")
     return "conflict"
+
+
+def _health_many(conn: psycopg.Connection[Any], bodies: dict[str, dict[str, Any]]) -> None:
+    """``_health`` of each site's newest report in one UPDATE (health is most of the
+    traffic: a statement per site and batch was most of the hub's statements)."""
+    sites = sorted(bodies)
+    updated = conn.execute(
+        "UPDATE sites SET health = v.body, health_at = v.at FROM unnest(%s::text[], "
+        "%s::jsonb[], %s::double precision[]) AS v(name, body, at) WHERE sites.name = v.name "
+        "AND (sites.health_at IS NULL OR sites.health_at < v.at) "
+        "RETURNING sites.name, sites.audit_max_seq",
+        (sites, [Jsonb(bodies[s]) for s in sites], [float(bodies[s]["at"]) for s in sites]),
+    ).fetchall()
+    for site, held in updated:
+        head = bodies[site].get("audit_head")
+        # Only the newest report counts: an older one delivered again says nothing about now.
+        if isinstance(head, int) and head < int(held):
+            raise_alarm(conn, site, AlarmKind.TRUNCATED,
+                        f"the site reports its audit log ending at entry {head}, but the hub "
+                        f"holds entries up to {held}: entries were deleted at the site")
 
 
 def _health(conn: psycopg.Connection[Any], site: str, b: dict[str, Any]) -> None:

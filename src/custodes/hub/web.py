@@ -8,8 +8,9 @@ its data folder (``web/hub.sqlite``), signed with the hub's own key (``keys/``):
 guards a node guards the hub, unchanged. At the first start an ``admin`` is created with a
 random password, printed once, to be changed at the first sign-in.
 
-Pages: the fleet by municipality (``/``), a site (``/sites/{name}``), the alarms
-(``/alarms``); ``/metrics`` in Prometheus' text format for an API token of a role that may
+Pages: the fleet by municipality (``/``), a site (``/sites/{name}``), the events across
+sites with filters (``/events``, metadata only: sites send no picture and no descriptor), the
+alarms (``/alarms``); ``/metrics`` in Prometheus' text format for an API token of a role that may
 view the system (``Authorization: Bearer``).
 """
 
@@ -23,6 +24,7 @@ from datetime import UTC, datetime
 from importlib import resources
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
+from urllib.parse import urlencode
 
 import jinja2
 import uvicorn
@@ -41,7 +43,8 @@ from custodes.auth.roles import Actor, Permission
 from custodes.auth.sessions import Sessions
 from custodes.auth.throttle import LoginThrottle
 from custodes.auth.users import MIN_PASSWORD, Users, ensure_admin
-from custodes.hub import db, fleet
+from custodes.events.types import EventKind
+from custodes.hub import db, events_page, fleet
 from custodes.keys import NodeKeys
 from custodes.store.db import Store
 from custodes.web.pages import NavItem  # the node's menu entries: one look, one rule
@@ -69,6 +72,7 @@ class HubAccounts:
 
 NAV = (
     NavItem("fleet", "/", "Fleet", Permission.STATUS_VIEW),
+    NavItem("events", "/events", "Events", Permission.EVENTS_VIEW),
     NavItem("alarms", "/alarms", "Alarms", Permission.STATUS_VIEW),
 )
 
@@ -85,6 +89,7 @@ def page(permission: Permission | None) -> Callable[[Request], Actor | None]:
 
 # Module level: FastAPI resolves these annotations by name in this module.
 Viewer = Annotated[Actor | None, Depends(page(Permission.STATUS_VIEW))]
+EventsReader = Annotated[Actor | None, Depends(page(Permission.EVENTS_VIEW))]
 SignedIn = Annotated[Actor | None, Depends(page(None))]
 MetricsReader = Annotated[Actor, Depends(deps.require(Permission.SYSTEM_VIEW))]
 
@@ -108,6 +113,18 @@ def _ago(t: float | None) -> str:
     return f"{s / 86400:.0f} days ago"
 
 
+def _site_time(t: float | None, zone: str) -> str:
+    """``t`` in a site's zone, 24-hour, with the zone's name, as the node shows it."""
+    return fleet.zone_of(zone).text(t, zone=True)
+
+
+def _duration(start: float, end: float | None) -> str:
+    if end is None:
+        return "ongoing"
+    s = max(0.0, end - start)
+    return f"{s:.0f} s" if s < 120 else f"{s / 60:.0f} min"
+
+
 def _templates() -> Jinja2Templates:
     node_templates = resources.files("custodes").joinpath("web/templates")
     hub_templates = Path(__file__).parent / "templates"
@@ -115,7 +132,7 @@ def _templates() -> Jinja2Templates:
         loader=jinja2.ChoiceLoader([jinja2.FileSystemLoader(str(hub_templates)),
                                     jinja2.FileSystemLoader(str(node_templates))]),
         autoescape=True)
-    env.globals.update(when=_when, ago=_ago)
+    env.globals.update(when=_when, ago=_ago, site_time=_site_time, duration=_duration)
     return Jinja2Templates(env=env)
 
 
@@ -135,12 +152,12 @@ def create_hub_app(hub: Hub, accounts: HubAccounts) -> FastAPI:  # noqa: PLR0915
 
     def render(request: Request, actor: Actor, page: str, title: str,
                data: dict[str, Any], *, view: dict[str, Any] | None = None,
-               status_code: int = 200) -> HTMLResponse:
+               status_code: int = 200, site_tz: str = "UTC") -> HTMLResponse:
         """``data`` goes to the page's scripts as JSON (the node's templates read it);
         ``view`` is what the hub's own templates render on the server."""
         return templates.TemplateResponse(request, f"{page}.html", {
             "actor": actor, "nav": [n for n in NAV if actor.can(n.permission)],
-            "page": page, "title": title, "node_name": "hub", "site_tz": "UTC",
+            "page": page, "title": title, "node_name": "hub", "site_tz": site_tz,
             "data": data, "view": view or {}}, status_code=status_code)
 
     def gate(request: Request, actor: Actor | None, permission: Permission) -> Response | None:
@@ -201,6 +218,48 @@ def create_hub_app(hub: Hub, accounts: HubAccounts) -> FastAPI:  # noqa: PLR0915
         return render(request, actor, "hub_site", name, {"site": name}, view={
             "site": rows[0], "detail": detail, "alarms": site_alarms,
             "cameras": health.get("cameras") or {}})
+
+    @app.get("/events", response_class=HTMLResponse)
+    def event_list(request: Request, actor: EventsReader,  # noqa: PLR0917 - the filters
+                   group: str | None = None, site: str | None = None,
+                   camera: str | None = None, kind: str | None = None,
+                   start: str | None = None, end: str | None = None,
+                   before: str | None = None) -> Response:
+        refused = gate(request, actor, Permission.EVENTS_VIEW)
+        if refused is not None or actor is None:
+            return refused or RedirectResponse("/login", status_code=303)
+        if actor.cameras is not None:
+            # A node account limited to some cameras names them without a site: on the hub
+            # that limit cannot be told apart from "every site's cam01", so it is refused.
+            reason = "an account limited to some cameras cannot list events across sites"
+            accounts.audit.record_refusal(actor.name, Action.CAMERA_ACCESS, request.url.path,
+                                          reason, address=actor.address)
+            return render(request, actor, "denied", "Not allowed", {"reason": reason},
+                          status_code=403)
+        given = {"group": group, "site": site, "camera": camera, "kind": kind,
+                 "start": start, "end": end}
+        asked = {k: v.strip() for k, v in given.items() if v and v.strip()}
+        rows: list[fleet.EventRow] = []
+        problem: str | None = None
+        with db.connect(hub.db_url) as conn:
+            choices = fleet.event_choices(conn)
+            zone = events_page.filter_zone(choices, asked.get("group"), asked.get("site"))
+            try:
+                wanted = events_page.parse(asked, before, zone)
+            except events_page.FilterError as exc:
+                problem = str(exc)
+            else:
+                rows = fleet.events(conn, wanted, fleet.EVENTS_PAGE + 1)
+            cameras = (fleet.site_cameras(conn, asked["site"]) if "site" in asked else [])
+        more = len(rows) > fleet.EVENTS_PAGE
+        rows = rows[:fleet.EVENTS_PAGE]
+        older = (f"/events?{urlencode({**asked, 'before': rows[-1].key})}"
+                 if more and rows else None)
+        return render(request, actor, "hub_events", "Events", {}, site_tz=zone.name, view={
+            "rows": rows, "asked": asked, "choices": choices, "cameras": cameras,
+            "kinds": [k.value for k in EventKind], "zone": zone.name, "problem": problem,
+            "older": older, "paged": before is not None,
+        }, status_code=400 if problem else 200)
 
     @app.get("/alarms", response_class=HTMLResponse)
     def alarm_list(request: Request, actor: Viewer) -> Response:

@@ -20,7 +20,7 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-from custodes.live.service import LiveCamera, LiveService
+from custodes.live.service import LiveCamera, LiveService, Schedule
 from custodes.process import backoff, die_with_parent
 
 log = logging.getLogger(__name__)
@@ -34,10 +34,11 @@ class LiveSupervisor:
     """Starts, watches and stops the live picture process for `cameras`."""
 
     def __init__(self, folder: Path, cameras: Sequence[LiveCamera], *,
-                 threads: int | None = None) -> None:
+                 threads: int | None = None, schedule: Schedule = Schedule.NEWEST) -> None:
         self.folder = folder
         self.cameras = list(cameras)
         self.threads = threads
+        self.schedule = schedule
         self._ctx = multiprocessing.get_context("spawn")
         self._stop = self._ctx.Event()
         self._proc: multiprocessing.context.SpawnProcess | None = None
@@ -82,7 +83,7 @@ class LiveSupervisor:
 
     def _spawn(self) -> None:
         proc = self._ctx.Process(target=_main, args=(self.folder, self.cameras, self._stop,
-                                                     self.threads),
+                                                     self.threads, self.schedule),
                                  name="live", daemon=True)
         proc.start()
         self._proc, self._started = proc, time.monotonic()
@@ -106,7 +107,7 @@ class LiveSupervisor:
 
 
 def _main(folder: Path, cameras: Sequence[LiveCamera], stop: multiprocessing.synchronize.Event,
-          threads: int | None) -> None:
+          threads: int | None, schedule: Schedule) -> None:
     parent = os.getppid()
     die_with_parent()
     if os.getppid() != parent:  # the parent died before prctl took effect
@@ -116,7 +117,7 @@ def _main(folder: Path, cameras: Sequence[LiveCamera], stop: multiprocessing.syn
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     code = 0
     try:
-        LiveService(folder, cameras, threads=threads).run(stop)
+        LiveService(folder, cameras, threads=threads, schedule=schedule).run(stop)
     except BaseException:
         log.exception("the live picture service failed")
         code = 1

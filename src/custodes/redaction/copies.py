@@ -141,6 +141,7 @@ class RedactedCopies:
         self._partials = itertools.count(1)
         self._threads: list[threading.Thread] = []
         self._running = 0  # viewers' copies being made
+        self._stopping = False
 
     def folder(self, node: Node, camera: str) -> Path:
         return node.layout.root / "redacted" / camera
@@ -297,6 +298,11 @@ class RedactedCopies:
     def _submit(self, node: Node, segment: Segment, target: Path, priority: int,
                 begins: float = 0.0) -> _Job:
         with self._lock:
+            if self._stopping:  # nothing would make it: said at once rather than never
+                refused = _Job(node, segment, target, target, priority, begins,
+                               error=Abandoned("the node is stopping"))
+                refused.done.set()
+                return refused
             key = (segment.id, begins)
             job = self._jobs.get(key)
             if job is None or job.target != target:
@@ -324,14 +330,37 @@ class RedactedCopies:
             self._lock.notify_all()
         return job
 
+    def stop(self, timeout: float = 5.0) -> None:
+        """Give up every copy in the making or waiting and end the threads. A thread left in
+        the detector's native code when the process exits aborts it (the runtime's threads
+        are torn down under it: "terminate called without an active exception")."""
+        with self._lock:
+            self._stopping = True
+            for job in [*self._viewers, *self._prefetches]:
+                job.error = Abandoned("the node is stopping")
+                job.done.set()
+            self._viewers.clear()
+            self._prefetches.clear()
+            self._lock.notify_all()
+            threads = list(self._threads)
+        ends = time.monotonic() + timeout
+        for thread in threads:
+            thread.join(max(0.0, ends - time.monotonic()))
+            if thread.is_alive():
+                log.warning("%s: a redacted copy did not stop within %.0f s", thread.name,
+                            timeout)
+
     def _thread(self, name: str, *, prefetch: bool) -> None:
         thread = threading.Thread(target=self._run, args=(prefetch,), daemon=True, name=name)
         self._threads.append(thread)
         thread.start()
 
-    def _next(self, prefetch: bool) -> _Job:
+    def _next(self, prefetch: bool) -> _Job | None:
+        """The next job for this thread; None when the copies are stopping."""
         with self._lock:
             while True:
+                if self._stopping:
+                    return None
                 if not prefetch and self._viewers:
                     job = self._viewers.popleft()
                     self._running += 1
@@ -349,6 +378,8 @@ class RedactedCopies:
             _lower_priority(PREFETCH_NICE)
         while True:
             job = self._next(prefetch)
+            if job is None:
+                return
             try:
                 self._make(job)
             except BaseException as exc:
@@ -370,6 +401,8 @@ class RedactedCopies:
 
     def _check(self, job: _Job) -> None:
         with self._lock:
+            if self._stopping:
+                raise Abandoned(f"segment {job.segment.id}: the node is stopping")
             if job.left and job.readers == 0:
                 # Out of _jobs before anyone else can attach: whoever asks next starts anew.
                 if self._jobs.get((job.segment.id, job.begins)) is job:

@@ -16,6 +16,14 @@ the detector did not look or missed it, before its first detection as well as af
    blurred patch), and link the detections into tracks, ended at cuts. The result, the boxes
    to blur in each frame, is a `BoxPlan`, which can be saved and reused for every copy of the
    same footage (`custodes.redaction.copies`).
+   The fine search (pictures of more than NATIVE_LINES lines): the first and last frames and
+   one searched frame every `fine_every` seconds are searched at `fine_lines` lines instead,
+   which finds faces the coarse search is too coarse for (a 720p picture's under ~40 px: see
+   FOLLOW_BELOW); in the searched frames between, each such face's track is followed, looked
+   for finely in a crop around where its motion carries it (`_mosaic`: all crops in one run of
+   the network); a track first seen that small is held up to the next fine search after its
+   last sighting (the coarse searches between could not have seen it) and half as long before
+   its first (see `_Scan`: a viewer's first frame waits for that).
 2. Decode again and blur each track over its whole life: between two detections along the
    line joining their boxes, and for `hold` seconds before the first and after the last one,
    where the box is carried along the track's motion. Privacy zones are blurred in every
@@ -82,16 +90,17 @@ from pathlib import Path
 from typing import BinaryIO, Final, Literal
 
 import av
+import cv2
 import numpy as np
 import numpy.typing as npt
 
 from custodes.media import ffmpeg_exe
 from custodes.record.playback import ExportError
 from custodes.redaction.blur import FACE_MARGIN, Polygon, blur_polygons, blur_regions
-from custodes.redaction.detect import NODE_SETTINGS, RedactionSettings, grown
+from custodes.redaction.detect import NODE_SETTINGS, RedactionSettings, grown, snapshot_scale
 from custodes.vision.cuts import SIZE as CUT_SIZE
 from custodes.vision.cuts import Thumbnail
-from custodes.vision.faces import Box, Face, FaceDetector, Found
+from custodes.vision.faces import SMALLEST_FACE, Box, Face, FaceDetector, Found
 from custodes.vision.tracker import CROP_MARGIN, BestFace
 
 log = logging.getLogger(__name__)
@@ -116,6 +125,24 @@ MAX_SIZE_RATIO: Final = 1.5
 # was seen and where its motion carries it, grown by this much more per side: the motion
 # estimate from two detections is rough.
 HOLD_GROWTH: Final = 0.25
+# The fine search (RedactionSettings.fine_lines): a face whose smaller side is under
+# FOLLOW_BELOW pixels of the coarse search's picture is one the coarse search often misses
+# (on WIDER FACE at 240 lines, 58 % of 20-40 px faces of a 720p picture hidden, 88 % of larger
+# ones: `bench/redaction.py`). Its track is followed: every other searched frame between two
+# fine searches looks, finely, in a crop around where its motion carries it, FOLLOW_MARGIN
+# face sizes on each side. The crops of one search together hold at most FOLLOW_SHARE of the
+# pixels the coarse search sees (a crowd): the tracks left out are held until the next fine
+# search, blurred.
+FOLLOW_BELOW: Final = 13
+FOLLOW_MARGIN: Final = 0.5
+FOLLOW_SHARE: Final = 0.25
+DUPLICATE_IOU: Final = 0.5  # a followed face found again by the coarse search: the same face
+# The crops around followed faces are searched in one run of the network, side by side in one
+# picture MOSAIC_WIDTH wide, MOSAIC_GAP black pixels apart: a run costs ~4 ms however small
+# its picture (a 64x64 crop 5 ms, 640x360 113 ms, one thread of the 2-core box), so one run a
+# crop would cost more than the crops' pixels.
+MOSAIC_WIDTH: Final = 256
+MOSAIC_GAP: Final = 16
 # libx264's fastest preset: at 720p ~7 ms a frame against ~20 ms for veryfast (one core), for
 # files ~2.5x larger at the same quality; encoding would otherwise cost more than the search.
 PRESET: Final = "ultrafast"
@@ -195,6 +222,10 @@ class _Track:
     boxes: list[Box] = field(default_factory=list)  # where to blur: grown if unsure
     seen: list[Box] = field(default_factory=list)  # the detector's boxes
     samples: list[BestFace] = field(default_factory=list)  # best first
+    # Frames it is blurred before its first and after its last sighting (None: the scan's
+    # `hold` and `after`): a face only the fine search sees is held longer (`_Scan`).
+    hold: int | None = None
+    after: int | None = None
 
     def predict(self, frame: int) -> Box:
         """The last box carried along the track's motion to `frame`."""
@@ -211,13 +242,15 @@ class _Track:
         steps = self.frames[b] - self.frames[a]
         return (x1 - x0) / steps, (y1 - y0) / steps
 
-    def box_at(self, frame: int, hold: int, spread: float) -> Box | None:
-        """Where to blur this track's face in `frame`, or None outside its life (+- hold).
+    def box_at(self, frame: int, hold: int, spread: float, after: int | None = None
+               ) -> Box | None:
+        """Where to blur this track's face in `frame`, or None outside its life (`hold`
+        frames before its first sighting, `after` (default `hold`) after its last).
 
         `spread`: growth per side, in box sizes per frame away from the nearest detection.
         """
         first, last = self.frames[0], self.frames[-1]
-        if frame < first - hold or frame > last + hold:
+        if frame < first - hold or frame > last + (hold if after is None else after):
             return None
         if frame < first:
             return self._held(0, frame - first).expand(spread * (first - frame))
@@ -287,9 +320,22 @@ class _Scan:
         self.settings = settings
         self.rate, self.size = _header(src)
         self.stride = settings.stride(self.rate)
+        self.fine_stride = settings.fine_stride(self.rate)
         # Frames a track is blurred before its first and after its last detection: at least
-        # up to the searches next to them.
-        self.hold = max(math.ceil(settings.hold * float(self.rate)), self.stride)
+        # up to the searches next to them. A face too small for the coarse search
+        # (`_small_face`) is held up to the next fine search after its last sighting (the
+        # searches between could not have seen it), and half a fine stride before its first:
+        # not a whole one, because a frame of a streamed copy waits until every face that can
+        # be held back to it is found (`ready`), and a viewer would wait for the next fine
+        # search (the search before the first frame of a 720p copy, at fine_every 2 s: 0.9
+        # CPU-s so, 0.5 at half, 0.2 without the fine search). `hold` and `after`: the
+        # longest of each.
+        self.near_hold = max(math.ceil(settings.hold * float(self.rate)), self.stride)
+        self.small_before = max(self.near_hold, self.fine_stride // 2)
+        self.small_after = max(self.near_hold, self.fine_stride)
+        fine = settings.fine_lines > 0
+        self.hold = self.small_before if fine else self.near_hold
+        self.after = self.small_after if fine else self.near_hold
         self.spread = settings.spread / float(self.rate)  # per frame: see _Track.box_at
         self.linker = _Linker(max_gap=math.ceil(MAX_GAP * float(self.rate)))
         self.detector = _detector(settings)
@@ -299,7 +345,12 @@ class _Scan:
         self.detections = 0
         self.searched = -1  # the last frame searched so far
         self.finished = False
+        self.fine_searches = self.followed = 0  # for the bench
+        self._fined = -1  # the last frame searched finely
         self._scale, self._small = 1.0, (0, 0)
+        self._fine: float | None = None  # the fine search's scale (None: no fine search)
+        self._fine_size = (0, 0)
+        self._near = 1.0  # the scale at which followed faces are looked at
         self._thumbnail: Thumbnail | None = None
         self._last: av.VideoFrame | None = None
         self._open: list[_Track] = []  # tracks a later search may still extend
@@ -316,6 +367,15 @@ class _Scan:
             self._scale = self.settings.scale(video.height, video.width)
             self._small = (max(1, round(video.width * self._scale)),
                            max(1, round(video.height * self._scale)))
+            self._fine = self.settings.fine_scale(video.height, video.width)
+            if self._fine is None:
+                self.hold = self.after = self.near_hold  # no fine search: none held longer
+            else:
+                self._fine_size = (max(1, round(video.width * self._fine)),
+                                   max(1, round(video.height * self._fine)))
+                # Followed faces are looked at as a snapshot is (up to SNAPSHOT_LINES): the
+                # crops are small, and a face found at the fine size is surer found there.
+                self._near = max(self._fine, snapshot_scale(video.height, video.width))
         elif (video.width, video.height) != (self.width, self.height):
             raise RedactionError(f"{self.name} changes picture size at frame {index}")
         self.frames += 1
@@ -327,10 +387,13 @@ class _Scan:
         """The file has no more frames. Raises RedactionError if it had none."""
         if self._last is None:
             raise RedactionError(f"{self.name} has no frames")
-        if not self.finished and (self.frames - 1) % self.stride:
+        last = self.frames - 1
+        searched_finely = self._fine is None or self._fined == last
+        if not self.finished and (last % self.stride or not searched_finely):
             # A face that comes in after the last stride-th frame has no later search to be
-            # interpolated or held from: the last frame is searched too.
-            self._search(self.frames - 1, self._last)
+            # interpolated or held from: the last frame is searched too, finely (again, if
+            # it was searched coarsely).
+            self._search(last, self._last, last=True)
         self.finished = True
         self._last = None
 
@@ -347,7 +410,10 @@ class _Scan:
         """
         if self.finished:
             return True
-        if index + self.hold > self.searched:  # (a)
+        # With the fine search, the last frame searched may be searched again (finely, if it
+        # is the file's last: `finish`), and that search too can find a face held back.
+        again = 0 if self._fine is None else 1
+        if index + self.hold > self.searched - again:  # (a)
             return False
         return all(index <= t.frames[-1]  # (b)
                    and (len(t.frames) > 1 or index >= t.frames[0]  # (c)
@@ -364,31 +430,61 @@ class _Scan:
                 if keep is not None and track.samples and keep(track.samples)}
         blurred = [track for track in self.tracks if track.id not in kept]
         shown = _seen((t for t in self.tracks if t.id in kept), self.stride)
-        boxes = _Boxes(blurred, self.hold, self.spread, shown)
+        boxes = _Boxes(blurred, self.hold, self.spread, shown, after=self.after)
         return BoxPlan(settings=self.settings.digest(), frames=self.frames, width=self.width,
                        height=self.height, rate=self.rate, stride=self.stride,
                        detections=self.detections, faces_blurred=len(blurred),
                        faces_kept=len(kept),
                        boxes={i: found for i in range(self.frames) if (found := boxes.at(i))})
 
-    def _search(self, index: int, video: av.VideoFrame) -> None:
-        # libswscale shrinks and converts in one step: far cheaper than RGB at full size.
-        rgb = np.asarray(video.to_ndarray(width=self._small[0], height=self._small[1],
-                                          format="rgb24"), dtype=np.uint8)
+    def _search(self, index: int, video: av.VideoFrame, *, last: bool = False) -> None:
         previous, self._thumbnail = self._thumbnail, _thumbnail(video)
-        if previous is not None and self._thumbnail.cut_from(previous):
+        cut = previous is not None and self._thumbnail.cut_from(previous)
+        if cut:
             self.linker.cut(index)
-        found = self.detector.find(rgb)
+        # Fine: at the first frame, a fine stride after the last fine search, and at the last
+        # frame (a small face that comes in after the last fine search has no later one to be
+        # held back from). Not at a cut: a new shot's small faces are found by the next fine
+        # search and held back to the cut and beyond, and the cost stays what the settings
+        # say whatever the footage (an edited film cuts every few seconds).
+        fine = self._fine is not None and (
+            self._fined < 0 or index - self._fined >= self.fine_stride or last)
+        found: list[tuple[Found, Box]] = []  # each face and its box in the frame
+        again = index == self.searched  # the last frame, searched coarsely before
+        if fine:
+            assert self._fine is not None
+            self._fined = index
+            self.fine_searches += 1
+            found += self._find(video, self._fine_size, self._fine, None)
+        else:
+            found += self._find(video, self._small, self._scale, None)
+            # Every other search: a followed face is seen 2.5 times a second at 15 fps,
+            # often enough to keep its track (MAX_GAP) and to interpolate between, for half
+            # the cost of following at every search.
+            follow = (self._follow(index)
+                      if self._fine is not None and (index // self.stride) % 2 else [])
+            if follow:
+                self.followed += len(follow)
+                found = _unique(found + self._find_near(video, follow))
+        if again:  # only the faces the first search of this frame did not find
+            before = [t.seen[-1] for t in self._open if t.frames[-1] == index]
+            found = [(face, box) for face, box in found
+                     if all(box.iou(other) <= DUPLICATE_IOU for other in before)]
         self.detections += len(found)
-        seen = [_scaled(face.box, 1 / self._scale) for face in found]
+        seen = [box for _, box in found]
         tracks = self.linker.add(index, seen)
-        for face, box, track in zip(found, seen, tracks, strict=True):
+        for (face, box), track in zip(found, tracks, strict=True):
+            if not track.frames:  # new: how long it is held before its first sighting
+                small = self._small_face(box)
+                track.hold = self.small_before if small else self.near_hold
+                track.after = self.small_after if small else self.near_hold
             track.frames.append(index)
             track.seen.append(box)
             track.boxes.append(grown(box, face.score))
         if self.with_samples and found:
             _sample(video, self.detector, float(index / self.rate),
-                    zip(found, seen, tracks, strict=True))
+                    ((face, box, track) for (face, box), track in zip(found, tracks,
+                                                                      strict=True)))
         self.searched = index
         # Open: may still be extended by a sighting after this search (see `ready`). A track
         # is extended only while open, so the open ones are those open before and the new.
@@ -397,10 +493,51 @@ class _Scan:
                       if t.frames[-1] + self.linker.max_gap > index
                       and t.frames[-1] >= self.linker.since]
 
+    def _find(self, video: av.VideoFrame, size: tuple[int, int], scale: float,
+              regions: list[Box] | None) -> list[tuple[Found, Box]]:
+        """Faces of the frame seen at `size` (`scale` of it), in `regions` (frame
+        coordinates) or everywhere, each with its box in the frame."""
+        # libswscale shrinks and converts in one step: far cheaper than RGB at full size.
+        rgb = np.asarray(video.to_ndarray(width=size[0], height=size[1], format="rgb24"),
+                         dtype=np.uint8)
+        crops = None if regions is None else [_scaled(r, scale) for r in regions]
+        return [(face, _scaled(face.box, 1 / scale))
+                for face in self.detector.find(rgb, crops, scale=1.0)]
+
+    def _find_near(self, video: av.VideoFrame, regions: list[Box]) -> list[tuple[Found, Box]]:
+        """Faces in these regions of the frame (frame coordinates), looked at at `_near`
+        scale, in one run of the network (`_mosaic`)."""
+        # Unscaled, libswscale converts a 720p frame to RGB in ~0.3 ms; shrunk, ~4 ms.
+        rgb = np.asarray(video.to_ndarray(format="rgb24"), dtype=np.uint8)
+        crops = self.detector.scan_boxes(regions, self.width, self.height,
+                                         math.ceil(SMALLEST_FACE / self._near))
+        return [(face, face.box) for face in _mosaic(self.detector, rgb, crops, self._near)]
+
+    def _small_face(self, box: Box) -> bool:
+        """Whether the coarse search mostly misses a face of this box (FOLLOW_BELOW)."""
+        return self._fine is not None and min(box.w, box.h) * self._scale < FOLLOW_BELOW
+
+    def _follow(self, index: int) -> list[Box]:
+        """Where to look finely in frame `index`: around the small faces of the open tracks,
+        the most recently seen first, crops of at most FOLLOW_SHARE of the coarse search's
+        pixels."""
+        budget = FOLLOW_SHARE * self._small[0] * self._small[1]
+        grows = (1 + 2 * self.detector.roi_margin) ** 2 * self._near ** 2  # as scan_boxes
+        regions = []
+        for track in sorted(self._open, key=lambda t: -t.frames[-1]):
+            if track.frames[-1] < self.linker.since or not self._small_face(track.seen[-1]):
+                continue
+            region = track.predict(index).expand(FOLLOW_MARGIN)
+            budget -= region.area * grows
+            if budget < 0:
+                break
+            regions.append(region)
+        return regions
+
 
 class _Boxes:
     """The boxes to blur in each frame, asked for in frame order: each track over its life,
-    +- hold frames.
+    `hold` frames before and `after` frames after (each track's own, if it has them).
 
     `tracks` in the order of their first detection (the linker's), and it may grow between
     calls (streaming: `_Scan.ready` says when a frame's tracks are known). `shown`: where a
@@ -413,9 +550,11 @@ class _Boxes:
     """
 
     def __init__(self, tracks: list[_Track], hold: int, spread: float,
-                 shown: dict[int, list[Box]] | None = None) -> None:
+                 shown: dict[int, list[Box]] | None = None, *, after: int | None = None
+                 ) -> None:
         self.tracks = tracks
-        self.hold = hold
+        self.hold = hold  # the longest before a track's first sighting
+        self.after = hold if after is None else after  # and after its last
         self.spread = spread
         self.shown = shown or {}
         self._next = 0  # tracks[:_next] have been taken into _live
@@ -428,10 +567,11 @@ class _Boxes:
             self._next += 1
         # A track past its hold is done for good: by the time a frame is asked for, no later
         # sighting can extend a track last seen more than `hold` frames before it (`ready`).
-        self._live = [t for t in self._live if t.frames[-1] + hold >= index]
+        self._live = [t for t in self._live if t.frames[-1] + self.after >= index]
         boxes = []
         for track in self._live:
-            box = track.box_at(index, hold, self.spread)
+            box = track.box_at(index, hold if track.hold is None else track.hold, self.spread,
+                               self.after if track.after is None else track.after)
             if box is None:
                 continue
             first, last = track.frames[0], track.frames[-1]
@@ -490,7 +630,7 @@ class BoxStream:
 
     def __iter__(self) -> Iterator[tuple[int, av.VideoFrame, list[Box]]]:
         scan = self._scan
-        boxes = _Boxes(scan.tracks, scan.hold, scan.spread)
+        boxes = _Boxes(scan.tracks, scan.hold, scan.spread, after=scan.after)
         pending: deque[tuple[int, av.VideoFrame]] = deque()
         for video in _frames(self.src, self.start):
             scan.add(video)
@@ -692,8 +832,9 @@ def warm(settings: RedactionSettings = NODE_SETTINGS) -> None:
     The first search of a process otherwise pays for loading the network and onnxruntime's
     first run (0.7-4.8 s measured under load), and the first viewer of a redacted copy waits
     for it."""
-    lines = settings.detect_lines
-    _detector(settings).find(np.zeros((lines, lines * 16 // 9, 3), np.uint8))
+    for lines in (settings.detect_lines, settings.fine_lines):
+        if lines:
+            _detector(settings).find(np.zeros((lines, lines * 16 // 9, 3), np.uint8))
 
 
 def _thumbnail(video: av.VideoFrame) -> Thumbnail:
@@ -916,6 +1057,52 @@ def _lerp(a: Box, b: Box, f: float) -> Box:
     return Box.from_corners(a.x + (b.x - a.x) * f, a.y + (b.y - a.y) * f,
                             a.right + (b.right - a.right) * f,
                             a.bottom + (b.bottom - a.bottom) * f)
+
+
+def _mosaic(detector: FaceDetector, rgb: U8, crops: Sequence[Box], scale: float) -> list[Found]:
+    """Faces in these crops of `rgb`, each shrunk by `scale`, searched in one run of the
+    network: the crops are laid out in rows in one picture, MOSAIC_GAP black pixels apart.
+    Boxes in `rgb`'s coordinates; a face is its crop's whose centre it is in."""
+    width = max(MOSAIC_WIDTH, *(math.ceil(c.w * scale) for c in crops))
+    places: list[tuple[Box, U8, int, int]] = []  # crop, its pixels, where in the mosaic
+    x = y = row = 0
+    for crop in sorted(crops, key=lambda c: -c.h):
+        pixels = rgb[crop.y:crop.bottom, crop.x:crop.right]
+        if scale != 1.0:
+            pixels = np.asarray(cv2.resize(pixels, None, fx=scale, fy=scale,
+                                           interpolation=cv2.INTER_AREA), dtype=np.uint8)
+        h, w = pixels.shape[:2]
+        if x and x + w > width:
+            x, y, row = 0, y + row + MOSAIC_GAP, 0
+        places.append((crop, pixels, x, y))
+        x, row = x + w + MOSAIC_GAP, max(row, h)
+    mosaic = np.zeros((y + row, width, 3), np.uint8)
+    for _, pixels, x, y in places:
+        mosaic[y:y + pixels.shape[0], x:x + pixels.shape[1]] = pixels
+    boxes, scores, points = detector.net.run(mosaic, floor=detector.threshold)
+    found = []
+    for corners, score, five in zip(boxes, scores.tolist(), points, strict=True):
+        cx, cy = (corners[0] + corners[2]) / 2, (corners[1] + corners[3]) / 2
+        for crop, pixels, x, y in places:
+            if x <= cx < x + pixels.shape[1] and y <= cy < y + pixels.shape[0]:
+                # Mosaic to crop (minus where it lies), to the picture (by scale, plus where
+                # the crop lies in it).
+                origin, offset = np.array([x, y]), np.array([crop.x, crop.y])
+                (a, b), (c, d) = (corners.reshape(2, 2) - origin) / scale + offset
+                shifted = ((five - origin) / scale + offset).astype(np.float32)
+                found.append(Found(Box.from_corners(a, b, c, d), float(score), shifted))
+                break
+    return found
+
+
+def _unique(found: list[tuple[Found, Box]]) -> list[tuple[Found, Box]]:
+    """The faces with those found twice (by the coarse search and around a followed face,
+    boxes overlapping by more than DUPLICATE_IOU) once, by their best score."""
+    kept: list[tuple[Found, Box]] = []
+    for face, box in sorted(found, key=lambda item: -item[0].score):
+        if all(box.iou(other) <= DUPLICATE_IOU for _, other in kept):
+            kept.append((face, box))
+    return kept
 
 
 def _distance(predicted: Box, box: Box) -> float | None:

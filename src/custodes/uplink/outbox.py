@@ -59,10 +59,7 @@ class Outbox:
 
     def cursors(self) -> dict[Stream, int]:
         with self.store.read() as conn:
-            rows = conn.execute(select(schema.uplink_cursors.c.stream,
-                                       schema.uplink_cursors.c.seq)).all()
-        found = {str(r[0]): int(r[1]) for r in rows}
-        return {s: found[s.value] for s in DURABLE if s.value in found}
+            return _cursors(conn)
 
     def advance(self, stream: Stream, seq: int, hash_: str | None = None) -> None:
         """Record that the server acknowledged everything of ``stream`` up to ``seq`` (for the
@@ -77,31 +74,62 @@ class Outbox:
 
     def acknowledged(self, messages: list[Message]) -> None:
         """Move the cursor past ``messages``, the leading run the server acknowledged."""
-        last = messages[-1]
-        self.advance(last.stream, last.seq,
-                     str(last.body["hash"]) if last.stream == Stream.AUDIT else None)
+        self.acknowledged_runs([messages])
+
+    def acknowledged_runs(self, runs: list[list[Message]]) -> None:
+        """``acknowledged`` for several streams' runs, in one write transaction."""
+        rows = [{"stream": run[-1].stream.value, "seq": run[-1].seq, "at": time.time(),
+                 "hash": str(run[-1].body["hash"]) if run[-1].stream == Stream.AUDIT else None}
+                for run in runs if run]
+        if not rows:
+            return
+
+        def write(conn: Connection) -> None:
+            for row in rows:
+                stmt = sqlite_insert(schema.uplink_cursors).values(**row)
+                conn.execute(stmt.on_conflict_do_update(
+                    index_elements=["stream"],
+                    set_={"seq": stmt.excluded.seq, "hash": stmt.excluded.hash,
+                          "at": stmt.excluded.at}))
+        self.store.write(write)
 
     # -- what is pending --------------------------------------------------------------------
 
     def pending(self, stream: Stream, limit: int, now: float | None = None) -> list[Message]:
         """Up to ``limit`` messages of ``stream`` after its cursor, in order."""
         now = time.time() if now is None else now
-        cursor = self.cursors().get(stream)
         with self.store.read() as conn:
-            if stream == Stream.COVERAGE:
-                return self._coverage(conn, cursor, limit, now)
-            start = cursor or 0
-            if stream == Stream.AUDIT:
-                start = self._audit_start(conn, start)
-            rows = self._rows(conn, stream, start, limit, now)
+            return self._pending(conn, stream, _cursors(conn).get(stream), limit, now)
+
+    def pending_all(self, limit: int, now: float | None = None) -> dict[Stream, list[Message]]:
+        """``pending`` of every durable stream that has something, read on one connection
+        (a pass of the uplink opens one, not two per stream)."""
+        now = time.time() if now is None else now
+        out: dict[Stream, list[Message]] = {}
+        with self.store.read() as conn:
+            cursors = _cursors(conn)
+            for stream in DURABLE:
+                found = self._pending(conn, stream, cursors.get(stream), limit, now)
+                if found:
+                    out[stream] = found
+        return out
+
+    def _pending(self, conn: Connection, stream: Stream, cursor: int | None, limit: int,
+                 now: float) -> list[Message]:
+        if stream == Stream.COVERAGE:
+            return self._coverage(conn, cursor, limit, now)
+        start = cursor or 0
+        if stream == Stream.AUDIT:
+            start = self._audit_start(conn, start)
+        rows = self._rows(conn, stream, start, limit, now)
         return [Message(self.site, stream, seq, body) for seq, body in rows]
 
     def backlog(self, now: float | None = None) -> dict[str, int]:
         """How many messages each durable stream still has to send (coverage: minutes)."""
         now = time.time() if now is None else now
-        cursors = self.cursors()
         out: dict[str, int] = {}
         with self.store.read() as conn:
+            cursors = _cursors(conn)
             for stream, (table, key) in _TABLES.items():
                 query = select(func.count()).select_from(table).where(
                     key > cursors.get(stream, 0))
@@ -219,6 +247,13 @@ class Outbox:
             }})
             for minute in range(first, end + 1)
         ]
+
+
+def _cursors(conn: Connection) -> dict[Stream, int]:
+    rows = conn.execute(select(schema.uplink_cursors.c.stream,
+                               schema.uplink_cursors.c.seq)).all()
+    found = {str(r[0]): int(r[1]) for r in rows}
+    return {s: found[s.value] for s in DURABLE if s.value in found}
 
 
 _TABLES = {

@@ -1,13 +1,16 @@
 """The uplink: a worker that publishes the outbox to the hub's NATS JetStream, in order.
 
-One thread runs its own asyncio loop (nats-py is asyncio) and repeats a pass: for each stream
-in turn, read a batch after the cursor, publish it with ``Nats-Msg-Id`` = the message's stable
-id, wait for the server's acks, and move the cursor to the last message acknowledged without a
-gap. A message not acknowledged (link down, server gone, refused) is sent again on the next
-pass with the same id: the server drops a copy within its duplicate window, the hub's tables
-drop any other (unique on site, stream, seq). At least once on the wire, exactly once at the
-hub. Health is sent every ``health_seconds`` while connected and never queued: only the latest
-matters, and the hub knows from its absence that the site is silent.
+One thread runs its own asyncio loop (nats-py is asyncio) and repeats a pass: read a batch
+after each stream's cursor (one database connection for all), publish them all with
+``Nats-Msg-Id`` = the message's stable id, wait for the server's acks, and move each cursor to
+the last message acknowledged without a gap (one write). A pass starts as soon as the node
+commits something to its database (seen within ``POLL_SECONDS``, whichever process wrote it),
+else every ``IDLE_SECONDS``. A message not acknowledged (link down, server gone, refused) is
+sent again on the next pass with the same id: the server drops a copy within its duplicate
+window, the hub's tables drop any other (unique on site, stream, seq). At least once on the
+wire, exactly once at the hub. Health is sent every ``health_seconds`` while connected and
+never queued: only the latest matters, and the hub knows from its absence that the site is
+silent.
 
 The node goes on recording whatever the link does; the uplink logs once when the hub becomes
 unreachable and once when it is back (with the backlog it is draining).
@@ -18,10 +21,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import sqlite3
 import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import nats
@@ -31,14 +36,52 @@ from nats.aio.client import Client as NATS
 
 from custodes.config import UplinkConfig
 from custodes.store.db import Store
-from custodes.uplink.outbox import DURABLE, Outbox
+from custodes.uplink.outbox import Outbox
 from custodes.uplink.wire import Message, Stream, inbox_prefix
 
 log = logging.getLogger(__name__)
 
 ACK_TIMEOUT = 10.0
+# No ack at all for this long: drop the client and connect anew. A connection the server
+# registered while it reloaded its accounts (the hub reloads at every enrolment) can stay up,
+# answer pings and never get an ack, and nats-py's own reconnects inherit that state; a new
+# client does not (tests/test_hub_fleet.py).
+STALE_SECONDS = 30.0
 RETRY_SECONDS = 1.0
-IDLE_SECONDS = 0.5
+# A pass starts when the database changed (looked at every POLL_SECONDS), and at the latest
+# IDLE_SECONDS after the last one: what becomes due with time alone (a coverage minute, an
+# event open too long, a deletion pass settled) waits no longer than that.
+POLL_SECONDS = 0.05
+IDLE_SECONDS = 5.0
+BLIND_SECONDS = 0.5  # between passes when the database's changes cannot be watched
+
+
+class _Commits:
+    """Whether anything was committed to the node's database: SQLite's ``data_version`` on a
+    connection of the uplink's own, which never writes. It changes with every commit of any
+    other connection, the node's writer or a command run beside the node, and costs
+    microseconds to read: the uplink looks often instead of reading every stream."""
+
+    def __init__(self, path: Path) -> None:
+        self._conn: sqlite3.Connection | None = None
+        try:
+            self._conn = sqlite3.connect(path, isolation_level=None)
+        except sqlite3.Error as exc:
+            log.warning("uplink: cannot watch %s for changes (%s); reading it every %.1f s",
+                        path, exc, BLIND_SECONDS)
+
+    def version(self) -> int | None:
+        """None when it cannot tell: the caller then reads the streams."""
+        if self._conn is None:
+            return None
+        try:
+            return int(self._conn.execute("PRAGMA data_version").fetchone()[0])
+        except sqlite3.Error:
+            return None
+
+    def close(self) -> None:
+        if self._conn is not None:
+            self._conn.close()
 
 
 @dataclass
@@ -129,70 +172,97 @@ class Uplink:
         return None
 
     async def _pump(self, nc: NATS) -> None:
+        commits = _Commits(self.outbox.store.path)
+        try:
+            await self._passes(nc, commits)
+        finally:
+            commits.close()
+
+    async def _passes(self, nc: NATS, commits: _Commits) -> None:
         js = nc.jetstream()
         next_health = 0.0
+        failing_since: float | None = None  # the first pass with no ack, since the last ack
         while not self._stop.is_set():
             if nc.is_closed:
                 return
             if time.monotonic() >= next_health:
                 await self._send_health(js)
                 next_health = time.monotonic() + self.config.health_seconds
-            busy = False
-            failed = False
-            for stream in DURABLE:
-                messages = await asyncio.to_thread(self.outbox.pending, stream,
-                                                   self.config.batch)
-                if not messages:
-                    continue
-                acked = await self._publish(js, messages)
-                if acked:
-                    await asyncio.to_thread(self.outbox.acknowledged, acked)
-                    self.status.sent += len(acked)
-                    self.status.last_ack_at = time.time()
-                    self._up()
-                if len(acked) < len(messages):
-                    failed = True
-                    break
-                busy = busy or len(messages) == self.config.batch
-            if failed:
+            seen = commits.version()  # a commit from here on is read by this pass or the next
+            batches = await asyncio.to_thread(self.outbox.pending_all, self.config.batch)
+            acked = await self._publish(js, batches) if batches else {}
+            runs = [run for run in acked.values() if run]
+            if runs:
+                await asyncio.to_thread(self.outbox.acknowledged_runs, runs)
+                self.status.sent += sum(len(run) for run in runs)
+                self.status.last_ack_at = time.time()
+                self._up()
+            if runs:
+                failing_since = None
+            if any(len(acked.get(s, [])) < len(m) for s, m in batches.items()):
+                now = time.monotonic()
+                failing_since = now if failing_since is None else failing_since
+                if now - failing_since > STALE_SECONDS:
+                    log.warning("uplink %s: no ack for %.0f s; a new connection",
+                                self.config.site, now - failing_since)
+                    return
                 await self._sleep(RETRY_SECONDS)
-            elif not busy:
-                await self._sleep(IDLE_SECONDS)
+            elif not any(len(m) == self.config.batch for m in batches.values()):
+                await self._idle(commits, seen,
+                                 min(IDLE_SECONDS, next_health - time.monotonic()))
 
-    async def _publish(self, js: Any, messages: list[Message]) -> list[Message]:
-        """Publish ``messages`` and return the leading run the server acknowledged."""
-        futures: list[asyncio.Future[Any]] = []
+    async def _publish(self, js: Any, batches: dict[Stream, list[Message]]
+                       ) -> dict[Stream, list[Message]]:
+        """Publish every stream's messages at once (one wait for the acks, not one per
+        stream) and return, per stream, the leading run the server acknowledged."""
+        sent: list[tuple[Message, asyncio.Future[Any]]] = []
         try:
-            for m in messages:
-                futures.append(await js.publish_async(
-                    m.subject, m.encode(), headers={"Nats-Msg-Id": m.msg_id}, wait_stall=5))
+            for messages in batches.values():
+                for m in messages:
+                    sent.append((m, await js.publish_async(
+                        m.subject, m.encode(), headers={"Nats-Msg-Id": m.msg_id},
+                        wait_stall=5)))
         except Exception as exc:
             self._down(f"publish failed: {exc!r}")
-        acked: list[Message] = []
+        acked: dict[Stream, list[Message]] = {s: [] for s in batches}
+        stopped: set[Stream] = set()
         deadline = time.monotonic() + ACK_TIMEOUT
-        for m, fut in zip(messages, futures, strict=False):
+        for m, fut in sent:
+            if m.stream in stopped:
+                fut.cancel()  # frees the client's slot; the message goes again next pass
+                continue
             try:
                 await asyncio.wait_for(asyncio.shield(fut),
                                        max(0.1, deadline - time.monotonic()))
-                acked.append(m)
+                acked[m.stream].append(m)
             except TimeoutError:
                 self._down(f"no ack for {m.msg_id} within {ACK_TIMEOUT:.0f} s")
-                break
+                stopped.update(batches)  # the link, not the message: the rest waits too
+                fut.cancel()
             except Exception as exc:
                 self._down(f"{m.msg_id} refused: {exc!r}")
-                break
-        for fut in futures[len(acked):]:
-            fut.cancel()  # frees the client's slot; the message goes again next pass
+                stopped.add(m.stream)  # in order: nothing after it in its stream counts
         return acked
 
     async def _send_health(self, js: Any) -> None:
+        """Publish the health report without waiting for its ack: the pass goes on with the
+        outbox meanwhile (a slow ack once held audit entries back for up to ACK_TIMEOUT)."""
         try:
             body = await asyncio.to_thread(self._health_body)
             m = Message(self.config.site, Stream.HEALTH, int(time.time() * 1000), body)
-            await js.publish(m.subject, m.encode(), headers={"Nats-Msg-Id": m.msg_id},
-                             timeout=ACK_TIMEOUT)
+            ack = await js.publish_async(m.subject, m.encode(),
+                                         headers={"Nats-Msg-Id": m.msg_id}, wait_stall=5)
         except Exception as exc:
             self._down(f"health not sent: {exc!r}")
+            return
+
+        def acked(fut: asyncio.Future[Any]) -> None:
+            if not fut.cancelled() and fut.exception() is not None:
+                self._down(f"health not acknowledged: {fut.exception()!r}")
+
+        ack.add_done_callback(acked)
+        # never answered (a reconnect lost it): given up, which frees the client's slot
+        asyncio.get_running_loop().call_later(ACK_TIMEOUT, ack.cancel)
 
     def _health_body(self) -> dict[str, Any]:
         body: dict[str, Any] = dict(self.health()) if self.health is not None else {}
@@ -201,6 +271,17 @@ class Uplink:
                      "audit_head": self.outbox.audit_head(),
                      "retention_hours": self.outbox.retention()})
         return body
+
+    async def _idle(self, commits: _Commits, seen: int | None, seconds: float) -> None:
+        """Wait ``seconds``, or until something was committed to the node's database after
+        the version ``seen`` (read when the last pass began)."""
+        if seen is None:
+            seconds = min(seconds, BLIND_SECONDS)
+        end = time.monotonic() + seconds
+        while not self._stop.is_set() and time.monotonic() < end:
+            if seen is not None and commits.version() != seen:
+                return
+            await asyncio.sleep(min(POLL_SECONDS, max(0.0, end - time.monotonic())))
 
     async def _sleep(self, seconds: float) -> None:
         end = time.monotonic() + seconds

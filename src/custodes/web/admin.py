@@ -15,7 +15,7 @@ from fastapi import APIRouter, Depends, Request
 from fastapi.responses import HTMLResponse, Response
 
 from custodes.api.deps import get_node, get_users
-from custodes.auth.grants import GRANT_DAYS, PRIVILEGED
+from custodes.auth.grants import GRANT_DAYS, PRIVILEGED, GrantKind, GrantStatus
 from custodes.auth.roles import PERMISSIONS, Actor, Permission, Role
 from custodes.auth.sessions import DEFAULT_TOKEN_DAYS, MAX_TOKEN_DAYS
 from custodes.auth.users import MIN_PASSWORD, PASSWORD_PAGE
@@ -34,6 +34,13 @@ ROLE_WORDS: dict[Role, str] = {
     Role.APPROVER: "approves cases opened by others, answers access requests; reads the audit",
     Role.INSPECTOR: "read-only: audit log, retention, configuration, cases",
     Role.ADMIN: "manages users and the system, watches as a viewer; nothing unredacted",
+}
+
+# What each kind of grant is, in the grants table and its filter.
+GRANT_WORDS: dict[GrantKind, str] = {
+    GrantKind.ADD: "new account",
+    GrantKind.ROLE: "role for an account",
+    GrantKind.PASSWORD: "password reset",
 }
 
 
@@ -76,6 +83,10 @@ def grants_page(request: Request, actor: Manager) -> Response:
     assert actor is not None
     return _render(request, actor, "grants.html", "users", title="Grants", data={
         "me": actor.name, "grant_days": GRANT_DAYS,
+        # The filter's choices (GET /api/grants?user=&camera=&kind=&status=).
+        "cameras": sorted(get_node(request).config.cameras),
+        "kinds": [{"value": k.value, "words": GRANT_WORDS[k]} for k in GrantKind],
+        "statuses": [s.value for s in GrantStatus],
     })
 
 

@@ -45,6 +45,9 @@ def _site_time(request: Request) -> dict[str, Any]:
 
 templates = Jinja2Templates(directory=str(Path(__file__).parent / "templates"),
                             context_processors=[_site_time])
+# The node's pages count its cameras down in the navigation (static/alerts.js); the hub's pages
+# reuse base.html with their own environment, without this flag: a hub has no /api/cameras.
+templates.env.globals["camera_alerts"] = True
 
 
 @dataclass(frozen=True)

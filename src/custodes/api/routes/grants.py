@@ -5,11 +5,13 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, Path, Request
+from fastapi import APIRouter, Depends, HTTPException, Path, Query, Request
 
 from custodes.api.deps import require
 from custodes.api.routes.users import account_answers, accounts
+from custodes.auth.grants import GrantKind, GrantStatus
 from custodes.auth.roles import Actor, Permission
+from custodes.config import NAME_PATTERN
 
 Reader = Annotated[Actor, Depends(require(Permission.SYSTEM_VIEW))]
 Manager = Annotated[Actor, Depends(require(Permission.USERS_MANAGE))]
@@ -19,9 +21,27 @@ router = APIRouter(prefix="/api/grants", tags=["users"])
 
 
 @router.get("")
-def list_grants(_actor: Reader, request: Request, pending: bool = False) -> list[dict[str, Any]]:
-    """Grants of privileged roles and password resets, newest first."""
-    return [g.public() for g in accounts(request).grants(pending_only=pending)]
+def list_grants(
+    _actor: Reader, request: Request, *, pending: bool = False,
+    user: Annotated[str | None, Query(
+        min_length=1, max_length=128,
+        description="Only grants naming this user: the account concerned, who asked or who "
+                    "decided")] = None,
+    camera: Annotated[str | None, Query(
+        pattern=NAME_PATTERN,
+        description="Only grants reaching this camera (a grant for every camera, or a "
+                    "password reset, which names none, reaches each)")] = None,
+    kind: Annotated[GrantKind | None, Query(description="Only grants of this kind")] = None,
+    status: Annotated[GrantStatus | None, Query(
+        description="Only grants in this state (pending=true means status=pending)")] = None,
+) -> list[dict[str, Any]]:
+    """Grants of privileged roles and password resets, newest first (at most 500 after the
+    filters)."""
+    if pending and status not in (None, GrantStatus.PENDING):
+        raise HTTPException(400, f"pending=true and status={status} ask for two states")
+    found = accounts(request).grants(pending_only=pending, user=user, camera=camera,
+                                     kind=kind, status=status)
+    return [g.public() for g in found]
 
 
 @router.post("/{grant_id}/confirm")

@@ -6,6 +6,12 @@ originals; everyone else has the redacted live pictures of api/routes/video.py.
 Guarded like every route, but by hand: a WebSocket is not an HTTP route, so the dependencies
 of api/deps.py do not apply. In order:
 
+0. API tokens are refused (HTTP 401 with the reason; audited when the token is valid). This is
+   a person's view in a browser, on purpose: a browser's WebSocket cannot send an
+   Authorization header (a token would have to travel in the URL, into logs and histories),
+   the CSRF check below and the watermark and device policy of the pages are a browser's, and
+   a script has the audited per-segment originals (/api/segments/{id}/video) and the redacted
+   live pictures (live.jpg) instead.
 1. The Origin must be this server's own (a page of another site must not open it with the
    viewer's cookie): refused before the handshake completes, so another site learns nothing.
 2. The session cookie must be valid (else close 4401), the role must hold live.view and be
@@ -33,6 +39,7 @@ from typing import TYPE_CHECKING, Annotated, Final
 from urllib.parse import urlsplit
 
 from fastapi import APIRouter, Query, WebSocket, WebSocketDisconnect
+from fastapi.responses import JSONResponse
 from pydantic import StringConstraints
 from starlette.concurrency import run_in_threadpool
 
@@ -68,6 +75,8 @@ SIGN_IN: Final = 4401
 FORBIDDEN: Final = 4403
 NOT_FOUND: Final = 4404
 TRY_LATER: Final = 1013  # RFC 6455: try again later (server busy)
+NO_TOKENS: Final = ("API tokens do not open live video: it is watched signed in, in a browser "
+                    "(scripts: /api/segments/{id}/video, or live.jpg)")
 RESTART: Final = 1012  # RFC 6455: service restart (the stream was stopped; reconnect)
 
 
@@ -133,6 +142,10 @@ async def live_stream(
     """The camera's own video, stream-copied as fragmented MP4 (see the module doc)."""
     node = get_node(websocket)  # type: ignore[arg-type]
     path = websocket.url.path
+    if "authorization" in websocket.headers:  # a script's token: see the module doc (0.)
+        await run_in_threadpool(_refuse_token, node, websocket, path)
+        await _deny(websocket, 401, NO_TOKENS)
+        return
     if not same_origin(websocket):
         info = await run_in_threadpool(_session, websocket)
         if info is not None:
@@ -168,6 +181,26 @@ async def live_stream(
         await run_in_threadpool(node.audit.record, actor.name, Action.LIVE_ORIGINAL, camera,
                                 detail={"stream": stream.value}, address=actor.address)
     await _serve(websocket, node, camera, stream, info)
+
+
+def _refuse_token(node: Node, websocket: WebSocket, path: str) -> None:
+    """Audits the refusal when the token names a user (an unknown token names nobody)."""
+    scheme, _, token = websocket.headers.get("authorization", "").partition(" ")
+    found = (get_sessions(websocket).token_lookup(token.strip())  # type: ignore[arg-type]
+             if scheme.lower() == "bearer" and token.strip() else None)
+    if found is not None:
+        node.audit.record_refusal(found[0].name, Action.ACCESS, path, NO_TOKENS,
+                                  detail={"method": "WEBSOCKET"}, address=_address(websocket))
+
+
+async def _deny(websocket: WebSocket, status: int, reason: str) -> None:
+    """Refuses the handshake with an HTTP answer that says why; a server that cannot send
+    one (no ASGI denial-response extension) answers a bare 403."""
+    try:
+        await websocket.send_denial_response(JSONResponse({"detail": reason},
+                                                          status_code=status))
+    except RuntimeError:
+        await websocket.close(code=SIGN_IN)
 
 
 async def _close(websocket: WebSocket, code: int, reason: str) -> None:

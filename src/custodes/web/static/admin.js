@@ -76,7 +76,8 @@
       return el("tr", { "data-user": u.name },
         el("td", {}, el("b", {}, u.name), me ? el("span", { class: "muted" }, " (you)") : null),
         el("td", {}, el("span", { class: "role" }, u.role),
-           waiting.length ? el("span", { class: "muted" }, " waiting: " + waiting.join(", ")) : null),
+           waiting.length ? el("a", { class: "muted", href: "/users/grants?status=pending&user=" + enc(u.name) },
+                               " waiting: " + waiting.join(", ")) : null),
         el("td", {}, u.cameras === null ? "all" : u.cameras.join(", ") || "none"),
         el("td", {}, el("span", { class: "badge " + (u.disabled ? "offline" : "ok") }, u.disabled ? "disabled" : "enabled")),
         el("td", {}, u.must_change_password ? el("span", { class: "badge busy" }, "must change") : "set by the user"),
@@ -150,10 +151,24 @@
   }
 
   // -- grants page ---------------------------------------------------------------------------
+  // The filter lives in the URL (/users/grants?user=ivan), so the users page can link to one
+  // user's grants; the API narrows the list (GET /api/grants?user=&camera=&kind=&status=).
+  const FILTERS = ["user", "camera", "kind", "status"];
+  const filters = $("grant-filters");
+  function grantQuery() {
+    const q = new URLSearchParams();
+    for (const key of FILTERS) {
+      const value = filters.elements[key].value.trim();
+      if (value) q.set(key, value);
+    }
+    return q;
+  }
+
   async function loadGrants() {
     let grants;
-    try { grants = await api("GET", "/api/grants"); } catch (err) { message(msg, "grants: " + err.message, "bad"); return; }
-    const what = { add: "new account", role: "role for an account", password: "password reset" };
+    const q = grantQuery().toString();
+    try { grants = await api("GET", "/api/grants" + (q ? "?" + q : "")); } catch (err) { message(msg, "grants: " + err.message, "bad"); return; }
+    const what = Object.fromEntries((data.kinds || []).map((k) => [k.value, k.words]));
     $("grant-rows").replaceChildren(...grants.map((g) => {
       const pending = g.status === "pending";
       // Shown before anyone clicks; the API refuses the same and records the refusal.
@@ -172,9 +187,27 @@
         el("td", {}, el("span", { class: "badge " + (pending ? "busy" : g.status === "confirmed" ? "ok" : "offline") }, g.status)),
         el("td", {}, g.decided_by || "—"), actions);
     }));
+    $("grant-count").textContent = q ? `${grants.length} shown` : "";
     if (!grants.length) {
-      $("grant-rows").replaceChildren(el("tr", {}, el("td", { colspan: 9, class: "muted" }, "No grants yet.")));
+      $("grant-rows").replaceChildren(el("tr", {}, el("td", { colspan: 9, class: "muted" },
+        q ? "No grant matches this filter." : "No grants yet.")));
     }
+  }
+
+  function grantsPage() {
+    const initial = new URLSearchParams(location.search);
+    for (const key of FILTERS) if (initial.get(key)) filters.elements[key].value = initial.get(key);
+    const show = () => {
+      const q = grantQuery().toString();
+      history.replaceState(null, "", q ? "?" + q : location.pathname);
+      loadGrants();
+    };
+    filters.addEventListener("submit", (e) => { e.preventDefault(); show(); });
+    $("grant-filters-clear").addEventListener("click", () => { filters.reset(); show(); });
+    // Names to pick from (anyone who asked or decided may no longer have an account: typed).
+    api("GET", "/api/users").then((users) => $("grant-users").replaceChildren(
+      ...users.map((u) => el("option", { value: u.name })))).catch(() => {});
+    loadGrants();
   }
 
   async function decide(g, how) {
@@ -187,5 +220,5 @@
   }
 
   if ($("user-rows")) usersPage();
-  if ($("grant-rows")) loadGrants();
+  if ($("grant-rows")) grantsPage();
 })();

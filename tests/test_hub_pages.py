@@ -1,0 +1,376 @@
+"""The hub's events page, its overview sums and its user command line, with real parts: a real
+nats-server and PostgreSQL (tests/test_hub.py's ``hub``), light sites whose own databases the
+real uplink publishes, the hub's web app on the node's sign-in code."""
+
+from __future__ import annotations
+
+import gc
+import random
+import re
+import shutil
+import tempfile
+import time
+import warnings
+from collections.abc import Iterator
+from dataclasses import dataclass
+from functools import partial
+from pathlib import Path
+from urllib.parse import urlencode
+
+import pytest
+from sqlalchemy import Connection, insert, text
+from typer.testing import CliRunner
+
+from custodes.auth.roles import Role
+from custodes.auth.users import Users
+from custodes.cli import app
+from custodes.hub import db, fleet
+from custodes.hub.demo import LightSite
+from custodes.hub.ingest import Received, write_batch
+from custodes.hub.service import Hub
+from custodes.hub.web import HubAccounts, create_hub_app
+from custodes.sitetime import SiteZone, ZoneSource
+from custodes.store import schema
+from custodes.uplink.wire import Message, Stream
+from hub_env import NATS_SOCKET_WARNINGS, q, running_hub, wait_for
+
+with warnings.catch_warnings():
+    warnings.simplefilter("ignore")  # as in tests/test_hub.py
+    from starlette.testclient import TestClient
+
+pytestmark = [pytest.mark.slow, NATS_SOCKET_WARNINGS]
+
+ROW = re.compile(r'<tr data-site="([^"]+)" data-seq="(\d+)" data-camera="([^"]+)" '
+                 r'data-kind="([^"]+)"')
+PASSWORD = "a-long-enough-password"
+
+
+@dataclass
+class ZonedSite(LightSite):
+    """A light site whose health names its zone, as a node's does (node.timezone)."""
+
+    zone: str = "UTC"
+
+    def health(self) -> dict[str, object]:
+        return {**super().health(), "timezone": self.zone}
+
+
+Event = tuple[str, int, str, str, float]  # site, seq, camera, kind, start
+
+
+@pytest.fixture(scope="module")
+def hub() -> Iterator[Hub]:
+    with running_hub() as h:
+        yield h
+
+
+@pytest.fixture(autouse=True)
+def _collect_after() -> Iterator[None]:
+    yield
+    gc.collect()  # see hub_env.NATS_SOCKET_WARNINGS
+
+
+@pytest.fixture(scope="module")
+def sites(hub: Hub) -> Iterator[dict[str, ZonedSite]]:
+    """Four sites in two municipalities and two zones; their events at known times."""
+    root = Path(tempfile.mkdtemp(prefix="custodes-hub-pages-"))
+    base = float(int(time.time() // 60 * 60) - 2 * 86400)
+    made: dict[str, ZonedSite] = {}
+    plan = [("north-school", "Ashby", "Europe/Oslo", 12),
+            ("east-school", "Ashby", "Europe/Oslo", 9),
+            ("south-school", "Brent", "America/New_York", 10),
+            ("busy-school", "Brent", "America/New_York", 230)]
+    rng = random.Random(12)
+    try:
+        for i, (name, group, zone, count) in enumerate(plan):
+            site = ZonedSite.create(root / name, name, cameras=3, checkpoint_every=5)
+            assert isinstance(site, ZonedSite)
+            site.zone = zone
+            kinds = ["motion", "face", "camera_offline", "camera_online"]
+            # Two events at each start on the busy site: pages must not lose or repeat a tie.
+            rows = [{"camera": rng.choice(site.cameras), "kind": rng.choice(kinds),
+                     "start": base + (j // 2 if name == "busy-school" else j) * 600 + i * 7,
+                     "end": base + j * 600 + i * 7 + 5, "data": '{"peak": 0.5}',
+                     "snapshot": f"/never/sent/{j}.jpg"} for j in range(count)]
+            site.store.write(partial(add_events, rows=rows))
+            password = hub.enrol(name, group, site.keys.public_pem).password
+            site.connect(hub.nats_urls, password, health_seconds=1)
+            made[name] = site
+        for site in made.values():
+            wait_for(f"{site.name}'s events and zone at the hub", partial(arrived, hub, site))
+        yield made
+    finally:
+        for site in made.values():
+            site.close()
+        shutil.rmtree(root, ignore_errors=True)
+
+
+def add_events(conn: Connection, rows: list[dict[str, object]]) -> None:
+    conn.execute(insert(schema.events), rows)
+
+
+def arrived(hub: Hub, site: ZonedSite) -> bool:
+    events = q(hub, "SELECT count(*) FROM events WHERE site = %s", site.name)[0][0]
+    zone = q(hub, "SELECT health->>'timezone' FROM sites WHERE name = %s", site.name)[0][0]
+    return bool(events == len(site_events(site)) and zone == site.zone)
+
+
+def site_events(site: LightSite) -> list[Event]:
+    """What the site itself holds: the truth the hub's page is compared with."""
+    with site.store.read() as conn:
+        return [(site.name, int(r[0]), str(r[1]), str(r[2]), float(r[3])) for r in conn.execute(
+            text("SELECT id, camera, kind, start FROM events ORDER BY id"))]
+
+
+def shown(page: str) -> list[tuple[str, int, str, str]]:
+    return [(s, int(n), c, k) for s, n, c, k in ROW.findall(page)]
+
+
+def newest_first(events: list[Event]) -> list[tuple[str, int, str, str]]:
+    return [(s, n, c, k) for s, n, c, k, _ in
+            sorted(events, key=lambda e: (e[4], e[0], e[1]), reverse=True)]
+
+
+def sign_in(client: TestClient, name: str) -> None:
+    done = client.post("/api/auth/login", json={"name": name, "password": PASSWORD})
+    assert done.status_code == 200, done.text
+
+
+@pytest.fixture(scope="module")
+def accounts(hub: Hub) -> Iterator[HubAccounts]:
+    folder = Path(tempfile.mkdtemp(prefix="custodes-hub-web-"))
+    accounts = HubAccounts.open(folder)
+    users = Users(accounts.store)
+    users.add("watcher", Role.VIEWER, PASSWORD)
+    users.add("inspector", Role.INSPECTOR, PASSWORD)
+    users.add("limited", Role.VIEWER, PASSWORD, cameras=["cam01"])
+    try:
+        yield accounts
+    finally:
+        accounts.store.close()
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def test_the_events_page_filters_what_the_sites_sent(
+        hub: Hub, sites: dict[str, ZonedSite], accounts: HubAccounts) -> None:
+    everything = [e for s in sites.values() for e in site_events(s)]
+    client = TestClient(create_hub_app(hub, accounts), follow_redirects=False)
+    assert client.get("/events").status_code == 303  # not signed in: to the sign-in page
+    sign_in(client, "watcher")
+
+    def page(**asked: str) -> str:
+        got = client.get("/events?" + urlencode(asked))
+        assert got.status_code == 200, got.text[-2000:]
+        return str(got.text)
+
+    def expect(events: list[Event]) -> list[tuple[str, int, str, str]]:
+        return newest_first(events)[:fleet.EVENTS_PAGE]
+
+    first = page()
+    assert 'data-nav="events"' in first
+    assert "/never/sent/" not in first  # metadata only: no snapshot left any site
+    assert shown(first) == expect(everything)
+
+    ashby = page(group="Ashby")
+    assert shown(ashby) == expect([e for e in everything if e[0] in ("north-school",
+                                                                     "east-school")])
+    assert "From (Europe/Oslo)" in ashby  # both Ashby sites report Oslo
+    assert "From (UTC)" in first  # the fleet has two zones: typed in UTC
+
+    south = page(site="south-school")
+    assert shown(south) == expect([e for e in everything if e[0] == "south-school"])
+    assert "From (America/New_York)" in south
+    camera = page(site="north-school", camera="cam02")
+    assert shown(camera) == expect([e for e in everything
+                                    if e[0] == "north-school" and e[2] == "cam02"])
+    faces = page(kind="face")
+    assert shown(faces) == expect([e for e in everything if e[3] == "face"])
+    assert shown(page(group="Ashby", site="south-school")) == []  # not in that group
+
+    # A time range typed in the site's own zone, 24-hour, end excluded.
+    north = [e for e in everything if e[0] == "north-school"]
+    oslo = SiteZone("Europe/Oslo", ZoneSource.CONFIG)
+    lo, hi = sorted(e[4] for e in north)[3], sorted(e[4] for e in north)[8]
+    ranged = page(site="north-school", start=oslo.text(lo), end=oslo.text(hi))
+    assert shown(ranged) == expect([e for e in north if lo <= e[4] < hi])
+    assert len(shown(ranged)) == 5
+    newest = max(north, key=lambda e: e[4])
+    assert oslo.text(newest[4], zone=True) in page(site="north-school")
+    # The same range written with an explicit offset means the same instants.
+    utc = SiteZone("UTC", ZoneSource.CONFIG)
+    same = page(site="north-school", start=utc.text(lo).replace(" ", "T") + "Z",
+                end=utc.text(hi).replace(" ", "T") + "+00:00")
+    assert shown(same) == shown(ranged)
+
+    # Pages: every event of the busy site once, newest first, however many share a start.
+    busy = [e for e in everything if e[0] == "busy-school"]
+    seen: list[tuple[str, int, str, str]] = []
+    target = "/events?" + urlencode({"site": "busy-school"})
+    while target:
+        got = client.get(target)
+        assert got.status_code == 200
+        seen += shown(got.text)
+        more = re.search(r'<a id="older" href="([^"]+)"', got.text)
+        target = more.group(1).replace("&amp;", "&") if more else ""
+    assert seen == newest_first(busy)
+    assert len(busy) > 2 * fleet.EVENTS_PAGE
+
+    # Bad input: refused with the reason, never a 500 and never a guess.
+    for asked, reason in (({"start": "yesterday"}, "is not a time"),
+                          ({"start": "2026-13-01 10:00"}, "is not a time"),
+                          ({"kind": "dancing"}, "is not one of"),
+                          ({"start": "2026-03-02 10:00", "end": "2026-03-01 10:00"},
+                           "not after its start"),
+                          ({"before": "x:y"}, "is not a page key"),
+                          ({"camera": "c" * 500}, "longer than")):
+        got = client.get("/events?" + urlencode(asked))
+        assert got.status_code == 400, (asked, got.status_code)
+        assert reason in got.text, (asked, got.text[-1500:])
+
+    # An inspector's role does not hold events.view: refused, on record, and no menu entry.
+    client.post("/api/auth/logout", headers={"X-CSRF-Token": client.cookies["custodes_csrf"]})
+    sign_in(client, "inspector")
+    assert client.get("/events").status_code == 403
+    assert 'data-nav="events"' not in client.get("/").text
+    with accounts.store.read() as conn:
+        refused = [(r[0], r[1]) for r in conn.execute(text(
+            "SELECT actor, target FROM audit_log WHERE action = 'access' "
+            "AND outcome = 'refused'"))]
+    assert ("inspector", "/events") in refused
+
+    # A node account limited to some cameras: "cam01" names no site's camera on the hub.
+    client.post("/api/auth/logout", headers={"X-CSRF-Token": client.cookies["custodes_csrf"]})
+    sign_in(client, "limited")
+    denied = client.get("/events")
+    assert denied.status_code == 403
+    assert "limited to some cameras" in denied.text
+
+
+def test_the_overview_sums_count_each_minute_once(hub: Hub, tmp_path: Path) -> None:
+    """The hourly sums and the gaps the pages read (migration 0002) equal what summing every
+    minute gives, for minutes delivered twice too."""
+    from custodes.keys import NodeKeys  # noqa: PLC0415
+
+    keys = NodeKeys.load_or_create(tmp_path / "keys")
+    hub.enrol("rollup-school", "Calder", keys.public_pem)
+    rng = random.Random(7)
+    now = time.time()
+    first = int(now // 60) - 30 * 60
+    minutes = [Message("rollup-school", Stream.COVERAGE, m, {"cameras": {
+        cam: rng.choice([60.0, 60.0, 60.0, 59.5, 42.25, 0.0]) for cam in ("cam01", "cam02")}})
+        for m in range(first, int(now // 60) - 1)]
+    batch = [Received(m.subject, m.encode()) for m in minutes]
+    again = rng.sample(batch, 200)  # delivered twice: a lost ack, a restarted hub
+    with db.connect(hub.db_url) as conn:
+        write_batch(conn, batch[:900])
+        conn.commit()
+        write_batch(conn, batch[900:] + again)
+        conn.commit()
+    site = "rollup-school"
+    hourly = q(hub, "SELECT hour, seconds, camera_minutes FROM coverage_hourly "
+               "WHERE site = %s ORDER BY hour", site)
+    naive = q(hub, "SELECT c.seq / 60, sum(e.value::numeric), count(*) FROM coverage c, "
+              "jsonb_each_text(c.cameras) e WHERE c.site = %s GROUP BY 1 ORDER BY 1", site)
+    assert [(h, int(n)) for h, _, n in hourly] == [(h, int(n)) for h, _, n in naive]
+    assert all(abs(a[1] - float(b[1])) < 1e-6 for a, b in zip(hourly, naive, strict=True))
+    gaps = q(hub, "SELECT minute, camera, seconds FROM coverage_gaps WHERE site = %s "
+             "ORDER BY 1, 2", site)
+    expected = sorted((m.seq, cam, s) for m in minutes for cam, s in m.body["cameras"].items()
+                      if s < 55)
+    assert gaps == expected
+    assert gaps  # the data has gaps: the comparison above compared something
+    with db.connect(hub.db_url) as conn:
+        row = fleet.sites(conn, 120, site, now=now)[0]
+        detail = fleet.site_detail(conn, site)
+    window = [s for m in minutes if m.seq >= int(now // 60) - fleet.DAY_MINUTES
+              for s in m.body["cameras"].values()]
+    assert row.coverage_24h == pytest.approx(sum(window) / (60 * len(window)))
+    assert [(g["minute"] // 60, g["camera"]) for g in detail["gaps"]] == [
+        (m, c) for m, c, _ in sorted(expected, key=lambda g: (-g[0], g[1]))[:50]]
+
+
+def test_hub_user_commands(hub: Hub, tmp_path: Path,
+                           monkeypatch: pytest.MonkeyPatch) -> None:
+    """`custodes hub user`: the node's accounts for the hub, passwords printed once and
+    changed at the first sign-in, the two-person rule for an administrator."""
+    folder = tmp_path / "hub-data"
+    runner = CliRunner()
+
+    def hub_user(*args: str, user: str = "ops1") -> tuple[int, str]:
+        monkeypatch.setenv("LOGNAME", user)  # the local account the command acts as
+        done = runner.invoke(app, ["hub", "user", *args, "--data", str(folder)])
+        return done.exit_code, done.output
+
+    code, out = hub_user("list")  # a hub without users gets its admin, as at its first start
+    assert code == 0, out
+    assert re.search(r"password for admin: \S{20}", out)
+    code, out = hub_user("add", "ana", "--role", "viewer")
+    assert code == 0, out
+    found = re.search(r"password for ana: (\S+)", out)
+    assert found is not None, out
+    first_password = found.group(1)
+    code, out = hub_user("list")
+    assert "ana" in out
+    assert "viewer" in out
+    assert "must choose a password" in out
+
+    accounts = HubAccounts.open(folder)
+    try:
+        client = TestClient(create_hub_app(hub, accounts), follow_redirects=False)
+        html = {"Accept": "text/html"}
+        assert client.post("/api/auth/login", json={
+            "name": "ana", "password": first_password}).status_code == 200
+        forced = client.get("/", headers=html)  # nothing but the password page until then
+        assert forced.status_code == 303
+        assert forced.headers["location"].startswith("/account/password")
+        changed = client.post("/api/auth/password", json={
+            "old_password": first_password, "new_password": PASSWORD},
+            headers={"X-CSRF-Token": client.cookies["custodes_csrf"]})
+        assert changed.status_code == 200, changed.text
+        assert client.get("/", headers=html).status_code == 200
+
+        code, out = hub_user("disable", "ana")
+        assert code == 0, out
+        assert client.get("/", headers=html).status_code == 303  # her session ended
+        assert client.post("/api/auth/login", json={
+            "name": "ana", "password": PASSWORD}).status_code == 401
+        assert hub_user("enable", "ana")[0] == 0
+        code, out = hub_user("passwd", "ana")
+        assert code == 0, out
+        found = re.search(r"password for ana: (\S+)", out)
+        assert found is not None
+        assert found.group(1) != first_password
+        assert client.post("/api/auth/login", json={
+            "name": "ana", "password": PASSWORD}).status_code == 401  # the old one is gone
+        assert client.post("/api/auth/login", json={
+            "name": "ana", "password": found.group(1)}).status_code == 200
+        assert client.get("/", headers=html).status_code == 303  # to be changed again
+
+        # An administrator waits for a second one: not the account that asked.
+        code, out = hub_user("add", "boss", "--role", "admin")
+        assert code == 0, out
+        grant = re.search(r"grant (\d+): add boss \(admin\) waits", out)
+        assert grant is not None, out
+        assert Users(accounts.store).get("boss") is None
+        code, out = hub_user("confirm", grant.group(1))
+        assert code == 3, out
+        assert "different administrator" in out
+        code, out = hub_user("confirm", grant.group(1), user="ops2")
+        assert code == 0, out
+        assert re.search(r"password for boss: \S+", out)
+        boss = Users(accounts.store).get("boss")
+        assert boss is not None
+        assert boss.role is Role.ADMIN
+        assert boss.must_change_password
+
+        assert hub_user("add", "bad name", "--role", "viewer")[0] == 2
+        assert hub_user("add", "cleo", "--role", "emperor")[0] == 2
+        code, out = hub_user("disable", "nobody")
+        assert code == 2
+        assert "no user named" in out
+        with accounts.store.read() as conn:
+            actions = {str(r[0]) for r in conn.execute(text("SELECT action FROM audit_log"))}
+        assert {"user.add", "user.update", "user.reset_password", "user.grant_request",
+                "user.grant_confirm"} <= actions
+    finally:
+        accounts.store.close()

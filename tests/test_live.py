@@ -136,8 +136,10 @@ def test_the_service_makes_pictures_only_while_watched_and_says_when_the_camera_
         first, captured = found
         assert decode_jpeg(first).shape[1] == 320
         assert abs(time.time() - captured) < 10
+        # Live, or busy when a loaded machine (a CI run beside this) gives the one thread
+        # less than MIN_FPS: either way a state that says the camera is up.
         wait_for("a state", lambda: (s := read_state(layout.live, "hall")) is not None
-                 and s.state == State.LIVE, 30)
+                 and s.state in (State.LIVE, State.BUSY), 30)
 
         def newer() -> bool:
             request_live(layout, "hall", 320)  # the viewer keeps watching

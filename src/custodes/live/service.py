@@ -384,21 +384,7 @@ class LiveService:
             if job is None:
                 self._ready.wait(0.5)
                 continue
-            feed, frame = job
-            wall, cpu = time.monotonic(), time.thread_time()
-            try:
-                jpeg = feed.redactor_for(detector).jpeg(frame.rgb(), frame.t)
-                write_picture(self.folder, feed.camera.name, jpeg, frame.t)
-            except Exception:  # one camera's bad frame must not stop the others' pictures
-                log.exception("%s: could not make a live picture", feed.camera.name)
-            finally:
-                done = time.monotonic()
-                with self._lock:
-                    feed.redacting = False
-                    feed.written.append(done)
-                    feed.costs.append(time.thread_time() - cpu)
-                    self._busy += done - wall
-                self._ready.set()  # the feed may have a frame waiting for a free thread
+            self._make(detector, *job)
 
     def _next(self) -> tuple[_Feed, Frame] | None:
         """The newest frame of the feed that waited longest for a picture, if any waits."""

@@ -32,6 +32,7 @@ from custodes.hub.web import HubAccounts, create_hub_app
 from custodes.keys import NodeKeys
 from custodes.uplink.outbox import Outbox
 from custodes.uplink.wire import Message, Stream, inbox_prefix, subject
+from custodes.uplink.worker import ACK_TIMEOUT
 from hub_env import (
     NATS_SOCKET_WARNINGS,
     Proxy,
@@ -124,6 +125,36 @@ def test_a_cut_link_loses_nothing_and_counts_nothing_twice(hub: Hub, tmp_path: P
     finally:
         cut_site.close()
         steady.close()
+        proxy.close()
+
+
+def test_a_link_that_swallows_everything_does_not_hold_the_site_s_stop(
+        hub: Hub, tmp_path: Path) -> None:
+    """A blackholed link never acks: the uplink waits ACK_TIMEOUT for an ack while it runs,
+    but a node that stops must not wait with it (its stop has 10 s in all): a stop gives up
+    the waits at once, and what was not acknowledged goes at the next start."""
+    rng = random.Random(3)
+    proxy = Proxy(int(hub.nats_urls[0].rsplit(":", 1)[1]))
+    site, _ = new_site(hub, tmp_path, "hole-school", url=proxy.url)
+    try:
+        site.activity(rng)
+        wait_for("the first reports", lambda: hub_audit(hub, site.name) == site_audit(site))
+        uplink = site.uplink
+        assert uplink is not None
+        proxy.blackhole()
+        sent = uplink.status.sent
+        site.activity(rng)  # a commit: a pass publishes it and waits for acks that never come
+        time.sleep(2.0)
+        assert uplink.status.sent == sent
+        assert uplink.outbox.backlog()["audit"] > 0
+        thread = uplink._thread
+        assert thread is not None
+
+        uplink.stop(timeout=ACK_TIMEOUT / 2)
+
+        assert not thread.is_alive(), "the stop waited for acks"
+    finally:
+        site.close()
         proxy.close()
 
 

@@ -219,6 +219,8 @@ class Uplink:
         try:
             for messages in batches.values():
                 for m in messages:
+                    if self._stop.is_set():
+                        break  # what is not sent goes at the next start
                     sent.append((m, await js.publish_async(
                         m.subject, m.encode(), headers={"Nats-Msg-Id": m.msg_id},
                         wait_stall=5)))
@@ -232,17 +234,28 @@ class Uplink:
                 fut.cancel()  # frees the client's slot; the message goes again next pass
                 continue
             try:
-                await asyncio.wait_for(asyncio.shield(fut),
-                                       max(0.1, deadline - time.monotonic()))
+                await self._ack(fut, deadline)
                 acked[m.stream].append(m)
             except TimeoutError:
-                self._down(f"no ack for {m.msg_id} within {ACK_TIMEOUT:.0f} s")
-                stopped.update(batches)  # the link, not the message: the rest waits too
                 fut.cancel()
+                stopped.update(batches)  # the link, not the message: the rest waits too
+                if not self._stop.is_set():
+                    self._down(f"no ack for {m.msg_id} within {ACK_TIMEOUT:.0f} s")
             except Exception as exc:
                 self._down(f"{m.msg_id} refused: {exc!r}")
                 stopped.add(m.stream)  # in order: nothing after it in its stream counts
         return acked
+
+    async def _ack(self, fut: asyncio.Future[Any], deadline: float) -> None:
+        """The server's ack of a message; TimeoutError at ``deadline``, or at once when the
+        uplink is stopping: a link that swallows everything (acks never come) must not hold
+        the node's stop for ACK_TIMEOUT (tests/test_hub.py)."""
+        while not fut.done():
+            left = deadline - time.monotonic()
+            if self._stop.is_set() or left <= 0:
+                raise TimeoutError
+            await asyncio.wait({fut}, timeout=min(0.1, left))
+        fut.result()  # a refusal raises here
 
     async def _send_health(self, js: Any) -> None:
         """Publish the health report without waiting for its ack: the pass goes on with the

@@ -6,12 +6,13 @@ from __future__ import annotations
 import contextlib
 import gc
 import math
+import random
 import shutil
 import socket
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from enum import StrEnum
 from pathlib import Path
 from typing import Any
@@ -215,6 +216,34 @@ def new_site(hub: Hub, root: Path, name: str, *, group: str = "Ashby",
     if connect:
         site.connect([url or hub.nats_urls[0]], password, health_seconds=1)
     return site, password
+
+
+class Activity:
+    """Light sites at work (`LightSite.activity`) in a thread of their own, a round every
+    ``every`` seconds, until `end`: the traffic beside the fleet's and the cluster's tests."""
+
+    def __init__(self, sites: Sequence[LightSite], *, seed: int, every: float,
+                 name: str) -> None:
+        self._stop = threading.Event()
+        rng = random.Random(seed)
+
+        def work() -> None:
+            while not self._stop.wait(every):
+                for site in sites:
+                    site.activity(rng)
+
+        self._thread = threading.Thread(target=work, name=name, daemon=True)
+        self._thread.start()
+
+    def halt(self) -> None:
+        """Stop after the round under way (a test's cleanup: nothing waited for)."""
+        self._stop.set()
+
+    def end(self) -> None:
+        """Stop, and wait for the round under way: after it, the sites write nothing more."""
+        self.halt()
+        self._thread.join(60)
+        assert not self._thread.is_alive(), "the sites' writer did not stop"
 
 
 # -- row by row: a site's own tables against the hub's ----------------------------------------

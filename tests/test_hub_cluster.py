@@ -11,13 +11,11 @@ import contextlib
 import gc
 import json
 import os
-import random
 import secrets
 import shutil
 import signal
 import subprocess
 import tempfile
-import threading
 from pathlib import Path
 
 import nats
@@ -41,6 +39,7 @@ from custodes.uplink.wire import STREAM_NAME
 from hub_env import (
     LIGHT_COVERAGE_LAG,
     NATS_SOCKET_WARNINGS,
+    Activity,
     converge,
     differences,
     q,
@@ -162,7 +161,7 @@ def test_a_cluster_losing_its_stream_leader_mid_ingest_loses_nothing() -> None:
     folder = Path(tempfile.mkdtemp(prefix="custodes-hub-cluster-"))
     cluster = Cluster(folder / "nats")
     sites: list[LightSite] = []
-    stop = threading.Event()
+    activity: Activity | None = None
     try:
         cluster.start()
         wait_for("JetStream answering on the cluster (a meta leader elected)",
@@ -188,15 +187,7 @@ def test_a_cluster_losing_its_stream_leader_mid_ingest_loses_nothing() -> None:
             for site, password in zip(sites, passwords, strict=True):
                 site.connect(cluster.urls, password, health_seconds=1,
                              coverage_lag=LIGHT_COVERAGE_LAG)
-            rng = random.Random(33)
-
-            def work() -> None:
-                while not stop.wait(0.2):
-                    for site in sites:
-                        site.activity(rng)
-
-            writer = threading.Thread(target=work, name="cluster-sites", daemon=True)
-            writer.start()
+            activity = Activity(sites, seed=33, every=0.2, name="cluster-sites")
 
             def held() -> int:
                 return int(q(hub, "SELECT count(*) FROM audit_entries")[0][0])
@@ -209,9 +200,7 @@ def test_a_cluster_losing_its_stream_leader_mid_ingest_loses_nothing() -> None:
             cluster.kill(leader)  # mid-ingest: the sites write, publish, the hub fetches
             at_kill = held()
             wait_for("the hub ingesting again", lambda: held() > at_kill + 100, timeout=180)
-            stop.set()
-            writer.join(60)
-            assert not writer.is_alive()
+            activity.end()
 
             converge("the hub holds every site's rows, once, in order", lambda: [
                 p for s in sites for p in differences(hub, s.name, s.store, s.cameras)],
@@ -233,7 +222,8 @@ def test_a_cluster_losing_its_stream_leader_mid_ingest_loses_nothing() -> None:
                   f"leader {after[0]}; hub stored {hub.counters.stored} messages, "
                   f"{hub.counters.duplicates} copies dropped")
     finally:
-        stop.set()
+        if activity is not None:
+            activity.halt()
         for site in sites:
             site.close()
         cluster.stop()

@@ -13,8 +13,6 @@ compared row by row: no gap, nothing twice, nothing else.
 from __future__ import annotations
 
 import gc
-import random
-import threading
 import time
 
 import pytest
@@ -27,6 +25,7 @@ from custodes.keys import NodeKeys
 from hub_env import (
     LIGHT_COVERAGE_LAG,
     NATS_SOCKET_WARNINGS,
+    Activity,
     Proxy,
     converge,
     differences,
@@ -53,7 +52,7 @@ def test_a_fleet_with_a_blackholed_node_loses_nothing_and_counts_nothing_twice()
         proxy = Proxy(int(hub.nats_urls[0].rsplit(":", 1)[1]))
         real: dict[str, RealSite] = {}
         light: list[LightSite] = []
-        stop = threading.Event()
+        activity: Activity | None = None
         try:
             for name, group, urls in ((CUT, "Ashby", [proxy.url]),
                                       (STEADY, "Brent", hub.nats_urls)):
@@ -68,15 +67,7 @@ def test_a_fleet_with_a_blackholed_node_loses_nothing_and_counts_nothing_twice()
                 site.connect(hub.nats_urls, password, health_seconds=1,
                              coverage_lag=LIGHT_COVERAGE_LAG)
                 light.append(site)
-            rng = random.Random(12)
-
-            def work() -> None:
-                while not stop.wait(1.0):
-                    for site in light:
-                        site.activity(rng)
-
-            writer = threading.Thread(target=work, name="light-sites", daemon=True)
-            writer.start()
+            activity = Activity(light, seed=12, every=1.0, name="light-sites")
             cut = real[CUT].node
             assert cut.uplink is not None
 
@@ -110,9 +101,7 @@ def test_a_fleet_with_a_blackholed_node_loses_nothing_and_counts_nothing_twice()
 
             proxy.restore()
             restored_at = time.time()
-            stop.set()
-            writer.join(60)
-            assert not writer.is_alive()
+            activity.end()
             # What each real node held when its link came back, the hub must get, at least:
             # events up to the first one still open (an open event is sent once it ends), and
             # coverage up to the last minute that was final then.
@@ -172,7 +161,8 @@ def test_a_fleet_with_a_blackholed_node_loses_nothing_and_counts_nothing_twice()
             print(f"\nblackhole held {hole:.0f} s; hub stored {hub.counters.stored} messages "
                   f"from {len(names)} sites, {hub.counters.duplicates} copies dropped")
         finally:
-            stop.set()
+            if activity is not None:
+                activity.halt()
             for site in light:
                 site.close()
             for node in real.values():

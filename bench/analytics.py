@@ -36,35 +36,35 @@ Then, one after the other:
    time per frame split into stages.
 
 --baseline SRC runs this same script again afterwards with PYTHONPATH=SRC, i.e. against another
-checkout's `custodes` package in this venv (e.g. `git worktree add /tmp/old 81ec682`, the last
-commit with dlib's HOG in analytics), then prints both runs side by side. --json writes the
-figures of one run; --baseline-json compares with such a file instead of running again.
+checkout's `custodes` package in this venv, then prints both runs side by side. --json writes
+the figures of one run; --baseline-json compares with such a file instead of running again.
+The analysis as issue 9 found it ("today" in its goals) is 40050df, the parent of its first
+commit (dlib's HOG, one process per camera): `git worktree add /tmp/anbase 40050df` and
+`--baseline /tmp/anbase/src`. That tree keeps the frame code in custodes.analytics, not
+custodes.vision: the imports below fall back to it (the same classes, moved by 81ec682).
 
-Last measured side by side (2026-12-01; 8 cameras, 120 s live, all frames offline; run with
-`--baseline /tmp/old/src`), on the 2-core box while other engineers' tests and benches ran:
-load average 7 to 30, "other processes meanwhile" 1.0-1.2 cores, so the node got ~0.8 of its 2
-cores and NO fps or lag figure below says whether 2 quiet cores keep up. Faces and tracks
-offline do not depend on the load, and the naive HOG loop counted the same 53 faces / 8 tracks
-in every run (same frames).
+Last measured (2026-12-02, 8 cameras, 120 s live), three trees in two runs: this work
+(balanced pool, detector at 3/4 size) with `--baseline` 40050df (today: HOG, one process per
+camera), then with `--baseline` 271f219 (the pool before balancing). The 2-core box was NOT
+quiet: load average 6 to 16, "other processes meanwhile" 0.5-1.5 cores, taking cores from the
+niced workers, so no fps figure below says whether 2 quiet cores keep up (the first row is
+each run's other load: compare fps within a pair only with it in mind). CPU per analysed
+frame and the offline counts depend little or not at all on the load.
 
-                                               737db9b (CenterFace)    81ec682 (HOG)
-    live fps per camera: slowest / mean median     1.37 / 2.50        2.08 / 3.28   (5 set)
-    live worker CPU-s per camera-minute            5.46               7.28
-    live worker CPU-ms per analysed frame          ~36                ~37   (incl. decoding)
-    live peak RSS of the 8 analysis workers        2641 MiB           1742 MiB
-    live face tracks stored (8 cameras)            603                186
-    offline faces / tracks, all 6 clips            184 / 20           50 / 6
-      hamilton / facenet-pytorch / intel walking   99/12, 60/5, 24/2  30/3, 16/2, 4/1
-      MOT20 / vtest / store aisle                  1/1, 0/0, 0/0      0/0, 0/0, 0/0
-    offline fps on one core (custodes)             31.5               7.7
+                                          this work  40050df today    this work     271f219
+    other processes meanwhile (cores)          0.49           0.71         0.95        1.45
+    live fps: slowest / mean median       3.35/4.13      2.33/3.44    2.44/2.86   0.99/1.24
+    live lag p95 (s): worst med / p95     0.24/0.45      1.45/3.28    0.39/0.86   0.75/2.34
+    worker CPU-ms per analysed frame           32.6           44.5         33.5        46.0
+    cores for 8 cameras at 5 fps               1.30           1.78         1.34        1.84
+    cameras moved between processes    (not logged)              -            1           0
+    face tracks stored live                     929            185          974         627
+    offline faces / tracks, 6 clips          192/25           50/6       192/25      178/24
+    offline ms/frame: total, detect      17.7, 14.4              -   20.0, 16.2  31.5, 27.8
 
-9d8c4e6 against 81ec682 in the same session gave the same faces (184 vs 50), 19 tracks (the
-tracker change of 737db9b adds one) and ~33 CPU-ms per analysed frame on both sides. At 9d8c4e6
-and 737db9b every snapshot fails in its thread (redaction/detect.py still passes `upsample=`
-to the new detector), so the CenterFace figures leave out the redaction of snapshots that the
-HOG figures include (it runs in the worker's snapshot thread: in the old offline run it is
-probably most of the "other" time per frame, the main thread waiting for the pinned core):
-rerun once that is fixed.
+The supervisor measured (CPU-s per second at 5 fps) hamilton 0.22 x2, facenet 0.25, intel
+walking 0.19, MOT20 0.12, store aisle 0.09, vtest 0.07 x2: 0.75 vs 0.47 cores with camera i
+on worker i mod 2; it moved MOT20 (0.63 vs 0.59), which had no face tracked, in under 1 s.
 """
 
 from __future__ import annotations
@@ -107,11 +107,19 @@ from custodes.analytics.worker import CameraAnalysis, FaceTrack, Message, Worker
 from custodes.api.deps import CSRF_COOKIE, CSRF_HEADER
 from custodes.config import AnalyticsConfig, FacesConfig, load_config
 from custodes.sim import SimServer, prepare_clip
-from custodes.vision.decode import Frame, file_frames
-from custodes.vision.embedding import FaceEmbedder
-from custodes.vision.faces import Box, Face
-from custodes.vision.tracker import Tracker
-from custodes.vision.weights import face_model_files
+
+try:
+    from custodes.vision.decode import Frame, file_frames
+    from custodes.vision.embedding import FaceEmbedder
+    from custodes.vision.faces import Box, Face
+    from custodes.vision.tracker import Tracker
+    from custodes.vision.weights import face_model_files
+except ModuleNotFoundError:  # a tree from before vision/ (e.g. 40050df, HOG): same code there
+    from custodes.analytics.decode import Frame, file_frames  # type: ignore[no-redef,import-not-found]
+    from custodes.analytics.embedding import FaceEmbedder  # type: ignore[no-redef,import-not-found]
+    from custodes.analytics.faces import Box, Face  # type: ignore[no-redef,import-not-found]
+    from custodes.analytics.tracker import Tracker  # type: ignore[no-redef,import-not-found]
+    from custodes.analytics.weights import face_model_files  # type: ignore[no-redef,import-not-found]
 
 VIDEOS = Path(__file__).resolve().parents[2] / "shared" / "data" / "video"
 CLIPS = (  # real footage with people in it, cycled over the cameras
@@ -129,6 +137,7 @@ KEEPS_UP = 0.95  # a camera analysed at >= this share of its rate (median) keeps
 BOUNDED_LAG = 1.0  # seconds: a median p95 lag above this means frames queue up somewhere
 READY_TIMEOUT = 120.0  # seconds for the node to bring every camera's analysis online
 DISTURBED = 0.9  # CPU/wall below this on the pinned core: something else shared it
+MOVE_LOGGED = "moves from process"  # what the supervisor logs when it moves a camera
 ENV_ONE_THREAD = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
 
 
@@ -270,6 +279,9 @@ class LiveResult:
     machine_cpu: float  # every process's CPU-seconds over the window, for the disturbance check
     configured_fps: float  # the analysis rate the cameras were given (the default)
     missed_samples: int  # status requests that timed out
+    # Cameras the supervisor moved to a less busy analysis process (from the node's log;
+    # always 0 for a tree that does not rebalance).
+    moves: int = 0
 
 
 def free_port() -> int:
@@ -498,7 +510,13 @@ def run_live(urls: dict[str, str], sim: psutil.Process, work: Path,
     cpu = {kind: after.get(kind, 0.0) - before.get(kind, 0.0) for kind in after}
     return LiveResult(cameras, cpu, seconds, dict(usage.peak_rss), usage.peak_rss_total,
                       stored_face_tracks(work / "custodes.db"), sim_cpu, machine,
-                      settings.fps, missed)
+                      settings.fps, missed, moves_logged(work / "node.log"))
+
+
+def moves_logged(log: Path) -> int:
+    with contextlib.suppress(OSError):
+        return sum(MOVE_LOGGED in line for line in log.read_text(errors="replace").splitlines())
+    return 0
 
 
 # -- offline: the same frames, naive vs custodes -----------------------------------------------
@@ -793,6 +811,7 @@ def print_live(live: LiveResult, cameras: list[Camera], args: argparse.Namespace
         "peak RSS total (MiB)": live.peak_rss_total / 2**20,
         "face tracks stored (all cameras)": sum(live.face_tracks.values()),
         "status samples timed out": live.missed_samples,
+        "cameras moved to a less busy process": live.moves,
         "other processes meanwhile (cores)": others,
         "simulator CPU-s/camera-min (not incl.)": live.sim_cpu * per_cam_min,
     }

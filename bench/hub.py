@@ -16,6 +16,7 @@ nats-server and PostgreSQL that `custodes hub` starts, the real uplink code at t
                          --e2e-seconds 60 --catchup-sites 30 --catchup-hours 24
                          --site-processes 3]
     python bench/hub.py --quick      # smoke run: 20 city sites, short windows, 3 sites x 1 h
+    python bench/hub.py --profile    # also: cProfile of the batched ingester (top functions)
 
 City traffic per site and minute, as a school's node sends it: 12 health reports, one coverage
 minute, ~1.25 camera-events per camera (the city: 1000 cameras at 800 sites), one audit entry,
@@ -30,8 +31,10 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import cProfile
 import json
 import os
+import pstats
 import random
 import select
 import shutil
@@ -71,6 +74,7 @@ BATCH = 500
 NAIVE_MAX = 5_000  # the naive ingester's rate is per message: a sample of the traffic will do
 CATCHUP_GOAL = 120.0
 PASSWORD_FILE = "passwords.json"
+CA_FILE = "ca.pem"  # the hub's CA, when its NATS speaks TLS (the sites and the feeder trust it)
 
 
 # -- the city's traffic --------------------------------------------------------------------------
@@ -170,17 +174,27 @@ def reset(url: str) -> None:
                       "health_at = NULL, last_heard = NULL", (GENESIS,))
 
 
-def ingest(url: str, messages: list[Received], batch: int) -> float:
+def ingest(url: str, messages: list[Received], batch: int, *, profile: bool = False) -> float:
     with psycopg.connect(url) as conn:
+        profiler = cProfile.Profile() if profile else None
         started = time.perf_counter()
+        if profiler is not None:
+            profiler.enable()
         for i in range(0, len(messages), batch):
             with conn.transaction():
                 result = write_batch(conn, messages[i:i + batch])
             assert result.rejected == 0, result
-        return time.perf_counter() - started
+        took = time.perf_counter() - started
+        if profiler is not None:
+            profiler.disable()
+            print("cProfile of the batched ingester (this process only; PostgreSQL's time "
+                  "is in psycopg's wait):")
+            pstats.Stats(profiler, stream=sys.stdout).sort_stats("tottime").print_stats(15)
+        return took
 
 
-def headroom(url: str, names: list[str], minutes: int) -> tuple[float, float]:
+def headroom(url: str, names: list[str], minutes: int,
+             profile: bool = False) -> tuple[float, float]:
     """The batched and the naive ingesters, as a table; returns (the city's msg/s, the naive
     ingester's msg/s)."""
     messages = traffic(names, minutes)
@@ -193,7 +207,7 @@ def headroom(url: str, names: list[str], minutes: int) -> tuple[float, float]:
             ("batched (ours)", BATCH, messages),
             ("naive (one INSERT + commit per message)", 1, messages[:NAIVE_MAX])):
         reset(url)
-        took = ingest(url, sample, batch)
+        took = ingest(url, sample, batch, profile=profile and batch == BATCH)
         rates[label] = len(sample) / took
         print(f"| {label} | {len(sample)} | {took:.2f} | {rates[label]:.0f} | "
               f"{rates[label] / city_rate:.1f}x |")
@@ -315,14 +329,17 @@ def feeder_main(args: argparse.Namespace) -> None:
     first = next(minutes)  # generated before the start, not while it is due
     say("READY", len(first))
     wait_for("go")
-    sent = asyncio.run(_feed(args.url, first, minutes, args.t0 + args.seconds))
+    ca = Path(args.folder, CA_FILE).read_text() if args.folder else None
+    sent = asyncio.run(_feed(args.url, first, minutes, args.t0 + args.seconds, ca))
     say("FED", sent)
     wait_for("stop")
 
 
 async def _feed(url: str, first: list[tuple[float, Message]],
-                rest: Iterator[list[tuple[float, Message]]], end: float) -> int:
-    nc = await nats.connect(url, user="hub", password=os.environ["CUSTODES_BENCH_NATS_PASSWORD"])
+                rest: Iterator[list[tuple[float, Message]]], end: float,
+                ca: str | None) -> int:
+    nc = await nats.connect(url, user="hub", password=os.environ["CUSTODES_BENCH_NATS_PASSWORD"],
+                            **tls_options([url], ca))
     js = nc.jetstream()
     loop = asyncio.get_running_loop()
     pending: list[asyncio.Future[Any]] = []
@@ -353,13 +370,16 @@ def sites_main(args: argparse.Namespace) -> None:
     logging.basicConfig(level=logging.WARNING, stream=sys.stderr)
     folder = Path(args.folder)
     passwords = json.loads((folder / PASSWORD_FILE).read_text())
+    # the hub's CA when its NATS speaks TLS (what a user's node gets at enrolment)
+    tls: dict[str, Any] = ({"ca": (folder / CA_FILE).read_text()}
+                           if (folder / CA_FILE).exists() else {})
     urls = args.urls.split(",")
     sites: list[LightSite] = []
     try:
         if args.role == "e2e":
             for name in args.names.split(","):
                 site = LightSite.create(folder / name, name, cameras=2)
-                site.connect(urls, passwords[name])
+                site.connect(urls, passwords[name], **tls)
                 sites.append(site)
             deadline = time.monotonic() + 120
             while (not all(s.uplink is not None and s.uplink.status.connected for s in sites)
@@ -383,7 +403,7 @@ def sites_main(args: argparse.Namespace) -> None:
             say("READY", expected)
             wait_for("go")
             for site in sites:
-                site.connect(urls, passwords[site.name])
+                site.connect(urls, passwords[site.name], **tls)
             say("STARTED")
         wait_for("stop")
     finally:
@@ -476,14 +496,33 @@ def enrol_sites(hub: Hub, folder: Path, names: Iterable[str]) -> None:
     fd = os.open(folder / PASSWORD_FILE, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "w") as f:
         json.dump(passwords, f)
+    write_ca(hub, folder)
 
 
-def start_feed(hub: Hub, args: argparse.Namespace) -> Child:
+def write_ca(hub: Hub, folder: Path) -> None:
+    """The hub's CA for the children, when its NATS speaks TLS (a hub without TLS has none)."""
+    ca = getattr(hub, "site_ca", None)
+    if ca:
+        (folder / CA_FILE).write_text(ca)
+
+
+def tls_options(urls: list[str], ca: str | None) -> dict[str, Any]:
+    """``nats.connect``'s TLS options for the hub's CA, as its sites connect (none without)."""
+    if not ca:
+        return {}
+    from custodes.uplink.tls import connect_options  # noqa: PLC0415 - a hub with TLS only
+    return connect_options(urls, ca_pem=ca)
+
+
+def start_feed(hub: Hub, folder: Path, args: argparse.Namespace) -> Child:
     """The city's traffic, from now on until the end of the run, at the city's rate."""
     assert hub.nats is not None
     t0 = time.time() + args.lead  # its first minute is generated by then
+    folder.mkdir(parents=True, exist_ok=True)
+    write_ca(hub, folder)
     feed = Child("--feeder", "--url", hub.nats_urls[0], "--sites", str(args.sites),
                  "--t0", str(t0), "--seconds", str(10**6), "--seed", "11",
+                 *(["--folder", str(folder)] if (folder / CA_FILE).exists() else []),
                  password=hub.nats.hub_password)
     feed.expect("READY", 120)
     time.sleep(max(0.0, t0 - time.time()))
@@ -637,6 +676,8 @@ def main() -> None:
     parser.add_argument("--catchup-timeout", type=float, default=900)
     parser.add_argument("--site-processes", type=int, default=3)
     parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--profile", action="store_true",
+                        help="cProfile of the batched ingester in the headroom part")
     parser.add_argument("--lead", type=float, default=20, help=argparse.SUPPRESS)
     # the child processes
     parser.add_argument("--feeder", action="store_true", help=argparse.SUPPRESS)
@@ -672,9 +713,9 @@ def main() -> None:
         pg.start()
         db.migrate(pg.url)
         enrol_city(pg.url, names, NodeKeys.load_or_create(folder / "keys").public_pem)
-        city_rate, naive = headroom(pg.url, names, args.minutes)
+        city_rate, naive = headroom(pg.url, names, args.minutes, args.profile)
         hub.start(web=False)
-        feed = start_feed(hub, args)
+        feed = start_feed(hub, folder / "feed", args)
         try:
             print(f"load average: {os.getloadavg()[0]:.1f}")
             cpu_at_city_rate(hub, args, city_rate)

@@ -16,6 +16,10 @@ a year of per-minute rows for 1000 cameras (420 M rows) does not fit this box. S
 baseline's site page, which walks a site's minutes back until it has found 50 gaps, walks
 only ``--minute-days`` days here: its figure is a lower bound.
 
+"Ours" adds migration 0003 (the minutes' sums for the hour the 24 h start in, so the
+overview expands no JSON; the counts /metrics reads) and the overview's rows written in
+Python rather than by Jinja's loop.
+
 "Baseline" is the hub as of migration 0001: the overview summing every camera-minute of the
 last 24 h (1.15 M JSON values for the city), the site page expanding its minutes to find gaps,
 the events on the one index 0001 made (start time). The figures of both are compared, to show
@@ -187,8 +191,10 @@ def analyze(url: str) -> None:
 # -- the hub as of migration 0001 (commit 69e9204), for the baseline ---------------------------
 
 def baseline_sites(conn: psycopg.Connection[Any], silent_after: float,
-                   name: str | None = None, now: float | None = None) -> list[fleet.SiteRow]:
-    """fleet.sites before 0002: every camera-minute of the last 24 h summed at each request."""
+                   name: str | None = None, now: float | None = None,
+                   groups: list[str] | None = None) -> list[fleet.SiteRow]:
+    """fleet.sites before 0002: every camera-minute of the last 24 h summed at each request
+    (the bench's user sees every group: ``groups`` is None)."""
     now = time.time() if now is None else now
     first_minute = int(now // 60) - fleet.DAY_MINUTES
     rows = conn.execute(
@@ -251,10 +257,23 @@ def baseline_site_detail(conn: psycopg.Connection[Any], site: str) -> dict[str, 
     }
 
 
+def baseline_metrics(conn: psycopg.Connection[Any], silent_after: float,
+                     groups: list[str] | None = None) -> dict[str, float]:
+    """fleet.metrics before 0003: every event and audit entry counted at each scrape."""
+    rows = baseline_sites(conn, silent_after)
+    counted = {str(r[0]): float(r[1]) for r in conn.execute(
+        "SELECT 'audit_entries', count(*) FROM audit_entries UNION ALL "
+        "SELECT 'events', count(*) FROM events UNION ALL "
+        "SELECT 'rejected', count(*) FROM rejected UNION ALL "
+        "SELECT 'open_alarms', count(*) FROM alarms WHERE cleared_at IS NULL")}
+    return {"custodes_hub_sites": float(len(rows)), **counted}
+
+
 @contextmanager
 def as_before() -> Iterator[None]:
     with mock.patch.object(fleet, "sites", baseline_sites), \
-            mock.patch.object(fleet, "site_detail", baseline_site_detail):
+            mock.patch.object(fleet, "site_detail", baseline_site_detail), \
+            mock.patch.object(fleet, "metrics", baseline_metrics):
         yield
 
 
@@ -270,7 +289,7 @@ def pages(now: float) -> list[tuple[str, str]]:
         ("events, camera down, all sites", "/events?kind=camera_offline"),
         ("events, one site, one day", "/events?" + urlencode({
             "site": "site-0011", "start": f"{day} 00:00", "end": f"{day} 23:59:59"})),
-        ("metrics (counts every event and entry; no goal)", "/metrics"),
+        ("metrics (baseline: counts every event and entry; no goal)", "/metrics"),
     ]
 
 

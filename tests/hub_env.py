@@ -27,6 +27,7 @@ from custodes.hub.demo import LightSite
 from custodes.hub.service import Hub
 from custodes.store import schema
 from custodes.store.db import Store
+from custodes.uplink.tls import connect_options
 
 # nats-py leaves some sockets to the garbage collector: the StreamWriter of a connection the
 # proxy cut (its transport already closing), and a connection attempt cancelled inside its
@@ -214,8 +215,14 @@ def new_site(hub: Hub, root: Path, name: str, *, group: str = "Ashby",
     site = LightSite.create(root / name, name, cameras=cameras, checkpoint_every=5)
     password = hub.enrol(name, group, site.keys.public_pem).password
     if connect:
-        site.connect([url or hub.nats_urls[0]], password, health_seconds=1)
+        site.connect([url or hub.nats_urls[0]], password, health_seconds=1, ca=hub.site_ca,
+                     tls_first=hub.site_tls_first)
     return site, password
+
+
+def tls_of(hub: Hub) -> dict[str, Any]:
+    """``nats.connect`` options for a raw client of ``hub``, as its sites connect."""
+    return connect_options(hub.nats_urls, ca_pem=hub.site_ca, first=hub.site_tls_first)
 
 
 class Activity:

@@ -23,17 +23,23 @@ import pytest
 from sqlalchemy import select
 
 from custodes.analytics.motion import MotionDetector, MotionTracker
-from custodes.analytics.supervisor import AnalyticsSupervisor, pool_size
+from custodes.analytics.supervisor import AnalyticsSupervisor, plan_move, pool_size
 from custodes.analytics.worker import (
+    STATS_INTERVAL,
+    Adopt,
     CameraAnalysis,
+    Command,
+    Control,
     FaceTrack,
     Message,
     MotionEnded,
     MotionStarted,
+    Release,
     Shedder,
     Stats,
     WorkerSpec,
     analyse_cameras,
+    detect_scale,
 )
 from custodes.config import AnalyticsConfig, FacesConfig, MotionConfig
 from custodes.events.bus import EventBus
@@ -313,6 +319,13 @@ def test_the_pool_is_sized_by_the_machine_not_the_camera_count() -> None:
     assert pool_size(0, cpus=2, memory_mib=plenty) == 0
 
 
+def test_the_detector_sees_a_smaller_frame_but_never_the_smallest_faces_too_small() -> None:
+    assert detect_scale(FacesConfig().min_size) == 0.75
+    assert detect_scale(40) == 0.75
+    assert detect_scale(10) == 1.0  # 10 px faces stay at full size
+    assert 0.75 < detect_scale(16) < 1.0
+
+
 def test_shedding_lowers_the_rate_to_the_floor_and_restores_it() -> None:
     shedder = Shedder(min_fps=0.5)
     assert shedder.rate(5) == 5
@@ -499,3 +512,134 @@ def test_one_cameras_failure_leaves_the_workers_other_cameras_running(
         stop.set()
         worker.join(30)
     assert not worker.is_alive()
+
+
+# -- balancing the workers by what their cameras cost ---------------------------------------
+
+
+def test_a_move_takes_the_most_off_the_busiest_worker() -> None:
+    # Worker 0 holds the costly cameras (CPU-s per second at their configured rates).
+    cost = {"a": 0.4, "c": 0.3, "e": 0.3, "b": 0.05, "d": 0.05}
+    # Moving a leaves 0.6 / 0.5; moving c or e would leave 0.7 / 0.4.
+    assert plan_move([["a", "c", "e"], ["b", "d"]], cost) == ("a", 0, 1)
+    # To the least busy of three workers.
+    assert plan_move([["a", "c", "e"], ["b"], ["d"]], cost | {"b": 0.2}) == ("a", 0, 2)
+    # Balanced already, or a move would only make the other worker the busiest: nothing.
+    assert plan_move([["a", "b"], ["c", "e"]], cost) is None
+    assert plan_move([["a"], []], cost) is None
+    # A gain too small to be worth ending a camera's motion span.
+    assert plan_move([["c", "b"], ["x"]], cost | {"x": 0.28}) is None
+    assert plan_move([["c", "b"], ["x"]], cost | {"x": 0.28}, min_gain=0.01) == ("b", 0, 1)
+    # One worker: nowhere to go.
+    assert plan_move([["a", "b", "c"]], cost) is None
+    # A camera not measured yet counts as the mean of the measured ones.
+    assert plan_move([["x", "y", "b"], ["d"]], {"b": 0.3, "d": 0.3}) == ("x", 0, 1)
+
+
+class Lines:
+    """A worker thread's control: commands to it, cameras it let go of from it."""
+
+    def __init__(self) -> None:
+        self.commands: queue.Queue[Command] = queue.Queue()
+        self.released: queue.Queue[str] = queue.Queue()
+        self.control = Control(self.commands, self.released)
+
+
+@pytest.mark.slow
+def test_a_camera_is_handed_over_between_workers(
+    walking_camera: tuple[SimServer, str], tmp_path: Path
+) -> None:
+    _, url = walking_camera
+    specs = {name: WorkerSpec(name, url, AnalyticsConfig(), tmp_path) for name in "abc"}
+    outs: list[queue.Queue[Message]] = [queue.Queue(), queue.Queue()]
+    lines = [Lines(), Lines()]
+    stop = multiprocessing.get_context("spawn").Event()
+    workers = [
+        threading.Thread(target=analyse_cameras, args=(
+            [CameraAnalysis(specs[name], out) for name in names], out, stop),
+            kwargs={"control": line.control})
+        for names, out, line in zip((("a", "b"), ("c",)), outs, lines, strict=True)
+    ]
+    for worker in workers:
+        worker.start()
+    try:
+        measured = next_stats(outs[0], lambda s: s.camera == "a" and s.online and s.fps > 0,
+                              timeout=60)
+        assert measured.cpu_per_frame > 0  # what the supervisor balances by
+        lines[0].commands.put(Release("a"))
+        assert lines[0].released.get(timeout=60) == "a"
+        said = drain(outs[0])
+        # The camera's motion span and tracks were ended by the worker that let it go.
+        spans = [m for m in said if isinstance(m, MotionStarted | MotionEnded)
+                 and m.camera == "a"]
+        if spans:
+            assert isinstance(spans[-1], MotionEnded)
+        lines[1].commands.put(Adopt(specs["a"]))
+        lines[1].commands.put(Adopt(specs["a"]))  # said twice: still analysed once
+        next_stats(outs[1], lambda s: s.camera == "a" and s.online and s.fps > 0, timeout=60)
+        # One statistics message per camera and report: "a" is analysed once, like "c".
+        time.sleep(3 * STATS_INTERVAL)
+        reports = [m.camera for m in drain(outs[1]) if isinstance(m, Stats)]
+        assert reports.count("a") <= reports.count("c") + 1
+        assert reports.count("a") >= 2
+        # The old worker says nothing more of it, and goes on with its other camera.
+        next_stats(outs[0], lambda s: s.camera == "b" and s.online, timeout=30)
+        assert not [m for m in drain(outs[0]) if m.camera == "a"]
+        # Asked to let go of a camera it does not have, a worker says it has none.
+        lines[0].commands.put(Release("a"))
+        assert lines[0].released.get(timeout=30) == "a"
+    finally:
+        stop.set()
+        for worker in workers:
+            worker.join(30)
+    assert not any(worker.is_alive() for worker in workers)
+
+
+def drain(out: queue.Queue[Message]) -> list[Message]:
+    said = []
+    while True:
+        try:
+            said.append(out.get_nowait())
+        except queue.Empty:
+            return said
+
+
+@pytest.mark.slow
+def test_the_supervisor_moves_a_camera_to_the_less_busy_process(
+    three_cameras: list[str], tmp_path: Path
+) -> None:
+    specs = [WorkerSpec(name, url, AnalyticsConfig(), tmp_path / "snapshots")
+             for name, url in zip("abc", three_cameras, strict=True)]
+    supervisor = AnalyticsSupervisor(specs, workers=2, rebalance=None)
+    supervisor.start()
+    try:
+        wait_all_online(supervisor, {"a", "b", "c"}, timeout=90)
+        assert supervisor.shares() == [["a", "c"], ["b"]]
+        assert supervisor.cost.keys() == {"a", "b", "c"}  # measured from their statistics
+        busy, idle = supervisor.pid("a"), supervisor.pid("b")
+        assert supervisor.rebalance({"a": 0.1, "c": 0.5, "b": 0.05}) == ("a", 0, 1)
+        deadline = time.monotonic() + 60
+        while supervisor.pid("a") != idle and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert supervisor.pid("a") == idle
+        assert supervisor.pid("c") == busy
+        assert supervisor.shares() == [["c"], ["b", "a"]]
+        assert supervisor.moves == 1
+        while not supervisor.queue.empty():
+            supervisor.queue.get()
+        wait_all_online(supervisor, {"a", "b", "c"}, timeout=60)
+        # A restarted process gets the cameras it has now, not those it started with.
+        assert idle is not None
+        os.kill(idle, signal.SIGKILL)
+        deadline = time.monotonic() + 30
+        while supervisor.pid("a") in (None, idle) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        while not supervisor.queue.empty():
+            supervisor.queue.get()
+        wait_all_online(supervisor, {"a", "b"}, timeout=90)
+        assert supervisor.pid("a") == supervisor.pid("b") not in (None, idle)
+        assert supervisor.health["a"].restarts == 1
+        assert supervisor.health["c"].restarts == 0
+    finally:
+        supervisor.stop()
+    assert supervisor.pids() == []

@@ -9,8 +9,10 @@ time from a click on the timeline to the first frame of video on screen.
 from __future__ import annotations
 
 import hashlib
+import io
 import os
 import statistics
+import tempfile
 import time
 import zipfile
 from collections.abc import Iterator
@@ -36,6 +38,8 @@ from browser_env import (
 from custodes.app import Node
 from custodes.record.manifest import verify_bundle
 from custodes.record.playback import Segment
+from custodes.redaction.copies import PLAYBACK_LINES
+from custodes.redaction.video import redact_stream
 from custodes.store import schema
 
 pytestmark = pytest.mark.slow
@@ -243,7 +247,7 @@ def test_a_viewer_cannot_reach_cases_or_unredacted_playback(
     click_at(page, "#detailbar", now - 20)
     wait_for_first_frame(page, 1, recorder.node, errors)
     state = video_state(page)
-    assert state["url"].endswith("/redacted")
+    assert urlsplit(state["url"]).path.endswith("/redacted")  # a tail has ?from=
     print(f"\nclick to first frame, redacted copy made on demand (the first, with the "
           f"detector's loading): {state['frames'][0]:.0f} ms")
     page.wait_for_timeout(500)
@@ -279,6 +283,7 @@ def measure_redacted_first_frames(page: Page, recorder: Recorder, clicks: int = 
             if "/api/segments/" in r.url else None)
     played: list[Segment] = []
     frames: list[float] = []  # ms, click to first frame, of each played
+    steps: list[dict[str, float]] = []  # the player's steps to it (custodesPlayer.steps)
     for seg in candidates[::2]:
         if len(played) == clicks:
             break
@@ -289,13 +294,15 @@ def measure_redacted_first_frames(page: Page, recorder: Recorder, clicks: int = 
         click_at(page, "#detailbar", seg.start + seg.duration / 2)
         wait_for_first_frame(page, before + 1, node, errors)
         state = video_state(page)
-        if state["url"] != f"/api/segments/{seg.id}/redacted":
+        path = urlsplit(state["url"]).path  # a tail's has ?from= after it
+        if path != f"/api/segments/{seg.id}/redacted":
             continue  # the click fell beside it (a gap, a pixel off): not counted
         played.append(seg)
         frames.append(state["frames"][-1])  # this click's
+        steps.append(page.evaluate("() => window.custodesPlayer.steps.at(-1)"))
         # The viewer stays until all of it has come: the copy is then whole and kept (one
         # left before is given up).
-        page.wait_for_function(f"() => window.__sent['{state['url']}'] !== undefined",
+        page.wait_for_function(f"() => window.__sent['{path}'] !== undefined",
                                timeout=60_000)
     load = os.getloadavg()
     assert len(played) >= 10, f"only {len(played)} segments measured"
@@ -304,16 +311,54 @@ def measure_redacted_first_frames(page: Page, recorder: Recorder, clicks: int = 
           f"{statistics.median(frames):.0f} ms, p95 {percentile(frames, 95):.0f} ms, max "
           f"{max(frames):.0f} ms; load average {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}; all: "
           + ", ".join(f"{f:.0f}" for f in frames))
-    # What was sent is the redacted copy: each answer is the file kept as that copy.
+    ids = {seg.id for seg in played}
+    print_steps(steps, [t for t in copies.timings()
+                        if t["segment"] in ids and t["priority"] == "viewer"])
+    # What was sent is the redacted copy: each answer is the file kept as that copy, or for a
+    # tail (from the frame clicked: not kept) the same tail made again here.
     assert not [path for path in asked if not path.endswith("/redacted")]
     sent: dict[str, dict[str, Any]] = page.evaluate("() => window.__sent")
+    tails = 0
     for seg in played:
         answer = sent[f"/api/segments/{seg.id}/redacted"]
         assert answer["status"] == 200
         assert answer["type"] == "video/mp4"
-        kept = copies.path(node, seg).read_bytes()
+        source = node.layout.recordings / seg.path
+        begins = float(answer["from"])
+        if begins:
+            tails += 1
+            with io.BytesIO() as made_again:
+                redact_tail(node, seg, begins, made_again)
+                kept = made_again.getvalue()
+        else:
+            kept = copies.path(node, seg).read_bytes()
         assert answer["sha256"] == hashlib.sha256(kept).hexdigest()
-        assert kept != (node.layout.recordings / seg.path).read_bytes()
+        assert kept != source.read_bytes()
+    print(f"  {tails} of {len(played)} sent as tails from the frame clicked")
+
+
+def redact_tail(node: Node, seg: Segment, begins: float, out: io.BytesIO) -> None:
+    """The tail of ``seg`` from ``begins`` as RedactedCopies makes one (it keeps none), to
+    ``out``."""
+    copies = node.redacted_copies
+    with tempfile.TemporaryFile() as made:
+        redact_stream(node.layout.recordings / seg.path, made, settings=copies.settings,
+                      zones=node.config.cameras[seg.camera].privacy_zones,
+                      max_lines=PLAYBACK_LINES, start=begins)
+        made.seek(0)
+        out.write(made.read())
+
+
+def print_steps(browser: list[dict[str, float]], server: list[dict[str, Any]]) -> None:
+    """Where the wait went: the median of each step, in ms after the click (browser) and
+    after the copy was asked for (server: the playback answer starts it)."""
+    def medians(rows: list[dict[str, Any]], keys: list[str]) -> str:
+        return ", ".join(f"{k} {statistics.median(r[k] for r in rows if k in r):.0f}"
+                         for k in keys if any(k in r for r in rows))
+    print("  browser, ms after the click (median): " + medians(
+        browser, ["answer", "fetch", "headers", "bytes", "buffer", "loaded", "shown"]))
+    print(f"  server, ms after the copy was asked for (median of {len(server)}): " + medians(
+        server, ["started", "followed", "searched", "encoding", "sent", "done"]))
 
 
 def page_errors(page: Page) -> list[str]:
@@ -374,7 +419,7 @@ window.fetch = async (url, options) => {
   new Response(copy).arrayBuffer().then((bytes) => crypto.subtle.digest("SHA-256", bytes))
     .then((d) => {
       window.__sent[path] = {
-        status: r.status, type: r.headers.get("content-type"),
+        status: r.status, type: r.headers.get("content-type"), from: r.headers.get("X-Copy-From"),
         sha256: [...new Uint8Array(d)].map((x) => x.toString(16).padStart(2, "0")).join(""),
       };
     }).catch(() => {});  // cut short (the player went elsewhere): nothing to compare

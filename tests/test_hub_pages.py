@@ -15,6 +15,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlencode
 
 import pytest
@@ -94,7 +95,7 @@ def sites(hub: Hub) -> Iterator[dict[str, ZonedSite]]:
                      "snapshot": f"/never/sent/{j}.jpg"} for j in range(count)]
             site.store.write(partial(add_events, rows=rows))
             password = hub.enrol(name, group, site.keys.public_pem).password
-            site.connect(hub.nats_urls, password, health_seconds=1)
+            site.connect(hub.nats_urls, password, health_seconds=1, ca=hub.site_ca)
             made[name] = site
         for site in made.values():
             wait_for(f"{site.name}'s events and zone at the hub", partial(arrived, hub, site))
@@ -372,5 +373,199 @@ def test_hub_user_commands(hub: Hub, tmp_path: Path,
             actions = {str(r[0]) for r in conn.execute(text("SELECT action FROM audit_log"))}
         assert {"user.add", "user.update", "user.reset_password", "user.grant_request",
                 "user.grant_confirm"} <= actions
+    finally:
+        accounts.store.close()
+
+
+def coverage_minutes(site: str, minutes: range, rng: random.Random) -> list[Message]:
+    return [Message(site, Stream.COVERAGE, m, {"cameras": {
+        cam: rng.choice([60.0, 60.0, 59.5, 42.25, 0.0]) for cam in ("cam01", "cam02")}})
+        for m in minutes]
+
+
+def deliver(hub: Hub, messages: list[Message]) -> None:
+    with db.connect(hub.db_url) as conn:
+        write_batch(conn, [Received(m.subject, m.encode()) for m in messages])
+        conn.commit()
+
+
+Figures = tuple[list[tuple[Any, ...]], float | None, list[dict[str, Any]], list[tuple[Any, ...]]]
+
+
+def figures(hub: Hub, site: str, now: float) -> Figures:
+    """What the pages show of a site's coverage: its hourly sums, its overview row, its gaps."""
+    with db.connect(hub.db_url) as conn:
+        row = fleet.sites(conn, 120, site, now=now)[0]
+        gaps = fleet.site_detail(conn, site)["gaps"]
+    hourly = q(hub, "SELECT hour, seconds, camera_minutes FROM coverage_hourly WHERE site = %s "
+               "ORDER BY hour", site)
+    every_gap = q(hub, "SELECT minute, camera, seconds FROM coverage_gaps WHERE site = %s "
+                  "ORDER BY 1, 2", site)
+    return hourly, row.coverage_24h, gaps, every_gap
+
+
+def test_compaction_keeps_the_figures_and_counts_a_late_minute_once(
+        hub: Hub, tmp_path: Path) -> None:
+    """Minute rows past the window are deleted; the hourly sums, the overview and the site's
+    gaps read the same afterwards; a minute delivered again for a compacted hour is not
+    counted twice, and one never received before is counted once."""
+    from custodes.hub import compaction  # noqa: PLC0415
+    from custodes.keys import NodeKeys  # noqa: PLC0415
+
+    site = "old-school"
+    hub.enrol(site, "Dunmore", NodeKeys.load_or_create(tmp_path / "keys").public_pem)
+    rng = random.Random(3)
+    now = time.time()
+    old_hour = int((now - 40 * 86400) // 3600)
+    hole = old_hour * 60 + 17  # a minute of an old hour the site has not sent yet
+    old = [m for m in coverage_minutes(site, range(old_hour * 60, old_hour * 60 + 180), rng)
+           if m.seq != hole]
+    recent = coverage_minutes(site, range(int(now // 60) - 26 * 60, int(now // 60) - 1), rng)
+    deliver(hub, old + recent)
+    before = figures(hub, site, now)
+    assert before[3]  # the data has gaps in both periods: the comparison compares something
+
+    with db.connect(hub.db_url) as conn:
+        bounded = compaction.compact(conn, now=now, budget=50, batch=20)
+        assert not bounded.done  # a pass stops at its budget: more at the next one
+        assert bounded.deleted <= 50
+        compaction.compact(conn, now=now)
+        again = compaction.compact(conn, now=now)
+    assert again.deleted == 0  # idempotent: nothing left to do
+    assert q(hub, "SELECT count(*) FROM coverage WHERE site = %s AND seq < %s", site,
+             old_hour * 60 + 180)[0][0] == 0
+    assert q(hub, "SELECT count(*) FROM coverage WHERE site = %s", site)[0][0] == len(recent)
+    assert figures(hub, site, now) == before
+
+    # The old minutes delivered again (an outbox replayed): not counted a second time.
+    deliver(hub, rng.sample(old, 40) + rng.sample(recent, 40))
+    assert figures(hub, site, now) == before
+    # The minute the site had never sent: counted once, however often it comes.
+    late = coverage_minutes(site, range(hole, hole + 1), random.Random(9))[0]
+    late.body["cameras"] = {"cam01": 30.0, "cam02": 60.0}
+    deliver(hub, [late])
+    deliver(hub, [late])
+    hourly = {h: (s, n) for h, s, n in figures(hub, site, now)[0]}
+    was = {h: (s, n) for h, s, n in before[0]}
+    assert hourly[old_hour] == (was[old_hour][0] + 90.0, was[old_hour][1] + 2)
+    assert {h: v for h, v in hourly.items() if h != old_hour} == {
+        h: v for h, v in was.items() if h != old_hour}
+    with db.connect(hub.db_url) as conn:
+        # The replayed rows went back into the table (not into the sums): deleted again.
+        assert compaction.compact(conn, now=now).deleted == 40 + 1
+    deliver(hub, [late])  # and after that minute was compacted too
+    assert {h: (s, n) for h, s, n in figures(hub, site, now)[0]} == hourly
+    assert (hole, "cam01", 30.0) in figures(hub, site, now)[3]
+
+
+def test_a_user_limited_to_a_municipality_sees_only_its_sites(
+        hub: Hub, sites: dict[str, ZonedSite], accounts: HubAccounts) -> None:
+    """Attacks of a user of Ashby on Brent's sites: the site page, the events through every
+    filter, the alarms, the metrics. Without groups a user sees every site."""
+    from custodes.hub import scope  # noqa: PLC0415
+
+    users = Users(accounts.store)
+    if users.get("ashby-admin") is None:
+        users.add("ashby-admin", Role.ADMIN, PASSWORD)  # system.view for /metrics too
+    scope.set_groups(accounts.store, accounts.audit, "test", "ashby-admin", ["Ashby"])
+    ashby = {n for n, s in sites.items() if n in ("north-school", "east-school")}
+    brent = set(sites) - ashby
+    with db.connect(hub.db_url) as conn:
+        for name in brent:  # an open alarm at each Brent site
+            conn.execute("INSERT INTO alarms (site, kind, raised_at, detail) "
+                         "VALUES (%s, 'silent', %s, 'test')", (name, time.time()))
+        conn.commit()
+    client = TestClient(create_hub_app(hub, accounts), follow_redirects=False)
+    sign_in(client, "ashby-admin")
+
+    overview = client.get("/").text
+    listed = set(re.findall(r'<tr data-site="([^"]+)"', overview))
+    assert ashby <= listed
+    assert not listed & brent
+    assert "south-school" not in overview  # nor in the open alarms above the table
+
+    for name in brent:
+        refused = client.get(f"/sites/{name}")
+        assert refused.status_code == 403
+    # A name no site has reads as another municipality's site: no probing for names.
+    unknown = client.get("/sites/no-such-school")
+    assert unknown.status_code == 403
+    assert unknown.text.count("may see") == refused.text.count("may see")
+    assert client.get("/sites/north-school").status_code == 200
+    with accounts.store.read() as conn:
+        audited = {str(r[0]) for r in conn.execute(text(
+            "SELECT target FROM audit_log WHERE actor = 'ashby-admin' "
+            "AND outcome = 'refused'"))}
+    assert {f"/sites/{n}" for n in brent} <= audited
+
+    everything = [e for s in sites.values() for e in site_events(s)]
+    mine = newest_first([e for e in everything if e[0] in ashby])[:fleet.EVENTS_PAGE]
+    assert shown(client.get("/events").text) == mine
+    for asked in ({"group": "Brent"}, {"site": "south-school"},
+                  {"site": "busy-school", "camera": "cam01"}, {"kind": "face", "group": "Brent"},
+                  {"before": f"{time.time()}:busy-school:999"}):
+        got = client.get("/events?" + urlencode(asked))
+        assert got.status_code == 200, (asked, got.text[-500:])
+        assert not {r[0] for r in shown(got.text)} & brent, asked
+    assert "busy-school" not in client.get("/events").text  # not even in the filter's choices
+
+    alarms_page = client.get("/alarms").text
+    assert not any(f"/sites/{n}" in alarms_page for n in brent)
+
+    metrics = dict(line.split(" ") for line in client.get("/metrics").text.splitlines()
+                   if not line.startswith("#"))
+    assert float(metrics["custodes_hub_sites"]) == len(ashby)
+    assert float(metrics["custodes_hub_events"]) == len([e for e in everything
+                                                         if e[0] in ashby])
+    assert "custodes_hub_ingested_total" not in metrics  # the whole hub's counters
+
+    # Without groups: every site, as before this limit existed.
+    scope.set_groups(accounts.store, accounts.audit, "test", "ashby-admin", None)
+    every = set(re.findall(r'<tr data-site="([^"]+)"', client.get("/").text))
+    assert set(sites) <= every
+    assert client.get("/sites/south-school").status_code == 200
+    whole = dict(line.split(" ") for line in client.get("/metrics").text.splitlines()
+                 if not line.startswith("#"))
+    assert float(whole["custodes_hub_events"]) == float(q(
+        hub, "SELECT count(*) FROM events")[0][0])
+    with db.connect(hub.db_url) as conn:
+        conn.execute("UPDATE alarms SET cleared_at = %s WHERE detail = 'test'", (time.time(),))
+        conn.commit()
+
+
+def test_hub_user_groups_on_the_command_line(tmp_path: Path,
+                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    """`custodes hub user add NAME --role R --group G` (repeatable), `user groups`, `list`."""
+    from custodes.hub import scope  # noqa: PLC0415
+
+    folder = tmp_path / "hub-data"
+    runner = CliRunner()
+    monkeypatch.setenv("LOGNAME", "ops1")
+
+    def hub_user(*args: str) -> tuple[int, str]:
+        done = runner.invoke(app, ["hub", "user", *args, "--data", str(folder)])
+        return done.exit_code, done.output
+
+    code, out = hub_user("add", "carla", "--role", "viewer", "--group", "Calder",
+                         "--group", "Ashby")
+    assert code == 0, out
+    code, out = hub_user("list")
+    assert "Ashby, Calder" in out
+    assert hub_user("add", "dora", "--role", "viewer", "--group", " ")[0] == 2
+    assert hub_user("groups", "nobody", "--group", "Ashby")[0] == 2
+    accounts = HubAccounts.open(folder)
+    try:
+        assert scope.scope_of(accounts.store, "carla").groups == frozenset({"Ashby", "Calder"})
+        assert Users(accounts.store).get("dora") is None  # refused before being created
+        assert hub_user("groups", "carla", "--group", "Brent")[0] == 0
+        assert scope.scope_of(accounts.store, "carla").groups == frozenset({"Brent"})
+        assert hub_user("groups", "carla")[0] == 0
+        assert scope.scope_of(accounts.store, "carla").groups is None  # every group
+        with accounts.store.read() as conn:
+            changes = [str(r[0]) for r in conn.execute(text(
+                "SELECT detail FROM audit_log WHERE action = 'user.update' "
+                "AND target = 'carla'"))]
+        assert len(changes) == 3
+        assert "Calder" in changes[0]
     finally:
         accounts.store.close()

@@ -32,7 +32,7 @@ from custodes.redaction.video import BoxPlan, RedactionError
 from custodes.store import schema
 from custodes.vision.faces import Box, FaceDetector
 from footage import add_segments, encode_clips
-from test_auth import add_user, open_node
+from test_auth import add_user, open_node, signed_in
 
 T0 = 1_714_557_600.0
 
@@ -227,22 +227,29 @@ def ffmpegs_of(pid: int) -> list[int]:
     return found
 
 
-def test_a_viewer_who_starts_mid_segment_gets_a_redacted_tail_from_the_keyframe_before(
+def test_a_viewer_who_starts_mid_segment_gets_a_redacted_tail_from_the_frame_clicked(
         long_segment: tuple[Node, Segment], caplog: pytest.LogCaptureFixture) -> None:
-    """A click 7 s into a 10 s segment: the copy starts at the keyframe before 7 s, searched
-    from there, instead of after the search of the 7 s before. Its faces are blurred as in the
+    """A click ~7 s into a 10 s segment, between two keyframes: the copy starts at the frame
+    showing then (decoded from the keyframe before, the frames between dropped), searched from
+    there, instead of after the search of the 7 s before. Its faces are blurred as in the
     whole copy, and nothing of it is kept (a whole copy is what later viewers get)."""
     node, seg = long_segment
     source = node.layout.recordings / seg.path
     copies = RedactedCopies(workers=1)
     caplog.set_level(logging.INFO, logger="custodes.redaction.copies")
+    keyframes = keyframe_times(source)
+    times = frame_times(source)
+    # Half way between the keyframes around 7 s, a third of a frame after a frame's time.
+    key_before = max(k for k in keyframes if k <= 7.0)
+    key_after = min([k for k in keyframes if k > 7.0] + [times[-1]])
+    clicked = min(times, key=lambda t: abs(t - (key_before + key_after) / 2))
+    assert clicked > key_before
+    at = clicked + (times[1] - times[0]) / 3
 
-    chunks, begins = copies.open(node, seg, 7.0)
+    chunks, begins = copies.open(node, seg, at)
     tail = asyncio.run(read_all(chunks))
 
-    keyframes = keyframe_times(source)
-    assert begins == max(k for k in keyframes if k <= 7.0 + 1e-6)
-    assert 0 < begins <= 7.0
+    assert begins == pytest.approx(clicked, abs=1e-6)  # not the keyframe before it
     path = node.layout.root / "tail.mp4"
     path.write_bytes(tail)
     with av.open(str(path)) as container:
@@ -253,7 +260,7 @@ def test_a_viewer_who_starts_mid_segment_gets_a_redacted_tail_from_the_keyframe_
         originals = [v for v in container.decode(stream)
                      if v.time is not None and v.time - (stream.start_time or 0)
                      * float(stream.time_base or 0) >= begins - 1e-6]
-    assert len(frames) == len(originals)  # every frame from the keyframe on, none before
+    assert len(frames) == len(originals)  # every frame from the one clicked on, none before
     # The faces the node's detector finds in the original frames are blurred in the tail:
     # their detail, all together, mostly gone (as test_redact_video judges exports).
     detector = FaceDetector()
@@ -275,7 +282,7 @@ def test_a_viewer_who_starts_mid_segment_gets_a_redacted_tail_from_the_keyframe_
     # Nothing of the tail is kept: no copy, no boxes, no partial file.
     assert made_files(node) == []
     # A viewer near the start gets the whole copy, as before.
-    chunks, begins = copies.open(node, seg, 1.0)
+    chunks, begins = copies.open(node, seg, 0.3)
     assert begins == 0.0
     asyncio.run(read_all(chunks))
     assert copies.path(node, seg).is_file()
@@ -288,6 +295,16 @@ def keyframe_times(path: Path) -> list[float]:
         base = float(stream.time_base or 0)
         return [(p.pts - first) * base for p in container.demux(stream)
                 if p.is_keyframe and p.pts is not None]
+
+
+def frame_times(path: Path) -> list[float]:
+    """Each frame's time, seconds after the first, in order."""
+    with av.open(str(path)) as container:
+        stream = container.streams.video[0]
+        first = stream.start_time or 0
+        base = float(stream.time_base or 0)
+        return sorted((p.pts - first) * base for p in container.demux(stream)
+                      if p.pts is not None)
 
 
 def sharpness(rgb: npt.NDArray[np.uint8], box: Box) -> float:
@@ -308,3 +325,27 @@ def test_a_failed_redaction_leaves_no_copy(segment: tuple[Node, Segment]) -> Non
     (node.layout.recordings / seg.path).unlink()
     with pytest.raises(FileNotFoundError):
         copies.open(node, seg)
+
+
+def test_a_click_into_a_segment_gets_a_tail_from_that_frame_over_http(
+        segment: tuple[Node, Segment]) -> None:
+    """Through the routes a browser uses: a viewer's playback answer 0.75 s into a segment
+    whose copy is not made names a tail from the frame showing then (11 of 15 fps, between the
+    1 s GOP's keyframes), the copy's answer says so (X-Copy-From, which the player places the
+    frames by) and holds the frames from there on; nothing of it is kept."""
+    node, seg = segment
+    app = create_app(node)
+    with signed_in(app, add_user(app, "viktor", Role.VIEWER)) as viewer:
+        answer = viewer.get(f"/api/cameras/{seg.camera}/playback",
+                            params={"at": seg.start + 0.75})
+        assert answer.status_code == 200
+        first = answer.json()["segments"][0]
+        assert first["from"] == pytest.approx(11 / 15, abs=1e-6)
+        assert first["url"] == f"/api/segments/{seg.id}/redacted?from={11 / 15:.6f}"
+        copy = viewer.get(first["url"])
+    assert copy.status_code == 200
+    assert copy.headers["x-copy-from"] == f"{11 / 15:.6f}"
+    path = node.layout.root / "tail.mp4"
+    path.write_bytes(copy.content)
+    assert decoded(path) == decoded(node.layout.recordings / seg.path) - 11
+    assert not [name for name in made_files(node) if name.endswith((".mp4", ".partial"))]

@@ -26,8 +26,9 @@ import random, sys, time
 from pathlib import Path
 from custodes.hub.demo import LightSite
 folder, url, password, seconds = Path(sys.argv[1]), sys.argv[2], sys.argv[3], float(sys.argv[4])
+ca = Path(sys.argv[5]).read_text()  # the hub's CA: its server speaks TLS only
 site = LightSite.create(folder, "killed-school", cameras=3, checkpoint_every=10)
-site.connect([url], password, health_seconds=1)
+site.connect([url], password, health_seconds=1, ca=ca)
 rng = random.Random()
 end = time.monotonic() + seconds
 while time.monotonic() < end:
@@ -48,10 +49,13 @@ def test_a_site_killed_mid_publish_resumes_without_gap_or_double(hub: Hub) -> No
     folder = hub.settings.data.parent / "site"
     keys = NodeKeys.load_or_create(folder / "keys")
     password = hub.enrol("killed-school", "Holm", keys.public_pem).password
+    assert hub.site_ca is not None
+    ca_file = hub.settings.data.parent / "hub-ca.pem"
+    ca_file.write_text(hub.site_ca)
 
     def site(seconds: float) -> subprocess.Popen[bytes]:
         return subprocess.Popen([sys.executable, "-c", SITE, str(folder), hub.nats_urls[0],
-                                 password, str(seconds)])
+                                 password, str(seconds), str(ca_file)])
 
     def held() -> list[tuple[int, str]]:
         with psycopg.connect(hub.db_url) as conn:

@@ -33,6 +33,7 @@ from pydantic import (
 
 from custodes.privacy.policy import Action, Profile, allows, placement_problem
 from custodes.sitetime import check_zone_name
+from custodes.uplink.tls import check_ca_pem
 
 # Names end up in file paths, URLs and MQTT topics: keep them to a safe alphabet.
 NAME_PATTERN = r"^[a-z0-9][a-z0-9_-]{0,62}$"
@@ -440,6 +441,15 @@ class UplinkConfig(Strict):
                                   description="How often the node's health is published")
     batch: int = Field(500, ge=1, le=10000,
                        description="Messages published before waiting for their acks")
+    ca: str | None = Field(None, description="The hub's CA certificate (PEM), as `custodes "
+                           "hub add-site` prints it: TLS, and only a hub it signed is accepted")
+    ca_file: Path | None = Field(None, description="The same CA from a file (e.g. an existing "
+                                 "NATS cluster's)")
+    tls_hostname: str | None = Field(None, description="The name the hub's certificate must "
+                                     "carry (default: each URL's host)")
+    tls_first: bool = Field(True, description="Start TLS before the server speaks (the hub's "
+                            "embedded server does; a cluster needs tls { handshake_first: "
+                            "true }), so that no impostor gets the password in clear")
 
     @field_validator("urls")
     @classmethod
@@ -448,6 +458,19 @@ class UplinkConfig(Strict):
             if urlsplit(url).scheme not in ("nats", "tls"):
                 raise ValueError(f"{url!r}: a NATS URL starts with nats:// or tls://")
         return urls
+
+    @field_validator("ca")
+    @classmethod
+    def _ca_pem(cls, ca: str | None) -> str | None:
+        if ca is not None:
+            check_ca_pem(ca)
+        return ca
+
+    @model_validator(mode="after")
+    def _one_ca(self) -> UplinkConfig:
+        if self.ca is not None and self.ca_file is not None:
+            raise ValueError("give the hub's CA as ca or as ca_file, not both")
+        return self
 
 
 class LegalConfig(Strict):
@@ -586,6 +609,8 @@ class Config(Strict):
                 "tls_cert": resolved(self.server.tls_cert),
                 "tls_key": resolved(self.server.tls_key),
             }),
+            "uplink": self.uplink and self.uplink.model_copy(
+                update={"ca_file": resolved(self.uplink.ca_file)}),
         })
 
     def fingerprint(self) -> dict[str, str]:

@@ -11,6 +11,14 @@ cannot keep up lowers its cameras' rates instead of asking for more.
 Every process gets a queue of its own, emptied by a thread into the one ``queue`` the node
 reads: a process killed while writing to a shared multiprocessing queue would leave its lock
 held and silence every other camera.
+
+Cameras cost very different amounts (a corridor full of faces several times an empty one),
+so the first share (camera i to worker i mod n) can leave one worker shedding its rates while
+another idles. Every statistics message says what its camera costs; from it the supervisor
+moves a camera from the busiest worker to the least busy one when that lowers the busiest
+worker's load (`plan_move`), one camera at a time. The old worker lets go of the camera when
+none of its faces is tracked (worker.Release), and only then does the new one take it on, so
+a camera is never analysed twice at once.
 """
 
 from __future__ import annotations
@@ -25,12 +33,22 @@ import pickle
 import queue
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 import psutil
 
-from custodes.analytics.worker import MIN_FPS, Message, WorkerSpec, run_worker
+from custodes.analytics.worker import (
+    MIN_FPS,
+    Adopt,
+    Command,
+    Control,
+    Message,
+    Release,
+    Stats,
+    WorkerSpec,
+    run_worker,
+)
 from custodes.process import backoff
 
 log = logging.getLogger(__name__)
@@ -49,6 +67,14 @@ CAMERA_MIB = 110
 # Share of the machine's memory analysis may plan for; the rest is the recorder's, the page
 # cache's (recording writes through it) and the web server's.
 MEMORY_SHARE = 0.5
+# Rebalancing: a decision at most this often (seconds; the cost of a camera just moved is
+# measured in its new worker before the next), and a move only if it takes at least MIN_GAIN
+# cores off the busiest worker (moving ends the camera's motion span, and its tracks after
+# RELEASE_WAIT).
+REBALANCE_EVERY = 20.0
+MIN_GAIN = 0.05
+# Weight of a new statistics message in a camera's cost (reports every 2 s: ~10 s memory).
+COST_WEIGHT = 0.3
 
 
 @dataclass
@@ -59,6 +85,28 @@ class WorkerHealth:
     last_exit: str = ""
     pid: int | None = None
     started: float = 0.0  # monotonic time of the last start
+
+
+def plan_move(shares: Sequence[Sequence[str]], cost: Mapping[str, float], *,
+              min_gain: float = MIN_GAIN) -> tuple[str, int, int] | None:
+    """The camera to move, from which worker to which, so that the busiest worker's load
+    drops the most; None if no move lowers it by ``min_gain``. ``cost``: CPU-s per second
+    of each camera at its configured rate; a camera not measured yet counts as the mean of
+    those that are."""
+    if len(shares) < 2:
+        return None
+    known = [cost[c] for share in shares for c in share if c in cost]
+    mean = sum(known) / len(known) if known else 0.0
+    loads = [sum(cost.get(c, mean) for c in share) for share in shares]
+    source = max(range(len(shares)), key=loads.__getitem__)
+    target = min(range(len(shares)), key=loads.__getitem__)
+    best: tuple[float, str] | None = None
+    for camera in shares[source]:
+        moved = cost.get(camera, mean)
+        gain = loads[source] - max(loads[source] - moved, loads[target] + moved)
+        if gain >= min_gain and (best is None or gain > best[0]):
+            best = (gain, camera)
+    return None if best is None else (best[1], source, target)
 
 
 def pool_size(cameras: int, *, cpus: int | None = None, memory_mib: int | None = None,
@@ -92,11 +140,13 @@ class AnalyticsSupervisor:
 
     ``workers``: how many processes (None: sized to the machine, `pool_size`);
     ``keyframes``: decode only the keyframes of main streams; ``min_fps``: the least rate
-    load shedding may go down to.
+    load shedding may go down to; ``rebalance``: seconds between decisions to move a camera
+    to a less busy worker (None: never, the cameras stay where they were first put).
     """
 
     def __init__(self, specs: list[WorkerSpec], *, workers: int | None = None,
-                 keyframes: bool = True, min_fps: float = MIN_FPS) -> None:
+                 keyframes: bool = True, min_fps: float = MIN_FPS,
+                 rebalance: float | None = REBALANCE_EVERY) -> None:
         self.specs = specs
         self.keyframes = keyframes
         self.min_fps = min_fps
@@ -109,6 +159,14 @@ class AnalyticsSupervisor:
         # listed together (often a site's) spread over the workers.
         self._shares: list[list[WorkerSpec]] = [specs[i::size] for i in range(size)]
         self._procs: list[multiprocessing.context.SpawnProcess | None] = [None] * size
+        self._controls: list[_Line | None] = [None] * size
+        self.rebalance_every = rebalance
+        # CPU-s per second of each camera at its configured rate, from its statistics.
+        self.cost: dict[str, float] = {}
+        # The camera being handed over: (camera, from worker, to worker). One at a time.
+        self._moving: tuple[str, int, int] | None = None
+        self._lock = threading.Lock()  # _shares, _moving, _worker_of, health
+        self.moves = 0
         self._forwarders: list[threading.Thread] = []
         self.workers = [WorkerHealth([s.camera for s in share]) for share in self._shares]
         self._worker_of = {s.camera: i for i, share in enumerate(self._shares) for s in share}
@@ -167,15 +225,66 @@ class AnalyticsSupervisor:
     def pids(self) -> list[int]:
         return [p.pid for p in self._procs if p is not None and p.is_alive() and p.pid]
 
+    def shares(self) -> list[list[str]]:
+        """The cameras of each worker (a camera being handed over is in neither)."""
+        with self._lock:
+            return [[s.camera for s in share] for share in self._shares]
+
+    def rebalance(self, cost: Mapping[str, float] | None = None) -> tuple[str, int, int] | None:
+        """Start moving one camera to a less busy worker if that helps (`plan_move`), by
+        ``cost`` or else the costs measured; the move, or None. Nothing while a move is
+        under way."""
+        cost = dict(self.cost if cost is None else cost)
+        with self._lock:
+            if self._moving is not None:
+                return None
+            move = plan_move([[s.camera for s in share] for share in self._shares], cost)
+            if move is None:
+                return None
+            camera, source, target = move
+            line = self._controls[source]
+            # Out of the share now: a restart of the old worker must not take it back.
+            self._shares[source] = [s for s in self._shares[source] if s.camera != camera]
+            self._moving = move
+        log.info("analysis of %s moves from process %d to %d (CPU-s/s by camera: %s)",
+                 camera, source, target,
+                 ", ".join(f"{c} {v:.2f}" for c, v in sorted(cost.items())))
+        if line is not None:
+            line.commands.put(Release(camera))
+        return move
+
+    def _released(self, camera: str) -> None:
+        """The old worker has let go of ``camera`` (or died): the new one takes it on."""
+        with self._lock:
+            if self._moving is None or self._moving[0] != camera:
+                return  # a late answer of a move already completed
+            _, source, target = self._moving
+            spec = next(s for s in self.specs if s.camera == camera)
+            self._shares[target].append(spec)
+            self._moving = None
+            self.moves += 1
+            self._worker_of[camera] = target
+            self.health[camera] = self.workers[target]
+            self.workers[source].cameras.remove(camera)
+            self.workers[target].cameras.append(camera)
+            line = self._controls[target]
+        if line is not None:
+            line.commands.put(Adopt(spec))
+
     def _spawn(self, index: int) -> None:
         outbox: multiprocessing.queues.Queue[Message] = self._ctx.Queue()
+        line = _Line(self._ctx.Queue(), self._ctx.Queue())
+        with self._lock:
+            share = list(self._shares[index])
         proc = self._ctx.Process(
             target=_worker_main,
-            args=(self._shares[index], outbox, self._stop, self.keyframes, self.min_fps),
+            args=(share, outbox, self._stop),
+            kwargs={"keyframes": self.keyframes, "min_fps": self.min_fps, "line": line},
             name=f"analytics-{index}", daemon=True,
         )
         proc.start()
         self._procs[index] = proc
+        self._controls[index] = line
         health = self.workers[index]
         health.running, health.pid, health.started = True, proc.pid, time.monotonic()
         forwarder = threading.Thread(target=self._forward, args=(proc, outbox),
@@ -188,7 +297,9 @@ class AnalyticsSupervisor:
         """Move one process's messages to the node's queue until it has exited."""
         while True:
             try:
-                self.queue.put(outbox.get(timeout=0.5))
+                message = outbox.get(timeout=0.5)
+                self._note(message)
+                self.queue.put(message)
             except queue.Empty:
                 if not proc.is_alive():
                     break
@@ -196,14 +307,38 @@ class AnalyticsSupervisor:
                 break  # a message cut off by the process's death
         outbox.close()
 
+    def _note(self, message: Message) -> None:
+        """Keep what a camera costs at its configured rate, from its statistics."""
+        if not isinstance(message, Stats):
+            return
+        if not message.online:
+            self.cost[message.camera] = 0.0  # a camera without a stream costs nothing
+            return
+        if message.cpu_per_frame <= 0:
+            return  # no frame analysed in the interval, or a worker of an older version
+        spec = next((s for s in self.specs if s.camera == message.camera), None)
+        configured = spec.config.fps if spec is not None else message.analysis_fps
+        now = message.cpu_per_frame * configured + message.cpu_other
+        before = self.cost.get(message.camera)
+        self.cost[message.camera] = now if before is None else (
+            before + COST_WEIGHT * (now - before))
+
     def _watch(self) -> None:
         failures = [0] * len(self._procs)
         due: dict[int, float] = {}
+        next_balance = time.monotonic() + (self.rebalance_every or 0.0)
         while not self._stop.wait(0.5):
             now = time.monotonic()
+            self._read_released()
+            if self.rebalance_every is not None and now >= next_balance:
+                self.rebalance()
+                next_balance = now + self.rebalance_every
             for index, proc in enumerate(self._procs):
                 health = self.workers[index]
                 if health.running and proc is not None and not proc.is_alive():
+                    moving = self._moving
+                    if moving is not None and moving[1] == index:
+                        self._released(moving[0])  # it died: nobody analyses the camera now
                     health.running, health.pid = False, None
                     health.last_exit = f"exit code {proc.exitcode}"
                     if now - health.started > STEADY:  # a crash now and then: retry at once
@@ -219,10 +354,29 @@ class AnalyticsSupervisor:
                     health.restarts += 1
                     self._spawn(index)
 
+    def _read_released(self) -> None:
+        for line in self._controls:
+            if line is None:
+                continue
+            while True:
+                try:
+                    camera = line.released.get_nowait()
+                except (queue.Empty, EOFError, OSError, pickle.UnpicklingError):
+                    break
+                self._released(camera)
+
+
+@dataclass(frozen=True)
+class _Line:
+    """A worker's control queues: commands to it, the cameras it has let go of from it."""
+
+    commands: multiprocessing.queues.Queue[Command]
+    released: multiprocessing.queues.Queue[str]
+
 
 def _worker_main(specs: Sequence[WorkerSpec], outbox: multiprocessing.queues.Queue[Message],
-                 stop: multiprocessing.synchronize.Event, keyframes: bool,
-                 min_fps: float) -> None:
+                 stop: multiprocessing.synchronize.Event, *, keyframes: bool,
+                 min_fps: float, line: _Line | None = None) -> None:
     """A pool process: analyse, hand over the last messages, and exit at once.
 
     ``os._exit`` rather than a normal exit: dozens of decoder threads may still be inside
@@ -231,11 +385,15 @@ def _worker_main(specs: Sequence[WorkerSpec], outbox: multiprocessing.queues.Que
     """
     code = 0
     try:
-        run_worker(specs, outbox, stop, keyframes=keyframes, min_fps=min_fps)
+        control = None if line is None else Control(line.commands, line.released)
+        run_worker(specs, outbox, stop, keyframes=keyframes, min_fps=min_fps, control=control)
     except BaseException:  # the process ends here either way; the watchdog sees the code
         log.exception("analysis of %s failed", ", ".join(s.camera for s in specs))
         code = 1
     finally:
         outbox.close()
         outbox.join_thread()
+        if line is not None:  # a camera let go of just before the stop is said so
+            line.released.close()
+            line.released.join_thread()
         os._exit(code)

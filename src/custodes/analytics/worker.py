@@ -11,6 +11,11 @@ The worker never touches the database: it sends plain messages on a queue and th
 event maintainer stores and publishes them. A stream that fails ends the open motion span
 and tracks, waits (1 s doubling to 60 s) and reconnects, while the worker's other cameras go
 on. A worker that cannot keep up lowers its cameras' analysis rates (load shedding).
+
+Each statistics message carries what the camera costs its worker (CPU per analysed frame, and
+its share of the decoding and snapshots), so that the supervisor can move cameras from a busy
+worker to an idle one: a worker hands a camera over when told to (`Release`), at a moment
+when no face is tracked on it, and takes one on (`Adopt`).
 """
 
 from __future__ import annotations
@@ -70,6 +75,12 @@ FOLLOW_REACH = 64
 # corridor busy all day still gives events that end.
 VISIT_GAP = 10.0
 VISIT_MAX = 300.0
+# The network sees the analysed frame at 3/4 of its size: ~40 % less CPU on the face-heavy
+# clips, and on the shared clips (bench/analytics.py, offline) as many faces or more (194 vs
+# 182 at full size; 195 at 0.6, 180 at 0.5: a close face scores higher when smaller). Never so
+# small that the smallest face considered (faces.min_size) falls under NET_SMALLEST pixels.
+DETECT_SCALE = 0.75
+NET_SMALLEST = 15
 SNAPSHOT_BUSY = "skipped: too many snapshots were waiting to be redacted (node busy)"
 SNAPSHOT_NO_FRAME = "the frame of the best face was no longer held (analysis fell behind)"
 
@@ -160,6 +171,11 @@ class Stats:
     stream_fps: float = 0.0  # frames the camera sent per second (not all decoded)
     analysis_fps: float = 0.0  # the rate aimed at now: the configured one unless shed
     shed: bool = False  # the rate is below the configured one: the worker is overloaded
+    # What the camera costs its worker (the supervisor balances the workers by it): CPU-s of
+    # the analysis per analysed frame, and CPU-s per second of the rest of the worker's CPU
+    # (decoding, snapshots), shared evenly between its streaming cameras.
+    cpu_per_frame: float = 0.0
+    cpu_other: float = 0.0
 
 
 Message = MotionStarted | MotionEnded | FaceTrack | VisitEnded | Stats
@@ -167,6 +183,44 @@ Message = MotionStarted | MotionEnded | FaceTrack | VisitEnded | Stats
 
 class Outbox(Protocol):
     def put(self, message: Message) -> None: ...
+
+
+# -- commands from the supervisor -------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Release:
+    """Stop analysing ``camera`` (another worker takes it over): at the first moment no face
+    is tracked on it, or after RELEASE_WAIT seconds. The worker answers with the camera's name
+    on its `Control.released` once its tracks, motion span and snapshots are finished."""
+
+    camera: str
+
+
+@dataclass(frozen=True)
+class Adopt:
+    """Start analysing this camera (released by another worker)."""
+
+    spec: WorkerSpec
+
+
+Command = Release | Adopt
+
+
+class CommandSource(Protocol):
+    def get_nowait(self) -> Command: ...  # raises queue.Empty
+
+
+class ReleasedSink(Protocol):
+    def put(self, camera: str, /) -> None: ...
+
+
+@dataclass(frozen=True)
+class Control:
+    """A worker's line to its supervisor: commands in, released cameras out."""
+
+    commands: CommandSource
+    released: ReleasedSink
 
 
 # -- snapshots ------------------------------------------------------------------------------
@@ -211,6 +265,10 @@ class SnapshotWriter:
         """Wait until every submitted snapshot is on disk."""
         self._jobs.join()
 
+    def close(self) -> None:
+        """End the thread once the snapshots waiting are written (the camera moved away)."""
+        self._jobs.put(None)
+
     def _run(self) -> None:
         while (job := self._jobs.get()) is not None:
             frame, known, target = job
@@ -227,6 +285,11 @@ class SnapshotWriter:
 # -- the analysis -------------------------------------------------------------------------
 
 
+def detect_scale(min_size: int) -> float:
+    """The factor the analysis detector resizes a frame by (see DETECT_SCALE)."""
+    return min(1.0, max(DETECT_SCALE, NET_SMALLEST / min_size))
+
+
 class CameraAnalysis:
     """Everything computed from one camera's frames; fed one frame at a time."""
 
@@ -236,7 +299,8 @@ class CameraAnalysis:
         self.config = spec.config
         self.outbox = outbox
         faces = self.config.faces
-        self.detector = FaceDetector(threshold=faces.threshold, min_size=faces.min_size)
+        self.detector = FaceDetector(threshold=faces.threshold, min_size=faces.min_size,
+                                     scale=detect_scale(faces.min_size))
         self.embedder = embedder
         if faces.embeddings and embedder is None:
             self.embedder = FaceEmbedder("onnx", threads=1)
@@ -405,6 +469,9 @@ SHED_LOW = 0.6
 SHED_RAISE = 1.25
 # However loaded, a camera is analysed once every 5 s: motion is still noticed.
 MIN_FPS = 0.2
+# A camera to be handed over waits at most this long for a moment when no face is tracked on
+# it; then its tracks are ended (and the next worker starts new ones).
+RELEASE_WAIT = 10.0
 # Analysis yields the CPU to recording and the web server: a late analysed frame costs a
 # little accuracy, a late recorded packet costs footage.
 NICENESS = 10
@@ -450,14 +517,19 @@ class _Camera:
     counted_since: float = 0.0  # monotonic start of what `analysed` and `packets` count
     size: tuple[int, int] = (0, 0)
     lags: list[float] = field(default_factory=list)
+    # CPU-s of the analysis thread and frames processed since the last statistics message.
+    cpu: float = 0.0
+    processed: int = 0
+    releasing: float | None = None  # monotonic time a Release came for it
 
 
 def run_worker(specs: Sequence[WorkerSpec], outbox: Outbox,
                stop: multiprocessing.synchronize.Event, *, keyframes: bool = True,
-               min_fps: float = MIN_FPS) -> None:
+               min_fps: float = MIN_FPS, control: Control | None = None) -> None:
     """Process entry point: analyse ``specs`` round-robin until ``stop`` is set.
 
-    ``keyframes``: decode only the keyframes of a main stream (see vision/decode.py).
+    ``keyframes``: decode only the keyframes of a main stream (see vision/decode.py);
+    ``control``: cameras to hand over or take on, from the supervisor.
     """
     # If the recorder dies, even by SIGKILL, its analysis processes go with it instead of
     # analysing on as orphans.
@@ -477,17 +549,19 @@ def run_worker(specs: Sequence[WorkerSpec], outbox: Outbox,
         if stop.is_set():  # loading a camera's models takes ~0.5 s: a stop may come meanwhile
             return
         analyses.append(CameraAnalysis(spec, outbox))
-    analyse_cameras(analyses, outbox, stop, keyframes=keyframes, min_fps=min_fps)
+    analyse_cameras(analyses, outbox, stop, keyframes=keyframes, min_fps=min_fps,
+                    control=control)
 
 
 def analyse_cameras(analyses: Sequence[CameraAnalysis], outbox: Outbox,
                     stop: multiprocessing.synchronize.Event, *, keyframes: bool = True,
-                    min_fps: float = MIN_FPS) -> None:
+                    min_fps: float = MIN_FPS, control: Control | None = None) -> None:
     """Analyse the cameras round-robin, each from its own stream, until ``stop`` is set;
-    then end their motion spans and tracks."""
+    then end their motion spans and tracks. ``control``: cameras to hand over or take on."""
     cameras = [_Camera(a.spec, a, rate=a.spec.config.fps) for a in analyses]
     try:
-        _analyse(cameras, outbox, stop, Shedder(min_fps), keyframes)
+        _analyse(cameras, outbox, stop, Shedder(min_fps), keyframes=keyframes,
+                 control=control)
     finally:
         for cam in cameras:
             if cam.source is not None:
@@ -513,50 +587,72 @@ def _flush_all(cameras: list[_Camera]) -> None:
 
 
 def _analyse(cameras: list[_Camera], outbox: Outbox, stop: multiprocessing.synchronize.Event,
-             shedder: Shedder, keyframes: bool) -> None:
+             shedder: Shedder, *, keyframes: bool, control: Control | None = None) -> None:
     """Take each camera's newest frame in turn, until ``stop``."""
     ready = threading.Event()  # set by any decoder thread with a new frame
-    busy = 0.0
+    busy = analysis_cpu = 0.0  # wall and CPU seconds spent analysing since the last report
     last_report = time.monotonic()
+    cpu_at_report = time.process_time()
     while not stop.is_set():
+        if control is not None:
+            _take_commands(cameras, control, outbox, shedder)
+            _hand_over(cameras, control)
         now = time.monotonic()
         ready.clear()  # before looking: a frame arriving while we look wakes the next wait
         worked = False
-        for cam in cameras:
+        for cam in list(cameras):
             if stop.is_set():  # a pass over many busy cameras takes seconds: stop within one
                 return
-            if cam.source is None:
-                if now >= cam.retry_at:
-                    cam.source = FrameSource(cam.spec.url, cam.rate, cam.spec.config.width,
-                                             keyframes=keyframes, on_frame=ready.set)
-                    cam.source.start()
-                continue
-            try:
-                frame = cam.source.take()
-            except StreamError as exc:
-                _offline(cam, outbox, str(exc) or "stream failed")
-                continue
-            if frame is None:
-                if cam.source.done:
-                    _offline(cam, outbox, "stream ended")
-                continue
-            started = time.monotonic()
-            try:
-                cam.analysis.process(frame)
-            except Exception as exc:  # one camera's failure must not stop the worker's others
-                log.exception("%s: analysis failed", cam.spec.camera)
-                _offline(cam, outbox, f"analysis failed: {exc}")
-                continue
-            finally:
-                busy += time.monotonic() - started
-            worked = True
-            _analysed(cam, frame, cam.source.stats.packets)
+            spent = _step(cam, outbox, ready, now, keyframes=keyframes)
+            if spent is not None:
+                busy += spent[0]
+                analysis_cpu += spent[1]
+                worked = True
         now = time.monotonic()
         if now - last_report >= STATS_INTERVAL:
-            _report(cameras, outbox, shedder, busy / (now - last_report))
-            busy, last_report = 0.0, now
+            # The process's CPU beyond the analysis thread's (decoders, snapshot threads),
+            # shared evenly by the cameras that stream.
+            cpu_now = time.process_time()
+            other = max(0.0, cpu_now - cpu_at_report - analysis_cpu) / (now - last_report)
+            streaming = sum(cam.source is not None for cam in cameras) or 1
+            _report(cameras, outbox, shedder, busy / (now - last_report), other / streaming)
+            busy = analysis_cpu = 0.0
+            last_report, cpu_at_report = now, cpu_now
         if not worked:
             ready.wait(0.5)
+
+
+def _step(cam: _Camera, outbox: Outbox, ready: threading.Event, now: float, *,
+          keyframes: bool) -> tuple[float, float] | None:
+    """Analyse ``cam``'s newest frame, if one waits: (wall, CPU) seconds it took, or None."""
+    if cam.source is None:
+        if now >= cam.retry_at:
+            cam.source = FrameSource(cam.spec.url, cam.rate, cam.spec.config.width,
+                                     keyframes=keyframes, on_frame=ready.set)
+            cam.source.start()
+        return None
+    try:
+        frame = cam.source.take()
+    except StreamError as exc:
+        _offline(cam, outbox, str(exc) or "stream failed")
+        return None
+    if frame is None:
+        if cam.source.done:
+            _offline(cam, outbox, "stream ended")
+        return None
+    started, cpu = time.monotonic(), time.thread_time()
+    try:
+        cam.analysis.process(frame)
+    except Exception as exc:  # one camera's failure must not stop the worker's others
+        log.exception("%s: analysis failed", cam.spec.camera)
+        _offline(cam, outbox, f"analysis failed: {exc}")
+        return None
+    finally:
+        spent = (time.monotonic() - started, time.thread_time() - cpu)
+        cam.cpu += spent[1]
+        cam.processed += 1
+    _analysed(cam, frame, cam.source.stats.packets)
+    return spent
 
 
 def _analysed(cam: _Camera, frame: Frame, packets: int) -> None:
@@ -572,8 +668,50 @@ def _analysed(cam: _Camera, frame: Frame, packets: int) -> None:
     cam.lags.append(time.time() - frame.t)
 
 
-def _report(cameras: list[_Camera], outbox: Outbox, shedder: Shedder, busy: float) -> None:
-    """Statistics of every streaming camera, then the rates for the next interval."""
+def _take_commands(cameras: list[_Camera], control: Control, outbox: Outbox,
+                   shedder: Shedder) -> None:
+    while True:
+        try:
+            command = control.commands.get_nowait()
+        except queue.Empty:
+            return
+        if isinstance(command, Adopt):
+            if any(cam.spec.camera == command.spec.camera for cam in cameras):
+                continue  # already here (this worker was restarted with it)
+            spec = command.spec
+            log.info("%s: taken over from another analysis process", spec.camera)
+            cameras.append(_Camera(spec, CameraAnalysis(spec, outbox),
+                                   rate=shedder.rate(spec.config.fps)))
+            continue
+        cam = next((c for c in cameras if c.spec.camera == command.camera), None)
+        if cam is None:  # not here (any more): nothing to finish
+            control.released.put(command.camera)
+        elif cam.releasing is None:
+            cam.releasing = time.monotonic()
+
+
+def _hand_over(cameras: list[_Camera], control: Control) -> None:
+    """Let go of the cameras being released whose tracks have ended (or that waited long
+    enough): their tracks, motion span and visit end here, their snapshots are written."""
+    now = time.monotonic()
+    for cam in [c for c in cameras if c.releasing is not None]:
+        assert cam.releasing is not None
+        if cam.analysis.tracker.active and now - cam.releasing < RELEASE_WAIT:
+            continue
+        if cam.source is not None:
+            cam.source.close(timeout=0)  # its thread ends at its next packet
+            cam.source = None
+        cam.analysis.flush()
+        cam.analysis.snapshots.close()
+        cameras.remove(cam)
+        control.released.put(cam.spec.camera)
+        log.info("%s: handed over to another analysis process", cam.spec.camera)
+
+
+def _report(cameras: list[_Camera], outbox: Outbox, shedder: Shedder, busy: float,
+            other: float = 0.0) -> None:
+    """Statistics of every streaming camera, then the rates for the next interval.
+    ``other``: each streaming camera's share of the CPU the worker spent outside analysis."""
     before = shedder.factor
     factor = shedder.update(busy)
     # Logged once when shedding starts and once when it ends, not every interval.
@@ -597,8 +735,11 @@ def _report(cameras: list[_Camera], outbox: Outbox, shedder: Shedder, busy: floa
                 cam.source.stats.dropped, *cam.size,
                 stream_fps=(packets - cam.packets) / elapsed,
                 analysis_fps=cam.rate, shed=cam.rate < configured,
+                cpu_per_frame=cam.cpu / cam.processed if cam.processed else 0.0,
+                cpu_other=other,
             ))
             cam.packets, cam.analysed, cam.counted_since = packets, 0, now
+            cam.cpu, cam.processed = 0.0, 0
             cam.lags.clear()
         if rate != cam.rate:
             cam.rate = rate

@@ -20,12 +20,13 @@ from custodes.auth.grants import Accounts, Change, GrantStatus
 from custodes.auth.roles import Role
 from custodes.auth.users import UserError, Users, ensure_admin
 from custodes.commands import EXIT_REFUSED, MAX_PROBLEMS, cli_actor, console, err, fmt_time
-from custodes.hub import db
+from custodes.hub import db, scope
 from custodes.hub.config import HubConfigError, HubSettings, load_hub_config
 from custodes.hub.demo import run_demo
 from custodes.hub.postgres import EmbeddedPostgres, PostgresError
 from custodes.hub.service import Hub, database_url
-from custodes.hub.sites import EnrolmentError, add_site
+from custodes.hub.sites import EnrolmentError, add_site, uplink_target
+from custodes.hub.tls import HubTLSError
 from custodes.hub.web import HubAccounts
 from custodes.hub.witness import verify_site
 from custodes.privacy.policy import Refused
@@ -110,6 +111,12 @@ def add_site_command(
     except OSError as exc:
         err.print(f"[red]cannot read {key}:[/red] {exc.strerror}", highlight=False)
         raise typer.Exit(2) from None
+    try:
+        urls, ca_pem, tls_first = uplink_target(settings)
+    except (OSError, HubTLSError) as exc:
+        err.print(f"[red]cannot read or make the CA the site must trust:[/red] {exc}",
+                  highlight=False)
+        raise typer.Exit(2) from None
     with _database(settings) as url, db.connect(url) as conn:
         try:
             enrolment = add_site(conn, name, group, pem)
@@ -117,14 +124,12 @@ def add_site_command(
             err.print(f"[red]refused:[/red] {exc}", highlight=False)
             raise typer.Exit(2) from None
         conn.commit()
-    urls = ([settings.advertise_url] if settings.advertise_url else
-            settings.nats_urls or [f"nats://{settings.nats_host}:{settings.nats_port}"])
     if enrolment.key_changed:
         err.print(f"[yellow]site {name} was enrolled before with another signing key: "
                   "an alarm is raised[/yellow]")
     console.print(f"# {'enrolled' if enrolment.new else 'enrolled again'}: {name} "
                   f"({group}). Add to the node's config:")
-    console.print(enrolment.snippet(urls), markup=False, highlight=False)
+    console.print(enrolment.snippet(urls, ca_pem, tls_first), markup=False, highlight=False)
     console.print("# and to the node's environment (shown once; the hub keeps only a hash):")
     console.print(f"CUSTODES_UPLINK_PASSWORD={enrolment.password}", markup=False,
                   highlight=False)
@@ -220,15 +225,47 @@ def _print_change(name: str, change: Change) -> None:
         _print_password(name, change.password)
 
 
+GroupOption = Annotated[list[str] | None, typer.Option(
+    "--group", help="A municipality (group) the user may see; repeat for more; none: all")]
+
+
 @user_app.command("add")
 def user_add(name: UserName,
              role: Annotated[Role, typer.Option(help="What the user may do")],
+             group: GroupOption = None,
              config: HubConfigOption = None, data: DataOption = None) -> None:
     """Add a user with a random password, printed once (an administrator, investigator or
-    approver once a second administrator confirms the grant)."""
+    approver once a second administrator confirms the grant), limited to the sites of the
+    groups given (hub/scope.py)."""
+    try:
+        groups = scope.check_groups(group or [])
+    except ValueError as exc:
+        err.print(f"[red]{exc}[/red]", highlight=False)
+        raise typer.Exit(2) from None
     with _accounts(config, data) as accounts:
-        change = accounts.add(cli_actor(), name, role)
+        actor = cli_actor()
+        change = accounts.add(actor, name, role)
+        # After the account (which refuses a name in use), before anyone can sign in with it.
+        scope.set_groups(accounts.users.store, accounts.audit, actor.name, name, groups)
     _print_change(name, change)
+
+
+@user_app.command("groups")
+def user_groups(name: UserName, group: GroupOption = None,
+                config: HubConfigOption = None, data: DataOption = None) -> None:
+    """Set the municipalities (groups) a user may see; without --group: every one."""
+    try:
+        groups = scope.check_groups(group or [])
+    except ValueError as exc:
+        err.print(f"[red]{exc}[/red]", highlight=False)
+        raise typer.Exit(2) from None
+    with _accounts(config, data) as accounts:
+        actor = cli_actor()
+        if accounts.users.get(name) is None:
+            raise KeyError(f"no user named {name!r}")
+        scope.set_groups(accounts.users.store, accounts.audit, actor.name, name, groups)
+    console.print(f"{name} sees {', '.join(groups) if groups else 'every group'}",
+                  highlight=False)
 
 
 @user_app.command("list")
@@ -236,11 +273,14 @@ def user_list(config: HubConfigOption = None, data: DataOption = None) -> None:
     """Every user with role and state."""
     with _accounts(config, data) as accounts:
         everyone = accounts.users.list()
-    table = Table("name", "role", "state", "password changed")
+        seen = {u.name: scope.scope_of(accounts.users.store, u.name).sql for u in everyone}
+    table = Table("name", "role", "state", "password changed", "groups")
     for u in everyone:
         state = "disabled" if u.disabled else (
             "enabled, must choose a password" if u.must_change_password else "enabled")
-        table.add_row(u.name, u.role.value, state, fmt_time(u.password_changed_at))
+        groups = seen[u.name]
+        table.add_row(u.name, u.role.value, state, fmt_time(u.password_changed_at),
+                      ", ".join(groups) if groups else "all")
     console.print(table)
 
 

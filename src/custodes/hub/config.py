@@ -22,7 +22,18 @@ class HubSettings(Strict):
     nats_replicas: int = Field(1, ge=1, le=5, description="Copies JetStream keeps of the "
                                "hub's stream: 1 on the embedded server; 3 on a cluster of 3 "
                                "or more servers, which then loses nothing when one dies")
-    nats_host: str = Field("127.0.0.1", description="Where the embedded NATS server listens")
+    nats_ca_file: Path | None = Field(None, description="The CA of an existing cluster's "
+                                      "TLS certificates (tls:// URLs): the hub trusts it alone "
+                                      "and gives it to the sites it enrols")
+    nats_tls_first: bool = Field(False, description="An existing cluster's servers start TLS "
+                                 "first (tls { handshake_first: true }): the hub and its sites "
+                                 "then never send a credential before the server proved itself")
+    nats_host: str = Field("127.0.0.1", description="Where the embedded NATS server listens "
+                           "(always TLS, with the hub's own CA: see tls_names)")
+    tls_names: list[str] = Field(default_factory=list, description="More host names and "
+                                 "addresses the sites use to reach the embedded NATS server, "
+                                 "for its certificate (loopback, nats_host and advertise_url's "
+                                 "host are always in it)")
     nats_port: int = Field(4222, ge=0, le=65535, description="Its port (0: any free one)")
     advertise_url: str | None = Field(None, description="The NATS URL the sites are told to "
                                       "use (default: nats://nats_host:nats_port)")
@@ -64,4 +75,8 @@ def load_hub_config(path: Path | None, data: Path | None = None) -> HubSettings:
     folder = data if data is not None else settings.data
     if path is not None and not folder.is_absolute():
         folder = path.parent / folder
-    return settings.model_copy(update={"data": folder.resolve()})
+    ca_file = settings.nats_ca_file
+    if path is not None and ca_file is not None and not ca_file.is_absolute():
+        ca_file = path.parent / ca_file
+    return settings.model_copy(update={"data": folder.resolve(),
+                                       "nats_ca_file": ca_file and ca_file.resolve()})

@@ -27,6 +27,7 @@ from custodes.hub.config import HubSettings
 from custodes.hub.demo_nodes import start_real_node
 from custodes.hub.service import Hub
 from custodes.keys import NodeKeys
+from custodes.sitetime import site_zone
 from custodes.store import schema
 from custodes.store.db import Store
 from custodes.uplink.worker import Uplink
@@ -66,17 +67,21 @@ class LightSite:
         return site
 
     def connect(self, urls: list[str], password: str, health_seconds: float = 2.0,
-                coverage_lag: float = 5.0) -> None:
+                coverage_lag: float = 5.0, *, ca: str | None = None,
+                tls_first: bool = True) -> None:
         """``coverage_lag``: the simulator writes a minute's segment when the minute ends;
-        a test that compares coverage gives it more than its writer can be late."""
+        a test that compares coverage gives it more than its writer can be late. ``ca``:
+        the hub's CA (`Hub.site_ca`), as enrolment gives it to a node."""
         config = UplinkConfig(site=self.name, urls=urls, password=SecretStr(password),
-                              health_seconds=health_seconds)
+                              health_seconds=health_seconds, ca=ca, tls_first=tls_first)
         self.uplink = Uplink(self.store, config, self.cameras, health=self.health,
                              coverage_lag=coverage_lag)
         self.uplink.start()
 
     def health(self) -> dict[str, object]:
         return {"node": self.name, "profile": "school",
+                # as a node without node.timezone: the machine's zone (UTC without one)
+                "timezone": site_zone(None).name,
                 "cameras": {c: {"recording": True, "state": "online"} for c in self.cameras},
                 "retention_limit_hours": dict.fromkeys(self.cameras, 72.0),
                 "disk": {"total": 4 * 10**12, "used": 10**12, "free": 3 * 10**12}}
@@ -139,10 +144,10 @@ def run_demo(folder: Path, *, sites: int, nodes: int, seconds: float, web_port: 
         for i, (name, (_group, password)) in enumerate(sorted(passwords.items())):
             if i < nodes:
                 real.append(start_real_node(folder / "sites" / name, name, hub.nats_urls,
-                                            password))
+                                            password, ca=hub.site_ca))
                 continue
             site = LightSite.create(folder / "sites" / name, name)
-            site.connect(hub.nats_urls, password)
+            site.connect(hub.nats_urls, password, ca=hub.site_ca)
             light.append(site)
         console.print(f"[bold]custodes hub demo[/bold]: {sites} sites ({len(real)} real nodes "
                       f"with simulated cameras) in {min(sites, len(MUNICIPALITIES))} groups")

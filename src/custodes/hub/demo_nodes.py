@@ -25,7 +25,7 @@ class RealSite:
 
 
 def node_config(folder: Path, name: str, cameras: dict[str, str], urls: list[str],
-                password: str) -> dict[str, object]:
+                password: str, *, ca: str | None = None) -> dict[str, object]:
     return {
         "profile": "school",
         "node": {"name": name},
@@ -37,12 +37,13 @@ def node_config(folder: Path, name: str, cameras: dict[str, str], urls: list[str
         "storage": {"path": str(folder / "storage"), "quota": "2GB"},
         "security": {"key_dir": str(folder / "keys")},
         "server": {"host": "127.0.0.1", "port": 0},
-        "uplink": {"site": name, "urls": urls, "password": password, "health_seconds": 2},
+        "uplink": {"site": name, "urls": urls, "password": password, "health_seconds": 2,
+                   **({"ca": ca} if ca is not None else {})},
     }
 
 
 def start_real_node(folder: Path, name: str, urls: list[str], password: str, *,
-                    cameras: int = 2, web: bool = False) -> RealSite:
+                    cameras: int = 2, web: bool = False, ca: str | None = None) -> RealSite:
     folder.mkdir(parents=True, exist_ok=True)
     sample = ensure_sample(folder / "samples", width=320, height=180, fps=10,
                            bitrate_kbps=300, seconds=4)
@@ -55,7 +56,7 @@ def start_real_node(folder: Path, name: str, urls: list[str], password: str, *,
         # The demo writes the site's credential into its config: a file only its owner reads
         # (a deployment gives it as ${CUSTODES_UPLINK_PASSWORD}).
         path.touch(mode=0o600)
-        path.write_text(yaml.safe_dump(node_config(folder, name, cams, urls, password)))
+        path.write_text(yaml.safe_dump(node_config(folder, name, cams, urls, password, ca=ca)))
         node = Node(load_config(path), config_path=path)
         node.start(web=web)
     except BaseException:

@@ -47,8 +47,10 @@ def parse_time(text: str, zone: SiteZone, what: str) -> float:
         raise FilterError(f"{what}: {text!r} is out of range ({exc})") from None
 
 
-def parse(asked: dict[str, str], before: str | None, zone: SiteZone) -> EventFilter:
-    """The filter for ``asked`` (names as in the form, values stripped, empty ones left out)."""
+def parse(asked: dict[str, str], before: str | None, zone: SiteZone,
+          groups: list[str] | None = None) -> EventFilter:
+    """The filter for ``asked`` (names as in the form, values stripped, empty ones left out),
+    within the user's ``groups`` (None: every group): a filter narrows, never widens."""
     for key, value in asked.items():
         if len(value) > MAX_FIELD:
             raise FilterError(f"{key}: longer than {MAX_FIELD} characters")
@@ -63,7 +65,7 @@ def parse(asked: dict[str, str], before: str | None, zone: SiteZone) -> EventFil
     end = parse_time(asked["end"], zone, "to") if "end" in asked else None
     if start is not None and end is not None and end <= start:
         raise FilterError("the end of the time range is not after its start")
-    return EventFilter(group=asked.get("group"), site=asked.get("site"),
+    return EventFilter(groups=groups, group=asked.get("group"), site=asked.get("site"),
                        camera=asked.get("camera"), kind=kind, start=start, end=end,
                        before=None if before is None else _before(before))
 

@@ -69,12 +69,14 @@ class Group:
 
 
 def sites(conn: psycopg.Connection[Any], silent_after: float,
-          name: str | None = None, now: float | None = None) -> list[SiteRow]:
+          name: str | None = None, now: float | None = None,
+          groups: list[str] | None = None) -> list[SiteRow]:
     """Every site (or the one named), by group. The 24 h coverage is read from the hourly
-    sums (migration 0002) for the whole hours in the window and from the minutes for the
-    part of an hour it starts with: the same figure as summing every minute, at ~25 rows a
-    site instead of 1440 (the difference is what makes the overview of a year of the city
-    fast: bench/hub_overview.py)."""
+    sums (migration 0002) for the whole hours in the window and from the minutes' sums
+    (0003) for the part of an hour it starts with: the same figure as summing every minute,
+    at ~25 + 30 index entries a site instead of 1440 JSON rows (the difference is what
+    makes the overview of a year of the city fast: bench/hub_overview.py). ``groups``: only
+    the sites of those (None: every group)."""
     now = time.time() if now is None else now
     first_minute = int(now // 60) - DAY_MINUTES
     first_hour = -(-first_minute // 60)  # the first hour wholly inside the window
@@ -87,12 +89,14 @@ def sites(conn: psycopg.Connection[Any], silent_after: float,
         "LEFT JOIN LATERAL (SELECT sum(ch.seconds) AS seconds, "
         " sum(ch.camera_minutes) AS camera_minutes FROM coverage_hourly ch "
         " WHERE ch.site = s.name AND ch.hour >= %(first_hour)s) h ON true "
-        "LEFT JOIN LATERAL (SELECT sum(e.value::double precision) AS seconds, "
-        " count(*) AS camera_minutes FROM coverage c, jsonb_each_text(c.cameras) e "
-        " WHERE c.site = s.name AND c.seq >= %(first_minute)s "
-        " AND c.seq < %(first_hour)s * 60) m ON true "
-        "WHERE (%(name)s::text IS NULL OR s.name = %(name)s) ORDER BY s.grp, s.name",
-        {"first_minute": first_minute, "first_hour": first_hour, "name": name}).fetchall()
+        "LEFT JOIN LATERAL (SELECT sum(cm.seconds) AS seconds, "
+        " sum(cm.camera_minutes) AS camera_minutes FROM coverage_minutes cm "
+        " WHERE cm.site = s.name AND cm.minute >= %(first_minute)s "
+        " AND cm.minute < %(first_hour)s * 60) m ON true "
+        "WHERE (%(name)s::text IS NULL OR s.name = %(name)s) "
+        "AND (%(groups)s::text[] IS NULL OR s.grp = ANY(%(groups)s)) ORDER BY s.grp, s.name",
+        {"first_minute": first_minute, "first_hour": first_hour, "name": name,
+         "groups": groups}).fetchall()
     out = []
     for (site, grp, heard, health, verified, held, broken, alarms, hour_seconds,
          hour_minutes, edge_seconds, edge_minutes) in rows:
@@ -129,12 +133,16 @@ def groups(rows: list[SiteRow]) -> list[Group]:
 
 
 def alarms(conn: psycopg.Connection[Any], site: str | None = None,
-           open_only: bool = False, limit: int = 500) -> list[dict[str, Any]]:
+           open_only: bool = False, limit: int = 500,
+           groups: list[str] | None = None) -> list[dict[str, Any]]:
+    """Newest first; ``groups``: only those of the sites of these groups (None: every one)."""
     rows = conn.execute(
         "SELECT a.id, a.site, s.grp, a.kind, a.raised_at, a.detail, a.cleared_at FROM alarms a "
-        "LEFT JOIN sites s ON s.name = a.site WHERE (%s::text IS NULL OR a.site = %s) "
-        "AND (NOT %s OR a.cleared_at IS NULL) ORDER BY a.raised_at DESC LIMIT %s",
-        (site, site, open_only, limit)).fetchall()
+        "LEFT JOIN sites s ON s.name = a.site WHERE (%(site)s::text IS NULL OR a.site = "
+        "%(site)s) AND (NOT %(open)s OR a.cleared_at IS NULL) "
+        "AND (%(groups)s::text[] IS NULL OR s.grp = ANY(%(groups)s)) "
+        "ORDER BY a.raised_at DESC LIMIT %(limit)s",
+        {"site": site, "open": open_only, "limit": limit, "groups": groups}).fetchall()
     keys = ("id", "site", "group", "kind", "raised_at", "detail", "cleared_at")
     return [dict(zip(keys, r, strict=True)) for r in rows]
 
@@ -167,8 +175,10 @@ def site_detail(conn: psycopg.Connection[Any], site: str) -> dict[str, Any]:
 @dataclass(frozen=True)
 class EventFilter:
     """What the events page asks for; None: any. Times are UTC epoch seconds, ``end``
-    excluded. ``before``: the (start, site, seq) of the last event of the previous page."""
+    excluded. ``before``: the (start, site, seq) of the last event of the previous page.
+    ``groups``: the user's scope (hub/scope.py), None: every group; no other field widens it."""
 
+    groups: list[str] | None = None
     group: str | None = None
     site: str | None = None
     camera: str | None = None
@@ -208,6 +218,9 @@ def events(conn: psycopg.Connection[Any], f: EventFilter,
         if value is not None:
             where.append(sql.SQL("{} = {}").format(sql.SQL(column), sql.Placeholder(key)))
             args[key] = value
+    if f.groups is not None:
+        where.append(sql.SQL("s.grp = ANY(%(groups)s)"))
+        args["groups"] = f.groups
     if f.start is not None:
         where.append(sql.SQL("e.start_at >= %(start)s"))
         args["start"] = f.start
@@ -231,16 +244,19 @@ def events(conn: psycopg.Connection[Any], f: EventFilter,
             for r in conn.execute(query, args)]
 
 
-def event_choices(conn: psycopg.Connection[Any]) -> dict[str, Any]:
-    """The filters' options: groups and their sites, with each site's zone."""
-    rows = conn.execute("SELECT grp, name, health->>'timezone' FROM sites "
-                        "ORDER BY grp, name").fetchall()
-    groups: dict[str, list[str]] = {}
+def event_choices(conn: psycopg.Connection[Any],
+                  groups: list[str] | None = None) -> dict[str, Any]:
+    """The filters' options: groups and their sites, with each site's zone (of ``groups``
+    only, when given)."""
+    rows = conn.execute("SELECT grp, name, health->>'timezone' FROM sites WHERE "
+                        "(%s::text[] IS NULL OR grp = ANY(%s)) ORDER BY grp, name",
+                        (groups, groups)).fetchall()
+    by_group: dict[str, list[str]] = {}
     zones: dict[str, str] = {}
     for grp, name, zone in rows:
-        groups.setdefault(str(grp), []).append(str(name))
+        by_group.setdefault(str(grp), []).append(str(name))
         zones[str(name)] = zone_of(zone).name
-    return {"groups": groups, "zones": zones}
+    return {"groups": by_group, "zones": zones}
 
 
 def site_cameras(conn: psycopg.Connection[Any], site: str) -> list[str]:
@@ -257,22 +273,31 @@ def site_cameras(conn: psycopg.Connection[Any], site: str) -> list[str]:
     return sorted(str(n) for n in names)
 
 
-def metrics(conn: psycopg.Connection[Any], silent_after: float) -> dict[str, float]:
-    rows = sites(conn, silent_after)
-    counts = {str(r[0]): float(r[1]) for r in conn.execute(
-        "SELECT 'audit_entries', count(*) FROM audit_entries UNION ALL "
-        "SELECT 'events', count(*) FROM events UNION ALL "
-        "SELECT 'rejected', count(*) FROM rejected UNION ALL "
-        "SELECT 'open_alarms', count(*) FROM alarms WHERE cleared_at IS NULL")}
-    return {
+def metrics(conn: psycopg.Connection[Any], silent_after: float,
+            groups: list[str] | None = None) -> dict[str, float]:
+    """The gauges of /metrics, of ``groups`` only when given. Counts come from site_counts
+    (migration 0003), kept by triggers: counting a year of events and audit entries at each
+    scrape took seconds. Rejected messages name no trusted site: shown to unlimited users."""
+    rows = sites(conn, silent_after, groups=groups)
+    counted = conn.execute(
+        "SELECT COALESCE(sum(c.events), 0), COALESCE(sum(c.audit_entries), 0), "
+        "(SELECT count(*) FROM alarms a JOIN sites t ON t.name = a.site "
+        " WHERE a.cleared_at IS NULL AND (%(g)s::text[] IS NULL OR t.grp = ANY(%(g)s))) "
+        "FROM site_counts c JOIN sites s ON s.name = c.site "
+        "WHERE %(g)s::text[] IS NULL OR s.grp = ANY(%(g)s)", {"g": groups}).fetchone()
+    events_n, audit_n, open_alarms = counted if counted is not None else (0, 0, 0)
+    out = {
         "custodes_hub_sites": float(len(rows)),
         "custodes_hub_sites_online": float(sum(r.online for r in rows)),
         "custodes_hub_cameras": float(sum(r.cameras for r in rows)),
         "custodes_hub_cameras_down": float(sum(r.down for r in rows)),
         "custodes_hub_backlog_messages": float(sum(r.backlog for r in rows)),
         "custodes_hub_chains_broken": float(sum(r.chain_broken_at is not None for r in rows)),
-        "custodes_hub_audit_entries": counts.get("audit_entries", 0.0),
-        "custodes_hub_events": counts.get("events", 0.0),
-        "custodes_hub_rejected_messages": counts.get("rejected", 0.0),
-        "custodes_hub_open_alarms": counts.get("open_alarms", 0.0),
+        "custodes_hub_audit_entries": float(audit_n),
+        "custodes_hub_events": float(events_n),
+        "custodes_hub_open_alarms": float(open_alarms),
     }
+    if groups is None:
+        row = conn.execute("SELECT count(*) FROM rejected").fetchone()
+        out["custodes_hub_rejected_messages"] = float(row[0]) if row else 0.0
+    return out

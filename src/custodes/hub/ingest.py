@@ -66,8 +66,11 @@ def write_batch(conn: psycopg.Connection[Any], batch: Sequence[Received],
         except WireError as exc:
             _reject(conn, item.subject, exc, now, result)
     names = sorted({m.site for _, m in parsed})
+    # The sites' rows locked first, in name order: the health consumer and the durable
+    # one write concurrently, and rows locked in another order would deadlock them.
     known = {str(r[0]): str(r[1]) for r in conn.execute(
-        "SELECT name, public_key FROM sites WHERE name = ANY(%s::text[])", (names,))}
+        "SELECT name, public_key FROM sites WHERE name = ANY(%s::text[]) ORDER BY name "
+        "FOR UPDATE", (names,))}
     if safe:
         heard, audited = _write_each(conn, parsed, known, now, result)
     else:
@@ -80,8 +83,7 @@ def write_batch(conn: psycopg.Connection[Any], batch: Sequence[Received],
         conn.execute("UPDATE sites SET audit_max_seq = GREATEST(audit_max_seq, v.top) FROM "
                      "unnest(%s::text[], %s::bigint[]) AS v(name, top) "
                      "WHERE sites.name = v.name", (sites, [audited[s] for s in sites]))
-        for site in sites:
-            witness.advance(conn, site)
+        witness.advance_many(conn, sites)
     return result
 
 
@@ -195,17 +197,35 @@ def _sort(conn: psycopg.Connection[Any], parsed: list[tuple[Received, Message]],
 
 def _insert_many(conn: psycopg.Connection[Any], table: str, columns: tuple[str, ...],
                  values: list[tuple[Any, ...]]) -> set[tuple[str, int]]:
-    """INSERT ... ON CONFLICT DO NOTHING of every row; return the (site, seq) inserted."""
-    inserted: set[tuple[str, int]] = set()
-    one = "(" + ", ".join(["%s"] * len(columns)) + ")"
-    step = max(1, 30000 // len(columns))  # well under PostgreSQL's 65535 parameters
-    for i in range(0, len(values), step):
-        chunk = values[i:i + step]
-        sql = (f"INSERT INTO {table} ({', '.join(columns)}) VALUES "  # noqa: S608 - constants
-               f"{', '.join([one] * len(chunk))} ON CONFLICT DO NOTHING RETURNING site, seq")
-        params = [v for row in chunk for v in row]
-        inserted.update((str(r[0]), int(r[1])) for r in conn.execute(sql, params))
-    return inserted
+    """INSERT ... ON CONFLICT DO NOTHING of every row; return the (site, seq) inserted.
+
+    The rows travel as one JSON document read by ``jsonb_to_recordset``: one parameter and
+    one query text whatever the batch holds (a VALUES list per batch size made psycopg parse
+    and PostgreSQL plan a new statement each time, and arrays of JSON cost a regex per
+    element: most of the ingest's CPU when profiled). A float goes through JSON as its
+    shortest repr and comes back as the same double."""
+    if not values:
+        return set()
+    spec = ", ".join(f'"{c}" {_TYPES[c]}' for c in columns)
+    names = ", ".join(f'"{c}"' for c in columns)
+    sql = (f"INSERT INTO {table} ({names}) SELECT {names} FROM "  # noqa: S608 - constants
+           f"jsonb_to_recordset(%s::jsonb) AS v({spec}) ON CONFLICT DO NOTHING "
+           "RETURNING site, seq")
+    doc = [{c: v.obj if isinstance(v, Jsonb) else v for c, v in zip(columns, row, strict=True)}
+           for row in values]
+    return {(str(r[0]), int(r[1])) for r in conn.execute(sql, (Jsonb(doc),))}
+
+
+# The SQL type of each column the bulk writer fills (the tables of migration 0001).
+_TYPES = {
+    **dict.fromkeys(("site", "profile", "camera", "state", "reason", "kind", "trigger",
+                     "created_by", "actor", "address", "action", "target", "outcome",
+                     "detail", "prev_hash", "hash"), "text"),
+    **dict.fromkeys(("seq", "segments", "bytes"), "bigint"),
+    **dict.fromkeys(("at", "start_at", "end_at", "created_at", "expires_at", "received_at"),
+                    "double precision"),
+    **dict.fromkeys(("cameras", "digest", "data", "details"), "jsonb"),
+}
 
 
 def _audit_many(conn: psycopg.Connection[Any], group: list[tuple[Message, tuple[Any, ...]]],
@@ -349,21 +369,42 @@ def _audit_not_inserted(conn: psycopg.Connection[Any], msg: Message, now: float)
 def _health_many(conn: psycopg.Connection[Any], bodies: dict[str, dict[str, Any]]) -> None:
     """``_health`` of each site's newest report in one UPDATE (health is most of the
     traffic: a statement per site and batch was most of the hub's statements)."""
-    sites = sorted(bodies)
+    # One JSON document, not arrays: psycopg escapes each element of a jsonb[] with a regex
+    # (a third of the ingest's time when profiled).
+    doc = [{"name": site, "body": body, "at": float(body["at"])}
+           for site, body in sorted(bodies.items())]
     updated = conn.execute(
-        "UPDATE sites SET health = v.body, health_at = v.at FROM unnest(%s::text[], "
-        "%s::jsonb[], %s::double precision[]) AS v(name, body, at) WHERE sites.name = v.name "
+        "UPDATE sites SET health = v.body, health_at = v.at FROM jsonb_to_recordset(%s::jsonb) "
+        "AS v(name text, body jsonb, at double precision) WHERE sites.name = v.name "
         "AND (sites.health_at IS NULL OR sites.health_at < v.at) "
-        "RETURNING sites.name, sites.audit_max_seq",
-        (sites, [Jsonb(bodies[s]) for s in sites], [float(bodies[s]["at"]) for s in sites]),
-    ).fetchall()
-    for site, held in updated:
-        head = bodies[site].get("audit_head")
-        # Only the newest report counts: an older one delivered again says nothing about now.
-        if isinstance(head, int) and head < int(held):
-            raise_alarm(conn, site, AlarmKind.TRUNCATED,
-                        f"the site reports its audit log ending at entry {head}, but the hub "
-                        f"holds entries up to {held}: entries were deleted at the site")
+        "RETURNING sites.name, sites.audit_max_seq", (Jsonb(doc),)).fetchall()
+    short = [(str(site), bodies[site]) for site, held in updated
+             if isinstance(bodies[site].get("audit_head"), int)
+             and bodies[site]["audit_head"] < int(held)]
+    if short:
+        _truncated(conn, short)
+
+
+# An entry is "held before a report" when the site wrote it this long before the report: an
+# entry committed while the report was being made is not yet in its head.
+_REPORT_MARGIN = 5.0
+
+
+def _truncated(conn: psycopg.Connection[Any], reports: list[tuple[str, dict[str, Any]]]) -> None:
+    """Raise the truncation alarm for each report whose site wrote, before the report, an
+    entry past the head it reports (the hub holds it: the site deleted it). Entries written
+    after the report do not count: health has its own consumer and may be written after
+    entries the site wrote later."""
+    doc = [{"name": site, "head": int(b["audit_head"]), "at": float(b["at"])}
+           for site, b in reports]
+    for site, head, held in conn.execute(
+            "SELECT v.name, v.head, s.audit_max_seq FROM jsonb_to_recordset(%s::jsonb) AS "
+            "v(name text, head bigint, at double precision) JOIN sites s ON s.name = v.name "
+            "JOIN audit_entries a ON a.site = v.name AND a.seq = v.head + 1 "
+            "WHERE a.at < v.at - %s", (Jsonb(doc), _REPORT_MARGIN)).fetchall():
+        raise_alarm(conn, str(site), AlarmKind.TRUNCATED,
+                    f"the site reports its audit log ending at entry {head}, but the hub "
+                    f"holds entries up to {held}: entries were deleted at the site")
 
 
 def _health(conn: psycopg.Connection[Any], site: str, b: dict[str, Any]) -> None:
@@ -373,9 +414,4 @@ def _health(conn: psycopg.Connection[Any], site: str, b: dict[str, Any]) -> None
     head = b.get("audit_head")
     # Only the newest report counts: an older one delivered again says nothing about now.
     if cur.rowcount and isinstance(head, int):
-        row = conn.execute("SELECT audit_max_seq FROM sites WHERE name = %s",
-                           (site,)).fetchone()
-        if row is not None and head < int(row[0]):
-            raise_alarm(conn, site, AlarmKind.TRUNCATED,
-                        f"the site reports its audit log ending at entry {head}, but the hub "
-                        f"holds entries up to {row[0]}: entries were deleted at the site")
+        _truncated(conn, [(site, b)])

@@ -10,6 +10,11 @@ Accounts, written into the server's config from the enrolled sites:
 
 The config file holds hashes, but is written with mode 0600 all the same. Adding a site
 rewrites it and signals the running server to reload (SIGHUP), without a restart.
+
+TLS is always on (``custodes.hub.tls`` makes the certificates), on loopback too: one rule
+with no exception to get wrong, and a credential never crosses a wire in clear. Clients must
+start TLS before the server speaks (``handshake_first``), which the site's uplink and the
+hub's own ingest do; a plain client, or one that does not trust the hub's CA, is refused.
 """
 
 from __future__ import annotations
@@ -21,6 +26,7 @@ import secrets
 import shutil
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import threading
@@ -30,6 +36,8 @@ from pathlib import Path
 
 import psutil
 
+from custodes.hub.tls import WILDCARDS, ServerTLS
+from custodes.uplink.tls import client_context
 from custodes.uplink.wire import inbox_prefix, site_subjects
 
 log = logging.getLogger(__name__)
@@ -66,9 +74,33 @@ class SiteAccount:
     password_hash: str  # bcrypt, as nats-server accepts it
 
 
+async def log_nats_error(exc: Exception) -> None:
+    """nats-py's error callback for the hub's own client: one line, not a traceback. A TLS
+    peer that sends after our close_notify (the server, as the hub stops) is no error."""
+    if isinstance(exc, ssl.SSLError) and "AFTER_CLOSE_NOTIFY" in str(exc):
+        log.debug("hub: NATS connection closed: %r", exc)
+    else:
+        log.warning("hub: NATS: %r", exc)
+
+
+def connect_host(host: str) -> str:
+    """Where a client on this machine reaches a server listening on ``host``."""
+    return "127.0.0.1" if host in WILDCARDS else host
+
+
+def render_tls(tls: ServerTLS) -> str:
+    """The ``tls {}`` block: client connections must be TLS from their first byte."""
+    return (f"tls {{\n  cert_file: {json.dumps(str(tls.cert_file))}\n"
+            f"  key_file: {json.dumps(str(tls.key_file))}\n"
+            "  timeout: 5\n  handshake_first: true\n}\n")
+
+
 def render_config(*, port: int, store_dir: Path, hub_password: str,
-                  sites: list[SiteAccount], host: str = "127.0.0.1") -> str:
-    """The server's config; every string is written as JSON, which the NATS format reads."""
+                  sites: list[SiteAccount], host: str = "127.0.0.1",
+                  tls: ServerTLS | None = None) -> str:
+    """The server's config; every string is written as JSON, which the NATS format reads.
+    Without ``tls`` the server speaks in clear (a test's cluster only: the hub always
+    gives it)."""
     users = [
         f'{{user: "{HUB_USER}", password: {json.dumps(hub_password)}, '
         'permissions: {publish: ">", subscribe: ">"}}'
@@ -81,9 +113,10 @@ def render_config(*, port: int, store_dir: Path, hub_password: str,
         )
     joined = ",\n      ".join(users)
     return (
-        f"listen: {json.dumps(f'{host}:{port}')}\n"
+        f"host: {json.dumps(host)}\nport: {port}\n"
         "max_payload: 1MB\n"
-        f"jetstream {{ store_dir: {json.dumps(str(store_dir))} }}\n"
+        + (render_tls(tls) if tls is not None else "")
+        + f"jetstream {{ store_dir: {json.dumps(str(store_dir))} }}\n"
         "accounts {\n"
         "  FLEET {\n"
         "    jetstream: enabled\n"
@@ -96,20 +129,32 @@ def render_config(*, port: int, store_dir: Path, hub_password: str,
 class EmbeddedNats:
     """One supervised nats-server in ``folder`` (config, pid file, JetStream store)."""
 
-    def __init__(self, folder: Path, port: int = 0) -> None:
+    def __init__(self, folder: Path, port: int = 0, *, tls: ServerTLS | None = None,
+                 host: str = "127.0.0.1") -> None:
         self.folder = folder
         self.port = port or free_port()
+        self.tls = tls
+        self.host = host
         self.hub_password = secrets.token_urlsafe(24)
         self._proc: subprocess.Popen[bytes] | None = None
         self._stop = threading.Event()
         self._watch: threading.Thread | None = None
         self._sites: list[SiteAccount] = []
+        # Enrolment (the CLI's or a page's) and the hub's watch thread both rewrite the config:
+        # one temp file, so one writer at a time, and each write signalled before the next.
+        self._config_lock = threading.Lock()
 
     @property
     def url(self) -> str:
-        return f"nats://127.0.0.1:{self.port}"
+        host = connect_host(self.host)
+        host = f"[{host}]" if ":" in host else host
+        return f"{'tls' if self.tls else 'nats'}://{host}:{self.port}"
 
     def write_config(self, sites: list[SiteAccount]) -> Path:
+        with self._config_lock:
+            return self._write_config(sites)
+
+    def _write_config(self, sites: list[SiteAccount]) -> Path:
         self._sites = list(sites)
         self.folder.mkdir(parents=True, exist_ok=True, mode=0o700)
         path = self.folder / CONFIG_FILE
@@ -117,7 +162,8 @@ class EmbeddedNats:
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         with os.fdopen(fd, "w") as f:
             f.write(render_config(port=self.port, store_dir=self.folder / "jetstream",
-                                  hub_password=self.hub_password, sites=self._sites))
+                                  hub_password=self.hub_password, sites=self._sites,
+                                  host=self.host, tls=self.tls))
         os.replace(tmp, path)
         return path
 
@@ -129,9 +175,10 @@ class EmbeddedNats:
 
     def reload(self, sites: list[SiteAccount]) -> None:
         """New site accounts, without dropping connected sites."""
-        self.write_config(sites)
-        if self._proc is not None and self._proc.poll() is None:
-            self._proc.send_signal(signal.SIGHUP)
+        with self._config_lock:
+            self._write_config(sites)
+            if self._proc is not None and self._proc.poll() is None:
+                self._proc.send_signal(signal.SIGHUP)
 
     def stop(self) -> None:
         self._stop.set()
@@ -186,7 +233,11 @@ class EmbeddedNats:
                     f"nats-server exited with {self._proc.returncode}; see "
                     f"{self.folder / 'nats-server.log'}")
             try:
-                with socket.create_connection(("127.0.0.1", self.port), timeout=1):
+                with socket.create_connection((connect_host(self.host), self.port),
+                                              timeout=1) as probe:
+                    if self.tls is not None:  # a whole handshake: no "TLS error" in its log
+                        client_context(ca_file=self.tls.ca_file).wrap_socket(
+                            probe, server_hostname=connect_host(self.host)).close()
                     return
             except OSError:
                 time.sleep(0.05)

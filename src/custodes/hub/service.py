@@ -19,22 +19,36 @@ import nats
 import nats.errors
 import psycopg
 from nats.aio.client import Client as NATS
-from nats.js.api import AckPolicy, ConsumerConfig, StorageType, StreamConfig
+from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy, StorageType, StreamConfig
 from nats.js.errors import NotFoundError
 
-from custodes.hub import db
+from custodes.hub import compaction, db
 from custodes.hub.alarms import AlarmKind, raise_alarm
 from custodes.hub.config import HubSettings
 from custodes.hub.ingest import BatchResult, Received, write_batch
-from custodes.hub.nats_server import HUB_USER, EmbeddedNats, free_port
+from custodes.hub.nats_server import HUB_USER, EmbeddedNats, free_port, log_nats_error
 from custodes.hub.postgres import EmbeddedPostgres
 from custodes.hub.sites import Enrolment, accounts, add_site
+from custodes.hub.tls import TLS_DIR, ensure_server, server_names
 from custodes.hub.web import HubWebServer
-from custodes.uplink.wire import STREAM_NAME, SUBJECT_PREFIX
+from custodes.uplink.tls import connect_options
+from custodes.uplink.wire import STREAM_NAME, Stream, subject
 
 log = logging.getLogger(__name__)
 
-CONSUMER = "hub-ingest"
+# The hub's durable consumers. Each is read by one loop, a batch at a time, and acked with
+# one ack per batch (AckPolicy.ALL: the last message's ack covers the batch; an ack per
+# message was a publish per message). The consumer of the hub before this one acked each
+# message ("hub-ingest"): it is replaced by "hub-fleet" from its ack floor on, once.
+CONSUMER = "hub-fleet"
+OLD_CONSUMER = "hub-ingest"
+# Health has a stream of its own: the next report supersedes it, so it is kept an hour at
+# most and one per site (the durable streams keep 14 days), and it is read by a consumer of
+# its own, so that a site draining days of backlog does not hold every site's health (and
+# with it "last heard" and the silent alarm) behind the backlog.
+HEALTH_STREAM = "CUSTODES_HEALTH"
+HEALTH_CONSUMER = "hub-health"
+HEALTH_MAX_AGE = 3600.0
 FETCH = 500
 # How long a fetch waits for its batch to fill once a message is there (nats-py waits out
 # the whole timeout): what the hub adds to a message's delay when traffic trickles in. A
@@ -100,6 +114,19 @@ class Hub:
         return self.web.first_admin_password if self.web is not None else None
 
     @property
+    def site_ca(self) -> str | None:
+        """The CA certificate (PEM) the sites must trust: the hub's own, or the cluster's."""
+        if self.nats is not None and self.nats.tls is not None:
+            return self.nats.tls.ca_pem
+        ca_file = self.settings.nats_ca_file
+        return ca_file.read_text(encoding="ascii") if ca_file is not None else None
+
+    @property
+    def site_tls_first(self) -> bool:
+        """Whether the sites start TLS first (the embedded server wants it)."""
+        return self.nats is not None or self.settings.nats_tls_first
+
+    @property
     def advertised_urls(self) -> list[str]:
         if self.settings.advertise_url:
             return [self.settings.advertise_url]
@@ -113,11 +140,15 @@ class Hub:
             log.info("hub database ready (%s)", ", ".join(applied))
         if not self.settings.nats_urls:
             port = self.settings.nats_port or free_port()
-            self.nats = EmbeddedNats(self.settings.data / "nats", port)
+            tls = ensure_server(self.settings.data / TLS_DIR, server_names(
+                self.settings.nats_host, self.settings.advertise_url, self.settings.tls_names))
+            self.nats = EmbeddedNats(self.settings.data / "nats", port, tls=tls,
+                                     host=self.settings.nats_host)
             with db.connect(self.db_url) as conn:
                 self.nats.start(accounts(conn))
                 self._sites_seen = _site_marker(conn)
-        for target, name in ((self._ingest_main, "hub-ingest"), (self._watch, "hub-watch")):
+        for target, name in ((self._ingest_main, "hub-ingest"), (self._watch, "hub-watch"),
+                             (self._compact_main, "hub-compact")):
             thread = threading.Thread(target=target, name=name, daemon=True)
             thread.start()
             self._threads.append(thread)
@@ -177,9 +208,10 @@ class Hub:
         else:
             assert self.nats is not None
             user, password = HUB_USER, self.nats.hub_password
+        tls = connect_options(self.nats_urls, ca_pem=self.site_ca, first=self.site_tls_first)
         return await nats.connect(servers=self.nats_urls, user=user, password=password,
                                   name="custodes-hub", max_reconnect_attempts=-1,
-                                  reconnect_time_wait=1)
+                                  reconnect_time_wait=1, error_cb=log_nats_error, **tls)
 
     async def _ingest(self) -> None:
         nc = None
@@ -192,12 +224,21 @@ class Hub:
         if nc is None:
             return
         js = nc.jetstream()
-        psub = await self._subscribe(js)
-        if psub is None:
+        subs = await self._subscribe(js)
+        if subs is None:
             with contextlib.suppress(Exception):
                 await nc.close()
             return
         self._consumer_ready.set()
+        try:
+            await asyncio.gather(*(self._consume(psub, name) for name, psub in subs))
+        finally:
+            with contextlib.suppress(Exception):
+                await nc.close()
+
+    async def _consume(self, psub: Any, name: str) -> None:
+        """Fetch, write, ack, in order, until the hub stops; a batch that cannot be written
+        is written again (never skipped: the ack of a later batch would cover it)."""
         conn = db.connect(self.db_url)
         try:
             while not self.stop_event.is_set():
@@ -206,44 +247,42 @@ class Hub:
                 except (TimeoutError, nats.errors.TimeoutError):
                     continue
                 except Exception as exc:
-                    log.warning("hub: fetch failed: %r", exc)
+                    log.warning("hub: fetch from %s failed: %r", name, exc)
                     await asyncio.sleep(1)
                     continue
                 batch = [Received(m.subject, m.data) for m in msgs]
-                try:
-                    result = await asyncio.to_thread(self._write, conn, batch)
-                except Exception:
-                    # Not acked: JetStream delivers them again after ack_wait.
-                    log.exception("hub: could not write a batch of %d messages", len(batch))
-                    self.counters.failures += 1
+                while not self.stop_event.is_set():
+                    try:
+                        result = await asyncio.to_thread(self._write, conn, batch)
+                    except Exception:
+                        log.exception("hub: could not write a batch of %d messages from %s; "
+                                      "trying again", len(batch), name)
+                        self.counters.failures += 1
+                        with contextlib.suppress(Exception):
+                            conn.close()
+                        await asyncio.sleep(1)
+                        with contextlib.suppress(Exception):
+                            conn = db.connect(self.db_url)
+                        continue
+                    self.counters.add(result)
                     with contextlib.suppress(Exception):
-                        conn.close()
-                    conn = db.connect(self.db_url)
-                    await asyncio.sleep(1)
-                    continue
-                self.counters.add(result)
-                for m in msgs:
-                    with contextlib.suppress(Exception):
-                        await m.ack()
+                        await msgs[-1].ack()  # AckPolicy.ALL: acks the batch
+                    break
         finally:
             conn.close()
-            with contextlib.suppress(Exception):
-                await nc.close()
 
-    async def _subscribe(self, js: Any) -> Any:
-        """The stream (made if missing) and the hub's durable consumer on it; None if the
-        hub stops first."""
+    async def _subscribe(self, js: Any) -> list[tuple[str, Any]] | None:
+        """The streams (made or updated if needed) and the hub's durable consumers on them;
+        None if the hub stops first."""
         while not self.stop_event.is_set():
             try:
-                await _ensure_stream(js, self.settings.nats_replicas)
-                return await js.pull_subscribe(
-                    f"{SUBJECT_PREFIX}.>", durable=CONSUMER, stream=STREAM_NAME,
-                    config=ConsumerConfig(ack_policy=AckPolicy.EXPLICIT, ack_wait=60,
-                                          max_ack_pending=20000))
+                await _ensure_streams(js, self.settings.nats_replicas)
+                return [(CONSUMER, await _consumer(js, STREAM_NAME, CONSUMER, OLD_CONSUMER)),
+                        (HEALTH_CONSUMER, await _consumer(js, HEALTH_STREAM, HEALTH_CONSUMER))]
             except Exception as exc:
                 # A cluster still electing its leaders, or short of the servers the replicas
                 # need: said, and tried again rather than leaving the hub without ingest.
-                log.error("hub: cannot set up the JetStream stream and its consumer (%r); "
+                log.error("hub: cannot set up the JetStream streams and their consumers (%r); "
                           "retrying in 2 s", exc)
                 await asyncio.sleep(2)
         return None
@@ -258,6 +297,9 @@ class Hub:
                         "batch again one message at a time", exc)
         with conn.transaction():
             return write_batch(conn, batch, safe=True)
+
+    def _compact_main(self) -> None:
+        compaction.run(self.db_url, self.stop_event)  # minute rows past a month: hub/compaction.py
 
     # -- watch: silent sites, new sites ----------------------------------------------------
 
@@ -302,18 +344,58 @@ def _site_marker(conn: Any) -> tuple[int, float]:
     return int(row[0]), float(row[1])
 
 
-async def _ensure_stream(js: Any, replicas: int) -> None:
-    config = StreamConfig(name=STREAM_NAME, subjects=[f"{SUBJECT_PREFIX}.>"],
-                          storage=StorageType.FILE, duplicate_window=DUPLICATE_WINDOW,
-                          max_age=14 * 86400.0, num_replicas=replicas)
+async def _consumer(js: Any, stream: str, durable: str, previous: str | None = None) -> Any:
+    """A pull subscription on ``durable`` (AckPolicy.ALL), made if missing; made from where
+    the consumer ``previous`` had acked up to, if that one is there (it is then deleted:
+    what it had delivered but not acked comes again, and the tables drop it)."""
     try:
-        info = await js.stream_info(STREAM_NAME)
+        await js.consumer_info(stream, durable)
+    except NotFoundError:
+        config = ConsumerConfig(name=durable, durable_name=durable, ack_policy=AckPolicy.ALL,
+                                ack_wait=60, max_ack_pending=20000)
+        if previous is not None:
+            with contextlib.suppress(NotFoundError):
+                old = await js.consumer_info(stream, previous)
+                floor = old.ack_floor.stream_seq if old.ack_floor is not None else 0
+                config.deliver_policy = DeliverPolicy.BY_START_SEQUENCE
+                config.opt_start_seq = floor + 1
+                log.info("hub: consumer %s replaces %s from stream message %d", durable,
+                         previous, floor + 1)
+        await js.add_consumer(stream, config)
+    if previous is not None:
+        with contextlib.suppress(NotFoundError):
+            await js.delete_consumer(stream, previous)
+    return await js.pull_subscribe_bind(durable=durable, stream=stream)
+
+
+async def _ensure_streams(js: Any, replicas: int) -> None:
+    """The durable stream (every stream of a site but health, 14 days) and the health stream
+    (the last report of each site, an hour at most). A hub made before the health stream had
+    one stream for every subject: its subjects are narrowed first (streams may not overlap);
+    the health reports it holds are read and written as before."""
+    durable = [subject("*", s) for s in Stream if s != Stream.HEALTH]
+    await _ensure_stream(js, StreamConfig(
+        name=STREAM_NAME, subjects=durable, storage=StorageType.FILE,
+        duplicate_window=DUPLICATE_WINDOW, max_age=14 * 86400.0, num_replicas=replicas))
+    await _ensure_stream(js, StreamConfig(
+        name=HEALTH_STREAM, subjects=[subject("*", Stream.HEALTH)], storage=StorageType.FILE,
+        duplicate_window=60.0, max_age=HEALTH_MAX_AGE, max_msgs_per_subject=1,
+        num_replicas=replicas))
+
+
+async def _ensure_stream(js: Any, config: StreamConfig) -> None:
+    try:
+        info = await js.stream_info(config.name)
     except NotFoundError:
         await js.add_stream(config)
-        log.info("hub: created the JetStream stream %s (%d replicas)", STREAM_NAME, replicas)
+        log.info("hub: created the JetStream stream %s (%d replicas)", config.name,
+                 config.num_replicas)
         return
-    if (info.config.num_replicas or 1) != replicas:
-        # The cluster moves the stream's copies itself; the consumer follows its stream.
+    if (info.config.num_replicas or 1) != config.num_replicas:
+        # The cluster moves the stream's copies itself; the consumers follow their stream.
         log.warning("hub: the stream %s has %s replicas, the config says %d: changing it",
-                    STREAM_NAME, info.config.num_replicas, replicas)
+                    config.name, info.config.num_replicas, config.num_replicas)
+        await js.update_stream(config)
+    elif sorted(info.config.subjects or []) != sorted(config.subjects or []):
+        log.info("hub: the stream %s now takes %s", config.name, ", ".join(config.subjects or []))
         await js.update_stream(config)

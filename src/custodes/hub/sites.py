@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import re
 import secrets
+import socket
+import textwrap
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -23,7 +25,9 @@ import psycopg
 
 from custodes.config import NAME_PATTERN
 from custodes.hub.alarms import AlarmKind, raise_alarm
+from custodes.hub.config import HubSettings
 from custodes.hub.nats_server import HUB_USER, SiteAccount
+from custodes.hub.tls import TLS_DIR, WILDCARDS, ensure_ca
 from custodes.keys import KeyFileError, public_key_from_pem
 
 
@@ -38,10 +42,18 @@ class Enrolment:
     key_changed: bool
     new: bool
 
-    def snippet(self, urls: list[str]) -> str:
+    def snippet(self, urls: list[str], ca_pem: str | None = None,
+                tls_first: bool = True) -> str:
+        """The node's ``uplink`` section; ``ca_pem``, the CA the hub's server certificate is
+        signed by (public: it is the node's proof that it speaks to the hub)."""
         listed = ", ".join(f'"{u}"' for u in urls)
-        return (f"uplink:\n  site: {self.site}\n  urls: [{listed}]\n"
-                "  password: ${CUSTODES_UPLINK_PASSWORD}\n")
+        out = (f"uplink:\n  site: {self.site}\n  urls: [{listed}]\n"
+               "  password: ${CUSTODES_UPLINK_PASSWORD}\n")
+        if ca_pem is not None:
+            out += "  ca: |\n" + textwrap.indent(ca_pem.strip(), "    ") + "\n"
+        if not tls_first:
+            out += "  tls_first: false\n"
+        return out
 
 
 def add_site(conn: psycopg.Connection[Any], name: str, group: str, public_pem: bytes) -> Enrolment:
@@ -80,3 +92,20 @@ def add_site(conn: psycopg.Connection[Any], name: str, group: str, public_pem: b
 def accounts(conn: psycopg.Connection[Any]) -> list[SiteAccount]:
     return [SiteAccount(str(r[0]), str(r[1])) for r in
             conn.execute("SELECT name, password_hash FROM sites ORDER BY name")]
+
+
+def uplink_target(settings: HubSettings) -> tuple[list[str], str | None, bool]:
+    """What an enrolled site is told: the URLs, the CA it must trust (None: the system's
+    store), and whether it starts TLS first. The embedded server's CA is made here when the
+    hub has never started."""
+    advertised = [settings.advertise_url] if settings.advertise_url else None
+    if settings.nats_urls:
+        ca = settings.nats_ca_file
+        return (advertised or list(settings.nats_urls),
+                ca.read_text(encoding="ascii") if ca is not None else None,
+                settings.nats_tls_first)
+    host = settings.nats_host if settings.nats_host not in WILDCARDS else socket.gethostname()
+    host = f"[{host}]" if ":" in host else host
+    ca_file = ensure_ca(settings.data / TLS_DIR)
+    return (advertised or [f"tls://{host}:{settings.nats_port}"],
+            ca_file.read_text(encoding="ascii"), True)

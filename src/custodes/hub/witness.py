@@ -76,6 +76,78 @@ def advance(conn: psycopg.Connection[Any], site: str) -> int:
     return seq
 
 
+def advance_many(conn: psycopg.Connection[Any], sites: list[str]) -> None:
+    """``advance`` for several sites in a few statements, not four per site: a batch of the
+    city's traffic holds an audit entry of dozens of sites, and the per-site statements were
+    most of the ingest's time. Same walk, same outcome as ``advance`` site by site."""
+    rows = conn.execute("SELECT name, audit_verified_seq, audit_verified_hash, chain_broken_at "
+                        "FROM sites WHERE name = ANY(%s::text[]) ORDER BY name FOR UPDATE",
+                        (sorted(sites),)).fetchall()
+    start = {str(r[0]): (int(r[1]), str(r[2])) for r in rows if r[3] is None}
+    if not start:
+        return
+    names = sorted(start)
+    found: dict[str, list[Any]] = {name: [] for name in names}
+    for r in conn.execute(
+            f"SELECT v.name, a.* FROM unnest(%s::text[], %s::bigint[]) AS v(name, seq) "  # noqa: S608 - a constant
+            f"CROSS JOIN LATERAL (SELECT {_COLUMNS} FROM audit_entries WHERE site = v.name "
+            "AND seq > v.seq ORDER BY seq LIMIT %s) AS a",
+            (names, [start[n][0] for n in names], _STEP)):
+        found[str(r[0])].append(r[1:])
+    moved: dict[str, tuple[int, str]] = {}
+    again: list[str] = []  # a full step walked without a gap: the rest the slow way
+    for name in names:
+        seq, hash_ = start[name]
+        problem: tuple[int, str] | None = None
+        walked = 0
+        for r in found[name]:
+            entry = _entry(r)
+            if entry.seq != seq + 1:
+                break  # a gap: the rest is still on its way
+            problem = _link_problem(entry, seq, hash_)
+            if problem is not None:
+                break
+            seq, hash_ = entry.seq, entry.hash
+            walked += 1
+        if problem is not None:
+            conn.execute("UPDATE sites SET chain_broken_at = %s WHERE name = %s",
+                         (problem[0], name))
+            raise_alarm(conn, name, AlarmKind.CHAIN_BREAK, problem[1])
+        if seq != start[name][0]:
+            moved[name] = (seq, hash_)
+        if problem is None and walked == _STEP:
+            again.append(name)
+    if moved:
+        done = sorted(moved)
+        conn.execute("UPDATE sites SET audit_verified_seq = v.seq, audit_verified_hash = v.hash "
+                     "FROM unnest(%s::text[], %s::bigint[], %s::text[]) AS v(name, seq, hash) "
+                     "WHERE sites.name = v.name",
+                     (done, [moved[n][0] for n in done], [moved[n][1] for n in done]))
+        match_checkpoints_many(conn, done)
+    for name in again:
+        advance(conn, name)
+
+
+def match_checkpoints_many(conn: psycopg.Connection[Any], sites: list[str]) -> None:
+    """``match_checkpoints`` for several sites in one query (and one update when any)."""
+    rows = conn.execute(
+        "SELECT c.site, c.seq, c.entry_seq, c.hash, a.hash FROM checkpoints c JOIN "
+        "audit_entries a ON a.site = c.site AND a.seq = c.entry_seq WHERE "
+        "c.site = ANY(%s::text[]) AND c.matched IS NULL", (sites,)).fetchall()
+    if not rows:
+        return
+    conn.execute("UPDATE checkpoints SET matched = v.ok FROM unnest(%s::text[], %s::bigint[], "
+                 "%s::boolean[]) AS v(site, seq, ok) WHERE checkpoints.site = v.site AND "
+                 "checkpoints.seq = v.seq",
+                 ([str(r[0]) for r in rows], [int(r[1]) for r in rows],
+                  [r[3] == r[4] for r in rows]))
+    for site, _cp, entry_seq, signed, held in rows:
+        if signed != held:
+            raise_alarm(conn, str(site), AlarmKind.CHECKPOINT_MISMATCH,
+                        f"the site signed entry {entry_seq} with a hash other than the entry "
+                        "the hub holds")
+
+
 def _link_problem(entry: Entry, seq: int, hash_: str) -> tuple[int, str] | None:
     if entry.prev_hash != hash_:
         return entry.seq, (f"entry {entry.seq} does not follow from entry {seq}: its previous "

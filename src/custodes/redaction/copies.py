@@ -35,12 +35,18 @@ thread goes to the next request, and the next viewer of that segment starts it a
 Costs, 2-core box (`custodes.redaction.video`): a 2 s 480x270 15 fps segment (the browser
 test's) takes ~0.75 CPU-s, 0.25 of them before its first frame is out; 720p ~34 CPU-ms a
 frame, 20 from kept boxes. A viewer who starts TAIL_FROM or more into a segment whose whole
-copy is neither made nor under way gets a tail: a copy from the keyframe before that moment,
-searched from there (`redact_stream`'s `start`), sent as it is made and never kept (the whole
-copy is what later viewers get, and exports use). A click 7 s into a 10 s 720p segment then
-waits ~0.3 CPU-s instead of ~3.9 (`bench/redaction.py`); nearer the start, for the search up to
-there and `hold` beyond (at 480x270 ~0.6 CPU-s for a click 1 s in). A copy is at most
+copy is neither made nor under way gets a tail: a copy from the frame showing at that moment
+(`frame_before`; decoded from the keyframe before it, the frames between dropped unsearched),
+searched from there (`redact_stream`'s `start`) as a file that began there would be, sent as
+it is made and never kept (the whole copy is what later viewers get, and exports use). Its
+first frame then waits for the search of `hold` after it, not of everything before it too: a
+click 1 s into a 2 s 480x270 segment (the browser test's) 4 searches instead of 9, 7 s into a
+10 s 720p one ~0.3 CPU-s instead of ~3.9 (`bench/redaction.py`). A copy is at most
 PLAYBACK_LINES lines: a browser's picture, not the original's.
+
+Where a viewer's wait goes is noted per copy (`timings`, and the log line of each copy made):
+when a thread took it, the viewer's request came, its first frame was searched and encoded,
+and its first bytes were sent.
 Nothing outlives its segment: retention's deletions are followed by a prune of both files.
 """
 
@@ -70,7 +76,7 @@ from custodes.redaction.video import (
     BoxPlan,
     RedactionError,
     Stage,
-    keyframe_before,
+    frame_before,
     plan_boxes,
     redact_stream,
 )
@@ -91,12 +97,14 @@ COPY_FORMAT: Final = "fmp4"
 PREFETCH_PER_WORKER: Final = 4
 VIEWER, PREFETCH = 0, 1  # priorities: a viewer waiting goes first
 # A viewer who starts this far (seconds) into a segment whose copy is not made gets a copy from
-# the keyframe before that moment (a tail) instead of waiting for the search of all before it.
-TAIL_FROM: Final = 2.0
+# the frame at that moment (a tail) instead of waiting for the search of all before it. Nearer
+# the start the whole copy, kept for whoever comes next: a tail would save under 3 searches.
+TAIL_FROM: Final = 0.5
 PREFETCH_NICE: Final = 10  # added to the niceness of the thread that makes prefetches
 FOLLOW_EVERY: Final = 0.02  # seconds between looks at a partial copy for new bytes
 CHUNK: Final = 256 * 1024  # bytes read from a copy at a time
 STALE_PARTIAL: Final = 3600.0  # seconds: a partial copy not written for this long is debris
+TIMINGS_KEPT: Final = 64  # jobs whose timings `RedactedCopies.timings` shows
 
 _FILE_NAME = re.compile(r"^(\d+)-[0-9a-f]{12}\.(mp4|boxes\.json)$")
 
@@ -118,6 +126,20 @@ class _Job:
     error: BaseException | None = None
     readers: int = 0  # viewers following it (`open`, `get`)
     left: bool = False  # the last reader went away: give it up at the next frame
+    # Where a viewer's wait for the first frame goes: time.monotonic() of each step (`Step`).
+    times: dict[str, float] = field(default_factory=lambda: {"asked": time.monotonic()})
+
+    def mark(self, step: str) -> None:
+        """Note when `step` first happened (later ones are not its first)."""
+        self.times.setdefault(step, time.monotonic())
+
+    def timing(self) -> dict[str, object]:
+        """The steps in ms after the job was asked for (see `RedactedCopies.timings`)."""
+        asked = self.times["asked"]
+        return {"segment": self.segment.id, "begins": self.begins,
+                "priority": "viewer" if self.priority == VIEWER else "prefetch",
+                **{step: round(1000 * (at - asked)) for step, at in self.times.items()
+                   if step != "asked"}}
 
 
 class RedactedCopies:
@@ -142,6 +164,17 @@ class RedactedCopies:
         self._threads: list[threading.Thread] = []
         self._running = 0  # viewers' copies being made
         self._stopping = False
+        # The last jobs' steps (`_Job.timing`), for finding where a viewer's wait goes.
+        self._timed: deque[_Job] = deque(maxlen=TIMINGS_KEPT)
+
+    def timings(self) -> list[dict[str, object]]:
+        """The steps of the last TIMINGS_KEPT copies made or given up, oldest first, in ms
+        after each was asked for: started (a thread took it), followed (a viewer's request for
+        its bytes came), searched (its first frame
+        decoded and searched), encoding (its first frame given to ffmpeg), sent (its first
+        bytes read for a viewer), done (whole, failed or given up)."""
+        with self._lock:
+            return [job.timing() for job in self._timed]
 
     def folder(self, node: Node, camera: str) -> Path:
         return node.layout.root / "redacted" / camera
@@ -195,8 +228,9 @@ class RedactedCopies:
         copy begins (seconds into the segment; its first frame is at time 0).
 
         The whole copy's path when it is made; else bytes as they are made (started at a
-        viewer's priority if nobody has): of the whole copy, or of a tail from the keyframe
-        before ``at`` when that is TAIL_FROM or more in and the whole copy is not under way.
+        viewer's priority if nobody has): of the whole copy, or of a tail from the frame
+        showing at ``at`` when that is TAIL_FROM or more in and the whole copy is not under
+        way.
         The bytes end with the copy; an error (RedactionError, FileNotFoundError) is raised
         in their place, also after some were given: they are then not the whole copy.
         Raises FileNotFoundError at once when the segment's file is missing."""
@@ -227,7 +261,7 @@ class RedactedCopies:
             if whole is not None and whole.started:
                 return 0.0  # under way: following it is quicker than starting anew
         try:
-            return keyframe_before(source, at)
+            return frame_before(source, at)
         except RedactionError:
             return 0.0  # the whole copy's maker says what is wrong with the file
 
@@ -253,6 +287,7 @@ class RedactedCopies:
                 finished = job.done.is_set()  # before reading: the last bytes are then in
                 chunk = copy.read(CHUNK)
                 if chunk:
+                    job.mark("sent")
                     yield chunk
                 elif finished:
                     if job.error is not None:
@@ -280,6 +315,7 @@ class RedactedCopies:
         with self._lock:
             job = self._submit(node, segment, target, VIEWER, begins)
             job.readers += 1
+            job.mark("followed")
             return job
 
     def _detach(self, job: _Job) -> None:
@@ -371,6 +407,7 @@ class RedactedCopies:
                     self._lock.wait()
                     continue
                 job.started = True
+                job.mark("started")
                 return job
 
     def _run(self, prefetch: bool) -> None:
@@ -395,6 +432,8 @@ class RedactedCopies:
                         del self._jobs[(job.segment.id, job.begins)]
                     if not prefetch:
                         self._running -= 1
+                    job.mark("done")
+                    self._timed.append(job)
                     job.done.set()
                     self._drop_tail(job)
                     self._lock.notify_all()  # the prefetch thread may go on
@@ -426,13 +465,14 @@ class RedactedCopies:
         boxes_path = self.boxes_path(node, segment)
         kept = BoxPlan.load(boxes_path, self.settings)
 
-        def progress(_stage: Stage, _done: int, _total: int) -> None:
+        def progress(stage: Stage, _done: int, _total: int) -> None:
+            job.mark("searched" if stage == "search" else "encoding")
             self._check(job)
 
         target.parent.mkdir(parents=True, exist_ok=True)
         try:
             with job.partial.open("wb") as out:
-                # A tail is searched afresh from its keyframe: kept boxes would need every
+                # A tail is searched afresh from its first frame: kept boxes would need every
                 # frame before it decoded to be matched to their frames.
                 plan = redact_stream(source, out, settings=self.settings,
                                      plan=None if tail else kept,
@@ -446,10 +486,14 @@ class RedactedCopies:
         except BaseException:
             job.partial.unlink(missing_ok=True)
             raise
-        log.info("redacted copy of segment %d (%s, %.1f s of video%s) made in %.1f s%s",
-                 segment.id, segment.camera, segment.duration,
-                 f", from {job.begins:.1f} s" if tail else "", time.monotonic() - started,
-                 " (boxes reused)" if kept is not None and not tail else "")
+        steps = job.timing()
+        log.info("redacted copy of segment %d (%s, %.1f s of video%s) made in %.1f s%s; "
+                 "first frame (ms after asked): %s", segment.id, segment.camera,
+                 segment.duration, f", from {job.begins:.1f} s" if tail else "",
+                 time.monotonic() - started,
+                 " (boxes reused)" if kept is not None and not tail else "",
+                 ", ".join(f"{step} {steps[step]}" for step in
+                           ("started", "searched", "encoding", "sent") if step in steps))
         self.prune(node)
 
     def prune(self, node: Node) -> int:

@@ -68,6 +68,12 @@ redaction took 216 CPU-s per 10 s of 720p; this takes 3.7 (1.8 from kept boxes).
 before the first frame is out. A viewer who starts t seconds into a segment would wait for
 ~0.3 + 0.5 t CPU-s at 720p: with `start` the copy begins at the keyframe before t instead
 (`custodes.redaction.copies`, a tail), ~0.3 CPU-s plus the search from that keyframe.
+Where a first copy's CPU goes (fine search on, 2026-12-02, load ~1, one core, 32 ms a frame):
+CenterFace at 240 lines 11 ms, at 480 lines (every 2 s) 5.5, around followed faces 0.6;
+encoding (ffmpeg) 6; decoding 2.8; the blur 4.3 before it was done in NV12 with its kernel made
+once (`_planes`, `custodes.redaction.blur`; ~3.4 after, at load 6), conversions ~1. The
+network is the floor: onnxruntime's options (arena, denormals, graph level) and OpenCV's DNN
+were no faster.
 """
 
 from __future__ import annotations
@@ -761,15 +767,21 @@ def _open(src: Path) -> av.container.InputContainer:
 
 
 def _frames(src: Path, start: float = 0.0) -> Iterator[av.VideoFrame]:
-    """The frames of `src`; with `start` (seconds after its first frame), from the keyframe
-    at or before it (`keyframe_before`)."""
+    """The frames of `src`; with `start` (seconds after its first frame), from the first
+    frame at or after it: decoded from the keyframe at or before it, the frames between
+    dropped unsearched (a keyframe's time or `frame_before`'s gives a copy from that frame)."""
     container = _open(src)
     try:
         stream = container.streams.video[0]
         stream.thread_type = "AUTO"
-        if start > 0:
-            _seek(container, stream, start)
-        yield from container.decode(stream)
+        if start <= 0:
+            yield from container.decode(stream)
+            return
+        _seek(container, stream, start)
+        first, base = stream.start_time or 0, stream.time_base
+        for video in container.decode(stream):
+            if base is None or video.pts is None or (video.pts - first) * base >= start - 1e-6:
+                yield video
     except av.FFmpegError as exc:
         raise RedactionError(f"{src.name} cannot be decoded: {exc}") from None
     finally:
@@ -804,6 +816,35 @@ def keyframe_before(src: Path, t: float) -> float:
         return 0.0
     except av.FFmpegError as exc:
         raise RedactionError(f"{src.name} cannot be decoded: {exc}") from None
+    finally:
+        container.close()
+
+
+def frame_before(src: Path, t: float) -> float:
+    """The time (seconds after the first frame) of the frame showing at `t`: the last one at
+    or before it, 0 for the file's start. Read from the packets' times, not decoded. Raises
+    RedactionError when `src` cannot be read."""
+    if t <= 0:
+        return 0.0
+    container = _open(src)
+    try:
+        stream = container.streams.video[0]
+        first, base = stream.start_time or 0, stream.time_base
+        if base is None:
+            return 0.0
+        _seek(container, stream, t)
+        found = 0.0
+        for packet in container.demux(stream):
+            if packet.pts is None:
+                continue
+            at = float((packet.pts - first) * base)
+            if at <= t + 1e-6:
+                found = max(found, at)
+            elif packet.is_keyframe or at > t + 1:  # no earlier frame comes after these
+                break
+        return found
+    except av.FFmpegError as exc:
+        raise RedactionError(f"{src.name} cannot be read: {exc}") from None
     finally:
         container.close()
 
@@ -967,18 +1008,20 @@ class _Encoder:
 
     def write(self, video: av.VideoFrame, boxes: Sequence[Box],
               zones: Sequence[Polygon]) -> None:
-        """Blurred, in YUV 4:2:0 as decoded and as encoded, each plane on its own: converting
+        """Blurred, in YUV 4:2:0 as decoded and as encoded, in NV12's two planes: converting
         a 720p frame to RGB and back would cost more than the blur and the encoding together
-        (~13 ms of ~30 ms a frame)."""
+        (~13 ms of ~30 ms a frame). NV12 interleaves U and V, so both are blurred in one pass
+        over a two-channel picture (a third fewer blurs than planar U and V; `_planes`), and
+        libx264 takes NV12 as it is (it keeps chroma so itself)."""
         assert self.proc is not None
         assert self.proc.stdin is not None  # Popen with stdin=PIPE always sets it
-        # Y at full size, U and V at half.
-        scales = (self.factor, self.factor / 2, self.factor / 2)
+        # Y at full size, UV at half.
+        scales = (self.factor, self.factor / 2)
         try:
             for plane, scale in zip(_planes(video, self.width, self.height), scales,
                                     strict=True):
                 done = _blurred(plane, [_scaled(b, scale) for b in boxes], zones)
-                self.proc.stdin.write(done.tobytes())
+                self.proc.stdin.write(done.data)
         except BrokenPipeError:
             self._failed()  # ffmpeg stopped: its exit status and message say why
             raise RedactionError("ffmpeg stopped reading its input") from None
@@ -1016,9 +1059,11 @@ class _Encoder:
 def _ffmpeg_argv(width: int, height: int, rate: Fraction, target: Path | BinaryIO) -> list[str]:
     argv = [
         ffmpeg_exe(), "-hide_banner", "-nostdin", "-loglevel", "error",
-        "-f", "rawvideo", "-pix_fmt", "yuv420p", "-s", f"{width}x{height}",
+        "-f", "rawvideo", "-pix_fmt", "nv12", "-s", f"{width}x{height}",
         "-framerate", f"{rate.numerator}/{rate.denominator}", "-i", "-", "-an",
-        "-c:v", "libx264", "-preset", PRESET, "-crf", str(CRF), "-pix_fmt", "yuv420p",
+        # NV12 in, NV12 to libx264: no conversion on the way (the H.264 stream is the same
+        # 4:2:0 8-bit as from yuv420p; decoders give yuv420p back).
+        "-c:v", "libx264", "-preset", PRESET, "-crf", str(CRF), "-pix_fmt", "nv12",
     ]
     if isinstance(target, Path):
         return [*argv, "-movflags", "+faststart", "-f", "mp4", str(target)]
@@ -1031,20 +1076,18 @@ def _ffmpeg_argv(width: int, height: int, rate: Fraction, target: Path | BinaryI
 
 
 def _planes(video: av.VideoFrame, width: int, height: int) -> list[U8]:
-    """The frame's Y, U and V planes (U and V at half size) at width x height, even sides.
-    Evening odd sides and shrinking happen in libswscale."""
-    rows = np.asarray(video.to_ndarray(width=width, height=height, format="yuv420p"),
+    """The frame in NV12 at width x height (even sides): its Y plane (height, width) and its
+    interleaved UV plane (height / 2, width / 2, 2). Evening odd sides, shrinking and
+    interleaving happen in libswscale, which writes a new buffer: the planes are ours to blur
+    in place."""
+    rows = np.asarray(video.to_ndarray(width=width, height=height, format="nv12"),
                       dtype=np.uint8)
-    quarter = (height // 2) * (width // 2)
-    chroma = rows[height:].reshape(-1)
-    return [rows[:height],
-            chroma[:quarter].reshape(height // 2, width // 2),
-            chroma[quarter:].reshape(height // 2, width // 2)]
+    return [rows[:height], rows[height:].reshape(height // 2, width // 2, 2)]
 
 
 def _blurred(plane: U8, boxes: list[Box], zones: Sequence[Polygon]) -> U8:
     if boxes:
-        plane = blur_regions(plane, boxes)
+        plane = blur_regions(plane, boxes, copy=False)  # `_planes`: a fresh buffer
     return blur_polygons(plane, zones) if zones else plane
 
 

@@ -101,17 +101,24 @@ class Outbox:
         with self.store.read() as conn:
             return self._pending(conn, stream, _cursors(conn).get(stream), limit, now)
 
-    def pending_all(self, limit: int, now: float | None = None) -> dict[Stream, list[Message]]:
+    def pending_all(self, limit: int, now: float | None = None, *,
+                    total: int | None = None) -> dict[Stream, list[Message]]:
         """``pending`` of every durable stream that has something, read on one connection
-        (a pass of the uplink opens one, not two per stream)."""
+        (a pass of the uplink opens one, not two per stream); with ``total``, no more than
+        that many in all, the streams taken in their order (the rest at the next pass)."""
         now = time.time() if now is None else now
         out: dict[Stream, list[Message]] = {}
+        budget = total if total is not None else limit * len(DURABLE)
         with self.store.read() as conn:
             cursors = _cursors(conn)
             for stream in DURABLE:
-                found = self._pending(conn, stream, cursors.get(stream), limit, now)
+                if budget <= 0:
+                    break
+                found = self._pending(conn, stream, cursors.get(stream), min(limit, budget),
+                                      now)
                 if found:
                     out[stream] = found
+                    budget -= len(found)
         return out
 
     def _pending(self, conn: Connection, stream: Stream, cursor: int | None, limit: int,

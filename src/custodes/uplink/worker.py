@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import sqlite3
 import threading
@@ -37,6 +38,8 @@ from nats.aio.client import Client as NATS
 from custodes.config import UplinkConfig
 from custodes.store.db import Store
 from custodes.uplink.outbox import Outbox
+from custodes.uplink.publish import AckedPublisher
+from custodes.uplink.tls import close_quickly, uplink_options
 from custodes.uplink.wire import Message, Stream, inbox_prefix
 
 log = logging.getLogger(__name__)
@@ -147,7 +150,7 @@ class Uplink:
                 await self._pump(nc)
             finally:
                 with contextlib.suppress(Exception):
-                    await nc.close()
+                    await close_quickly(nc)  # TLS on a dead link: no 30 s wait
 
     async def _connect(self) -> NATS | None:
         while not self._stop.is_set():
@@ -162,6 +165,7 @@ class Uplink:
                     ping_interval=10, max_outstanding_pings=2,
                     error_cb=self._on_error, disconnected_cb=self._on_disconnected,
                     reconnected_cb=self._on_reconnected,
+                    **uplink_options(self.config),  # TLS: only the hub's CA is trusted
                 )
             except Exception as exc:  # nats-py raises several kinds; all mean "not now"
                 self._down(f"cannot connect: {exc!r}")
@@ -179,7 +183,8 @@ class Uplink:
             commits.close()
 
     async def _passes(self, nc: NATS, commits: _Commits) -> None:
-        js = nc.jetstream()
+        js = AckedPublisher(nc)
+        await js.start()
         next_health = 0.0
         failing_since: float | None = None  # the first pass with no ack, since the last ack
         while not self._stop.is_set():
@@ -189,7 +194,12 @@ class Uplink:
                 await self._send_health(js)
                 next_health = time.monotonic() + self.config.health_seconds
             seen = commits.version()  # a commit from here on is read by this pass or the next
-            batches = await asyncio.to_thread(self.outbox.pending_all, self.config.batch)
+            # At most ``batch`` messages in flight: 30 sites back from days offline each
+            # put 8 streams x 500 before the server at once, and the last site's first ack
+            # then came after the whole queue (more than ACK_TIMEOUT on a busy hub: all of
+            # them gave up, and sent it all again).
+            batches = await asyncio.to_thread(functools.partial(
+                self.outbox.pending_all, self.config.batch, total=self.config.batch))
             acked = await self._publish(js, batches) if batches else {}
             runs = [run for run in acked.values() if run]
             if runs:
@@ -207,34 +217,45 @@ class Uplink:
                                 self.config.site, now - failing_since)
                     return
                 await self._sleep(RETRY_SECONDS)
-            elif not any(len(m) == self.config.batch for m in batches.values()):
+            elif sum(len(m) for m in batches.values()) < self.config.batch:
                 await self._idle(commits, seen,
                                  min(IDLE_SECONDS, next_health - time.monotonic()))
 
-    async def _publish(self, js: Any, batches: dict[Stream, list[Message]]
+    async def _publish(self, js: AckedPublisher, batches: dict[Stream, list[Message]]
                        ) -> dict[Stream, list[Message]]:
         """Publish every stream's messages at once (one wait for the acks, not one per
-        stream) and return, per stream, the leading run the server acknowledged."""
+        stream) and return, per stream, the leading run the server acknowledged.
+
+        The link is given up when no ack at all came for ``ACK_TIMEOUT``, not when the
+        pass's last ack takes longer than that: 30 sites draining days at once queue tens of
+        thousands of messages at the server, whose acks come steadily but late, and a fixed
+        deadline made every site give its pass up and send it all again (seen: twice, 80 s
+        of a 220 s catch-up, each resend more load on the server)."""
         sent: list[tuple[Message, asyncio.Future[Any]]] = []
+        progress = [time.monotonic()]  # when an ack last came (or the publishing ended)
+
+        def acked_one(fut: asyncio.Future[Any]) -> None:
+            if not fut.cancelled():  # an answer from the server, not our giving up
+                progress[0] = time.monotonic()
         try:
             for messages in batches.values():
                 for m in messages:
                     if self._stop.is_set():
                         break  # what is not sent goes at the next start
-                    sent.append((m, await js.publish_async(
-                        m.subject, m.encode(), headers={"Nats-Msg-Id": m.msg_id},
-                        wait_stall=5)))
+                    fut = await js.publish(m.subject, m.encode(), {"Nats-Msg-Id": m.msg_id})
+                    fut.add_done_callback(acked_one)
+                    sent.append((m, fut))
         except Exception as exc:
             self._down(f"publish failed: {exc!r}")
+        progress[0] = max(progress[0], time.monotonic())
         acked: dict[Stream, list[Message]] = {s: [] for s in batches}
         stopped: set[Stream] = set()
-        deadline = time.monotonic() + ACK_TIMEOUT
         for m, fut in sent:
             if m.stream in stopped:
                 fut.cancel()  # frees the client's slot; the message goes again next pass
                 continue
             try:
-                await self._ack(fut, deadline)
+                await self._ack(fut, progress)
                 acked[m.stream].append(m)
             except TimeoutError:
                 fut.cancel()
@@ -246,25 +267,25 @@ class Uplink:
                 stopped.add(m.stream)  # in order: nothing after it in its stream counts
         return acked
 
-    async def _ack(self, fut: asyncio.Future[Any], deadline: float) -> None:
-        """The server's ack of a message; TimeoutError at ``deadline``, or at once when the
-        uplink is stopping: a link that swallows everything (acks never come) must not hold
-        the node's stop for ACK_TIMEOUT (tests/test_hub.py)."""
+    async def _ack(self, fut: asyncio.Future[Any], progress: list[float]) -> None:
+        """The server's ack of a message; TimeoutError when no ack of the pass came for
+        ACK_TIMEOUT (``progress[0]``: the last one), or at once when the uplink is stopping:
+        a link that swallows everything (acks never come) must not hold the node's stop for
+        ACK_TIMEOUT (tests/test_hub.py)."""
         while not fut.done():
-            left = deadline - time.monotonic()
+            left = progress[0] + ACK_TIMEOUT - time.monotonic()
             if self._stop.is_set() or left <= 0:
                 raise TimeoutError
             await asyncio.wait({fut}, timeout=min(0.1, left))
         fut.result()  # a refusal raises here
 
-    async def _send_health(self, js: Any) -> None:
+    async def _send_health(self, js: AckedPublisher) -> None:
         """Publish the health report without waiting for its ack: the pass goes on with the
         outbox meanwhile (a slow ack once held audit entries back for up to ACK_TIMEOUT)."""
         try:
             body = await asyncio.to_thread(self._health_body)
             m = Message(self.config.site, Stream.HEALTH, int(time.time() * 1000), body)
-            ack = await js.publish_async(m.subject, m.encode(),
-                                         headers={"Nats-Msg-Id": m.msg_id}, wait_stall=5)
+            ack = await js.publish(m.subject, m.encode(), {"Nats-Msg-Id": m.msg_id})
         except Exception as exc:
             self._down(f"health not sent: {exc!r}")
             return

@@ -25,6 +25,10 @@
   let playSeq = 0;
   let markIn = null, markOut = null;
   const firstFrames = [];
+  // Where each click's wait went: ms after the click of each step up to its first frame
+  // (answer: the playback answer; fetch, headers, bytes: the copy's request, its answer's
+  // head and first bytes; buffer: those appended; loaded, shown: the frame decoded, painted).
+  const steps = [];
 
   const api = (path) => custodes.api("GET", path);
   const enc = encodeURIComponent;
@@ -169,7 +173,8 @@
   }
 
   // What a <video> plays: the segment's file, or for a redacted copy its bytes as they come.
-  function setSource(v, seg) {
+  // `mark(step)`: notes when a step of the first frame's wait is done (see `steps`).
+  function setSource(v, seg, mark = () => {}) {
     detach(v);
     v.dataset.url = seg.url;
     if (!seg.redacted || !window.MediaSource) {
@@ -180,7 +185,13 @@
     const source = new MediaSource();
     const abort = new AbortController();
     v.feed = { abort, url: URL.createObjectURL(source) };
-    source.addEventListener("sourceopen", () => stream(source, seg, abort.signal), { once: true });
+    // The request leaves now, not once the MediaSource is open (a round of the event loop,
+    // more on a busy machine): its answer waits for the copy's first frame anyway.
+    mark("fetch");
+    const answer = fetch(seg.url, { signal: abort.signal });
+    answer.catch(() => {});  // seen by `stream`; unhandled only if the source never opens
+    source.addEventListener("sourceopen", () => stream(source, seg, answer, abort.signal, mark),
+                            { once: true });
     v.src = v.feed.url;
   }
 
@@ -196,10 +207,11 @@
   // length. Given to <video src>, chromium shows nothing before it has read ~1.7 s of it and
   // cannot start at an offset of a file still arriving; appended to a SourceBuffer, each
   // fragment plays as it comes and the start position is reached as soon as it is there.
-  async function stream(source, seg, signal) {
+  async function stream(source, seg, answer, signal, mark) {
     try {
-      const r = await fetch(seg.url, { signal });
+      const r = await answer;
       if (!r.ok) throw new Error(`${r.status} ${r.statusText}`);
+      mark("headers");
       source.duration = seg.duration;
       const reader = r.body.getReader();
       let buffer = null, head = new Uint8Array(0);
@@ -208,19 +220,24 @@
         if (done) break;
         let bytes = value;
         if (!buffer) {
+          mark("bytes");
           // The codec string (profile and level) is in the index's avcC box.
           head = concat(head, value);
           const codec = avcCodec(head);
           if (!codec) continue;
           buffer = source.addSourceBuffer(`video/mp4; codecs="${codec}"`);
           // A tail (a click into the middle of a segment whose copy was not made) starts at
-          // a keyframe `from` seconds in, its first frame at 0: placed there, the segment's
-          // times stay the player's.
-          buffer.timestampOffset = seg.from || 0;
+          // a frame `from` seconds in, its first frame at 0: placed there, the segment's
+          // times stay the player's. The answer says where it starts (X-Copy-From): the whole
+          // copy may have been started meanwhile, and is then what comes.
+          const from = Number(r.headers.get("X-Copy-From"));
+          buffer.timestampOffset = Number.isFinite(from) && r.headers.has("X-Copy-From")
+            ? from : (seg.from || 0);
           bytes = head;
         }
         buffer.appendBuffer(bytes);
         await new Promise((ok) => buffer.addEventListener("updateend", ok, { once: true }));
+        mark("buffer");
       }
       if (!buffer) throw new Error("no video in the answer");
       if (source.readyState === "open") source.endOfStream();
@@ -250,6 +267,7 @@
   async function playAt(t) {
     const seq = ++playSeq;
     const clicked = performance.now();
+    let answered = null;
     custodes.message(msg, "", "");
     state("loading…");
     let p;
@@ -261,6 +279,7 @@
       return;
     }
     if (seq !== playSeq) return;
+    answered = performance.now();
     loadingAt = p.start;
     queue = p.segments; idx = 0; more = p.more; preloaded = -1;
     const history = new URLSearchParams({ camera, day: custodes.day(dayStart), at: t.toFixed(0) });
@@ -271,11 +290,15 @@
     if (p.start > t + 1) {
       custodes.message(msg, `No recording at ${custodes.utc(t)}; playing from the next recording at ${custodes.utc(p.start)}.`, "busy");
     }
-    start(videos[active], queue[0], p.offset, seq, clicked);
+    start(videos[active], queue[0], p.offset, seq, clicked, answered);
   }
 
-  function start(v, seg, offset, seq, clicked) {
-    setSource(v, seg);
+  function start(v, seg, offset, seq, clicked, answered = null) {
+    const marks = clicked === null ? null : { answer: answered - clicked };
+    const mark = (step) => {
+      if (marks && seq === playSeq && !(step in marks)) marks[step] = performance.now() - clicked;
+    };
+    setSource(v, seg, mark);
     // Set before the metadata arrives, this is the default start position: the first frame
     // shown is the asked-for moment, not the start of the segment.
     v.currentTime = offset;
@@ -285,6 +308,7 @@
     const loaded = () => {
       v.removeEventListener("loadeddata", loaded);
       if (seq !== playSeq) return;
+      mark("loaded");
       if ("requestVideoFrameCallback" in v) v.requestVideoFrameCallback(shown);
       else shown();
     };
@@ -295,6 +319,8 @@
       if (clicked !== null) {
         const ms = performance.now() - clicked;
         firstFrames.push(ms);
+        marks.shown = ms;
+        steps.push(marks);
         const sorted = [...firstFrames].sort((a, b) => a - b);
         const median = sorted[Math.floor(sorted.length / 2)];
         $("firstframe").textContent =
@@ -509,7 +535,7 @@
 
   // For the browser tests and for anyone curious: what plays and how fast it started.
   window.custodesPlayer = {
-    playAt, playing, goTo, firstFrames, video: () => videos[active],
+    playAt, playing, goTo, firstFrames, steps, video: () => videos[active],
     source: () => videos[active].dataset.url || null,  // the segment's URL (src may be a blob:)
   };
 })();

@@ -14,6 +14,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import bcrypt
 import nats
 import pytest
 import yaml
@@ -24,7 +25,7 @@ from typer.testing import CliRunner
 
 from custodes.cli import app
 from custodes.config import UplinkConfig
-from custodes.hub.nats_server import HUB_USER, EmbeddedNats
+from custodes.hub.nats_server import HUB_USER, EmbeddedNats, SiteAccount
 from custodes.hub.service import Hub
 from custodes.hub.tls import (
     CA_CERT,
@@ -110,10 +111,10 @@ def server() -> Iterator[tuple[EmbeddedNats, ServerTLS]]:
         n.stop()
 
 
-def _try(url: str, password: str, **options: Any) -> str:
+def _try(url: str, password: str, user: str = HUB_USER, **options: Any) -> str:
     async def attempt() -> str:
         try:
-            nc = await nats.connect(url, user=HUB_USER, password=password, connect_timeout=3,
+            nc = await nats.connect(url, user=user, password=password, connect_timeout=3,
                                     allow_reconnect=False, max_reconnect_attempts=0, **options)
         except Exception as exc:  # what refused it, for the assertion's message
             return f"refused: {exc!r}"
@@ -152,6 +153,21 @@ def test_only_a_client_that_trusts_the_hub_s_ca_gets_in(
     assert _try(plain, n.hub_password).startswith("refused"), "a plain client got in"
     assert _try(n.url, n.hub_password, **connect_options(
         [n.url], ca_pem=tls.ca_pem, first=False)).startswith("refused")
+
+
+def test_a_site_enrolled_by_a_reload_can_connect_as_soon_as_it_returns(
+        server: tuple[EmbeddedNats, ServerTLS]) -> None:
+    """nats-server applies a reload on its own time: `reload` returns once it has (a site
+    that connected before then was refused, or got a connection without acks)."""
+    n, tls = server
+    sites: list[SiteAccount] = []
+    for i in range(3):
+        password = f"site-password-{i}"
+        hashed = bcrypt.hashpw(password.encode(), bcrypt.gensalt(rounds=4)).decode("ascii")
+        sites.append(SiteAccount(f"reloaded-{i}", hashed))
+        n.reload(sites)
+        assert _try(n.url, password, user=f"reloaded-{i}",
+                    **connect_options([n.url], ca_pem=tls.ca_pem)) == "connected"
 
 
 def test_a_wrong_ca_in_a_node_s_config_is_refused(tmp_path: Path) -> None:

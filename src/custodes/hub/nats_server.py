@@ -45,6 +45,13 @@ log = logging.getLogger(__name__)
 HUB_USER = "hub"
 CONFIG_FILE = "nats-server.conf"
 PID_FILE = "nats-server.pid"
+LOG_FILE = "nats-server.log"
+# nats-server applies a reload (SIGHUP) on its own time and says so in its log; a site that
+# connects before it is done can get a connection that stays up without acks (README, hub
+# limits), so `reload` waits for that line, this long at most.
+RELOADED = b"Reloaded server configuration"
+RELOAD_FAILED = b"Failed to reload server configuration"
+RELOAD_WAIT = 15.0
 
 
 class NatsServerError(RuntimeError):
@@ -174,11 +181,38 @@ class EmbeddedNats:
         self._watch.start()
 
     def reload(self, sites: list[SiteAccount]) -> None:
-        """New site accounts, without dropping connected sites."""
+        """New site accounts, without dropping connected sites; back once the server has
+        applied them (its log says so; RELOAD_WAIT at most), so that a site enrolled now can
+        connect at once."""
         with self._config_lock:
             self._write_config(sites)
             if self._proc is not None and self._proc.poll() is None:
+                log_file = self.folder / LOG_FILE
+                offset = log_file.stat().st_size if log_file.exists() else 0
                 self._proc.send_signal(signal.SIGHUP)
+                self._wait_reloaded(log_file, offset)
+
+    def _wait_reloaded(self, log_file: Path, offset: int) -> None:
+        """Until the server's log says the reload is done (an enrolled site may then connect
+        at once), RELOAD_WAIT at most."""
+        deadline = time.monotonic() + RELOAD_WAIT
+        while time.monotonic() < deadline:
+            try:
+                with log_file.open("rb") as f:
+                    f.seek(offset)
+                    said = f.read()
+                if RELOADED in said:
+                    return
+                if RELOAD_FAILED in said:
+                    log.error("nats-server refused its new config (the sites enrolled since "
+                              "are not let in): see %s", log_file)
+                    return
+            except OSError:
+                pass
+            if self._proc is None or self._proc.poll() is not None:
+                return  # the supervisor restarts it with the new config
+            time.sleep(0.05)
+        log.warning("nats-server did not say its reload was done within %.0f s", RELOAD_WAIT)
 
     def stop(self) -> None:
         self._stop.set()
@@ -219,7 +253,7 @@ class EmbeddedNats:
 
     def _spawn(self) -> None:
         self._end_orphan()
-        logfile = open(self.folder / "nats-server.log", "ab")  # noqa: SIM115 (child owns it)
+        logfile = open(self.folder / LOG_FILE, "ab")  # noqa: SIM115 (child owns it)
         self._proc = subprocess.Popen(
             [str(binary()), "-c", str(self.folder / CONFIG_FILE),
              "-P", str(self.folder / PID_FILE)],
@@ -231,7 +265,7 @@ class EmbeddedNats:
             if self._proc.poll() is not None:
                 raise NatsServerError(
                     f"nats-server exited with {self._proc.returncode}; see "
-                    f"{self.folder / 'nats-server.log'}")
+                    f"{self.folder / LOG_FILE}")
             try:
                 with socket.create_connection((connect_host(self.host), self.port),
                                               timeout=1) as probe:

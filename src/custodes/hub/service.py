@@ -36,10 +36,12 @@ from custodes.uplink.wire import STREAM_NAME, Stream, subject
 
 log = logging.getLogger(__name__)
 
-# The hub's durable consumers. Each is read by one loop, a batch at a time, and acked with
-# one ack per batch (AckPolicy.ALL: the last message's ack covers the batch; an ack per
-# message was a publish per message). The consumer of the hub before this one acked each
-# message ("hub-ingest"): it is replaced by "hub-fleet" from its ack floor on, once.
+# The hub's durable consumers. Each is read by one loop, a batch at a time, each message acked
+# once its batch is written (AckPolicy.EXPLICIT). Not AckPolicy.ALL, one ack a batch: a fetch
+# whose answer is lost (a stream leader killed mid-fetch) leaves messages delivered that the
+# hub never saw, and the next batch's ack would cover them: lost, not redelivered (seen in
+# tests/test_hub_cluster.py). The consumer of the hub before this one ("hub-ingest") is
+# replaced by "hub-fleet" from its ack floor on, once.
 CONSUMER = "hub-fleet"
 OLD_CONSUMER = "hub-ingest"
 # Health has a stream of its own: the next report supersedes it, so it is kept an hour at
@@ -265,8 +267,9 @@ class Hub:
                             conn = db.connect(self.db_url)
                         continue
                     self.counters.add(result)
-                    with contextlib.suppress(Exception):
-                        await msgs[-1].ack()  # AckPolicy.ALL: acks the batch
+                    for m in msgs:  # buffered by the client: a few socket writes a batch
+                        with contextlib.suppress(Exception):
+                            await m.ack()
                     break
         finally:
             conn.close()
@@ -345,14 +348,15 @@ def _site_marker(conn: Any) -> tuple[int, float]:
 
 
 async def _consumer(js: Any, stream: str, durable: str, previous: str | None = None) -> Any:
-    """A pull subscription on ``durable`` (AckPolicy.ALL), made if missing; made from where
+    """A pull subscription on ``durable`` (AckPolicy.EXPLICIT), made if missing; made from where
     the consumer ``previous`` had acked up to, if that one is there (it is then deleted:
     what it had delivered but not acked comes again, and the tables drop it)."""
     try:
         await js.consumer_info(stream, durable)
     except NotFoundError:
-        config = ConsumerConfig(name=durable, durable_name=durable, ack_policy=AckPolicy.ALL,
-                                ack_wait=60, max_ack_pending=20000)
+        config = ConsumerConfig(name=durable, durable_name=durable,
+                                ack_policy=AckPolicy.EXPLICIT, ack_wait=60,
+                                max_ack_pending=20000)
         if previous is not None:
             with contextlib.suppress(NotFoundError):
                 old = await js.consumer_info(stream, previous)

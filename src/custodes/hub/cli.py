@@ -237,11 +237,7 @@ def user_add(name: UserName,
     """Add a user with a random password, printed once (an administrator, investigator or
     approver once a second administrator confirms the grant), limited to the sites of the
     groups given (hub/scope.py)."""
-    try:
-        groups = scope.check_groups(group or [])
-    except ValueError as exc:
-        err.print(f"[red]{exc}[/red]", highlight=False)
-        raise typer.Exit(2) from None
+    groups = _groups(group)
     with _accounts(config, data) as accounts:
         actor = cli_actor()
         change = accounts.add(actor, name, role)
@@ -250,15 +246,20 @@ def user_add(name: UserName,
     _print_change(name, change)
 
 
+def _groups(given: list[str] | None) -> list[str]:
+    """The groups given, checked (hub/scope.py); a bad name ends the command with 2."""
+    try:
+        return scope.check_groups(given or [])
+    except ValueError as exc:
+        err.print(f"[red]{exc}[/red]", highlight=False)
+        raise typer.Exit(2) from None
+
+
 @user_app.command("groups")
 def user_groups(name: UserName, group: GroupOption = None,
                 config: HubConfigOption = None, data: DataOption = None) -> None:
     """Set the municipalities (groups) a user may see; without --group: every one."""
-    try:
-        groups = scope.check_groups(group or [])
-    except ValueError as exc:
-        err.print(f"[red]{exc}[/red]", highlight=False)
-        raise typer.Exit(2) from None
+    groups = _groups(group)
     with _accounts(config, data) as accounts:
         actor = cli_actor()
         if accounts.users.get(name) is None:

@@ -52,18 +52,9 @@ def advance(conn: psycopg.Connection[Any], site: str) -> int:
     while True:
         rows = conn.execute(f"SELECT {_COLUMNS} FROM audit_entries WHERE site = %s "  # noqa: S608 - a constant
                             "AND seq > %s ORDER BY seq LIMIT %s", (site, seq, _STEP)).fetchall()
-        problem: tuple[int, str] | None = None
-        for r in rows:
-            entry = _entry(r)
-            if entry.seq != seq + 1:
-                break  # a gap: the rest is still on its way
-            problem = _link_problem(entry, seq, hash_)
-            if problem is not None:
-                break
-            seq, hash_ = entry.seq, entry.hash
-        else:
-            if len(rows) == _STEP:
-                continue
+        seq, hash_, problem, walked = _walk(rows, seq, hash_)
+        if problem is None and walked == _STEP:
+            continue
         break
     if problem is not None:
         conn.execute("UPDATE sites SET chain_broken_at = %s WHERE name = %s",
@@ -97,18 +88,7 @@ def advance_many(conn: psycopg.Connection[Any], sites: list[str]) -> None:
     moved: dict[str, tuple[int, str]] = {}
     again: list[str] = []  # a full step walked without a gap: the rest the slow way
     for name in names:
-        seq, hash_ = start[name]
-        problem: tuple[int, str] | None = None
-        walked = 0
-        for r in found[name]:
-            entry = _entry(r)
-            if entry.seq != seq + 1:
-                break  # a gap: the rest is still on its way
-            problem = _link_problem(entry, seq, hash_)
-            if problem is not None:
-                break
-            seq, hash_ = entry.seq, entry.hash
-            walked += 1
+        seq, hash_, problem, walked = _walk(found[name], *start[name])
         if problem is not None:
             conn.execute("UPDATE sites SET chain_broken_at = %s WHERE name = %s",
                          (problem[0], name))
@@ -146,6 +126,23 @@ def match_checkpoints_many(conn: psycopg.Connection[Any], sites: list[str]) -> N
             raise_alarm(conn, str(site), AlarmKind.CHECKPOINT_MISMATCH,
                         f"the site signed entry {entry_seq} with a hash other than the entry "
                         "the hub holds")
+
+
+def _walk(rows: list[Any], seq: int, hash_: str
+          ) -> tuple[int, str, tuple[int, str] | None, int]:
+    """Follow the chain from (``seq``, ``hash_``) over ``rows`` (entries after it, in order)
+    up to a gap or a broken link: where it got to, the problem if one, the entries walked."""
+    walked = 0
+    for r in rows:
+        entry = _entry(r)
+        if entry.seq != seq + 1:
+            break  # a gap: the rest is still on its way
+        problem = _link_problem(entry, seq, hash_)
+        if problem is not None:
+            return seq, hash_, problem, walked
+        seq, hash_ = entry.seq, entry.hash
+        walked += 1
+    return seq, hash_, None, walked
 
 
 def _link_problem(entry: Entry, seq: int, hash_: str) -> tuple[int, str] | None:

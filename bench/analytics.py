@@ -35,12 +35,15 @@ Then, one after the other:
    Frames/s, faces found (detections), people found (tracks), per clip and in total, and the
    time per frame split into stages.
 
---baseline SRC runs this same script again afterwards with PYTHONPATH=SRC, i.e. against another
-checkout's `custodes` package in this venv, then prints both runs side by side. --json writes
-the figures of one run; --baseline-json compares with such a file instead of running again.
+--baseline TREE runs this same script again afterwards against another checkout's `custodes`
+package in this venv (PYTHONPATH=TREE/src when TREE has a src/ folder, else TREE), then prints
+both runs side by side. The bench refuses (exit 2) when the package that run imports is not the
+one asked for: the venv's editable install of this tree would otherwise answer silently.
+--json writes the figures of one run; --baseline-json compares with such a file instead of
+running again.
 The analysis as issue 9 found it ("today" in its goals) is 40050df, the parent of its first
 commit (dlib's HOG, one process per camera): `git worktree add /tmp/anbase 40050df` and
-`--baseline /tmp/anbase/src`. That tree keeps the frame code in custodes.analytics, not
+`--baseline /tmp/anbase`. That tree keeps the frame code in custodes.analytics, not
 custodes.vision: the imports below fall back to it (the same classes, moved by 81ec682).
 
 Last measured (2026-12-02, 8 cameras, 120 s live), three trees in two runs: this work
@@ -78,6 +81,7 @@ import multiprocessing
 import multiprocessing.connection
 import multiprocessing.synchronize
 import os
+import re
 import secrets
 import shutil
 import signal
@@ -138,6 +142,8 @@ BOUNDED_LAG = 1.0  # seconds: a median p95 lag above this means frames queue up 
 READY_TIMEOUT = 120.0  # seconds for the node to bring every camera's analysis online
 DISTURBED = 0.9  # CPU/wall below this on the pinned core: something else shared it
 MOVE_LOGGED = "moves from process"  # what the supervisor logs when it moves a camera
+# What the supervisor logs when it starts the pool ("analysis of 8 cameras by 3 processes").
+POOL_LOGGED = re.compile(r"analysis of \d+ cameras by (\d+) process")
 ENV_ONE_THREAD = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
 
 
@@ -282,6 +288,7 @@ class LiveResult:
     # Cameras the supervisor moved to a less busy analysis process (from the node's log;
     # always 0 for a tree that does not rebalance).
     moves: int = 0
+    processes: int = 0  # analysis processes the node started (0: not logged by that tree)
 
 
 def free_port() -> int:
@@ -510,7 +517,15 @@ def run_live(urls: dict[str, str], sim: psutil.Process, work: Path,
     cpu = {kind: after.get(kind, 0.0) - before.get(kind, 0.0) for kind in after}
     return LiveResult(cameras, cpu, seconds, dict(usage.peak_rss), usage.peak_rss_total,
                       stored_face_tracks(work / "custodes.db"), sim_cpu, machine,
-                      settings.fps, missed, moves_logged(work / "node.log"))
+                      settings.fps, missed, moves_logged(work / "node.log"),
+                      pool_logged(work / "node.log"))
+
+
+def pool_logged(log: Path) -> int:
+    with contextlib.suppress(OSError):
+        found = POOL_LOGGED.search(log.read_text(errors="replace"))
+        return int(found.group(1)) if found else 0
+    return 0
 
 
 def moves_logged(log: Path) -> int:
@@ -812,6 +827,7 @@ def print_live(live: LiveResult, cameras: list[Camera], args: argparse.Namespace
         "face tracks stored (all cameras)": sum(live.face_tracks.values()),
         "status samples timed out": live.missed_samples,
         "cameras moved to a less busy process": live.moves,
+        "analysis processes (0: not logged)": live.processes,
         "other processes meanwhile (cores)": others,
         "simulator CPU-s/camera-min (not incl.)": live.sim_cpu * per_cam_min,
     }
@@ -947,9 +963,57 @@ def machine_load() -> str:
     return "\n".join(lines)
 
 
+def package_dir() -> str:
+    """The folder of the `custodes` package this process imported."""
+    import custodes  # noqa: PLC0415  # its path is the point, not its contents
+
+    return str(Path(custodes.__file__).resolve().parent)
+
+
+def baseline_path(tree: Path) -> Path:
+    """What goes on PYTHONPATH for the checkout ``tree``: its src/ folder when it has one (the
+    package lives there since the src layout), else ``tree`` itself; refused when neither
+    holds a `custodes` package."""
+    for candidate in (tree / "src", tree):
+        if (candidate / "custodes" / "__init__.py").is_file():
+            return candidate.resolve()
+    raise SystemExit(f"--baseline {tree}: no custodes package in {tree / 'src'} or {tree}")
+
+
+def imported_package(path: Path) -> str:
+    """The `custodes` package a Python with PYTHONPATH=path imports (the venv's editable
+    install of another tree wins when ``path`` has none)."""
+    done = subprocess.run(
+        [sys.executable, "-c", "import custodes, pathlib; "
+         "print(pathlib.Path(custodes.__file__).resolve().parent)"],
+        env={**os.environ, "PYTHONPATH": str(path)}, capture_output=True, text=True,
+        timeout=60, check=False)
+    if done.returncode != 0:
+        raise SystemExit(f"--baseline: importing custodes from {path} failed:\n{done.stderr}")
+    return done.stdout.strip()
+
+
+def check_imported(asked: Path, imported: str, what: str) -> None:
+    """Refuse to compare with a run that imported another tree than the one asked for."""
+    want = str((asked / "custodes").resolve())
+    if imported != want:
+        print(f"REFUSED: {what} imported custodes from {imported}, not {want}: its figures "
+              f"would be this tree's, not the baseline's", file=sys.stderr)
+        raise SystemExit(2)
+
+
+def checked_baseline(tree: Path) -> Path:
+    """PYTHONPATH for the checkout ``tree`` (`baseline_path`), refused at once, before the
+    minutes of our own run, when a Python given it would import another `custodes`."""
+    source = baseline_path(tree)
+    check_imported(source, imported_package(source), f"a Python with PYTHONPATH={source}")
+    return source
+
+
 def run_baseline(source: Path, args: argparse.Namespace, cache: Path) -> dict[str, Any]:
-    """This script again, importing `custodes` from `source`, on the same clips. With --json
-    its figures are kept next to ours (NAME-baseline.json), for a later --baseline-json."""
+    """This script again, importing `custodes` from ``source`` (`checked_baseline`), on the
+    same clips. With --json its figures are kept next to ours (NAME-baseline.json), for a
+    later --baseline-json. Refused when that run says it imported another package."""
     if args.json:
         out = args.json.with_name(f"{args.json.stem}-baseline.json")
     else:
@@ -963,6 +1027,8 @@ def run_baseline(source: Path, args: argparse.Namespace, cache: Path) -> dict[st
     if done.returncode != 0:
         raise SystemExit(f"the baseline run failed with exit code {done.returncode}")
     result: dict[str, Any] = json.loads(out.read_text())
+    check_imported(source, str(result.get("package", "unknown (an older bench)")),
+                   "the baseline run")
     if not args.json:
         shutil.rmtree(out.parent, ignore_errors=True)
     return result
@@ -1001,8 +1067,9 @@ def main() -> None:
                         help="folder for the prepared clips, kept between runs (default: temp)")
     parser.add_argument("--work", type=Path, default=None, help="scratch folder (default: temp)")
     parser.add_argument("--json", type=Path, default=None, help="write this run's figures here")
-    parser.add_argument("--baseline", type=Path, default=None, metavar="SRC",
-                        help="then run again importing custodes from SRC, and compare")
+    parser.add_argument("--baseline", type=Path, default=None, metavar="TREE",
+                        help="then run again importing custodes from the checkout TREE "
+                             "(TREE/src if it exists), and compare")
     parser.add_argument("--baseline-json", type=Path, default=None, metavar="FILE",
                         help="compare with the figures an earlier --json run wrote")
     args = parser.parse_args()
@@ -1011,7 +1078,8 @@ def main() -> None:
         args.cameras, args.seconds, args.warmup = min(args.cameras, 2), 10.0, 2.0
         args.max_frames = args.max_frames or 10
 
-    header = {"code": code_version(), "load": machine_load()}
+    baseline = checked_baseline(args.baseline) if args.baseline else None
+    header = {"code": code_version(), "package": package_dir(), "load": machine_load()}
     print(f"custodes from {header['code']}\n{header['load']}", flush=True)
     work = Path(args.work or tempfile.mkdtemp(prefix="custodes-bench-analytics-"))
     try:
@@ -1026,8 +1094,8 @@ def main() -> None:
         ours = {**header, "figures": figures}
         if args.json:
             args.json.write_text(json.dumps(ours, indent=1))
-        if args.baseline:
-            print_side_by_side(ours, run_baseline(args.baseline, args, cache))
+        if baseline is not None:
+            print_side_by_side(ours, run_baseline(baseline, args, cache))
         if args.baseline_json:
             print_side_by_side(ours, json.loads(args.baseline_json.read_text()))
     finally:

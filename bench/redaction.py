@@ -2,7 +2,9 @@
 
     python bench/redaction.py                 # cost (old and new), then every real clip audited
     python bench/redaction.py --quick         # CI: cost on 3 s of 720p, the Hamilton audience
-    python bench/redaction.py --clips hamilton --crops /tmp/leaks
+    python bench/redaction.py --only residual --clips hamilton --audit-fps 5 --audit-max 12 \
+        --crops /tmp/leaks    # every searched frame eligible, 12 spread over the clip
+    python bench/redaction.py --only small --clips MOT20 --figures honest --part 1/3
     python bench/redaction.py --live 30       # live pictures of 9 cameras: age, CPU, 30 s
 
 Cost. A 720p 15 fps stream (the shared Hamilton and arcade clips, scaled to 1280x720 at 15 fps,
@@ -11,13 +13,13 @@ its ffmpeg child pinned to one core: CPU seconds (ours and ffmpeg's) per frame, 
 time factor, seconds of video per CPU second. Then again with the segment's boxes reused (the
 box cache: what every later viewer or export of the segment costs), and as a playback copy
 (at most 720 lines; the same here). Then an export as the node makes one (`export_cost`): the
-stream recorded as 2 s segments, a range joined from them, blurred after a search of the joined
-file (exports before issue 9's follow-up), with the segments' boxes searched and kept (no
-viewer had asked), and from the kept boxes (an export after viewing, or of a range exported
-before: `custodes.redaction.exports`). Beside it, in the same run, the old redaction detector
-(dlib HOG at upsample 2 and OpenCV's three Haar cascades at scale step 1.05, as removed from
-custodes.redaction.detect) on a 640x360 frame: the old cost was 0.75 s a frame there, 216 CPU-s
-per 10 s of 720p (issue 9).
+stream recorded as 10 s (the node's default) and 2 s segments, a range joined from them,
+blurred after a search of the joined file (exports before issue 9's follow-up), with the
+segments' boxes searched and kept (no viewer had asked), and from the kept boxes (an export
+after viewing, or of a range exported before: `custodes.redaction.exports`). Beside it, in
+the same run, the old redaction detector (dlib HOG at upsample 2 and OpenCV's three Haar
+cascades at scale step 1.05, as removed from custodes.redaction.detect) on a 640x360 frame:
+the old cost was 0.75 s a frame there, 216 CPU-s per 10 s of 720p (issue 9).
 
 Residual. For each real clip in ../shared/data/video (the GIFs' MP4 twins stand for the GIFs),
 redacted with the node's settings. The auditor is dlib's CNN face detector (MMOD,
@@ -28,16 +30,21 @@ frames a second of video, at most `--audit-max` a clip; upsample 1 up to 540 lin
 "faces"; those it finds again at the same place (IoU >= 0.3) in the redacted copy are "leaks";
 residual = leaks / faces. Two figures:
 
-- tuned: audited frames are frames the redactor searched (at 1 audited frame a second and a
-  stride dividing the frame rate, they all are). The settings were chosen on these clips.
-- honest: audited frames moved one frame on, to frames the redactor did NOT search, where
-  only the tracks' interpolated, held and grown boxes cover the faces.
+- tuned: audited frames are frames the redactor searched (multiples of its stride). The
+  settings were chosen on these clips.
+- honest: audited frames moved half a stride on, to the frames the redactor did NOT search
+  farthest from both searches, where only the tracks' interpolated, held and grown boxes
+  cover the faces.
 
-The Hamilton audience (7.6-9.6 s, faces turned sideways) is audited on every frame of its own.
-Small faces (SMALL_FACES: MOT20's night crowd, vtest's plaza), which the auditor cannot see at
-the clips' own size, are audited again on frames enlarged for the auditor only (the redactor
-sees the clip as it is), at most `--small-max` frames a figure: ~20-50 CPU-s a frame.
-Detections are not ground truth: the auditor has false faces and misses of its own.
+The redacted frame is searched again only around the original's faces (`found_again`): what a
+leak needs, at a fraction of the cost. The Hamilton audience (7.6-9.6 s, faces turned
+sideways) is audited on every frame of its own. Small faces (SMALL_FACES: MOT20's night crowd,
+vtest's plaza), which the auditor cannot see at the clips' own size, are audited again on
+frames enlarged 8-10x for the auditor only (the redactor sees the clip as it is), at most
+`--small-max` frames a figure: ~2.5-4 CPU-min a frame. A long audit is split over runs with
+`--clips`, `--figures` and `--part K/N`; `--crops DIR` writes each leak (and each small face
+found) as original | redacted. Detections are not ground truth: the auditor has false faces
+and misses of its own: look at the crops.
 
 Ground truth. WIDER FACE's hand-drawn boxes (`ground_truth`): each photo searched once as each
 way of redacting sees it (a 720p video frame: as the coarse and as the fine search do), and
@@ -75,6 +82,7 @@ import face_recognition_models  # type: ignore[import-untyped]  # neither does t
 import numpy as np
 import numpy.typing as npt
 
+import custodes
 from custodes.media import ffmpeg_exe
 from custodes.redaction.blur import FACE_MARGIN
 from custodes.redaction.copies import PLAYBACK_LINES
@@ -98,11 +106,16 @@ U8 = npt.NDArray[np.uint8]
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 HAMILTON = "face_recognition_short_hamilton_clip.mp4"
 FACENET = "facenet-pytorch_video.mp4"  # 1080p
-# Clips whose faces the auditor cannot see at their own size (MOT20's night crowd ~8-15 px,
-# mostly from above; vtest's plaza ~5 px), and how much it sees them enlarged. Even so (4x
-# with upsample 1) it found no face in 8 audited frames of either (2026-12-01): their residual
-# stays unmeasured; 8x would cost ~3 CPU-min a MOT20 frame.
-SMALL_FACES = {"dlib_MOT20-05-raw_even_shorter.mp4": 2, "opencv_vtest_reencoded_480x360.avi": 2}
+# Clips whose faces the auditor cannot see at their own size (MOT20's night crowd: heads
+# ~8-15 px, mostly from above; vtest's plaza: faces ~5-8 px), and how many times enlarged it
+# sees them. At upsample 0 it finds faces from ~80 px (Hamilton's 49 px face: found at
+# upsample 1 only; at half size, 24 px, only enlarged 4x), so 8x sees MOT20's faces from
+# ~10 px, 10x vtest's from ~8 px; at 4x it found no face in 8 frames of either (2026-12-01).
+# Cost grows with the square: ~2.5 (vtest) to ~4 (MOT20) CPU-min a frame.
+SMALL_FACES = {"dlib_MOT20-05-raw_even_shorter.mp4": 8, "opencv_vtest_reencoded_480x360.avi": 10}
+TILE_OVERLAP = 32  # px of the frame: enlarged tiles overlap by more than a small face
+AGAIN_CONTEXT = 96  # px: the least of a redacted frame searched again around a face
+SMALL_CONTEXT = 48  # px of the frame around a small face searched again in the redacted copy
 AUDIENCE = (7.6, 9.6)  # seconds of the Hamilton clip: the audience, turned to the stage
 SAME_PLACE = 0.3  # IoU with a face of the original's same frame: the same face
 OLD_COST = 0.75  # s a 640x360 frame, HOG + Haar (issue 9)
@@ -122,8 +135,10 @@ class Auditor:
             return self._upsample
         return 1 if min(height, width) <= 540 else 0
 
-    def faces(self, rgb: U8) -> list[Box]:
-        found = self._cnn(np.ascontiguousarray(rgb), self.upsample(*rgb.shape[:2]))
+    def faces(self, rgb: U8, upsample: int | None = None) -> list[Box]:
+        if upsample is None:
+            upsample = self.upsample(*rgb.shape[:2])
+        found = self._cnn(np.ascontiguousarray(rgb), upsample)
         return [Box.from_corners(d.rect.left(), d.rect.top(), d.rect.right() + 1,
                                  d.rect.bottom() + 1) for d in found]
 
@@ -165,12 +180,37 @@ def rate_and_count(path: Path) -> tuple[Fraction, int]:
     return rate, count
 
 
-def audited(count: int, rate: Fraction, fps: float, most: int, shift: int) -> list[int]:
-    step = max(1, round(float(rate) / fps))
+FIGURES = ("tuned", "honest")
+
+
+def audited(count: int, rate: Fraction, stride: int, *, fps: float, most: int,
+            figure: str) -> list[int]:
+    """Frames to audit: searched frames (multiples of `stride`) about `fps` a second of video,
+    at most `most` spread over the clip; for the honest figure each moved half a stride on,
+    to the frame the redactor did not search that is farthest from both searches."""
+    shift = stride // 2 if figure == "honest" else 0
+    step = stride * max(1, round(float(rate) / fps / stride))
     chosen = list(range(0, count - shift, step))
     if len(chosen) > most:
         chosen = [chosen[round(k * (len(chosen) - 1) / (most - 1))] for k in range(most)]
     return [i + shift for i in chosen]
+
+
+def frame_kind(index: int, stride: int) -> str:
+    return "searched" if index % stride == 0 else "not searched"
+
+
+def part_of(indexes: list[int], part: tuple[int, int]) -> list[int]:
+    """The k-th of every n audited frames (`--part k/n`): a long audit in several runs."""
+    k, n = part
+    return indexes[k - 1::n]
+
+
+def parse_part(text: str) -> tuple[int, int]:
+    k, _, n = text.partition("/")
+    if not (k.isdigit() and n.isdigit() and 1 <= int(k) <= int(n)):
+        raise argparse.ArgumentTypeError(f"expected K/N with 1 <= K <= N, got {text!r}")
+    return int(k), int(n)
 
 
 def tally(original: dict[int, list[Box]], redacted: dict[int, list[Box]],
@@ -195,9 +235,14 @@ def save_crops(folder: Path, name: str, before: dict[int, U8], after: dict[int, 
     for n, (index, box) in enumerate(leaks):
         height, width = before[index].shape[:2]
         crop = box.expand(0.5).clip(width, height)
-        pair = [f[index][crop.y:crop.bottom, crop.x:crop.right] for f in (before, after)]
-        cv2.imwrite(str(folder / f"{name}-{index:04d}-{n}.png"),
-                    cv2.cvtColor(np.hstack(pair), cv2.COLOR_RGB2BGR))
+        pair = np.hstack([f[index][crop.y:crop.bottom, crop.x:crop.right]
+                          for f in (before, after)])
+        # Small faces enlarged (nearest neighbour: the pixels as they are) for the eye.
+        times = max(1, 160 // max(1, crop.h))
+        pair = np.asarray(cv2.resize(pair, None, fx=times, fy=times,
+                                     interpolation=cv2.INTER_NEAREST), dtype=np.uint8)
+        written = folder / f"{name}-{index:04d}-{n}-{box.w}x{box.h}px.png"
+        cv2.imwrite(str(written), cv2.cvtColor(pair, cv2.COLOR_RGB2BGR))
 
 
 def ffmpeg(*args: str) -> None:
@@ -243,12 +288,12 @@ def cost(work: Path, seconds: float | None, old_frames: int, settings: Redaction
     source = stream_720p(work, seconds)
     rate, count = rate_and_count(source)
     video = count / float(rate)
-    if hasattr(os, "sched_setaffinity"):
-        os.sched_setaffinity(0, {min(os.sched_getaffinity(0))})  # ffmpeg inherits it
+    pin_one_core()  # ffmpeg inherits it
     load = os.getloadavg()[0]
     print(f"cost: {source.name} 1280x720 {float(rate):g} fps, {count} frames ({video:.1f} s), "
           f"pinned to one core; load average {load:.1f} on {os.cpu_count()} cores (other "
-          f"work on this machine counts in wall time, not in CPU time)")
+          f"work on this machine counts in wall time, not in CPU time); custodes from "
+          f"{Path(custodes.__file__).parent}")
     print(f"{'run':34} {'CPU s':>6} {'wall s':>6} {'ms/frame':>8} {'x real time':>11} "
           f"{'CPU s per 10 s':>14}")
 
@@ -289,7 +334,7 @@ def cost(work: Path, seconds: float | None, old_frames: int, settings: Redaction
     started, wall = cpu_seconds(), time.perf_counter()
     redact_file(source, work / "copy.mp4", plan=plan, max_lines=360, settings=settings)
     row("cache hit, copy at 360 lines", cpu_seconds() - started, time.perf_counter() - wall)
-    export_cost(work, source, row)
+    export_cost(work, source)
     mid_segment(work, source, at=round(0.7 * min(video, 10.0), 1), settings=settings)
     old = old_detector_cost(old_frames)
     print(f"old HOG + Haar detector, 640x360: {old:.2f} s a frame measured now over "
@@ -328,12 +373,16 @@ def mid_segment(work: Path, source: Path, at: float, settings: RedactionSettings
           f"missing from both)")
 
 
-def export_cost(work: Path, source: Path, row: Callable[[str, float, float], None]) -> None:
-    """An export of the stream as the node makes one: recorded as 2 s segments, the range
-    (0.5 s in, to 0.5 s before the end) joined, then blurred after a search of the joined file
-    (as exports did before) or with the segments' kept boxes (`custodes.redaction.exports`):
-    first searched and kept (no viewer had asked), then from the kept boxes (an export after
-    viewing, or a second export of the range). Rows in the frames of the whole stream."""
+def export_cost(work: Path, source: Path) -> None:
+    """An export as the node makes one, of the 720p stream followed by itself mirrored (every
+    picture differs): recorded as a camera cuts it, at the keyframe (every 2 s) after
+    `segment_seconds`, with the node's default 10 s and with 2 s (the worst case: an edge
+    every 2 s), the range 0.5 s in to 0.5 s before the end joined by stream copy, and blurred
+    (`custodes.redaction.exports`): after a search of the joined file (exports before the box
+    cache); with each segment searched alone and its plan kept (an export of footage nobody
+    watched: what a viewer's copy searches, each segment opening and closing with a fine
+    search); and from the kept boxes (an export after viewing, or of a range exported
+    before). Rows in the frames of the exported stream."""
     import yaml  # noqa: PLC0415 - only this part builds a node
 
     from custodes.app import Node  # noqa: PLC0415
@@ -342,119 +391,236 @@ def export_cost(work: Path, source: Path, row: Callable[[str, float, float], Non
     from custodes.redaction.exports import SegmentBoxes, redact_joined  # noqa: PLC0415
     from custodes.store.schema import segments as segment_rows  # noqa: PLC0415
 
+    pin_one_core()
+    stream = work / "export-stream.mp4"
+    ffmpeg("-i", str(source), "-filter_complex",
+           "[0:v]split[a][b];[b]hflip[m];[a][m]concat=n=2:v=1[v]", "-map", "[v]",
+           "-c:v", "libx264", "-preset", "veryfast", "-g", "30", "-pix_fmt", "yuv420p", "-an",
+           str(stream))
+    rate, count = rate_and_count(stream)
+    video = count / float(rate)
+    print(f"export: {stream.name} {count} frames ({video:.1f} s), load average "
+          f"{os.getloadavg()[0]:.1f}")
+
+    def row(name: str, cpu: float, wall: float) -> None:
+        print(f"{name:34} {cpu:6.1f} {wall:6.1f} {1000 * cpu / count:8.1f} "
+              f"{video / cpu:11.2f} {10 * cpu / video:14.1f}", flush=True)
+
+    lengths = {10: "cam10", 2: "cam2"}  # segment_seconds -> camera
     config = {"sites": {"site": {"name": "bench"}}, "storage": {"path": str(work / "node")},
-              "cameras": {"cam": {"site": "site", "location": "corridor", "purpose": "bench",
-                                  "main_url": "rtsp://127.0.0.1:1/cam"}}}
+              "cameras": {camera: {"site": "site", "location": "corridor", "purpose": "bench",
+                                   "main_url": f"rtsp://127.0.0.1:1/{camera}"}
+                          for camera in lengths.values()}}
     node = Node(parse_config(yaml.safe_dump(config)))
     node.layout.create()
     node.store.open()
     try:
-        # The stream has a keyframe every 2 s: segments as a camera's recording cuts them.
-        ffmpeg("-i", str(source), "-c", "copy", "-f", "segment", "-segment_time", "2",
-               "-reset_timestamps", "1", "-segment_format", "mp4", str(work / "seg%03d.mp4"))
-        rows, start = [], 0.0
-        for part in sorted(work.glob("seg*.mp4")):
-            _, frames = rate_and_count(part)
-            seconds = frames / 15
-            target = node.layout.segment_path("cam", start)
-            target.parent.mkdir(parents=True, exist_ok=True)
-            part.rename(target)
-            rows.append({"camera": "cam", "start": start, "end": start + seconds,
-                         "duration": seconds, "bytes": target.stat().st_size,
-                         "path": target.relative_to(node.layout.recordings).as_posix()})
-            start += seconds
-        node.store.write(lambda conn: [conn.execute(segment_rows.insert().values(r))
-                                       for r in rows])
-        joined = work / "export-joined.mp4"
-        export_range(node.store, node.layout, "cam", 0.5, start - 0.5, joined)
-        with node.store.read() as conn:
-            found = segments_in_range(conn, "cam", 0.5, start - 0.5)
+        joined: dict[str, Path] = {}
+        found: dict[str, list[Any]] = {}
+        for seconds, camera in lengths.items():
+            folder = work / camera
+            folder.mkdir()
+            ffmpeg("-i", str(stream), "-c", "copy", "-f", "segment", "-segment_time",
+                   str(seconds), "-reset_timestamps", "1", "-segment_format", "mp4",
+                   str(folder / "seg%03d.mp4"))
+            rows, start = [], 0.0
+            for part in sorted(folder.glob("seg*.mp4")):
+                part_rate, frames = rate_and_count(part)
+                duration = frames / float(part_rate)
+                target = node.layout.segment_path(camera, start)
+                target.parent.mkdir(parents=True, exist_ok=True)
+                part.rename(target)
+                rows.append({"camera": camera, "start": start, "end": start + duration,
+                             "duration": duration, "bytes": target.stat().st_size,
+                             "path": target.relative_to(node.layout.recordings).as_posix()})
+                start += duration
+            node.store.write(functools.partial(insert_rows, segment_rows, rows))
+            joined[camera] = work / f"export-{camera}.mp4"
+            export_range(node.store, node.layout, camera, 0.5, start - 0.5, joined[camera])
+            with node.store.read() as conn:
+                found[camera] = segments_in_range(conn, camera, 0.5, start - 0.5)
         boxes = SegmentBoxes(node)
+        copies = node.redacted_copies
+
+        def forget(camera: str) -> None:
+            for segment in found[camera]:
+                copies.boxes_path(node, segment).unlink(missing_ok=True)
+
         started, wall = cpu_seconds(), time.perf_counter()
-        redact_file(joined, work / "export-fresh.mp4")
+        redact_file(joined["cam10"], work / "export-fresh.mp4")
         row("export, joined file searched", cpu_seconds() - started, time.perf_counter() - wall)
-        for name, out in (("export, segments searched", "export-first.mp4"),
-                          ("export from kept boxes", "export-kept.mp4")):
+        for seconds, camera in lengths.items():
+            forget(camera)
             started, wall = cpu_seconds(), time.perf_counter()
-            info = redact_joined(joined, work / out, found, boxes)
-            row(f"{name} {info['boxes']['searched']}/{len(found)}",
+            info = redact_joined(joined[camera], work / f"export-alone-{camera}.mp4",
+                                 found[camera], boxes)
+            row(f"{seconds} s segments searched {info['boxes']['searched']}/{len(found[camera])}",
                 cpu_seconds() - started, time.perf_counter() - wall)
+        started, wall = cpu_seconds(), time.perf_counter()
+        redact_joined(joined["cam10"], work / "export-kept.mp4", found["cam10"], boxes)
+        row("export from kept boxes", cpu_seconds() - started, time.perf_counter() - wall)
     finally:
         node.store.close()
 
 
+def insert_rows(table: Any, rows: list[dict[str, Any]], conn: Any) -> None:
+    for values in rows:
+        conn.execute(table.insert().values(values))
+
+
+def pin_one_core() -> None:
+    """This process and the ffmpeg it starts on one core (CPU time is what is measured)."""
+    if hasattr(os, "sched_setaffinity"):
+        os.sched_setaffinity(0, {min(os.sched_getaffinity(0))})
+
+
 def residuals(paths: list[Path], work: Path, *, fps: float, most: int,
-              crops: Path | None, settings: RedactionSettings) -> None:
+              crops: Path | None, settings: RedactionSettings, figures: list[str],
+              part: tuple[int, int]) -> None:
+    """Each clip redacted as a whole, the auditor on the same frames of the original and of
+    the redacted copy (`audited`: searched frames for the tuned figure, frames between
+    searches for the honest one)."""
     auditor = Auditor()
     print(f"\nresidual: redactor {settings.describe()}; auditor dlib CNN (MMOD), "
-          f"{fps:g} frames a second, at most {most} a clip")
+          f"{fps:g} frames a second, at most {most} a clip, part {part[0]}/{part[1]}; "
+          f"tuned: frames searched, honest: half a stride on, not searched (load average "
+          f"{os.getloadavg()[0]:.1f})")
     print(f"{'clip':44} {'size':>9} {'stride':>6} {'figure':>7} {'audited':>7} {'faces':>5} "
-          f"{'leaks':>5} {'residual':>8} {'other':>5}", flush=True)
-    totals = {"tuned": Tally(), "honest": Tally()}
+          f"{'leaks':>5} {'residual':>8} {'other':>5}  frames", flush=True)
+    totals = {figure: Tally() for figure in figures}
     for path in paths:
         rate, count = rate_and_count(path)
         stride = settings.stride(rate)
         out = work / f"{path.stem}.redacted.mp4"
         redact_file(path, out, settings=settings)
-        for figure, shift in (("tuned", 0), ("honest", 1 if stride > 1 else 0)):
-            indexes = audited(count, rate, fps, most, shift)
+        if (written := rate_and_count(out)[1]) != count:
+            print(f"{path.name}: the redacted copy has {written} frames, the original "
+                  f"{count}: not audited (the frames would not correspond)", flush=True)
+            continue
+        for figure in figures:
+            indexes = part_of(audited(count, rate, stride, fps=fps, most=most, figure=figure),
+                              part)
             before, after = decode(path, set(indexes)), decode(out, set(indexes))
             found = {i: auditor.faces(rgb) for i, rgb in before.items()}
-            again = {i: auditor.faces(rgb) for i, rgb in after.items()}
+            again = {i: found_again(auditor, rgb, found[i]) for i, rgb in after.items()}
             leaks: list[tuple[int, Box]] = []
             result = tally(found, again, leaks)
             totals[figure].add(result)
             height, width = next(iter(before.values())).shape[:2]
             print(f"{path.name:44} {f'{width}x{height}':>9} {stride:6d} {figure:>7} "
                   f"{len(indexes):7d} {result.faces:5d} {result.leaks:5d} "
-                  f"{result.residual():>8} {result.other:5d}", flush=True)
+                  f"{result.residual():>8} {result.other:5d}  "
+                  f"{','.join(map(str, indexes))}", flush=True)
+            for index, box in leaks:
+                print(f"  leak: frame {index} ({frame_kind(index, stride)}), box {box.x},{box.y} "
+                      f"{box.w}x{box.h} px", flush=True)
             if crops is not None and leaks:
                 save_crops(crops, f"{path.stem}-{figure}", before, after, leaks)
         out.unlink()
     for figure, total in totals.items():
         print(f"{'total':44} {'':>9} {'':>6} {figure:>7} {'':>7} {total.faces:5d} "
               f"{total.leaks:5d} {total.residual():>8} {total.other:5d}")
+    print(f"(load average {os.getloadavg()[0]:.1f})", flush=True)
 
 
-def small_faces(work: Path, *, fps: float, most: int,
-                settings: RedactionSettings) -> None:
+def found_again(auditor: Auditor, rgb: U8, faces: list[Box]) -> list[Box]:
+    """The auditor on a redacted frame only around the original's `faces` (each grown by its
+    size on every side, to at least AGAIN_CONTEXT px), at the whole frame's upsample: what a
+    leak needs, at a fraction of the whole frame's cost ("other" then counts only there)."""
+    height, width = rgb.shape[:2]
+    upsample = auditor.upsample(height, width)
+    again: list[Box] = []
+    for face in faces:
+        near = face.expand(1.0).at_least(AGAIN_CONTEXT).clip(width, height)
+        for found in auditor.faces(rgb[near.y:near.bottom, near.x:near.right], upsample):
+            box = found.shift(near.x, near.y)
+            if not any(box.iou(other) >= 0.5 for other in again):
+                again.append(box)
+    return again
+
+
+def enlarged_faces(auditor: Auditor, rgb: U8, scale: int, region: Box | None = None,
+                   tile: int = 256) -> list[Box]:
+    """Faces the auditor finds in `rgb` (or its `region`) enlarged `scale` times for it, in
+    frame coordinates. Searched in tiles of `tile` px of the frame overlapping by TILE_OVERLAP
+    (a face is smaller than that here), so that memory stays bounded at 8x; a face found in
+    two tiles counts once."""
+    height, width = rgb.shape[:2]
+    area = region.clip(width, height) if region is not None else Box(0, 0, width, height)
+    step = tile - TILE_OVERLAP
+    found: list[Box] = []
+    for y in range(area.y, max(area.y + 1, area.bottom - TILE_OVERLAP), step):
+        for x in range(area.x, max(area.x + 1, area.right - TILE_OVERLAP), step):
+            piece = rgb[y:min(y + tile, area.bottom), x:min(x + tile, area.right)]
+            big = np.asarray(cv2.resize(piece, None, fx=scale, fy=scale,
+                                        interpolation=cv2.INTER_CUBIC), dtype=np.uint8)
+            for face in auditor.faces(big):
+                box = _scaled_box(face, 1 / scale).shift(x, y)
+                if not any(box.iou(other) >= 0.5 for other in found):
+                    found.append(box)
+    return found
+
+
+def small_faces(work: Path, names: list[str], *, fps: float, most: int, scale: int | None,
+                crops: Path | None, settings: RedactionSettings, figures: list[str],
+                part: tuple[int, int]) -> None:
     """The clips whose faces are too small for the auditor at their own size (SMALL_FACES):
-    the auditor sees their frames enlarged (the redactor sees them as they are), with
-    upsample 1 on top: faces from ~40 / (2 * scale) px of the original. The auditor costs
-    ~20 s (vtest) to ~50 s (MOT20) a frame there, so fewer frames are audited, and a redacted
-    frame only where the original's has a face (leaks are counted only there; "other" then
-    counts only in those frames)."""
-    auditor = Auditor(upsample=1)
-    print(f"\nsmall faces: auditor on frames enlarged for it only, upsample 1, {fps:g} frames "
-          f"a second, at most {most} a clip")
+    the auditor (upsample 0) sees their frames enlarged `scale` times for it only (the
+    redactor sees them as they are): faces from ~80 / scale px of the original. The whole
+    original frame is searched; in the redacted frame, only around each face found (the
+    face's box grown to at least SMALL_CONTEXT px), which is what a leak needs and a fraction
+    of the cost ("other" is not counted). A leak is a face found again there (IoU >=
+    SAME_PLACE)."""
+    auditor = Auditor(upsample=0)
+    print(f"\nsmall faces: auditor on frames enlarged for it only, upsample 0, {fps:g} frames "
+          f"a second, at most {most} a clip, part {part[0]}/{part[1]} (load average "
+          f"{os.getloadavg()[0]:.1f})")
     print(f"{'clip':44} {'size':>9} {'seen as':>9} {'stride':>6} {'figure':>7} {'audited':>7} "
-          f"{'faces':>5} {'leaks':>5} {'residual':>8} {'other':>5}", flush=True)
-
-    def enlarged(rgb: U8, scale: int) -> U8:
-        return np.asarray(cv2.resize(rgb, None, fx=scale, fy=scale,
-                                     interpolation=cv2.INTER_CUBIC), dtype=np.uint8)
-
-    for name, scale in SMALL_FACES.items():
+          f"{'faces':>5} {'leaks':>5} {'residual':>8} {'CPU s':>6}  frames", flush=True)
+    # --clips picks among SMALL_FACES, or any clip when given with --small-scale.
+    chosen = [p.name for p in clips(names)] if names and scale else list(SMALL_FACES)
+    for name in chosen:
+        if names and not any(n in name for n in names):
+            continue
+        times = scale or SMALL_FACES[name]
         path = DATA / "video" / name
         rate, count = rate_and_count(path)
         stride = settings.stride(rate)
         out = work / f"{path.stem}.small.redacted.mp4"
         redact_file(path, out, settings=settings)
-        for figure, shift in (("tuned", 0), ("honest", 1 if stride > 1 else 0)):
-            indexes = audited(count, rate, fps, most, shift)
+        for figure in figures:
+            indexes = part_of(audited(count, rate, stride, fps=fps, most=most, figure=figure),
+                              part)
+            started = cpu_seconds()
             before = decode(path, set(indexes))
-            found = {i: [_scaled_box(b, 1 / scale) for b in auditor.faces(enlarged(rgb, scale))]
-                     for i, rgb in before.items()}
+            found = {i: enlarged_faces(auditor, rgb, times) for i, rgb in before.items()}
             after = decode(out, {i for i, faces in found.items() if faces})
-            again = {i: [_scaled_box(b, 1 / scale) for b in auditor.faces(enlarged(rgb, scale))]
-                     for i, rgb in after.items()}
-            result = tally({i: found[i] for i in after}, again)
-            result.faces = sum(len(faces) for faces in found.values())
+            result, leaks = Tally(), []
+            for i, faces in found.items():
+                result.faces += len(faces)
+                for face in faces:
+                    near = face.at_least(SMALL_CONTEXT).expand(0.5)
+                    if any(face.iou(again) >= SAME_PLACE
+                           for again in enlarged_faces(auditor, after[i], times, near)):
+                        result.leaks += 1
+                        leaks.append((i, face))
             height, width = next(iter(before.values())).shape[:2]
-            print(f"{name:44} {f'{width}x{height}':>9} {f'{scale}x':>9} {stride:6d} "
+            print(f"{name:44} {f'{width}x{height}':>9} {f'{times}x':>9} {stride:6d} "
                   f"{figure:>7} {len(indexes):7d} {result.faces:5d} {result.leaks:5d} "
-                  f"{result.residual():>8} {result.other:5d}", flush=True)
+                  f"{result.residual():>8} {cpu_seconds() - started:6.0f}  "
+                  f"{','.join(map(str, indexes))}", flush=True)
+            for i, faces in found.items():
+                for face in faces:
+                    state = "LEAK" if (i, face) in leaks else "hidden"
+                    print(f"  face: frame {i} ({frame_kind(i, stride)}), box {face.x},{face.y} "
+                          f"{face.w}x{face.h} px: {state}", flush=True)
+            if crops is not None:  # every face found, to be checked by eye
+                hidden = [(i, face) for i, faces in found.items() for face in faces
+                          if (i, face) not in leaks]
+                save_crops(crops, f"{path.stem}-{figure}-small-leak", before, after, leaks)
+                save_crops(crops, f"{path.stem}-{figure}-small-hidden", before, after, hidden)
         out.unlink()
+    print(f"(load average {os.getloadavg()[0]:.1f})", flush=True)
 
 
 def _scaled_box(box: Box, factor: float) -> Box:
@@ -462,8 +628,8 @@ def _scaled_box(box: Box, factor: float) -> Box:
                             box.bottom * factor)
 
 
-def audience(work: Path, every: int, upsample: int,
-             settings: RedactionSettings) -> None:
+def audience(work: Path, every: int, upsample: int, settings: RedactionSettings, *,
+             crops: Path | None = None, part: tuple[int, int] = (1, 1)) -> None:
     """The Hamilton clip's audience, faces turned to the stage: audited frame by frame."""
     auditor = Auditor(upsample)
     source = DATA / "video" / HAMILTON
@@ -477,17 +643,25 @@ def audience(work: Path, every: int, upsample: int,
     # Every `every`-th of the searched frames and of those between searches, so that both
     # kinds are audited whatever the stride.
     ordered = sorted(indexes)
-    indexes = (set([i for i in ordered if i % stride == 0][::every])
-               | set([i for i in ordered if i % stride][::every]))
+    indexes = set(part_of(sorted(set([i for i in ordered if i % stride == 0][::every])
+                                 | set([i for i in ordered if i % stride][::every])), part))
     before, after = decode(source, indexes), decode(out, indexes)
     searched, between = Tally(), Tally()
+    leaks: list[tuple[int, Box]] = []
     for i in sorted(indexes):
-        result = tally({i: auditor.faces(before[i])}, {i: auditor.faces(after[i])})
+        faces = auditor.faces(before[i])
+        result = tally({i: faces}, {i: found_again(auditor, after[i], faces)}, leaks)
         (searched if i % stride == 0 else between).add(result)
-    print(f"\nHamilton audience {AUDIENCE[0]}-{AUDIENCE[1]} s, {len(indexes)} frames (stride "
+    print(f"\nHamilton audience {AUDIENCE[0]}-{AUDIENCE[1]} s, {len(indexes)} frames "
+          f"(part {part[0]}/{part[1]}: {min(indexes)}-{max(indexes)}, stride "
           f"{stride}), auditor upsample {upsample}: searched frames {searched.leaks} of "
           f"{searched.faces} faces left visible, frames between searches {between.leaks} of "
-          f"{between.faces}", flush=True)
+          f"{between.faces} (load average {os.getloadavg()[0]:.1f})", flush=True)
+    for index, box in leaks:
+        print(f"  leak: frame {index} ({frame_kind(index, stride)}), box {box.x},{box.y} "
+              f"{box.w}x{box.h} px", flush=True)
+    if crops is not None and leaks:
+        save_crops(crops, "hamilton-audience", before, after, leaks)
 
 
 # Ways the node searches a picture for faces (custodes.redaction): the picture's size (lines,
@@ -745,7 +919,8 @@ def clips(names: list[str]) -> list[Path]:
     return [p for p in found if not names or any(n in p.name for n in names)]
 
 
-PARTS = {"cost", "audience", "truth", "video", "residual", "small", "live"}
+PARTS = {"cost", "export", "audience", "truth", "video", "residual", "small",
+         "live"}
 
 
 def main() -> None:
@@ -753,12 +928,21 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true",
                         help="CI: 3 s of 720p, 2 old-detector frames, the audience every 12th "
                              "frame audited at upsample 0, no other clip")
-    parser.add_argument("--clips", nargs="*", default=[], help="parts of clip names")
+    parser.add_argument("--clips", nargs="*", default=[],
+                        help="parts of clip names (residual and small)")
     parser.add_argument("--audit-fps", type=float, default=1.0,
                         help="audited frames per second of video")
     parser.add_argument("--audit-max", type=int, default=10, help="most audited frames a clip")
     parser.add_argument("--small-max", type=int, default=4,
-                        help="most audited frames a small-face clip (each ~20-50 s)")
+                        help="most audited frames a small-face clip a figure (~2.5-4 CPU-min each)")
+    parser.add_argument("--small-scale", type=int, default=None,
+                        help="enlargement the auditor sees the small-face clips at (default: "
+                             "SMALL_FACES'; cost grows with its square)")
+    parser.add_argument("--figures", nargs="+", choices=FIGURES, default=list(FIGURES),
+                        help="residual and small: tuned (frames searched), honest (between)")
+    parser.add_argument("--part", type=parse_part, default=(1, 1), metavar="K/N",
+                        help="residual, small, audience: only the K-th of every N audited frames "
+                             "(a long audit in runs that each hold the lock briefly)")
     parser.add_argument("--crops", type=Path, default=None,
                         help="write each leak (original | redacted) as a PNG here")
     parser.add_argument("--live", type=float, default=0.0, metavar="SECONDS",
@@ -786,16 +970,20 @@ def main() -> None:
         "cost": lambda work: cost(work, 3.0 if quick else None, 2 if quick else 5, settings,
                                   variants),
         "audience": lambda work: audience(work, 12 if quick else 1, 0 if quick else 1,
-                                          settings),
+                                          settings, crops=args.crops, part=args.part),
         "truth": lambda work: ground_truth(every, settings, variants),
         "video": lambda work: video_truth(work, 2 * every if quick else max(every, 4),
                                           [settings, *variants]),
         "residual": lambda work: residuals(clips(args.clips), work, fps=args.audit_fps,
                                            most=max(2, args.audit_max), crops=args.crops,
-                                           settings=settings),
-        "small": lambda work: small_faces(work, fps=args.audit_fps,
-                                          most=max(2, args.small_max), settings=settings),
+                                           settings=settings, figures=args.figures,
+                                           part=args.part),
+        "small": lambda work: small_faces(work, args.clips, fps=args.audit_fps,
+                                          most=max(2, args.small_max), scale=args.small_scale,
+                                          crops=args.crops, settings=settings,
+                                          figures=args.figures, part=args.part),
         "live": lambda work: live(args.live or 30.0, work),
+        "export": lambda work: export_cost(work, stream_720p(work, 3.0 if quick else None)),
     }
     assert set(parts) == PARTS
     if args.only:

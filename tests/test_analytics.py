@@ -23,7 +23,7 @@ import pytest
 from sqlalchemy import select
 
 from custodes.analytics.motion import MotionDetector, MotionTracker
-from custodes.analytics.supervisor import AnalyticsSupervisor, plan_move, pool_size
+from custodes.analytics.supervisor import SETTLE, AnalyticsSupervisor, plan_move, pool_size
 from custodes.analytics.worker import (
     STATS_INTERVAL,
     Adopt,
@@ -306,8 +306,10 @@ def test_analysis_process_is_restarted_and_follows_camera_outages(
 
 def test_the_pool_is_sized_by_the_machine_not_the_camera_count() -> None:
     plenty = 64 * 1024
-    assert pool_size(64, cpus=2, memory_mib=plenty) == 2
-    assert pool_size(64, cpus=16, memory_mib=plenty) == 16
+    # One per core and one more: no worker (one thread) needs a whole core while one idles.
+    assert pool_size(64, cpus=2, memory_mib=plenty) == 3
+    assert pool_size(64, cpus=16, memory_mib=plenty) == 17
+    assert pool_size(8, cpus=2, memory_mib=plenty) == 3
     assert pool_size(3, cpus=16, memory_mib=plenty) == 3
     assert pool_size(1, cpus=1, memory_mib=plenty) == 1
     # Memory for 64 cameras' models and three workers' bases, not the sixteen cores allow.
@@ -643,3 +645,67 @@ def test_the_supervisor_moves_a_camera_to_the_less_busy_process(
     finally:
         supervisor.stop()
     assert supervisor.pids() == []
+
+
+def test_a_camera_costs_its_workers_wall_time_not_only_its_cpu(tmp_path: Path) -> None:
+    """A worker is one thread: what fills it, and makes it shed, is the wall time its cameras
+    take (CPU plus waiting for a core or the GIL). Balanced by CPU alone, a worker shed at
+    0.85 of its thread while the supervisor saw the two workers as even."""
+    specs = [WorkerSpec(name, "rtsp://unused", AnalyticsConfig(fps=5), tmp_path)
+             for name in "ab"]
+    supervisor = AnalyticsSupervisor(specs, workers=2)  # not started: only its bookkeeping
+    supervisor.note(Stats("a", True, "", 5.0, 0.1, 0, 640, 360, cpu_per_frame=0.02,
+                          cpu_other=0.01, wall_per_frame=0.05))
+    assert supervisor.cost["a"] == pytest.approx(0.05 * 5 + 0.01)
+    # A worker that does not report its wall time is measured by CPU, as before.
+    supervisor.note(Stats("b", True, "", 5.0, 0.1, 0, 640, 360, cpu_per_frame=0.02))
+    assert supervisor.cost["b"] == pytest.approx(0.02 * 5)
+
+
+@pytest.mark.slow
+def test_a_shedding_worker_has_a_camera_moved_at_once(shared_data: Path, tmp_path: Path) -> None:
+    """Worker 0 gets two cameras it cannot analyse at their rates (the whole 720p frame
+    searched, every frame, 15 a second: several times a core) and sheds; worker 1 idles with
+    a camera at 1 fps. Balancing every hour only, a camera moves all the same: shedding while
+    another worker has room is a reason to move now, not at the next round (which once left a
+    worker shedding for 20 s a move)."""
+    heavy = AnalyticsConfig(fps=15, width=1280, motion=MotionConfig(enabled=False),
+                            faces=FacesConfig(min_size=10))
+    configs = {"a": heavy, "b": AnalyticsConfig(fps=1), "c": heavy}
+    clip = prepare_clip(shared_data / WALKING, tmp_path / "clips", width=1280, height=720)
+    with SimServer() as sim:
+        specs = [WorkerSpec(name, sim.add_camera(name, clip), configs[name],
+                            tmp_path / "snapshots") for name in "abc"]
+        shedding_worker_moves_a_camera(specs)
+
+
+def shedding_worker_moves_a_camera(specs: list[WorkerSpec]) -> None:
+    supervisor = AnalyticsSupervisor(specs, workers=2, rebalance=3600)
+    supervisor.start()
+    try:
+        assert supervisor.shares() == [["a", "c"], ["b"]]
+        shed = next_shed(supervisor, timeout=120)
+        assert shed.camera in {"a", "c"}
+        deadline = time.monotonic() + 60 + SETTLE
+        while supervisor.moves == 0 and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert supervisor.moves == 1, "a shedding worker waited for the next round"
+        shares = supervisor.shares()
+        assert len(shares[0]) == 1
+        assert shares[0][0] in {"a", "c"}
+        assert sorted(shares[1]) == sorted(["b", *({"a", "c"} - set(shares[0]))])
+    finally:
+        supervisor.stop()
+    assert supervisor.pids() == []
+
+
+def next_shed(supervisor: AnalyticsSupervisor, timeout: float) -> Stats:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            message = supervisor.queue.get(timeout=1.0)
+        except queue.Empty:
+            continue
+        if isinstance(message, Stats) and message.online and message.shed:
+            return message
+    pytest.fail("no worker shed")

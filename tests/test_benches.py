@@ -53,6 +53,14 @@ BENCHES = (
         "total ",
         "offline comparison running",
     )),
+    Bench("detector_speed.py", (
+        "speed: a 1280x720 frame",
+        "240 lines  as shipped",
+        "480 lines  node",
+        "WIDER FACE recall:",
+        "720p frame, coarse (240 lines)",
+        "snapshot (720 lines)",
+    )),
     Bench("embed_speed.py", (
         "| backend | load s | ms/face batch 1 | ms/face batch 8 |",
         "| dlib-bin (reference) |",
@@ -201,3 +209,47 @@ def test_only_a_refused_connection_means_not_up(analytics_bench: ModuleType) -> 
     api = analytics_bench.NodeApi(port)
     with pytest.raises(analytics_bench.NotUp):
         api.status()
+
+
+# -- bench/analytics.py --baseline: the tree asked for, or a refusal ---------------------------
+
+
+def old_tree(root: Path) -> Path:
+    """A checkout with the src layout whose `custodes` is a stub (only its path matters)."""
+    package = root / "src" / "custodes"
+    package.mkdir(parents=True)
+    (package / "__init__.py").write_text("")
+    return root
+
+
+def test_a_baseline_tree_is_imported_from_its_src_folder(analytics_bench: ModuleType,
+                                                         tmp_path: Path) -> None:
+    """`--baseline ROOT` once put ROOT on PYTHONPATH; the package is in ROOT/src, so the venv's
+    editable install of this tree answered and the "baseline" was this tree, unsaid."""
+    tree = old_tree(tmp_path / "old")
+    source = analytics_bench.baseline_path(tree)
+    assert source == (tree / "src").resolve()
+    assert analytics_bench.baseline_path(tree / "src") == source  # TREE/src given: the same
+    imported = analytics_bench.imported_package(source)
+    assert imported == str(source / "custodes")
+    analytics_bench.check_imported(source, imported, "test")  # the one asked for: accepted
+    assert analytics_bench.checked_baseline(tree) == source  # what the bench checks first
+
+
+def test_a_baseline_that_imports_another_tree_is_refused(analytics_bench: ModuleType,
+                                                         tmp_path: Path) -> None:
+    with pytest.raises(SystemExit, match="no custodes package"):
+        analytics_bench.baseline_path(tmp_path)  # neither TREE/src nor TREE holds one
+    # What the old option did: a folder without the package on PYTHONPATH imports the venv's
+    # custodes (this tree's, installed), not the folder's.
+    imported = analytics_bench.imported_package(tmp_path)
+    assert Path(imported).name == "custodes"
+    assert Path(imported).parent != tmp_path.resolve()
+    with pytest.raises(SystemExit) as refused:
+        analytics_bench.check_imported(tmp_path, imported, "test")
+    assert refused.value.code == 2
+    # A baseline run's figures that say they came from another package are refused too.
+    tree = old_tree(tmp_path / "old")
+    with pytest.raises(SystemExit):
+        analytics_bench.check_imported(analytics_bench.baseline_path(tree), imported,
+                                       "the baseline run")

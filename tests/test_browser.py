@@ -257,15 +257,23 @@ def test_a_viewer_cannot_reach_cases_or_unredacted_playback(
     page.close()
 
 
-def measure_redacted_first_frames(page: Page, recorder: Recorder, clicks: int = 12) -> None:
+def measure_redacted_first_frames(page: Page, recorder: Recorder, clicks: int = 12,
+                                  hovers: int = 10) -> None:
     """Click to first frame for segments whose redacted copy nobody made or started before
     the click (not prefetched: prefetches go forward in time, the clicks backwards, two
-    segments apart), while the cameras record. Printed, not asserted: the figure depends on
-    the machine and on whatever else runs on it."""
+    segments apart), while the cameras record; three cases:
+
+    - first: a click 1 s into a 2 s segment (a tail from the frame clicked, searched);
+    - second: once all of it has come, a click 1.6 s into that segment (a slice of the first
+      click's kept search: nothing searched);
+    - hover: on other segments, the pointer resting HOVER_REST s on the spot, then the click
+      there (the hover's prefetch begun meanwhile).
+
+    Printed, not asserted: the figures depend on the machine and on whatever else runs."""
     node = recorder.node
     copies = node.redacted_copies
     # Every other segment, some made already or missed: room for half as many again.
-    recorder.wait_for_footage(3 * SEGMENT_SECONDS * clicks + 20, timeout=180)
+    recorder.wait_for_footage(3 * SEGMENT_SECONDS * (clicks + hovers) + 20, timeout=300)
     with node.store.read() as conn:
         rows = conn.execute(
             select(schema.segments).where(schema.segments.c.camera == "cam01")
@@ -282,70 +290,139 @@ def measure_redacted_first_frames(page: Page, recorder: Recorder, clicks: int = 
     asked: list[str] = []
     page.on("request", lambda r: asked.append(urlsplit(r.url).path)
             if "/api/segments/" in r.url else None)
-    played: list[Segment] = []
-    frames: list[float] = []  # ms, click to first frame, of each played
-    steps: list[dict[str, float]] = []  # the player's steps to it (custodesPlayer.steps)
-    for seg in candidates[::2]:
-        if len(played) == clicks:
-            break
-        if made(copies.folder(node, "cam01"), seg) or any(
-                job == seg.id for job, _ in copies._jobs):
-            continue  # made or started already: not what is measured
+    figures: dict[str, list[float]] = {"first": [], "second": [], "hover": []}
+    steps: dict[str, list[dict[str, float]]] = {case: [] for case in figures}
+    # case, segment, what was sent, how the server made it (its `timings` entry: taken at
+    # once, as the server keeps the last 64 only)
+    played: list[tuple[str, Segment, dict[str, Any], dict[str, object]]] = []
+
+    def play(case: str, seg: Segment, into: float, rest: float = 0.0) -> bool:
+        """Click ``into`` s into ``seg`` (after resting the pointer there ``rest`` s) and
+        wait for all of its copy; whether the click landed on it."""
         before = len(video_state(page)["frames"])
-        click_at(page, "#detailbar", seg.start + seg.duration / 2)
+        page.evaluate("() => { window.__sent = {}; }")
+        if rest:
+            hover_at(page, "#detailbar", seg.start + into)
+            page.wait_for_timeout(rest * 1000)
+        click_at(page, "#detailbar", seg.start + into)
         wait_for_first_frame(page, before + 1, node, errors)
         state = video_state(page)
         path = urlsplit(state["url"]).path  # a tail's has ?from= after it
         if path != f"/api/segments/{seg.id}/redacted":
-            continue  # the click fell beside it (a gap, a pixel off): not counted
-        played.append(seg)
-        frames.append(state["frames"][-1])  # this click's
-        steps.append(page.evaluate("() => window.custodesPlayer.steps.at(-1)"))
-        # The viewer stays until all of it has come: the copy is then whole and kept (one
-        # left before is given up).
+            return False  # the click fell beside it (a gap, a pixel off): not counted
+        figures[case].append(state["frames"][-1])  # this click's
+        steps[case].append(page.evaluate("() => window.custodesPlayer.steps.at(-1)"))
+        # The viewer stays until all of it has come: the copy (or the tail's search) is then
+        # whole and kept (one left before is given up).
         page.wait_for_function(f"() => window.__sent['{path}'] !== undefined",
                                timeout=60_000)
+        sent = page.evaluate(f"() => window.__sent['{path}']")
+        begins = float(sent["from"] or 0)
+        made_by = next((t for t in reversed(copies.timings()) if t["segment"] == seg.id
+                        and abs(float(str(t["begins"])) - begins) < 1e-5), {})
+        # The kept boxes it was made with, as they are now: a later prefetch may make the
+        # whole copy, whose boxes then replace the tails'.
+        if made_by.get("boxes") in ("kept", "tail"):
+            made_by = {**made_by, "plan": copies._kept(node, seg, begins)}
+        played.append((case, seg, sent, made_by))
+        return True
+
+    def fresh(seg: Segment) -> bool:
+        return not made(copies.folder(node, "cam01"), seg) and not any(
+            job == seg.id for job, _ in copies._jobs)
+
+    rest = list(candidates[::2])
+    while rest and len(figures["first"]) < clicks:
+        seg = rest.pop(0)
+        if fresh(seg) and play("first", seg, seg.duration / 2):
+            play("second", seg, seg.duration * 0.8)
+    while rest and len(figures["hover"]) < hovers:
+        seg = rest.pop(0)
+        if fresh(seg):
+            play("hover", seg, seg.duration / 2, rest=HOVER_REST)
     load = os.getloadavg()
-    assert len(played) >= 10, f"only {len(played)} segments measured"
-    print(f"click to first frame, redacted copies made on demand ({len(played)} segments "
-          f"not made before, {SEGMENT_SECONDS} s each, cameras recording): median "
-          f"{statistics.median(frames):.0f} ms, p95 {percentile(frames, 95):.0f} ms, max "
-          f"{max(frames):.0f} ms; load average {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}; all: "
-          + ", ".join(f"{f:.0f}" for f in frames))
-    ids = {seg.id for seg in played}
-    print_steps(steps, [t for t in copies.timings()
-                        if t["segment"] in ids and t["priority"] == "viewer"])
+    assert len(figures["first"]) >= 10, f"only {len(figures['first'])} segments measured"
+    for case, what in (("first", "a click 1 s into a segment nobody redacted"),
+                       ("second", "a second click into it, 1.6 s in"),
+                       ("hover", f"a click after the pointer rested {HOVER_REST} s there")):
+        frames = figures[case]
+        if not frames:
+            continue
+        print(f"click to first frame, redacted, {what} ({len(frames)} segments of "
+              f"{SEGMENT_SECONDS} s, cameras recording): median "
+              f"{statistics.median(frames):.0f} ms, p95 {percentile(frames, 95):.0f} ms, max "
+              f"{max(frames):.0f} ms; load average {load[0]:.2f} {load[1]:.2f} {load[2]:.2f};"
+              " all: " + ", ".join(f"{f:.0f}" for f in frames))
+        ids = {seg.id for c, seg, _, _ in played if c == case}
+        print_steps(steps[case], [t for t in copies.timings()
+                                  if t["segment"] in ids and t["priority"] == "viewer"])
     # What was sent is the redacted copy: each answer is the file kept as that copy, or for a
-    # tail (from the frame clicked: not kept) the same tail made again here.
+    # tail (from the frame clicked: its copy not kept) the same tail made again here, from
+    # the boxes it was made with (searched afresh, or kept: the segment's or a tail's).
     assert not [path for path in asked if not path.endswith("/redacted")]
-    sent: dict[str, dict[str, Any]] = page.evaluate("() => window.__sent")
-    tails = 0
-    for seg in played:
-        answer = sent[f"/api/segments/{seg.id}/redacted"]
+    how: dict[str, list[str]] = {case: [] for case in figures}
+    for case, seg, answer, made_by in played:
         assert answer["status"] == 200
         assert answer["type"] == "video/mp4"
         source = node.layout.recordings / seg.path
         begins = float(answer["from"])
         if begins:
-            tails += 1
+            boxes = str(made_by.get("boxes", "searched"))
             with io.BytesIO() as made_again:
-                redact_tail(node, seg, begins, made_again)
+                redact_tail(node, seg, begins, made_again, made_by.get("plan"))
                 kept = made_again.getvalue()
+            if made_by.get("hover"):
+                boxes += " by the hover"
         else:
+            boxes = "whole copy"
             kept = copies.path(node, seg).read_bytes()
-        assert answer["sha256"] == hashlib.sha256(kept).hexdigest()
+        how[case].append(boxes)
+        assert answer["sha256"] == hashlib.sha256(kept).hexdigest(), (case, seg.id, boxes)
         assert kept != source.read_bytes()
-    print(f"  {tails} of {len(played)} sent as tails from the frame clicked")
+    print("  how each was made: " + "; ".join(
+        f"{case}: " + ", ".join(f"{n} {b}" for b, n in sorted(
+            {b: how[case].count(b) for b in how[case]}.items()))
+        for case in figures if how[case]))
+    # new behaviour: a second click is a slice of the first's kept search, never searched.
+    assert how["second"], "no second click measured"
+    assert "searched" not in how["second"], how["second"]
+    # new behaviour: a click after a hover follows or slices the hover's copy, or (the hover
+    # gave way to a click) makes its own; most are the hover's.
+    assert how["hover"].count("searched") <= len(how["hover"]) // 2, how["hover"]
 
 
-def redact_tail(node: Node, seg: Segment, begins: float, out: io.BytesIO) -> None:
-    """The tail of ``seg`` from ``begins`` as RedactedCopies makes one (it keeps none), to
-    ``out``."""
+HOVER_REST = 0.8  # seconds the pointer rests on the spot before the click (the hover case)
+
+
+def hover_at(page: Page, bar: str, t: float) -> None:
+    """Rest the pointer on the bar where it shows time ``t`` (as `click_at` finds it)."""
+    box = page.evaluate(
+        """([sel, t]) => {
+             const b = document.querySelector(sel), r = b.getBoundingClientRect();
+             return {x: r.width * (t - b.from) / (b.to - b.from), y: r.height / 2};
+           }""",
+        [bar, t])
+    page.locator(bar).hover(position=box)
+
+
+def redact_tail(node: Node, seg: Segment, begins: float, out: io.BytesIO,
+                kept: object = None) -> None:
+    """The tail of ``seg`` from ``begins`` as RedactedCopies made it (it keeps no tail's
+    copy), to ``out``: searched from there, or with the kept boxes it used (``kept``: the
+    plan, where its first frame is, its file; `RedactedCopies._kept`)."""
     copies = node.redacted_copies
+    plan, origin = None, 0.0
+    if kept is not None:
+        assert isinstance(kept, tuple)
+        plan, origin, _ = kept
+    source, zones = node.layout.recordings / seg.path, node.config.cameras[seg.camera].privacy_zones
     with tempfile.TemporaryFile() as made:
-        redact_stream(node.layout.recordings / seg.path, made, settings=copies.settings,
-                      zones=node.config.cameras[seg.camera].privacy_zones,
-                      max_lines=PLAYBACK_LINES, start=begins)
+        if plan is None:
+            redact_stream(source, made, settings=copies.settings, zones=zones,
+                          max_lines=PLAYBACK_LINES, start=begins)
+        else:
+            redact_stream(source, made, settings=copies.settings, zones=zones, plan=plan,
+                          origin=origin, max_lines=PLAYBACK_LINES, start=begins)
         made.seek(0)
         out.write(made.read())
 

@@ -222,6 +222,33 @@ def test_every_page_counts_the_cameras_down(browser: Browser, site: Site, shots:
     page.context.close()
 
 
+def test_the_count_of_cameras_down_is_asked_only_while_the_page_is_seen(
+        browser: Browser, site: Site) -> None:
+    """static/alerts.js asks /api/cameras at the live page's rate (5 s), but a page in the
+    background asks nothing, and asks at once when it is shown again."""
+    page = sign_in(browser, site, "ada", target="/account")
+    expect(page.locator("#cameras-down")).to_have_text("1 down", timeout=60_000)
+    for _ in range(2):  # kept current while seen, not only at load
+        with page.expect_request(re.compile(r"/api/cameras$"), timeout=60_000):
+            pass
+    set_hidden = """(hidden) => {
+        Object.defineProperty(document, "hidden", {configurable: true, get: () => hidden});
+        document.dispatchEvent(new Event("visibilitychange"));
+    }"""
+    page.evaluate(set_hidden, True)
+    page.wait_for_timeout(1_000)  # a request already out when hidden is let through first
+    asked: list[str] = []
+    page.on("request", lambda r: asked.append(r.url) if r.url.endswith("/api/cameras")
+            else None)
+    # Six rounds at 5 s, and longer than the 30 s this asked at before regardless of being
+    # seen: a page that kept asking in the background fails here, whatever the machine's load.
+    page.wait_for_timeout(31_000)
+    assert asked == []
+    with page.expect_request(re.compile(r"/api/cameras$"), timeout=30_000):
+        page.evaluate(set_hidden, False)
+    page.context.close()
+
+
 def test_end_another_session_and_make_a_token(browser: Browser, site: Site,
                                               shots: Path) -> None:
     laptop = sign_in(browser, site, "olga", target="/account")

@@ -569,3 +569,108 @@ def test_hub_user_groups_on_the_command_line(tmp_path: Path,
         assert "Calder" in changes[0]
     finally:
         accounts.store.close()
+
+
+def test_an_administrator_sets_a_users_municipalities_on_the_users_page(
+        hub: Hub, sites: dict[str, ZonedSite], accounts: HubAccounts) -> None:
+    """`/users` and `PUT /api/users/{name}/groups`, under the command line's rule: an
+    administrator narrows a user's views; a viewer, a request without its CSRF token, an
+    administrator on their own groups and one limited to a municipality reaching beyond it
+    are refused; every change and refusal is in the hub's audit log."""
+    from custodes.api.deps import CSRF_HEADER  # noqa: PLC0415
+    from custodes.hub import scope  # noqa: PLC0415
+
+    users = Users(accounts.store)
+    for name, role in (("hub-admin", Role.ADMIN), ("brent-admin", Role.ADMIN),
+                       ("clerk", Role.VIEWER), ("brent-clerk", Role.VIEWER)):
+        if users.get(name) is None:
+            users.add(name, role, PASSWORD)
+    scope.set_groups(accounts.store, accounts.audit, "test", "brent-admin", ["Brent"])
+    scope.set_groups(accounts.store, accounts.audit, "test", "brent-clerk", ["Brent"])
+    ashby = {"north-school", "east-school"}
+    assert ashby < set(sites)
+    app_ = create_hub_app(hub, accounts)
+
+    def signed_in(name: str) -> tuple[TestClient, dict[str, str]]:
+        client = TestClient(app_, follow_redirects=False)
+        me = client.post("/api/auth/login", json={"name": name, "password": PASSWORD})
+        assert me.status_code == 200, me.text
+        return client, {CSRF_HEADER: me.json()["csrf"]}
+
+    def put(client: TestClient, user: str, body: object, **headers: str) -> Any:
+        return client.put(f"/api/users/{user}/groups", json=body, headers=headers)
+
+    def listed(client: TestClient) -> set[str]:
+        return set(re.findall(r'<tr data-site="([^"]+)"', client.get("/").text))
+
+    clerk, clerk_csrf = signed_in("clerk")
+    assert set(sites) <= listed(clerk)  # no groups yet: every site
+    # A viewer: no page, no change (with a valid CSRF token), no menu entry.
+    assert clerk.get("/users").status_code == 403
+    assert put(clerk, "clerk", {"groups": ["Brent"]}, **clerk_csrf).status_code == 403
+    assert 'href="/users"' not in clerk.get("/").text
+
+    admin, admin_csrf = signed_in("hub-admin")
+    page = admin.get("/users")
+    assert page.status_code == 200
+    assert 'href="/users"' in page.text
+    assert '<tr data-user="clerk">' in page.text
+    for group in ("Ashby", "Brent"):  # the enrolled municipalities are offered
+        assert f'value="{group}"' in page.text
+    # A forged request (no CSRF token: another site's form) changes nothing.
+    forged = put(admin, "clerk", {"groups": ["Ashby"]})
+    assert forged.status_code == 403
+    assert "CSRF" in forged.json()["detail"]
+    assert scope.scope_of(accounts.store, "clerk").groups is None
+
+    done = put(admin, "clerk", {"groups": ["Ashby"]}, **admin_csrf)
+    assert (done.status_code, done.json()) == (200, {"name": "clerk", "groups": ["Ashby"]})
+    # The clerk's views narrow at once, on their existing session.
+    assert listed(clerk) == ashby
+    assert clerk.get("/sites/south-school").status_code == 403
+    assert clerk.get("/sites/north-school").status_code == 200
+    assert "Ashby" in admin.get("/users").text.split('<tr data-user="clerk">')[1]
+
+    # Bad input: 4xx with the reason, nothing changed.
+    assert put(admin, "clerk", {"groups": [" "]}, **admin_csrf).status_code == 400
+    assert put(admin, "clerk", {"groups": ["x" * 201]}, **admin_csrf).status_code == 422
+    assert put(admin, "clerk", {"groups": [], "role": "admin"}, **admin_csrf).status_code == 422
+    assert put(admin, "nobody", {"groups": ["Ashby"]}, **admin_csrf).status_code == 404
+    assert scope.scope_of(accounts.store, "clerk").groups == frozenset({"Ashby"})
+    # Nobody changes their own (a limited administrator would widen themselves).
+    own = put(admin, "hub-admin", {"groups": ["Brent"]}, **admin_csrf)
+    assert own.status_code == 403
+    assert "their own" in own.json()["detail"]
+
+    # An administrator limited to Brent: sees and changes Brent's users only, to Brent only.
+    brent, brent_csrf = signed_in("brent-admin")
+    rows = set(re.findall(r'<tr data-user="([^"]+)"', brent.get("/users").text))
+    assert rows == {"brent-admin", "brent-clerk"}
+    assert 'value="Ashby"' not in brent.get("/users").text
+    for user, body in (("clerk", {"groups": ["Brent"]}),  # another municipality's user
+                       ("hub-admin", {"groups": ["Brent"]}),  # one who sees everything
+                       ("brent-clerk", {"groups": None}),  # widen to every municipality
+                       ("brent-clerk", {"groups": ["Brent", "Ashby"]}),
+                       ("brent-admin", {"groups": None}),  # themselves
+                       ("nobody", {"groups": ["Brent"]})):  # as a user beyond theirs
+        r = put(brent, user, body, **brent_csrf)
+        assert r.status_code == 403, (user, body, r.text)
+    assert scope.scope_of(accounts.store, "brent-clerk").groups == frozenset({"Brent"})
+    assert scope.scope_of(accounts.store, "brent-admin").groups == frozenset({"Brent"})
+    assert put(brent, "brent-clerk", {"groups": ["Brent"]}, **brent_csrf).status_code == 200
+
+    with accounts.store.read() as conn:
+        log = [(str(r[0]), str(r[1]), str(r[2]), str(r[3]), str(r[4])) for r in conn.execute(
+            text("SELECT actor, action, target, outcome, detail FROM audit_log "
+                 "WHERE actor IN ('clerk', 'hub-admin', 'brent-admin') ORDER BY seq"))]
+    changes = [e for e in log if e[1] == "user.update" and e[3] == "ok"]
+    assert [(a, t) for a, _, t, _, _ in changes] == [("hub-admin", "clerk"),
+                                                     ("brent-admin", "brent-clerk")]
+    assert "Ashby" in changes[0][4]
+    refused = [(a, act, t) for a, act, t, outcome, _ in log if outcome == "refused"]
+    assert ("clerk", "access", "/users") in refused
+    assert ("clerk", "access", "/api/users/clerk/groups") in refused
+    assert ("hub-admin", "access", "/api/users/clerk/groups") in refused  # the forgery
+    assert ("hub-admin", "user.update", "hub-admin") in refused
+    assert len([r for r in refused if r[0] == "brent-admin"]) == 6
+    scope.set_groups(accounts.store, accounts.audit, "test", "clerk", None)

@@ -228,7 +228,7 @@ class AnalysisPoolConfig(Strict):
     workers: int | None = Field(
         None, ge=1, le=256,
         description="Analysis processes, each analysing several cameras in turn; default: "
-        "one per core but one, fewer when memory is short",
+        "one per core and one more, fewer when memory is short",
     )
     main_stream: Literal["keyframes", "all"] = Field(
         "keyframes",

@@ -4,9 +4,9 @@ Processes, not threads: the detector and the decoder hold the GIL for millisecon
 and a crash in native code must take down one worker's analysis, not the recorder. Each
 process is limited to one thread of native maths and analyses its share of the cameras in
 turn (worker.py), so analysis costs what the machine has, not what the camera count asks:
-the pool has at most one process per core but one (that core is left to recording and the
-web server), fewer when memory is short, and never more than the cameras. A worker that
-cannot keep up lowers its cameras' rates instead of asking for more.
+the pool has one process per core and one more (`pool_size`), fewer when memory is short,
+and never more than the cameras. A worker that cannot keep up lowers its cameras' rates
+instead of asking for more.
 
 Every process gets a queue of its own, emptied by a thread into the one ``queue`` the node
 reads: a process killed while writing to a shared multiprocessing queue would leave its lock
@@ -16,9 +16,10 @@ Cameras cost very different amounts (a corridor full of faces several times an e
 so the first share (camera i to worker i mod n) can leave one worker shedding its rates while
 another idles. Every statistics message says what its camera costs; from it the supervisor
 moves a camera from the busiest worker to the least busy one when that lowers the busiest
-worker's load (`plan_move`), one camera at a time. The old worker lets go of the camera when
-none of its faces is tracked (worker.Release), and only then does the new one take it on, so
-a camera is never analysed twice at once.
+worker's load (`plan_move`), one camera at a time: every REBALANCE_EVERY seconds, and at once
+(SETTLE seconds after the last move) while a worker sheds. The old worker lets go of the
+camera when none of its faces is tracked (worker.Release), and only then does the new one
+take it on, so a camera is never analysed twice at once.
 """
 
 from __future__ import annotations
@@ -40,6 +41,7 @@ import psutil
 
 from custodes.analytics.worker import (
     MIN_FPS,
+    STATS_INTERVAL,
     Adopt,
     Command,
     Control,
@@ -73,6 +75,16 @@ MEMORY_SHARE = 0.5
 # RELEASE_WAIT).
 REBALANCE_EVERY = 20.0
 MIN_GAIN = 0.05
+# While a worker sheds its rates and another does not, a move is looked for at once rather
+# than at the next REBALANCE_EVERY, but no sooner than this after the last move ended: the
+# camera moved must be measured in its new worker first (two statistics messages).
+# Measured: a shedding worker otherwise waited 20 s per move while another one idled.
+SETTLE = 3 * STATS_INTERVAL
+# Processes beyond one per core. A worker is one thread: with exactly one per core, a worker
+# holding the costly cameras sheds at 0.85 of its thread while a core idles (bench/analytics.py,
+# 8 cameras on 2 cores: 0.6 core idle, three cameras shed). With one more, no worker needs a
+# whole core; when the machine is really full every worker's thread waits and sheds alike.
+SPARE_WORKERS = 1
 # Weight of a new statistics message in a camera's cost (reports every 2 s: ~10 s memory).
 COST_WEIGHT = 0.3
 
@@ -112,11 +124,12 @@ def plan_move(shares: Sequence[Sequence[str]], cost: Mapping[str, float], *,
 def pool_size(cameras: int, *, cpus: int | None = None, memory_mib: int | None = None,
               configured: int | None = None) -> int:
     """How many analysis processes for ``cameras``: ``configured`` if given, else bounded by
-    the cores and by the memory analysis may use; never more than cameras. All the cores, not
-    all but one: the workers run at NICENESS 10, so recording, live view and the web server
-    take a core from them whenever they need it, and otherwise a second core stays idle
-    while analysis sheds its rate (bench/analytics.py, 8 cameras on 2 cores: 2.2 of 5 fps
-    with the node using 0.45 of the cores)."""
+    the cores (one per core and SPARE_WORKERS more) and by the memory analysis may use; never
+    more than cameras. All the cores and more, not all but one: the workers run at NICENESS
+    10, so recording, live view and the web server take a core from them whenever they need
+    it, and otherwise a core stays idle while analysis sheds its rate (bench/analytics.py,
+    8 cameras on 2 cores: 2.2 of 5 fps with the node using 0.45 of the cores; with one
+    worker per core, 3.9 of 5 fps on the busiest worker's cameras with 0.6 core idle)."""
     if cameras <= 0:
         return 0
     if configured is not None:
@@ -132,7 +145,7 @@ def pool_size(cameras: int, *, cpus: int | None = None, memory_mib: int | None =
     if spare < WORKER_MIB:
         log.warning("analysis of %d cameras needs ~%d MiB, more than the %d MiB planned for it",
                     cameras, cameras * CAMERA_MIB + WORKER_MIB, memory_mib)
-    return max(1, min(cameras, cpus, by_memory))
+    return max(1, min(cameras, cpus + SPARE_WORKERS, by_memory))
 
 
 class AnalyticsSupervisor:
@@ -161,8 +174,14 @@ class AnalyticsSupervisor:
         self._procs: list[multiprocessing.context.SpawnProcess | None] = [None] * size
         self._controls: list[_Line | None] = [None] * size
         self.rebalance_every = rebalance
-        # CPU-s per second of each camera at its configured rate, from its statistics.
+        # Seconds per second of each camera at its configured rate, from its statistics: its
+        # worker thread's wall time (CPU-s from a worker that does not say it) plus its share
+        # of the worker's other CPU.
         self.cost: dict[str, float] = {}
+        # Workers whose last statistics said they shed their rates: a reason to move at once.
+        self._shedding: set[int] = set()
+        # No move decided before this (monotonic): the last one's camera is being measured.
+        self._settled = 0.0
         # The camera being handed over: (camera, from worker, to worker). One at a time.
         self._moving: tuple[str, int, int] | None = None
         self._lock = threading.Lock()  # _shares, _moving, _worker_of, health
@@ -262,6 +281,7 @@ class AnalyticsSupervisor:
             spec = next(s for s in self.specs if s.camera == camera)
             self._shares[target].append(spec)
             self._moving = None
+            self._settled = time.monotonic() + SETTLE
             self.moves += 1
             self._worker_of[camera] = target
             self.health[camera] = self.workers[target]
@@ -298,7 +318,7 @@ class AnalyticsSupervisor:
         while True:
             try:
                 message = outbox.get(timeout=0.5)
-                self._note(message)
+                self.note(message)
                 self.queue.put(message)
             except queue.Empty:
                 if not proc.is_alive():
@@ -307,10 +327,16 @@ class AnalyticsSupervisor:
                 break  # a message cut off by the process's death
         outbox.close()
 
-    def _note(self, message: Message) -> None:
-        """Keep what a camera costs at its configured rate, from its statistics."""
+    def note(self, message: Message) -> None:
+        """Keep what a camera costs at its configured rate, and whether its worker sheds,
+        from its statistics."""
         if not isinstance(message, Stats):
             return
+        with self._lock:
+            worker = self._worker_of.get(message.camera)
+            if worker is not None and message.online:
+                # Every camera of a worker sheds by the same factor: one report says it.
+                (self._shedding.add if message.shed else self._shedding.discard)(worker)
         if not message.online:
             self.cost[message.camera] = 0.0  # a camera without a stream costs nothing
             return
@@ -318,7 +344,8 @@ class AnalyticsSupervisor:
             return  # no frame analysed in the interval, or a worker of an older version
         spec = next((s for s in self.specs if s.camera == message.camera), None)
         configured = spec.config.fps if spec is not None else message.analysis_fps
-        now = message.cpu_per_frame * configured + message.cpu_other
+        per_frame = message.wall_per_frame or message.cpu_per_frame
+        now = per_frame * configured + message.cpu_other
         before = self.cost.get(message.camera)
         self.cost[message.camera] = now if before is None else (
             before + COST_WEIGHT * (now - before))
@@ -330,9 +357,10 @@ class AnalyticsSupervisor:
         while not self._stop.wait(0.5):
             now = time.monotonic()
             self._read_released()
-            if self.rebalance_every is not None and now >= next_balance:
+            if self.rebalance_every is not None and (now >= next_balance or self._urgent(now)):
                 self.rebalance()
                 next_balance = now + self.rebalance_every
+                self._settled = max(self._settled, now + STATS_INTERVAL)
             for index, proc in enumerate(self._procs):
                 health = self.workers[index]
                 if health.running and proc is not None and not proc.is_alive():
@@ -353,6 +381,14 @@ class AnalyticsSupervisor:
                         return
                     health.restarts += 1
                     self._spawn(index)
+
+    def _urgent(self, now: float) -> bool:
+        """A worker sheds while another does not, and the last move has settled: look for a
+        move now. When every worker sheds the machine is full: moves wait for the next round
+        (each one ends a camera's motion span, and would gain little)."""
+        shedding = len(self._shedding)
+        return (0 < shedding < len(self._procs) and self._moving is None
+                and now >= self._settled)
 
     def _read_released(self) -> None:
         for line in self._controls:

@@ -176,6 +176,9 @@ class Stats:
     # (decoding, snapshots), shared evenly between its streaming cameras.
     cpu_per_frame: float = 0.0
     cpu_other: float = 0.0
+    # Wall seconds of the worker's analysis thread per analysed frame: what fills a worker
+    # (one thread) and makes it shed, CPU plus the time it waited for a core or the GIL.
+    wall_per_frame: float = 0.0
 
 
 Message = MotionStarted | MotionEnded | FaceTrack | VisitEnded | Stats
@@ -517,8 +520,10 @@ class _Camera:
     counted_since: float = 0.0  # monotonic start of what `analysed` and `packets` count
     size: tuple[int, int] = (0, 0)
     lags: list[float] = field(default_factory=list)
-    # CPU-s of the analysis thread and frames processed since the last statistics message.
+    # CPU-s and wall seconds of the analysis thread, and frames processed, since the last
+    # statistics message.
     cpu: float = 0.0
+    wall: float = 0.0
     processed: int = 0
     releasing: float | None = None  # monotonic time a Release came for it
 
@@ -649,6 +654,7 @@ def _step(cam: _Camera, outbox: Outbox, ready: threading.Event, now: float, *,
         return None
     finally:
         spent = (time.monotonic() - started, time.thread_time() - cpu)
+        cam.wall += spent[0]
         cam.cpu += spent[1]
         cam.processed += 1
     _analysed(cam, frame, cam.source.stats.packets)
@@ -737,9 +743,10 @@ def _report(cameras: list[_Camera], outbox: Outbox, shedder: Shedder, busy: floa
                 analysis_fps=cam.rate, shed=cam.rate < configured,
                 cpu_per_frame=cam.cpu / cam.processed if cam.processed else 0.0,
                 cpu_other=other,
+                wall_per_frame=cam.wall / cam.processed if cam.processed else 0.0,
             ))
             cam.packets, cam.analysed, cam.counted_since = packets, 0, now
-            cam.cpu, cam.processed = 0.0, 0
+            cam.cpu, cam.wall, cam.processed = 0.0, 0.0, 0
             cam.lags.clear()
         if rate != cam.rate:
             cam.rate = rate

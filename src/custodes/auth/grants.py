@@ -11,7 +11,12 @@ So a change that hands out a power over other people's data waits for a second a
 - a different administrator (not the requester, not the account concerned) confirms it, and
   only then does it take effect; the new password goes to the confirming administrator;
 - an unconfirmed grant lapses after GRANT_DAYS; either administrator can cancel it;
-- nobody changes their own role, in either direction.
+- nobody changes their own role, in either direction;
+- an administrator limited to some cameras sees and acts on only the accounts and grants that
+  reach cameras of theirs alone (a grant to add an account reaches the cameras it names, every
+  camera when it names none; a role or password grant reaches the account's cameras): else
+  one could list who is being given which other cameras, or hand out (and, through a new
+  password, take) access to cameras they do not have.
 
 Every request, confirmation, cancellation and refusal is audited, and the inspection pack lists
 the grants (custodes.audit.report). The command line acts as ``cli:<local account>``: it is one
@@ -29,6 +34,7 @@ from enum import StrEnum
 from typing import Any, Final, NoReturn
 
 from sqlalchemy import (
+    ColumnElement,
     Connection,
     Row,
     and_,
@@ -52,6 +58,7 @@ from custodes.auth.users import (
     Users,
     check_name,
     random_password,
+    reaches_within,
 )
 from custodes.privacy.policy import Refused
 from custodes.store import schema
@@ -141,6 +148,7 @@ class Accounts:
         self._require_manager(actor, action, name)
         allowed = None if cameras is None else sorted(set(cameras))
         detail: dict[str, Any] = {"role": role.value, "cameras": allowed}
+        self._require_within(actor, action, name, allowed, detail)
         if role not in PRIVILEGED:
             password = random_password()
             user = self.users.add(name, role, password, allowed, temporary=True)
@@ -167,6 +175,9 @@ class Accounts:
             detail["cameras"] = None if cameras is None else sorted(set(cameras))
         if disabled is not None:
             detail["disabled"] = disabled
+        self._require_within(actor, action, name, user.cameras, detail)
+        if not isinstance(cameras, Keep):
+            self._require_within(actor, action, name, cameras, detail)
         if role is not None and role is not user.role and actor.name == user.name:
             self._refuse(actor, action, name, "nobody may change their own role", detail)
         grant = None
@@ -187,6 +198,8 @@ class Accounts:
         action = Action.USER_RESET_PASSWORD
         self._require_manager(actor, action, name)
         user = self._existing(name)
+        # Whoever learns the password acts as the account, on its cameras.
+        self._require_within(actor, action, name, user.cameras)
         if user.role in PRIVILEGED:
             if actor.name == user.name:
                 self._refuse(actor, action, name, "change your own password with your current "
@@ -205,6 +218,7 @@ class Accounts:
         action, target = Action.USER_GRANT_CONFIRM, f"grant {grant_id}"
         self._require_manager(actor, action, target)
         grant = self._grant(actor, action, grant_id)
+        self._require_within(actor, action, target, self.reach(grant), grant.public())
         if actor.name == grant.requested_by:
             self._refuse(actor, action, target, "a grant must be confirmed by a different "
                          "administrator than the one who asked for it", grant.public())
@@ -280,6 +294,7 @@ class Accounts:
         action, target = Action.USER_GRANT_CANCEL, f"grant {grant_id}"
         self._require_manager(actor, action, target)
         grant = self._grant(actor, action, grant_id)
+        self._require_within(actor, action, target, self.reach(grant), grant.public())
         now = self.clock()
 
         def write(conn: Connection) -> int:
@@ -308,18 +323,37 @@ class Accounts:
             raise KeyError(f"there is no grant {grant_id}")
         return grant_from_row(row, self.clock())
 
+    def reach(self, grant: Grant) -> frozenset[str] | None:
+        """The cameras ``grant`` hands out (None: every camera): those an account to add is
+        limited to, else the account's own (a role or a new password acts on all of them; an
+        account that no longer exists reads as every camera, so only an unlimited
+        administrator sees or decides its grant)."""
+        if grant.kind is GrantKind.ADD:
+            return None if grant.cameras is None else frozenset(grant.cameras)
+        user = self.users.get(grant.user_name)
+        return None if user is None else user.cameras
+
     def grants(self, *, pending_only: bool = False, user: str | None = None,
                camera: str | None = None, kind: GrantKind | None = None,
-               status: GrantStatus | None = None) -> list[Grant]:
+               status: GrantStatus | None = None,
+               within: frozenset[str] | None = None) -> list[Grant]:
         """Grants, newest first (at most GRANTS_LISTED), narrowed to those that name ``user``
         (as the account concerned, the one who asked or the one who decided), that reach
         ``camera`` (one for every camera reaches each, and so does a password reset, which
-        names no camera), of ``kind``, in ``status``."""
+        names no camera), of ``kind``, in ``status``, and, for a caller limited to the
+        cameras ``within``, whose reach (``reach``) lies inside them: filtered in the query,
+        before the cut."""
         if pending_only:
             status = GrantStatus.PENDING
         now = self.clock()
         g = schema.user_grants.c
         query = select(schema.user_grants)
+        if within is not None:
+            account = schema.users.c
+            own = (select(account.cameras).where(account.name == g.user_name)
+                   .correlate(schema.user_grants).scalar_subquery())
+            query = query.where(or_(and_(g.kind == GrantKind.ADD.value, _inside(g.cameras, within)),
+                                    and_(g.kind != GrantKind.ADD.value, _inside(own, within))))
         if user is not None:
             query = query.where(or_(g.user_name == user, g.requested_by == user,
                                     g.decided_by == user))
@@ -390,6 +424,15 @@ class Accounts:
                          f"the grant is {grant.status.value}", grant.public())
         return grant
 
+    def _require_within(self, actor: Actor, action: Action, target: str,
+                        cameras: Iterable[str] | None,
+                        detail: dict[str, Any] | None = None) -> None:
+        """Refuse (audited) an administrator limited to some cameras who would act on an
+        account or grant that reaches others (None: every camera)."""
+        if not reaches_within(cameras, actor.cameras):
+            self._refuse(actor, action, target, f"{target} reaches cameras beyond yours "
+                         f"({actor.name} is limited to some cameras)", detail)
+
     def _require_manager(self, actor: Actor, action: Action, target: str) -> None:
         if not actor.can(Permission.USERS_MANAGE):
             self._refuse(actor, action, target,
@@ -400,3 +443,11 @@ class Accounts:
         self.audit.record_refusal(actor.name, action, target, reason, detail=detail,
                                   address=actor.address)
         raise Refused(action, reason)
+
+
+def _inside(cameras: ColumnElement[Any], within: frozenset[str]) -> ColumnElement[bool]:
+    """SQL: the JSON list ``cameras`` names cameras of ``within`` only (NULL, every camera,
+    does not)."""
+    each = func.json_each(cameras).table_valued("value")
+    return and_(cameras.is_not(None), ~exists(
+        select(literal(1)).select_from(each).where(each.c.value.not_in(sorted(within)))))

@@ -36,6 +36,13 @@ PASSWORD_FIRST = ("your password was made for you by someone else (at the first 
 _hasher = PasswordHasher()  # argon2id at the library's current recommended cost
 
 
+def reaches_within(cameras: Iterable[str] | None, limit: frozenset[str] | None) -> bool:
+    """Whether an account or grant reaching ``cameras`` (None: every camera) is inside an
+    administrator's ``limit`` (None: unlimited): what a limited administrator sees and acts
+    on."""
+    return limit is None or (cameras is not None and set(cameras) <= limit)
+
+
 class _Keep(Enum):
     KEEP = "keep"
 
@@ -136,10 +143,13 @@ class Users:
             row = conn.execute(select(schema.users).where(schema.users.c.id == user_id)).first()
         return None if row is None else user_from_row(row)
 
-    def list(self) -> list[User]:
+    def list(self, within: frozenset[str] | None = None) -> list[User]:
+        """Every account, or for an administrator limited to the cameras ``within``, those
+        inside them (`reaches_within`): the rest would tell who watches which other cameras."""
         with self.store.read() as conn:
             rows = conn.execute(select(schema.users).order_by(schema.users.c.name))
-            return [user_from_row(r) for r in rows]
+            users = [user_from_row(r) for r in rows]
+        return [u for u in users if reaches_within(u.cameras, within)]
 
     def count(self) -> int:
         with self.store.read() as conn:

@@ -261,10 +261,8 @@ def user_groups(name: UserName, group: GroupOption = None,
     """Set the municipalities (groups) a user may see; without --group: every one."""
     groups = _groups(group)
     with _accounts(config, data) as accounts:
-        actor = cli_actor()
-        if accounts.users.get(name) is None:
-            raise KeyError(f"no user named {name!r}")
-        scope.set_groups(accounts.users.store, accounts.audit, actor.name, name, groups)
+        # The web page's rule (hub/scope.py), as the local administrator.
+        scope.change_groups(accounts.users.store, accounts.audit, cli_actor(), name, groups)
     console.print(f"{name} sees {', '.join(groups) if groups else 'every group'}",
                   highlight=False)
 

@@ -10,7 +10,6 @@ minutes over many passes, never holding a long transaction."""
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import threading
 import time
@@ -108,9 +107,7 @@ def run(url: str, stop: threading.Event, every: float = PASS_SECONDS) -> None:
                          "" if done.done else " (more at the next pass)")
         except Exception:
             log.exception("hub: coverage compaction failed; tried again in %.0f s", every)
-            if conn is not None:
-                with contextlib.suppress(Exception):
-                    conn.close()
+            db.close_quietly(conn)
             conn = None
     if conn is not None:
         conn.close()

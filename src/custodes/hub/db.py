@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import logging
 from importlib import resources
+from typing import Any
 
 import psycopg
 
@@ -23,6 +24,17 @@ def migrations() -> list[tuple[int, str, str]]:
 
 def connect(url: str) -> psycopg.Connection[tuple[object, ...]]:
     return psycopg.connect(url, autocommit=False)
+
+
+def close_quietly(conn: psycopg.Connection[Any] | None) -> None:
+    """Close ``conn`` (if any) after a failure on it: a broken connection may fail to close
+    too, and that must not hide the failure being handled (logged, at debug level)."""
+    if conn is None:
+        return
+    try:
+        conn.close()
+    except Exception as exc:  # whatever a broken socket raises
+        log.debug("hub database: closing a failed connection: %r", exc)
 
 
 def migrate(url: str) -> list[str]:

@@ -260,8 +260,7 @@ class Hub:
                         log.exception("hub: could not write a batch of %d messages from %s; "
                                       "trying again", len(batch), name)
                         self.counters.failures += 1
-                        with contextlib.suppress(Exception):
-                            conn.close()
+                        db.close_quietly(conn)
                         await asyncio.sleep(1)
                         with contextlib.suppress(Exception):
                             conn = db.connect(self.db_url)
@@ -321,9 +320,7 @@ class Hub:
                         log.info("hub: site accounts reloaded (%d sites)", marker[0])
             except Exception:
                 log.exception("hub: watch pass failed")
-                if conn is not None:
-                    with contextlib.suppress(Exception):
-                        conn.close()
+                db.close_quietly(conn)
                 conn = None
         if conn is not None:
             conn.close()

@@ -12,7 +12,9 @@ Pages: the fleet by municipality (``/``), a site (``/sites/{name}``), the events
 sites with filters (``/events``, metadata only: sites send no picture and no descriptor), the
 alarms (``/alarms``); ``/metrics`` in Prometheus' text format for an API token of a role that may
 view the system (``Authorization: Bearer``). A user limited to some municipalities (groups)
-sees only their sites on every one of these (``hub/scope.py``).
+sees only their sites on every one of these (``hub/scope.py``). The users (``/users``,
+administrators): roles and groups, a user's groups set through ``PUT
+/api/users/{name}/groups`` under the command line's rule (``scope.change_groups``).
 """
 
 from __future__ import annotations
@@ -30,11 +32,13 @@ from urllib.parse import urlencode
 
 import jinja2
 import uvicorn
-from fastapi import Depends, FastAPI, Request
+from fastapi import Depends, FastAPI, HTTPException, Request
+from fastapi import Path as PathParam
 from fastapi.responses import HTMLResponse, PlainTextResponse, RedirectResponse, Response
 from fastapi.staticfiles import StaticFiles
 from fastapi.templating import Jinja2Templates
 from markupsafe import Markup
+from pydantic import BaseModel, ConfigDict, Field
 
 from custodes.api import deps, errors
 from custodes.api.app import SecurityHeaders
@@ -45,10 +49,11 @@ from custodes.audit.log import AuditLog
 from custodes.auth.roles import Actor, Permission
 from custodes.auth.sessions import Sessions
 from custodes.auth.throttle import LoginThrottle
-from custodes.auth.users import MIN_PASSWORD, Users, ensure_admin
+from custodes.auth.users import MIN_PASSWORD, USER_NAME, Users, ensure_admin
 from custodes.events.types import EventKind
 from custodes.hub import db, events_page, fleet, scope
 from custodes.keys import NodeKeys
+from custodes.privacy.policy import Refused
 from custodes.store.db import Store
 from custodes.web.pages import NavItem  # the node's menu entries: one look, one rule
 
@@ -78,6 +83,7 @@ NAV = (
     NavItem("fleet", "/", "Fleet", Permission.STATUS_VIEW),
     NavItem("events", "/events", "Events", Permission.EVENTS_VIEW),
     NavItem("alarms", "/alarms", "Alarms", Permission.STATUS_VIEW),
+    NavItem("users", "/users", "Users", Permission.USERS_MANAGE),
 )
 
 
@@ -95,7 +101,16 @@ def page(permission: Permission | None) -> Callable[[Request], Actor | None]:
 Viewer = Annotated[Actor | None, Depends(page(Permission.STATUS_VIEW))]
 EventsReader = Annotated[Actor | None, Depends(page(Permission.EVENTS_VIEW))]
 SignedIn = Annotated[Actor | None, Depends(page(None))]
+Administrator = Annotated[Actor | None, Depends(page(Permission.USERS_MANAGE))]
 MetricsReader = Annotated[Actor, Depends(deps.require(Permission.SYSTEM_VIEW))]
+Manager = Annotated[Actor, Depends(deps.require(Permission.USERS_MANAGE))]
+UserName = Annotated[str, PathParam(pattern=USER_NAME, description="User name")]
+
+
+class GroupsChange(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    groups: list[Annotated[str, Field(max_length=scope.MAX_GROUP)]] | None = Field(
+        max_length=1000, description="The municipalities the user may see; null or []: all")
 
 
 def _when(t: float | None) -> str:
@@ -315,6 +330,47 @@ def create_hub_app(hub: Hub, accounts: HubAccounts) -> FastAPI:  # noqa: PLR0915
         with db.connect(hub.db_url) as conn:
             rows = fleet.alarms(conn, groups=limits(actor).sql)
         return render(request, actor, "hub_alarms", "Alarms", {}, view={"alarms": rows})
+
+    @app.get("/users", response_class=HTMLResponse)
+    def user_list(request: Request, actor: Administrator) -> Response:
+        refused = gate(request, actor, Permission.USERS_MANAGE)
+        if refused is not None or actor is None:
+            return refused or RedirectResponse("/login", status_code=303)
+        mine = limits(actor)
+        limited = scope.scopes(accounts.store)
+        with db.connect(hub.db_url) as conn:
+            enrolled = {str(r[0]) for r in conn.execute("SELECT DISTINCT grp FROM sites")}
+        # A limited administrator sees the users within their groups only, and is offered
+        # only their groups (scope.change_groups refuses the others anyway).
+        rows = []
+        offered = set(enrolled)  # and the groups users have, enrolled or not yet
+        for user in Users(accounts.store).list():
+            seen = limited.get(user.name, scope.EVERYTHING)
+            if not mine.covers(seen):
+                continue
+            state = "disabled" if user.disabled else (
+                "enabled, must choose a password" if user.must_change_password else "enabled")
+            rows.append({"name": user.name, "role": user.role.value, "state": state,
+                         "groups": sorted(seen.groups or ()), "own": user.name == actor.name})
+            offered |= seen.groups or set()
+        choices = sorted(offered if mine.groups is None else offered & mine.groups)
+        return render(request, actor, "hub_users", "Users", {}, view={
+            "users": rows, "choices": choices})
+
+    @app.put("/api/users/{name}/groups")
+    def user_groups(name: UserName, body: GroupsChange, actor: Manager) -> dict[str, Any]:
+        """Limit a user to some municipalities (none: every one); administrators only, not
+        their own, a limited administrator only within theirs; audited."""
+        try:
+            groups = scope.change_groups(accounts.store, accounts.audit, actor, name,
+                                         body.groups)
+        except ValueError as exc:
+            raise HTTPException(400, str(exc)) from None
+        except KeyError as exc:
+            raise HTTPException(404, str(exc.args[0])) from None
+        except Refused as exc:
+            raise HTTPException(403, exc.reason) from None
+        return {"name": name, "groups": groups or None}
 
     @app.get("/metrics", response_class=PlainTextResponse)
     def metrics(actor: MetricsReader) -> PlainTextResponse:

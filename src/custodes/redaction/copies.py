@@ -1,6 +1,7 @@
 """Redacted copies of recorded segments, for people who may only see redacted video.
 
     <storage>/redacted/<camera>/<id>-<digest>.boxes.json   where to blur: the search's result
+    <storage>/redacted/<camera>/<id>-<digest>.from-<us>.boxes.json   a tail's search (below)
     <storage>/redacted/<camera>/<id>-<digest>.mp4          the copy a viewer is sent
     <storage>/redacted/<camera>/.<id>-<digest>.mp4.<pid>.<n>.partial   the copy being made
                                                  (or a tail, see below: deleted once read)
@@ -38,11 +39,24 @@ frame, 20 from kept boxes. A viewer who starts TAIL_FROM or more into a segment 
 copy is neither made nor under way gets a tail: a copy from the frame showing at that moment
 (`frame_before`; decoded from the keyframe before it, the frames between dropped unsearched),
 searched from there (`redact_stream`'s `start`) as a file that began there would be, sent as
-it is made and never kept (the whole copy is what later viewers get, and exports use). Its
+it is made; the copy is not kept (the whole copy is what later viewers get, and exports use),
+its search is (`tail_path`, at most TAILS_KEPT a segment): a later click at or after its start,
+by anyone, is a slice of it, from its own frame with the kept boxes of those frames (matched by
+the frames' times), blurred and encoded, nothing searched; a click before it is searched (no
+boxes there: fail closed). The whole segment's kept boxes serve any click the same way, and
+replace the tails' once kept. Tails' searches expire with the copies (`keep`), go with their
+segment, and are not seen under other settings (the same digest as the segment's boxes). Its
 first frame then waits for the search of `hold` after it, not of everything before it too: a
 click 1 s into a 2 s 480x270 segment (the browser test's) 4 searches instead of 9, 7 s into a
 10 s 720p one ~0.3 CPU-s instead of ~3.9 (`bench/redaction.py`). A copy is at most
 PLAYBACK_LINES lines: a browser's picture, not the original's.
+
+A viewer's pointer resting on the timeline (`hover`, the page asks after 300 ms) starts the copy
+a click there would get, from HOVER_LEAD before: one a viewer, each replacing the viewer's last
+(taken off the queue, or given up at its next frame if nobody asked for it since), made by the
+viewers' threads after every waiting viewer, and given up for one when all threads are busy. A
+click that follows lands on it (a tail under way from at most FOLLOW_TAIL before the moment
+clicked is followed rather than searched again) or on its kept search.
 
 Where a viewer's wait goes is noted per copy (`timings`, and the log line of each copy made):
 when a thread took it, the viewer's request came, its first frame was searched and encoded,
@@ -95,18 +109,36 @@ COPY_FORMAT: Final = "fmp4"
 # Prefetches waiting beyond this many per worker are dropped, the oldest first: the viewer's
 # own request makes the copy if it is still wanted.
 PREFETCH_PER_WORKER: Final = 4
-VIEWER, PREFETCH = 0, 1  # priorities: a viewer waiting goes first
+# Priorities: a viewer waiting goes first; then a viewer's pointer resting on the timeline
+# (`hover`: made by the viewers' threads, given up for a viewer's request when they are all
+# busy); then the segments after the one watched (`prefetch`, on the low-priority thread).
+VIEWER, PREFETCH, HOVER = 0, 1, 2
+_PRIORITY_NAMES: Final = {VIEWER: "viewer", PREFETCH: "prefetch", HOVER: "hover"}
 # A viewer who starts this far (seconds) into a segment whose copy is not made gets a copy from
 # the frame at that moment (a tail) instead of waiting for the search of all before it. Nearer
 # the start the whole copy, kept for whoever comes next: a tail would save under 3 searches.
 TAIL_FROM: Final = 0.5
+# A tail's search is kept (its plan: `tail_path`), so that a later click at or after its start
+# into that segment is a slice of it (blurred and encoded, not searched). At most this many a
+# segment, the oldest dropped; gone with the segment, after `keep`, and when the whole
+# segment's boxes are kept (they are then what every copy uses).
+TAILS_KEPT: Final = 4
+# A click follows a tail under way (a hover's, another viewer's) that starts at most this many
+# seconds before it, instead of starting its own search: the frames between are searched
+# already or nearly.
+FOLLOW_TAIL: Final = 1.5
+# A hover's copy starts this many seconds before the moment under the pointer: the click that
+# follows may land up to half a pixel before it (a pixel is ~0.45 s at 10 minutes a bar), and
+# a click before a kept tail's start searches again. More would search more before the click.
+HOVER_LEAD: Final = 0.25
+HOVERS_KEPT: Final = 1024  # viewers whose last hover is remembered (to replace it)
 PREFETCH_NICE: Final = 10  # added to the niceness of the thread that makes prefetches
 FOLLOW_EVERY: Final = 0.02  # seconds between looks at a partial copy for new bytes
 CHUNK: Final = 256 * 1024  # bytes read from a copy at a time
 STALE_PARTIAL: Final = 3600.0  # seconds: a partial copy not written for this long is debris
 TIMINGS_KEPT: Final = 64  # jobs whose timings `RedactedCopies.timings` shows
 
-_FILE_NAME = re.compile(r"^(\d+)-[0-9a-f]{12}\.(mp4|boxes\.json)$")
+_FILE_NAME = re.compile(r"^(\d+)-[0-9a-f]{12}(?:\.from-(\d+))?\.(mp4|boxes\.json)$")
 
 
 class Abandoned(Exception):
@@ -121,6 +153,7 @@ class _Job:
     partial: Path  # written while made, renamed to target when whole
     priority: int
     begins: float = 0.0  # seconds into the segment: 0 for the whole copy, else a tail's start
+    hover: str | None = None  # made for this viewer's pointer resting on it (`hover`)
     done: threading.Event = field(default_factory=threading.Event)
     started: bool = False
     error: BaseException | None = None
@@ -128,6 +161,9 @@ class _Job:
     left: bool = False  # the last reader went away: give it up at the next frame
     # Where a viewer's wait for the first frame goes: time.monotonic() of each step (`Step`).
     times: dict[str, float] = field(default_factory=lambda: {"asked": time.monotonic()})
+    # Where its boxes came from: "searched", "kept" (the whole segment's), "tail" (a kept
+    # tail's plan, from `begins` on); "" until it is made.
+    boxes: str = ""
 
     def mark(self, step: str) -> None:
         """Note when `step` first happened (later ones are not its first)."""
@@ -137,7 +173,8 @@ class _Job:
         """The steps in ms after the job was asked for (see `RedactedCopies.timings`)."""
         asked = self.times["asked"]
         return {"segment": self.segment.id, "begins": self.begins,
-                "priority": "viewer" if self.priority == VIEWER else "prefetch",
+                "priority": _PRIORITY_NAMES[self.priority],
+                "hover": self.hover is not None, "boxes": self.boxes,
                 **{step: round(1000 * (at - asked)) for step, at in self.times.items()
                    if step != "asked"}}
 
@@ -160,6 +197,8 @@ class RedactedCopies:
         self._lock = threading.Condition()
         self._viewers: deque[_Job] = deque()
         self._prefetches: deque[_Job] = deque()  # newest first
+        self._hovers: deque[_Job] = deque()  # at most one a viewer (`_hovered`)
+        self._hovered: dict[str, _Job] = {}  # each viewer's last hover job
         self._partials = itertools.count(1)
         self._threads: list[threading.Thread] = []
         self._running = 0  # viewers' copies being made
@@ -185,6 +224,61 @@ class RedactedCopies:
         digest = hashlib.sha256(what.encode()).hexdigest()[:12]
         return self.folder(node, segment.camera) / f"{segment.id}-{digest}.boxes.json"
 
+    def tail_path(self, node: Node, segment: Segment, origin: float) -> Path:
+        """Where the plan of a tail from ``origin`` seconds into ``segment`` is kept: beside
+        the segment's box file, under the same digest (settings, file)."""
+        boxes = self.boxes_path(node, segment)
+        stem = boxes.name.removesuffix(".boxes.json")
+        return boxes.with_name(f"{stem}.from-{round(origin * 1e6)}.boxes.json")
+
+    def tail_plans(self, node: Node, segment: Segment) -> list[tuple[float, Path]]:
+        """The kept tails' plans of ``segment`` under these settings: (start, path), by
+        start."""
+        boxes = self.boxes_path(node, segment)
+        stem = boxes.name.removesuffix(".boxes.json")
+        found = []
+        for path in boxes.parent.glob(f"{stem}.from-*.boxes.json"):
+            m = _FILE_NAME.match(path.name)
+            if m and m.group(2):
+                found.append((int(m.group(2)) / 1e6, path))
+        return sorted(found)
+
+    def _kept(self, node: Node, segment: Segment, begins: float
+              ) -> tuple[BoxPlan, float, Path] | None:
+        """Kept boxes for a copy from ``begins``: the whole segment's, else those of the kept
+        tail that starts nearest at or before it (a click before every kept tail's start has
+        none: it is searched). The plan, where its first frame is, and its file."""
+        whole = self.boxes_path(node, segment)
+        plan = BoxPlan.load(whole, self.settings)
+        if plan is not None:
+            return plan, 0.0, whole
+        if begins <= 0:
+            return None
+        for origin, path in reversed(self.tail_plans(node, segment)):
+            if origin <= begins + 1e-6:
+                plan = BoxPlan.load(path, self.settings)
+                if plan is not None:
+                    return plan, origin, path
+        return None
+
+    def _covered(self, node: Node, segment: Segment, begins: float) -> bool:
+        """Whether kept boxes serve a copy from ``begins`` (`_kept`, without reading them)."""
+        return self.boxes_path(node, segment).is_file() or (begins > 0 and any(
+            origin <= begins + 1e-6 for origin, _ in self.tail_plans(node, segment)))
+
+    def _keep_tail(self, node: Node, segment: Segment, origin: float, plan: BoxPlan) -> None:
+        """Keep a tail's search; at most TAILS_KEPT a segment, the oldest written dropped."""
+        plan.save(self.tail_path(node, segment, origin))
+        kept = [path for _, path in self.tail_plans(node, segment)]
+        kept.sort(key=_mtime)
+        for path in kept[:max(0, len(kept) - TAILS_KEPT)]:
+            path.unlink(missing_ok=True)
+
+    def _drop_tails(self, node: Node, segment: Segment) -> None:
+        """The whole segment's boxes are kept: every copy uses those, not a tail's."""
+        for _, path in self.tail_plans(node, segment):
+            path.unlink(missing_ok=True)
+
     def path(self, node: Node, segment: Segment) -> Path:
         zones = node.config.cameras[segment.camera].privacy_zones
         what = json.dumps([self.boxes_path(node, segment).name, zones, PLAYBACK_LINES,
@@ -203,6 +297,7 @@ class RedactedCopies:
         plan = plan_boxes(self._source(node, segment), self.settings)
         path.parent.mkdir(parents=True, exist_ok=True)
         plan.save(path)
+        self._drop_tails(node, segment)
         log.info("segment %d (%s): %d frames searched for faces in %.1f s", segment.id,
                  segment.camera, plan.frames, time.monotonic() - started)
         return plan
@@ -237,7 +332,7 @@ class RedactedCopies:
         target = self.path(node, segment)
         if target.is_file():
             return target, 0.0
-        begins = self._begins(segment, self._source(node, segment), at)
+        begins = self._begins(node, segment, self._source(node, segment), at)
         return self._follow(node, segment, target, begins), begins
 
     def start(self, node: Node, segment: Segment, at: float = 0.0) -> float:
@@ -247,13 +342,13 @@ class RedactedCopies:
         if target.is_file():
             return 0.0
         try:
-            begins = self._begins(segment, self._source(node, segment), at)
+            begins = self._begins(node, segment, self._source(node, segment), at)
         except FileNotFoundError:
             return 0.0  # the viewer's own request says so
         self._submit(node, segment, target, VIEWER, begins)
         return begins
 
-    def _begins(self, segment: Segment, source: Path, at: float) -> float:
+    def _begins(self, node: Node, segment: Segment, source: Path, at: float) -> float:
         if at < TAIL_FROM:
             return 0.0
         with self._lock:
@@ -261,15 +356,76 @@ class RedactedCopies:
             if whole is not None and whole.started:
                 return 0.0  # under way: following it is quicker than starting anew
         try:
-            return frame_before(source, at)
+            begins = frame_before(source, at)
         except RedactionError:
             return 0.0  # the whole copy's maker says what is wrong with the file
+        if self._covered(node, segment, begins):
+            return begins  # a slice of kept boxes: nothing to search
+        with self._lock:
+            # A tail under way from a little before (a hover's, another viewer's click): the
+            # frames between are searched already, or nearly.
+            under_way = [key[1] for key, job in self._jobs.items()
+                         if key[0] == segment.id and not job.left
+                         and begins - FOLLOW_TAIL <= key[1] <= begins + 1e-6 and key[1] > 0]
+        return max(under_way, default=begins)
 
     def prefetch(self, node: Node, segment: Segment) -> None:
         """Make the copy in the background, so it is ready when playback reaches it."""
         target = self.path(node, segment)
         if not target.is_file():
             self._submit(node, segment, target, PREFETCH)
+
+    def hover(self, node: Node, segment: Segment, at: float, viewer: str) -> float | None:
+        """``viewer``'s pointer rests on the timeline ``at`` seconds into ``segment``: make
+        the copy a click there would get (from HOVER_LEAD before), below any viewer's request
+        (HOVER). One a viewer: this replaces the viewer's last hover, given up if nobody has
+        asked for it since. Returns where the copy begins; None when nothing was to be made
+        (the copy or kept boxes for it are there, or it is under way). Raises
+        FileNotFoundError when the segment's file is missing."""
+        target = self.path(node, segment)
+        source = self._source(node, segment)
+        lead = at - HOVER_LEAD
+        try:
+            begins = frame_before(source, lead) if lead >= TAIL_FROM else 0.0
+        except RedactionError:
+            begins = 0.0
+        with self._lock:
+            last = self._hovered.pop(viewer, None)
+            under_way = self._jobs.get((segment.id, begins))
+            if last is not None and last is not under_way:
+                self._cancel(last, "the viewer's pointer moved on")
+            if (under_way is not None and under_way.left and not under_way.readers
+                    and under_way.priority == HOVER):
+                # Given up, not yet stopped (still in _jobs under the lock): wanted again.
+                under_way.left = False
+                under_way.hover = viewer
+                self._hovered[viewer] = under_way
+                return begins
+            if (target.is_file() or under_way is not None
+                    or self._covered(node, segment, begins)):
+                return None
+            job = self._submit(node, segment, target, HOVER, begins, hover=viewer)
+            self._hovered[viewer] = job
+            if len(self._hovered) > HOVERS_KEPT:
+                for who in [w for w, j in self._hovered.items() if j.done.is_set()]:
+                    del self._hovered[who]
+            return begins
+
+    def _cancel(self, job: _Job, why: str) -> None:
+        """Give up a hover's job nobody asked for: taken off the queue, or stopped at its next
+        frame. Under the lock."""
+        if job.done.is_set() or job.readers or job.priority != HOVER:
+            return
+        if job.started:
+            job.left = True
+            return
+        self._hovers.remove(job)
+        if self._jobs.get((job.segment.id, job.begins)) is job:
+            del self._jobs[(job.segment.id, job.begins)]
+        job.error = Abandoned(why)
+        job.mark("done")
+        self._timed.append(job)
+        job.done.set()
 
     async def _follow(self, node: Node, segment: Segment, target: Path, begins: float
                       ) -> AsyncIterator[bytes]:
@@ -332,7 +488,7 @@ class RedactedCopies:
             job.partial.unlink(missing_ok=True)
 
     def _submit(self, node: Node, segment: Segment, target: Path, priority: int,
-                begins: float = 0.0) -> _Job:
+                begins: float = 0.0, *, hover: str | None = None) -> _Job:
         with self._lock:
             if self._stopping:  # nothing would make it: said at once rather than never
                 refused = _Job(node, segment, target, target, priority, begins,
@@ -345,9 +501,12 @@ class RedactedCopies:
                 partial = target.with_name(
                     f".{target.name}.{os.getpid()}.{next(self._partials)}.partial")
                 job = self._jobs[key] = _Job(node, segment, target, partial, priority,
-                                             begins)
+                                             begins, hover=hover)
                 if priority == VIEWER:
                     self._viewers.append(job)
+                    self._make_room()
+                elif priority == HOVER:
+                    self._hovers.append(job)
                 else:
                     self._prefetches.appendleft(job)
                     if len(self._prefetches) > PREFETCH_PER_WORKER * self.workers:
@@ -355,10 +514,13 @@ class RedactedCopies:
                         del self._jobs[(dropped.segment.id, dropped.begins)]
                         dropped.error = Abandoned("dropped from the prefetch queue")
                         dropped.done.set()
-            elif priority == VIEWER and job.priority == PREFETCH and not job.started:
-                self._prefetches.remove(job)
+            elif priority == VIEWER and job.priority != VIEWER and not job.started:
+                (self._prefetches if job.priority == PREFETCH else self._hovers).remove(job)
                 job.priority = VIEWER
                 self._viewers.append(job)
+                self._make_room()
+            elif priority == VIEWER and job.priority == HOVER:
+                job.priority = VIEWER  # asked for now: no longer to be given up for another
             if not self._threads:
                 for n in range(self.workers):
                     self._thread(f"redact-{n + 1}", prefetch=False)
@@ -366,17 +528,29 @@ class RedactedCopies:
             self._lock.notify_all()
         return job
 
+    def _make_room(self) -> None:
+        """A viewer's request waits and every viewers' thread is busy: a hover's job that
+        nobody has asked for yet gives way at its next frame. Under the lock."""
+        if self._running < self.workers:
+            return
+        for job in self._jobs.values():
+            if (job.started and job.priority == HOVER and not job.readers
+                    and not job.left and not job.done.is_set()):
+                job.left = True
+                return
+
     def stop(self, timeout: float = 5.0) -> None:
         """Give up every copy in the making or waiting and end the threads. A thread left in
         the detector's native code when the process exits aborts it (the runtime's threads
         are torn down under it: "terminate called without an active exception")."""
         with self._lock:
             self._stopping = True
-            for job in [*self._viewers, *self._prefetches]:
+            for job in [*self._viewers, *self._prefetches, *self._hovers]:
                 job.error = Abandoned("the node is stopping")
                 job.done.set()
             self._viewers.clear()
             self._prefetches.clear()
+            self._hovers.clear()
             self._lock.notify_all()
             threads = list(self._threads)
         ends = time.monotonic() + timeout
@@ -399,6 +573,9 @@ class RedactedCopies:
                     return None
                 if not prefetch and self._viewers:
                     job = self._viewers.popleft()
+                    self._running += 1
+                elif not prefetch and self._hovers:  # a free viewers' thread: none waits
+                    job = self._hovers.popleft()
                     self._running += 1
                 elif (prefetch and self._prefetches and not self._viewers
                       and self._running < self.workers):
@@ -463,7 +640,13 @@ class RedactedCopies:
         started = time.monotonic()
         source = self._source(node, segment)
         boxes_path = self.boxes_path(node, segment)
-        kept = BoxPlan.load(boxes_path, self.settings)
+        # A tail is a slice of kept boxes when some cover its frames (the whole segment's, or
+        # a kept tail's from at or before it), else searched afresh from its first frame as a
+        # file that began there would be.
+        found = self._kept(node, segment, job.begins)
+        kept, origin, kept_path = found if found is not None else (None, 0.0, None)
+        job.boxes = ("searched" if kept_path is None
+                     else "kept" if kept_path == boxes_path else "tail")
 
         def progress(stage: Stage, _done: int, _total: int) -> None:
             job.mark("searched" if stage == "search" else "encoding")
@@ -472,26 +655,33 @@ class RedactedCopies:
         target.parent.mkdir(parents=True, exist_ok=True)
         try:
             with job.partial.open("wb") as out:
-                # A tail is searched afresh from its first frame: kept boxes would need every
-                # frame before it decoded to be matched to their frames.
-                plan = redact_stream(source, out, settings=self.settings,
-                                     plan=None if tail else kept,
+                plan = redact_stream(source, out, settings=self.settings, plan=kept,
+                                     origin=origin,
                                      zones=node.config.cameras[segment.camera].privacy_zones,
                                      max_lines=PLAYBACK_LINES, progress=progress,
                                      start=job.begins)
+            if kept is None and not tail:
+                plan.save(boxes_path)
+                self._drop_tails(node, segment)
+            elif kept is None:
+                self._keep_tail(node, segment, job.begins, plan)
             if not tail:
-                if kept is None:
-                    plan.save(boxes_path)
                 os.replace(job.partial, target)
-        except BaseException:
+        except BaseException as exc:
             job.partial.unlink(missing_ok=True)
+            if isinstance(exc, RedactionError) and kept_path is not None:
+                # Kept boxes that do not fit the file (it changed): searched again next time.
+                log.warning("segment %d: dropping kept boxes %s: %s", segment.id,
+                            kept_path.name, exc)
+                kept_path.unlink(missing_ok=True)
             raise
         steps = job.timing()
         log.info("redacted copy of segment %d (%s, %.1f s of video%s) made in %.1f s%s; "
                  "first frame (ms after asked): %s", segment.id, segment.camera,
                  segment.duration, f", from {job.begins:.1f} s" if tail else "",
                  time.monotonic() - started,
-                 " (boxes reused)" if kept is not None and not tail else "",
+                 {"kept": " (boxes reused)", "tail": f" (a kept tail's boxes, from "
+                  f"{origin:.1f} s)"}.get(job.boxes, ""),
                  ", ".join(f"{step} {steps[step]}" for step in
                            ("started", "searched", "encoding", "sent") if step in steps))
         self.prune(node)
@@ -525,7 +715,9 @@ class RedactedCopies:
         for segment_id, paths in files.items():
             for path in paths:
                 try:
-                    expired = path.suffix == ".mp4" and now - path.stat().st_mtime > self.keep
+                    # Copies and tails' plans expire; the whole segment's boxes stay with it.
+                    passing = path.suffix == ".mp4" or ".from-" in path.name
+                    expired = passing and now - path.stat().st_mtime > self.keep
                     if segment_id not in alive or expired:
                         path.unlink()
                         removed += 1
@@ -541,3 +733,10 @@ def _lower_priority(nice: int) -> None:
         os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), nice)
     except (AttributeError, OSError) as exc:  # not Linux, or not allowed
         log.debug("prefetch priority unchanged: %s", exc)
+
+
+def _mtime(path: Path) -> float:
+    try:
+        return path.stat().st_mtime
+    except FileNotFoundError:
+        return 0.0

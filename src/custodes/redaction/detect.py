@@ -11,9 +11,10 @@ analytics) is blurred over a larger box than a sure one, because an unsure box i
 likely to be misplaced or too small. The settings' digest names a box cache or a redacted copy:
 any change of the settings gives new names, so nothing made under old settings is served.
 
-The detector's cost grows with the pixels it is fed (~100 ms for 640x360 on one thread of the
-2-core box), so it sees every picture shrunk to at most `detect_lines` lines: the cost per
-picture is bounded whatever the camera. Faces from ~10 px of the shrunk picture are found,
+The detector's cost grows with the pixels it is fed (~23 CPU ms for a 720p frame at 240
+lines, ~78 at 480, on one thread of the 2-core box: bench/detector_speed.py), so it sees every
+picture shrunk to at most `detect_lines` lines: the cost per picture is bounded whatever the
+camera. Faces from ~10 px of the shrunk picture are found,
 i.e. ~30 px of a 720p picture at 240 lines. 240 rather than 270 lines: a quarter less search
 (16.6 against 22.6 ms per frame of a 720p 15 fps stream, searching every 3rd frame) for 305
 detections on the shared 720p stream against 309.

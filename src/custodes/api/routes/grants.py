@@ -1,5 +1,6 @@
 """Grants of privileged roles (custodes.auth.grants): listed (system.view), confirmed by a
-second administrator or cancelled (users.manage)."""
+second administrator or cancelled (users.manage); a caller limited to some cameras lists and
+decides only the grants that reach cameras of theirs alone (others: 403, audited)."""
 
 from __future__ import annotations
 
@@ -22,7 +23,7 @@ router = APIRouter(prefix="/api/grants", tags=["users"])
 
 @router.get("")
 def list_grants(
-    _actor: Reader, request: Request, *, pending: bool = False,
+    actor: Reader, request: Request, *, pending: bool = False,
     user: Annotated[str | None, Query(
         min_length=1, max_length=128,
         description="Only grants naming this user: the account concerned, who asked or who "
@@ -36,11 +37,12 @@ def list_grants(
         description="Only grants in this state (pending=true means status=pending)")] = None,
 ) -> list[dict[str, Any]]:
     """Grants of privileged roles and password resets, newest first (at most 500 after the
-    filters)."""
+    filters). An administrator limited to some cameras sees only the grants that reach none
+    but theirs (custodes.auth.grants.Accounts.reach)."""
     if pending and status not in (None, GrantStatus.PENDING):
         raise HTTPException(400, f"pending=true and status={status} ask for two states")
     found = accounts(request).grants(pending_only=pending, user=user, camera=camera,
-                                     kind=kind, status=status)
+                                     kind=kind, status=status, within=actor.cameras)
     return [g.public() for g in found]
 
 

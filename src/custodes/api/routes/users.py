@@ -18,7 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from custodes.api.deps import get_node, get_users, require
 from custodes.auth.grants import Accounts, Change, GrantStatus
 from custodes.auth.roles import Actor, Permission, Role
-from custodes.auth.users import USER_NAME, User, UserError
+from custodes.auth.users import USER_NAME, User, UserError, reaches_within
 from custodes.privacy.policy import Refused
 
 if TYPE_CHECKING:
@@ -60,13 +60,16 @@ def _get(request: Request, name: str) -> User:
 
 
 @router.get("")
-def list_users(request: Request, _actor: Reader) -> list[dict[str, Any]]:
-    return [u.public() for u in get_users(request).list()]
+def list_users(request: Request, actor: Reader) -> list[dict[str, Any]]:
+    return [u.public() for u in get_users(request).list(within=actor.cameras)]
 
 
 @router.get("/{name}")
-def get_user(name: UserName, request: Request, _actor: Reader) -> dict[str, Any]:
-    return _get(request, name).public()
+def get_user(name: UserName, request: Request, actor: Reader) -> dict[str, Any]:
+    user = _get(request, name)
+    if not reaches_within(user.cameras, actor.cameras):  # as if unknown: names not probed
+        raise HTTPException(404, f"no user named {name!r}")
+    return user.public()
 
 
 def accounts(request: Request) -> Accounts:

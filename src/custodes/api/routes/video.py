@@ -357,6 +357,39 @@ def playback(
     }
 
 
+@router.post("/api/cameras/{camera}/prefetch", status_code=202)
+def prefetch(
+    request: Request,
+    actor: Player,
+    camera: CameraName,
+    *,
+    at: Annotated[float, Query(ge=0, le=1e11, description="UTC epoch seconds")],
+) -> dict[str, Any]:
+    """The viewer's pointer rests on the timeline at ``at``: prepare the redacted copy a click
+    there would get (custodes.redaction.copies, `hover`). One pending a viewer (session):
+    each replaces the viewer's last, which is given up if nobody asked for it; below any
+    viewer's request. Nothing is sent: the click's playback request is what is audited.
+    ``from`` is where the copy begins in the segment, null when nothing was to be made."""
+    node = get_node(request)
+    require_camera(node, actor, camera)
+    seg = schema.segments
+    with node.store.read() as conn:
+        row = conn.execute(
+            select(seg).where(seg.c.camera == camera, seg.c.end > at)
+            .order_by(seg.c.start, seg.c.id).limit(1)
+        ).first()
+    if row is None:
+        raise HTTPException(404, f"no recordings of {camera} at or after {_utc(at)}")
+    segment = Segment.from_row(row)
+    try:
+        begins = redacted_copies(request).hover(node, segment, max(0.0, at - segment.start),
+                                                _viewer(request, actor))
+    except FileNotFoundError:
+        raise HTTPException(404, f"segment {segment.id} is indexed but its file is missing"
+                            ) from None
+    return {"segment": segment.id, "from": begins}
+
+
 def _utc(t: float) -> str:
     return datetime.fromtimestamp(t, UTC).strftime("%Y-%m-%d %H:%M:%S") + "Z"
 
@@ -389,12 +422,8 @@ def segment_video(request: Request, actor: UnredactedPlayer,
     path = resolve_inside(node.layout.recordings, segment.path)
     if not path.is_file():
         raise HTTPException(404, f"segment {segment_id} is indexed but its file is missing")
-    session = getattr(request.state, "session", None)
-    token = getattr(request.state, "token", None)
-    viewer = (session.token_hash if session is not None
-              else f"token:{token.id}" if token is not None else f"user:{actor.name}")
     seen: OriginalsLog = _app_part(request, "originals_seen", OriginalsLog)
-    if seen.due(viewer, str(segment_id), time.time()):
+    if seen.due(_viewer(request, actor), str(segment_id), time.time()):
         node.audit.record(actor.name, Action.SEGMENT_ORIGINAL, str(segment_id), detail={
             "camera": segment.camera, "start": segment.start, "end": segment.end,
             "range": request.headers.get("range"),
@@ -403,6 +432,14 @@ def segment_video(request: Request, actor: UnredactedPlayer,
 
 
 ORIGINALS_AUDIT_EVERY = 3600.0  # seconds: one "segment.original" per session and segment
+
+
+def _viewer(request: Request, actor: Actor) -> str:
+    """Who asks, per session (a bearer token, else the user)."""
+    session = getattr(request.state, "session", None)
+    token = getattr(request.state, "token", None)
+    return (session.token_hash if session is not None
+            else f"token:{token.id}" if token is not None else f"user:{actor.name}")
 
 
 class OriginalsLog(WatchLog):

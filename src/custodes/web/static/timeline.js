@@ -144,6 +144,25 @@
     detailStart = Math.floor(detailStart / 60) * 60;
   }
 
+  // The pointer resting HOVER_MS on a spot asks the server to prepare the redacted copy a
+  // click there would get. The server keeps one such request a viewer (each replaces the
+  // last), below any click's; sweeping the pointer sends none.
+  const HOVER_MS = 300;
+  let hoverTimer = null, hoveredAt = null;
+  const prefetches = [];  // what was asked: {t, from} (from: null if nothing was to be made)
+  function hoverAt(t) {
+    clearTimeout(hoverTimer);
+    hoverTimer = setTimeout(async () => {
+      hoverTimer = null;
+      if (!redactedBox.checked || (hoveredAt !== null && Math.abs(hoveredAt - t) < 0.5)) return;
+      hoveredAt = t;
+      try {
+        const r = await custodes.api("POST", `/api/cameras/${enc(camera)}/prefetch?at=${t.toFixed(3)}`);
+        prefetches.push({ t, from: r.from });
+      } catch (err) { /* a hint only: the click asks again and says what is wrong */ }
+    }, HOVER_MS);
+  }
+
   for (const bar of [dayBar, detailBar]) {
     bar.addEventListener("mousemove", (e) => {
       if (!bar.hover) return;
@@ -151,9 +170,14 @@
       bar.hover.textContent = custodes.utc(t, false);
       place(bar.hover, bar.from, bar.to, t);
       bar.hover.classList.remove("hidden");
+      hoverAt(t);
     });
-    bar.addEventListener("mouseleave", () => bar.hover && bar.hover.classList.add("hidden"));
+    bar.addEventListener("mouseleave", () => {
+      clearTimeout(hoverTimer);
+      if (bar.hover) bar.hover.classList.add("hidden");
+    });
     bar.addEventListener("click", (e) => {
+      clearTimeout(hoverTimer);  // the click asks for the copy itself
       const t = timeAt(bar, e);
       if (bar === dayBar) { centreDetail(t); draw(); }
       playAt(t);
@@ -535,7 +559,7 @@
 
   // For the browser tests and for anyone curious: what plays and how fast it started.
   window.custodesPlayer = {
-    playAt, playing, goTo, firstFrames, steps, video: () => videos[active],
+    playAt, playing, goTo, firstFrames, steps, prefetches, video: () => videos[active],
     source: () => videos[active].dataset.url || null,  // the segment's URL (src may be a blob:)
   };
 })();

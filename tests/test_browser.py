@@ -143,13 +143,7 @@ def click_at(page: Page, bar: str, t: float) -> None:
     Playwright clicks once the bar is stable and on top: on a loaded machine the page can
     still move (a message, a redraw) between measuring and clicking, and a click at page
     coordinates then lands beside the bar and plays nothing."""
-    box = page.evaluate(
-        """([sel, t]) => {
-             const b = document.querySelector(sel), r = b.getBoundingClientRect();
-             return {x: r.width * (t - b.from) / (b.to - b.from), y: r.height / 2};
-           }""",
-        [bar, t])
-    page.locator(bar).click(position=box)
+    page.locator(bar).click(position=bar_position(page, bar, t))
 
 
 def video_state(page: Page) -> dict[str, Any]:
@@ -394,15 +388,19 @@ def measure_redacted_first_frames(page: Page, recorder: Recorder, clicks: int = 
 HOVER_REST = 0.8  # seconds the pointer rests on the spot before the click (the hover case)
 
 
-def hover_at(page: Page, bar: str, t: float) -> None:
-    """Rest the pointer on the bar where it shows time ``t`` (as `click_at` finds it)."""
-    box = page.evaluate(
+def bar_position(page: Page, bar: str, t: float) -> Any:
+    """Where on the bar (relative to it) time ``t`` is shown."""
+    return page.evaluate(
         """([sel, t]) => {
              const b = document.querySelector(sel), r = b.getBoundingClientRect();
              return {x: r.width * (t - b.from) / (b.to - b.from), y: r.height / 2};
            }""",
         [bar, t])
-    page.locator(bar).hover(position=box)
+
+
+def hover_at(page: Page, bar: str, t: float) -> None:
+    """Rest the pointer on the bar where it shows time ``t`` (as `click_at` finds it)."""
+    page.locator(bar).hover(position=bar_position(page, bar, t))
 
 
 def redact_tail(node: Node, seg: Segment, begins: float, out: io.BytesIO,
